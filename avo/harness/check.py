@@ -1,0 +1,62 @@
+"""Correctness of one output against the reference: shape, dtype, then elementwise tolerance.
+Runs in the trusted process (the runner), on CPU copies of the candidate's outputs."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from pydantic import BaseModel
+
+from avo.schema import EvaluationStatus, Tolerance
+
+
+class CheckResult(BaseModel):
+    status: EvaluationStatus
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    matched: float = 1.0
+    detail: str = ""
+
+
+def compare(name: str, out: torch.Tensor, ref: torch.Tensor, expect_dtype: torch.dtype,
+            tol: Tolerance) -> CheckResult:
+    if not isinstance(out, torch.Tensor) or type(out) is not torch.Tensor:
+        return CheckResult(status=EvaluationStatus.REWARD_HACK, detail=f"{name}: not a plain tensor ({type(out).__name__})")
+    if tuple(out.shape) != tuple(ref.shape):
+        return CheckResult(status=EvaluationStatus.INCORRECT_SHAPE, detail=f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}")
+    if out.dtype != expect_dtype:
+        return CheckResult(status=EvaluationStatus.INCORRECT_DTYPE, detail=f"{name}: dtype {out.dtype} != {expect_dtype}")
+    if out.dtype.is_floating_point:
+        o, r = out.double(), ref.double()
+    else:
+        o, r = out.long().double(), ref.long().double()
+    if o.numel() == 0:
+        return CheckResult(status=EvaluationStatus.PASSED)
+    # Infinities must match exactly (masked logits are -inf); NaN passes only where the reference has NaN.
+    r_nan, o_nan = torch.isnan(r), torch.isnan(o)
+    r_inf = torch.isinf(r)
+    same_special = (r_nan & o_nan) | (r_inf & (o == r))
+    finite = ~(r_nan | r_inf)
+    diff = torch.where(finite & ~o_nan, (o - r).abs(), torch.full_like(o, float("inf")))
+    diff = torch.where(same_special, torch.zeros_like(diff), diff)
+    ok = diff <= tol.atol + tol.rtol * r.abs().where(finite, torch.zeros_like(r))
+    matched = ok.double().mean().item()
+    fin = finite & ~o_nan
+    max_abs = diff[fin].max().item() if fin.any() else 0.0
+    max_rel = (diff[fin] / r[fin].abs().clamp_min(1e-6)).max().item() if fin.any() else 0.0
+    unwritten = int((o_nan & ~r_nan).sum().item())
+    passed = matched >= tol.matched_ratio and unwritten == 0
+    detail = "" if passed else (
+        f"{name}: {unwritten} elements NaN/unwritten where the reference is finite" if unwritten else
+        f"{name}: {100 * (1 - matched):.3f}% of elements outside atol={tol.atol:g} rtol={tol.rtol:g} (max abs err {max_abs:.3g})")
+    return CheckResult(status=EvaluationStatus.PASSED if passed else EvaluationStatus.INCORRECT_NUMERICAL,
+                       max_abs=max_abs if max_abs == max_abs else float("inf"), max_rel=max_rel, matched=matched,
+                       detail=detail)
+
+
+def worst(results: list[CheckResult]) -> Optional[CheckResult]:
+    """The first failing result, else the passing one with the largest error."""
+    bad = [r for r in results if r.status != EvaluationStatus.PASSED]
+    if bad:
+        return bad[0]
+    return max(results, key=lambda r: r.max_abs, default=None)

@@ -1,0 +1,96 @@
+"""Inputs for a workload: deterministic from a seed on the device that uses them, so the candidate
+worker and the reference worker build the same tensors without ever sharing memory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from avo.schema import Definition, SafetensorsInput, ScalarInput, Workload
+
+TORCH_DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2,
+    "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
+    "bool": torch.bool,
+}
+# Byte-identical view dtypes used for bitwise equality (NaN-safe) of snapshots.
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+POISON_INT = -0x5A5A5A5B
+
+
+def tensor_dtype(d: Definition, w: Workload, name: str) -> torch.dtype:
+    spec = {**d.inputs, **d.outputs}[name]
+    return TORCH_DTYPES[w.dtypes.get(name, spec.dtype)]
+
+
+def shape_of(d: Definition, w: Workload, name: str) -> tuple[int, ...]:
+    spec = {**d.inputs, **d.outputs}[name]
+    axes = {**d.const_axes, **w.axes}
+    return tuple(axes[a] for a in spec.shape or [])
+
+
+def _default_tensor(shape, dtype, gen, device) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=gen, device=device).bool()
+    return torch.randint(0, 8, shape, generator=gen, device=device, dtype=dtype)
+
+
+def make_inputs(d: Definition, w: Workload, seed: int, device: str,
+                custom: Optional[Callable] = None, root: Optional[Path] = None) -> dict[str, Any]:
+    """Inputs in the definition's order. A reference module may define
+    `make_inputs(axes, dtypes, gen, device) -> dict` for inputs with structure (indices, masks)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    axes = {**d.const_axes, **w.axes}
+    dtypes = {n: tensor_dtype(d, w, n) for n in d.inputs}
+    made = dict(custom(axes, dtypes, gen, device)) if custom else {}
+    out: dict[str, Any] = {}
+    for name in d.inputs:
+        spec = w.inputs.get(name)
+        if isinstance(spec, ScalarInput):
+            out[name] = spec.value
+        elif isinstance(spec, SafetensorsInput):
+            from safetensors.torch import load_file
+            out[name] = load_file(str((root or Path(".")) / spec.path))[spec.tensor_key].to(device)
+        elif name in made:
+            out[name] = made[name]
+        else:
+            out[name] = _default_tensor(shape_of(d, w, name), dtypes[name], gen, device)
+    return out
+
+
+def alloc_outputs(d: Definition, w: Workload, device: str) -> dict[str, torch.Tensor]:
+    return {n: torch.empty(shape_of(d, w, n), dtype=tensor_dtype(d, w, n), device=device) for n in d.outputs}
+
+
+def poison_(t: torch.Tensor) -> None:
+    """Fill with a value no correct kernel leaves behind, so unwritten or stale output fails."""
+    if t.dtype.is_floating_point:
+        t.fill_(float("nan"))
+    elif t.dtype == torch.bool:
+        t.fill_(True)
+    else:
+        t.fill_(POISON_INT if t.dtype in (torch.int32, torch.int64) else -91)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(_BITS[t.element_size()]) if t.dtype != torch.bool else t
+
+
+def snapshot(values: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in values.items() if isinstance(v, torch.Tensor) and k not in skip}
+
+
+def changed(values: dict[str, Any], snap: dict[str, torch.Tensor]) -> list[str]:
+    """Names of snapshotted tensors whose bits differ now (bitwise, so NaN == NaN)."""
+    return [k for k, s in snap.items() if not torch.equal(bits(values[k]), bits(s))]
+
+
+def upcast(values: dict[str, Any]) -> dict[str, Any]:
+    """Reference precision: floating tensors to float32 (float64 gains little for bf16 kernels)."""
+    return {k: (v.float() if isinstance(v, torch.Tensor) and v.dtype.is_floating_point else v)
+            for k, v in values.items()}

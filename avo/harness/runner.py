@@ -1,0 +1,446 @@
+"""The evaluator as the orchestrator sees it: owns a candidate worker and a reference worker per
+device, enforces time limits (kill + restart), compares outputs in this trusted process, and turns
+the cascade into one Trace per workload.
+
+Cascade: static guard -> import/compile -> correctness on every workload (trials with fresh inputs)
+-> timing interleaved with the baseline -> post-timing output checks -> SOL bound and score."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+from avo.harness import channel
+from avo.harness import check as checks
+from avo.harness import guard, sol
+from avo.harness.inputs import TORCH_DTYPES
+from avo.schema import (Correctness, Environment, Evaluation, EvaluationStatus, Performance, Solution,
+                        Trace, Workload)
+from avo.tasks import Task
+
+S = EvaluationStatus
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
+
+
+class EvalConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+    device: Literal["auto", "cuda", "interpret"] = "auto"
+    trials: int = Field(default=3, ge=3)
+    compile_timeout_s: float = 300.0
+    run_timeout_s: float = 300.0
+    warmup: Optional[int] = None  # defaults: cuda 10 / interpret 1
+    iters: Optional[int] = None  # defaults: cuda 50 (minimum) / interpret 5
+    max_sets: int = 8
+    set_bytes_budget: int = 2 << 30
+    side_stream_factor: float = 2.0  # wall/call above factor*event median + slack => work off-stream
+    side_stream_slack_ms: float = 0.1
+
+
+class WorkloadTiming(BaseModel):
+    median_ms: float
+    iqr_ms: float
+    base_median_ms: float
+    base_iqr_ms: float
+    iters: int
+    wall_ms: Optional[float] = None
+
+
+class EvalReport(BaseModel):
+    task: str
+    solution: str
+    status: EvaluationStatus
+    hack_check: Optional[str] = None
+    message: str = ""
+    device_mode: str
+    hardware: str
+    traces: list[Trace]
+
+    @property
+    def passed(self) -> bool:
+        return self.status == S.PASSED
+
+    def latencies(self) -> dict[str, float]:
+        return {t.workload.uuid: t.evaluation.performance.latency_ms for t in self.traces
+                if t.passed and t.evaluation.performance}
+
+    def speedup_geomean(self) -> Optional[float]:
+        xs = [t.evaluation.performance.speedup_factor for t in self.traces if t.passed]
+        return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs and all(x > 0 for x in xs) else None
+
+    def sol_fraction_mean(self) -> Optional[float]:
+        xs = [t.evaluation.performance.sol_fraction for t in self.traces
+              if t.passed and t.evaluation.performance.sol_fraction is not None]
+        return sum(xs) / len(xs) if xs else None
+
+
+class ABResult(BaseModel):
+    """Gate re-measurement: per workload the paired log-ratios log(T_best / T_cand)."""
+    per_workload: dict[str, float]  # median speedup of candidate over best
+    gain: float  # geomean speedup across workloads, minus 1
+    noise: float  # measured spread of the aggregate (2 standard errors of the paired log-ratios)
+    samples: dict[str, list[list[float]]]
+
+
+class HarnessError(Exception):
+    pass
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "interpret"
+    except Exception:
+        return "interpret"
+
+
+def scrubbed_env(device: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not any(m in k.upper() for m in SECRET_MARKERS)}
+    if device == "interpret":
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class WorkerProc:
+    """A worker subprocess and its private channel; killed (whole process group) on timeout."""
+
+    def __init__(self, device: str, role: str):
+        self.device, self.role = device, role
+        self.proc: Optional[subprocess.Popen] = None
+        self.conn: Optional[Connection] = None
+        self.log_path = Path(tempfile.gettempdir()) / f"avo-worker-{role}-{os.getpid()}-{secrets.token_hex(3)}.log"
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "avo.harness.worker", "--fd", str(theirs.fileno()),
+             "--device", self.device, "--role", self.role],
+            pass_fds=(theirs.fileno(),), env=scrubbed_env(self.device), stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        theirs.close()
+        log.close()
+        self.conn = Connection(os.dup(ours.fileno()))
+        ours.close()
+        msg = self.recv(120.0)
+        if msg is None or msg[0] != "ready":
+            self.kill()
+            raise HarnessError(f"{self.role} worker did not start: {self.log_tail()}")
+
+    def ensure(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
+    def send(self, obj: Any) -> None:
+        channel.send(self.conn, obj)
+
+    def recv(self, timeout: float):
+        """A message, None on timeout, ('dead', code) when the process died."""
+        try:
+            if self.conn.poll(timeout):
+                return channel.recv(self.conn)
+        except (EOFError, OSError):
+            pass
+        else:
+            return None
+        code = self.proc.wait(timeout=10) if self.proc else None
+        return ("dead", code)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+        if self.conn:
+            self.conn.close()
+        self.proc, self.conn = None, None
+
+    def log_tail(self, n: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+class Evaluator:
+    def __init__(self, cfg: Optional[EvalConfig] = None):
+        self.cfg = cfg or EvalConfig()
+        self.device = resolve_device(self.cfg.device)
+        self.cand = WorkerProc(self.device, "candidate")
+        self.ref = WorkerProc(self.device, "reference")
+        self.gpu_name = sol.detect_gpu_name() if self.device == "cuda" else None
+        self.hw = sol.match_gpu_name(self.gpu_name) if self.gpu_name else None
+        self.hardware = self.gpu_name or "CPU (Triton interpreter)"
+        self.busy_s = 0.0  # wall time spent inside evaluate/ab: the evaluator's duty cycle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self.cand.kill()
+        self.ref.kill()
+
+    @property
+    def timing(self) -> dict:
+        cuda = self.device == "cuda"
+        iters = self.cfg.iters or (50 if cuda else 5)
+        if cuda:
+            iters = max(iters, 50)
+        return {"warmup": self.cfg.warmup if self.cfg.warmup is not None else (10 if cuda else 1),
+                "iters": iters, "wall_reps": 20}
+
+    def _env(self) -> Environment:
+        import torch
+        import triton
+        return Environment(hardware=self.hardware.replace(" ", "_"), device_mode=self.device,
+                           sol_hardware=self.hw.name if self.hw else None,
+                           libs={"torch": torch.__version__, "triton": triton.__version__})
+
+    def _n_sets(self, task: Task, w: Workload) -> int:
+        nbytes = sol.io_bytes(task.definition, w)
+        # Every set must be called in the timed loop: its last output is checked afterwards.
+        return int(max(2, min(self.cfg.max_sets, self.timing["iters"], self.cfg.set_bytes_budget // max(nbytes, 1))))
+
+    # ---- reference outputs ----
+    def _reference(self, task: Task, w: Workload, seeds: list[int]) -> dict[int, dict]:
+        self.ref.ensure()
+        self.ref.send({"op": "reference", "definition": task.definition.model_dump(mode="json"),
+                       "workload": w.model_dump(mode="json"), "seeds": seeds,
+                       "root": str(task.root) if task.root else None})
+        out: dict[int, dict] = {}
+        while True:
+            msg = self.ref.recv(self.cfg.run_timeout_s)
+            if msg is None or msg[0] == "dead":
+                self.ref.kill()
+                raise HarnessError(f"reference worker failed on {w.uuid}: {self.ref.log_tail()}")
+            if msg[0] == "outputs":
+                out[msg[2]] = msg[3]
+            elif msg[0] == "fail":
+                raise HarnessError(f"reference failed on {w.uuid}: {msg[3]}")
+            elif msg[0] == "done":
+                return out
+
+    def _compare(self, task: Task, w: Workload, got: dict, ref: dict) -> checks.CheckResult:
+        d = task.definition
+        results = []
+        for name in d.result_names:
+            if name not in got:
+                return checks.CheckResult(status=S.RUNTIME_ERROR, detail=f"no output {name!r}")
+            spec = {**d.inputs, **d.outputs}[name]
+            expect = TORCH_DTYPES[w.dtypes.get(name, spec.dtype)]
+            results.append(checks.compare(name, got[name], ref[name], expect, d.tolerance))
+        return checks.worst(results)
+
+    # ---- evaluation ----
+    def evaluate(self, task: Task, solution: Solution, workloads: Optional[list[Workload]] = None) -> EvalReport:
+        t0 = time.monotonic()
+        try:
+            return self._evaluate(task, solution, workloads)
+        finally:
+            self.busy_s += time.monotonic() - t0
+
+    def default_workloads(self, task: Task) -> list[Workload]:
+        return task.select("gpu" if self.device == "cuda" else "cpu")
+
+    def _evaluate(self, task: Task, solution: Solution, workloads: Optional[list[Workload]]) -> EvalReport:
+        d = task.definition
+        wls = workloads if workloads is not None else self.default_workloads(task)
+        if not wls:
+            raise HarnessError(f"task {task.name} has no workloads for device {self.device}")
+        env = self._env()
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+        def report(status, log, hack=None, per_wl=None) -> EvalReport:
+            traces = []
+            for w in wls:
+                st, lg, corr, perf = (per_wl or {}).get(w.uuid, (status, log, None, None))
+                ev = Evaluation(status=st, environment=env, timestamp=stamp, log=lg,
+                                correctness=corr, performance=perf,
+                                hack_check=hack if st == S.REWARD_HACK else None)
+                traces.append(Trace(definition=d.name, workload=w, solution=solution.name, evaluation=ev))
+            return EvalReport(task=d.name, solution=solution.name, status=status, hack_check=hack, message=log,
+                              device_mode=self.device, hardware=self.hardware, traces=traces)
+
+        finding = guard.scan_solution({s.path: s.content for s in solution.sources}, d.forbidden_calls)
+        if finding:
+            return report(S.REWARD_HACK, str(finding), f"static:{finding.check}")
+
+        rng = secrets.SystemRandom()  # unpredictable seeds: nothing can be precomputed
+        seed = lambda: rng.randrange(1, 2**62)
+        trial_seeds = {w.uuid: [seed() for _ in range(self.cfg.trials)] for w in wls}
+        set_seeds = {w.uuid: [seed() for _ in range(self._n_sets(task, w))] for w in wls}
+        refresh_seeds = {w.uuid: [seed() for _ in set_seeds[w.uuid]] for w in wls}
+        job = {"op": "evaluate", "definition": d.model_dump(mode="json"), "solution": solution.model_dump(mode="json"),
+               "workloads": [w.model_dump(mode="json") for w in wls], "trial_seeds": trial_seeds,
+               "set_seeds": set_seeds, "refresh_seeds": refresh_seeds, "timing": self.timing,
+               "baseline": task.baseline, "root": str(task.root) if task.root else None}
+        by_uuid = {w.uuid: w for w in wls}
+        self.cand.ensure()
+        self.cand.send(job)
+        phase, limit = "import", self.cfg.compile_timeout_s
+        corr: dict[str, list[checks.CheckResult]] = {w.uuid: [] for w in wls}
+        timings: dict[str, dict] = {}
+        post: dict[str, list[checks.CheckResult]] = {w.uuid: [] for w in wls}
+        timed = False
+        while True:
+            msg = self.cand.recv(limit)
+            if msg is None:
+                self.cand.kill()
+                return report(S.TIMEOUT, f"timed out after {limit:.0f}s in phase {phase}")
+            kind = msg[0]
+            if kind == "dead":
+                tail = self.cand.log_tail()
+                self.cand.kill()
+                return report(S.RUNTIME_ERROR, f"worker died (exit {msg[1]}) in phase {phase}: {tail}")
+            if kind == "phase":
+                phase = msg[1]
+                limit = self.cfg.compile_timeout_s if phase.startswith(("import", "compile")) else self.cfg.run_timeout_s
+            elif kind == "fail":
+                status, hack, log = S(msg[1]), msg[2], msg[3]
+                self.cand.kill()  # a failed candidate may leave state behind: fresh process next time
+                return report(status, f"[{phase}] {log}", hack)
+            elif kind == "outputs":
+                uuid, s, got = msg[1], msg[2], msg[3]
+                ref = self._reference(task, by_uuid[uuid], [s])[s]
+                (post if timed else corr)[uuid].append(self._compare(task, by_uuid[uuid], got, ref))
+            elif kind == "checked":
+                bad = [(u, r) for u, rs in corr.items() for r in rs if r.status != S.PASSED]
+                if bad:
+                    self.cand.send("stop")
+                    per_wl = {}
+                    for w in wls:
+                        worst = checks.worst(corr[w.uuid])
+                        per_wl[w.uuid] = self._fail_entry(worst)
+                    u, r = bad[0]
+                    status = S.REWARD_HACK if r.status == S.REWARD_HACK else r.status
+                    return report(status, f"{u}: {r.detail}", "output-type" if status == S.REWARD_HACK else None, per_wl)
+                self.cand.send("time")
+                timed = True
+            elif kind == "timing":
+                timings[msg[1]] = msg[2]
+            elif kind == "done":
+                break
+        return self._finish(task, wls, corr, post, timings, report)
+
+    @staticmethod
+    def _fail_entry(r: checks.CheckResult):
+        if r.status == S.INCORRECT_NUMERICAL:
+            return (r.status, r.detail, Correctness(max_absolute_error=r.max_abs, max_relative_error=r.max_rel,
+                                                    extra={"matched_ratio": r.matched}), None)
+        return (r.status, r.detail, None, None)
+
+    def _finish(self, task, wls, corr, post, timings, report) -> EvalReport:
+        d = task.definition
+        per_wl = {}
+        overall, overall_log, hack = S.PASSED, "", None
+        for w in wls:
+            tm = timings[w.uuid]
+            stale = [r for r in post[w.uuid] if r.status != S.PASSED]
+            flops, nbytes = sol.work(d, w)
+            t_sol = sol.sol_time_s(d, w, self.hw) * 1e3 if self.hw else None
+            status, log, check = S.PASSED, "", None
+            if stale:
+                status, check = S.REWARD_HACK, "timed-output"
+                log = f"output of a timed or refreshed call was wrong: {stale[0].detail}"
+            elif self.device == "cuda" and tm.get("wall_ms") and \
+                    tm["wall_ms"] > self.cfg.side_stream_factor * tm["median_ms"] + self.cfg.side_stream_slack_ms:
+                status, check = S.REWARD_HACK, "side-stream"
+                log = f"events saw {tm['median_ms']:.4f} ms but a synced call takes {tm['wall_ms']:.4f} ms: work off the timed stream"
+            elif t_sol is not None and tm["median_ms"] < t_sol:
+                status, check = S.REWARD_HACK, "below-sol"
+                log = f"{tm['median_ms']:.4f} ms is below the speed-of-light bound {t_sol:.4f} ms"
+            worst = checks.worst(corr[w.uuid])
+            c = Correctness(max_absolute_error=worst.max_abs, max_relative_error=worst.max_rel,
+                            extra={"matched_ratio": worst.matched, "trials": len(corr[w.uuid])})
+            tk, tb = tm["median_ms"], tm["base_median_ms"]
+            perf = Performance(latency_ms=tk, reference_latency_ms=tb, speedup_factor=tb / tk if tk > 0 else 0.0,
+                               latency_iqr_ms=tm["iqr_ms"], reference_latency_iqr_ms=tm["base_iqr_ms"],
+                               iterations=tm["iters"], flops=flops, bytes=nbytes,
+                               sol_latency_ms=t_sol, sol_fraction=(t_sol / tk) if t_sol and tk > 0 else None,
+                               sol_score=sol.sol_score(tk, tb, t_sol or 0.0))
+            if status == S.PASSED:
+                per_wl[w.uuid] = (status, log, c, perf)
+            else:
+                per_wl[w.uuid] = (status, log, None, None)
+                if overall == S.PASSED:
+                    overall, overall_log, hack = status, f"{w.uuid}: {log}", check
+        rep = report(overall, overall_log, hack, per_wl)
+        for t in rep.traces:  # clocks and throttling per workload
+            tm = timings[t.workload.uuid]
+            env = t.evaluation.environment.model_copy(update={
+                "sm_clock_mhz_before": tm.get("clock_before"), "sm_clock_mhz_after": tm.get("clock_after"),
+                "throttle_reasons": tm.get("throttle", []),
+                "throttled": any(r in tm.get("throttle", []) for r in ("hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake"))})
+            t.evaluation = t.evaluation.model_copy(update={"environment": env})
+        if overall != S.PASSED:
+            self.cand.kill()
+        return rep
+
+    # ---- commit-gate re-measurement ----
+    def ab(self, task: Task, best: Solution, cand: Solution, workloads: Optional[list[Workload]] = None,
+           rounds: int = 2) -> ABResult:
+        t0 = time.monotonic()
+        try:
+            return self._ab(task, best, cand, workloads, rounds)
+        finally:
+            self.busy_s += time.monotonic() - t0
+
+    def _ab(self, task, best, cand, workloads, rounds) -> ABResult:
+        wls = workloads if workloads is not None else self.default_workloads(task)
+        rng = secrets.SystemRandom()
+        set_seeds = {w.uuid: [rng.randrange(1, 2**62) for _ in range(self._n_sets(task, w))] for w in wls}
+        self.cand.ensure()
+        self.cand.send({"op": "ab", "definition": task.definition.model_dump(mode="json"),
+                        "solutions": [best.model_dump(mode="json"), cand.model_dump(mode="json")],
+                        "workloads": [w.model_dump(mode="json") for w in wls], "set_seeds": set_seeds,
+                        "timing": self.timing, "rounds": rounds, "root": str(task.root) if task.root else None})
+        samples: dict[str, list[list[float]]] = {}
+        while True:
+            msg = self.cand.recv(self.cfg.run_timeout_s + self.cfg.compile_timeout_s)
+            if msg is None or msg[0] in ("dead", "fail"):
+                self.cand.kill()
+                raise HarnessError(f"A/B re-measurement failed: {msg[3] if msg and msg[0] == 'fail' else msg}")
+            if msg[0] == "timing":
+                samples[msg[1]] = msg[2]["samples"]
+            elif msg[0] == "done":
+                break
+        return ab_statistics(samples)
+
+
+def ab_statistics(samples: dict[str, list[list[float]]]) -> ABResult:
+    """Paired log-ratios per iteration; the aggregate is the mean over workloads of the median
+    log-ratio; noise is 2 standard errors of that mean, from the ratios' median absolute deviation."""
+    import statistics
+    per, logs, var = {}, [], []
+    for uuid, (a, b) in samples.items():
+        lr = [math.log(x / y) for x, y in zip(a, b) if x > 0 and y > 0]
+        med = statistics.median(lr)
+        mad = statistics.median([abs(v - med) for v in lr]) * 1.4826
+        per[uuid] = math.exp(med)
+        logs.append(med)
+        var.append((1.2533 * mad) ** 2 / max(len(lr), 1))  # variance of a median ~ (pi/2) sigma^2 / n
+    n = len(logs)
+    agg = sum(logs) / n
+    se = math.sqrt(sum(var)) / n
+    return ABResult(per_workload=per, gain=math.exp(agg) - 1, noise=math.exp(2 * se) - 1, samples=samples)

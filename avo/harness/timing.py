@@ -1,0 +1,117 @@
+"""Timing inside the worker: L2 flush before each call, device events around it, several
+functions interleaved call by call (candidate/baseline, or best/candidate for the gate) so that
+drift and clock changes hit all of them alike; median and IQR. Clocks are read, never set."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+
+# Bound at import, before any candidate runs, so a candidate cannot swap the clock under us.
+_perf_counter = time.perf_counter
+_Event = torch.cuda.Event
+_synchronize = torch.cuda.synchronize
+
+
+class L2Flusher:
+    """Writes a buffer of at least twice the L2 size so no call starts with warm inputs."""
+
+    def __init__(self, device: str):
+        self.buf = None
+        if device == "cuda":
+            l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+            self.buf = torch.empty(max(2 * l2, 64 << 20) // 4, dtype=torch.int32, device="cuda")
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.buf.zero_()
+
+
+def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[Callable[[int], None]]],
+                     n_sets: int, warmup: int, iters: int, device: str) -> list[list[float]]:
+    """ms per call for each function; call i of each uses argument set i % n_sets. `prepare`
+    (poisoning outputs) runs outside the timed region. The order alternates every iteration."""
+    flush = L2Flusher(device)
+    k = len(calls)
+    for i in range(warmup):
+        for j in range(k):
+            if prepare[j]:
+                prepare[j](i % n_sets)
+            calls[j](i % n_sets)
+    samples: list[list[float]] = [[] for _ in range(k)]
+    if device == "cuda":
+        _synchronize()
+        pending = []
+        for i in range(iters):
+            order = range(k) if i % 2 == 0 else reversed(range(k))
+            for j in order:
+                if prepare[j]:
+                    prepare[j](i % n_sets)
+                flush()
+                start, end = _Event(enable_timing=True), _Event(enable_timing=True)
+                start.record()
+                calls[j](i % n_sets)
+                end.record()
+                pending.append((j, start, end))
+        _synchronize()
+        for j, start, end in pending:
+            samples[j].append(start.elapsed_time(end))
+    else:
+        for i in range(iters):
+            order = range(k) if i % 2 == 0 else reversed(range(k))
+            for j in order:
+                if prepare[j]:
+                    prepare[j](i % n_sets)
+                t0 = _perf_counter()
+                calls[j](i % n_sets)
+                samples[j].append((_perf_counter() - t0) * 1e3)
+    return samples
+
+
+def wall_per_call_ms(call: Callable[[int], None], n_sets: int, reps: int, device: str) -> float:
+    """Host wall time per call with a device-wide sync at the end: it includes work on any stream,
+    so events that saw far less than this mean the work ran outside the timed stream."""
+    if device == "cuda":
+        _synchronize()
+    t0 = _perf_counter()
+    for i in range(reps):
+        call(i % n_sets)
+    if device == "cuda":
+        _synchronize()
+    return (_perf_counter() - t0) * 1e3 / reps
+
+
+def median_iqr(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return 0.0, 0.0
+    if len(xs) < 4:
+        return statistics.median(xs), (max(xs) - min(xs))
+    q = statistics.quantiles(xs, n=4)
+    return statistics.median(xs), q[2] - q[0]
+
+
+def gpu_clock_state() -> tuple[Optional[int], list[str]]:
+    """(SM clock MHz, active throttle reasons) via pynvml; (None, []) without a GPU."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        sm = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
+        mask = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)
+        names = {
+            "hw_slowdown": getattr(pynvml, "nvmlClocksThrottleReasonHwSlowdown", 0x8),
+            "sw_thermal": getattr(pynvml, "nvmlClocksThrottleReasonSwThermalSlowdown", 0x20),
+            "hw_thermal": getattr(pynvml, "nvmlClocksThrottleReasonHwThermalSlowdown", 0x40),
+            "hw_power_brake": getattr(pynvml, "nvmlClocksThrottleReasonHwPowerBrakeSlowdown", 0x80),
+            "sw_power_cap": getattr(pynvml, "nvmlClocksThrottleReasonSwPowerCap", 0x4),
+        }
+        return int(sm), [n for n, bit in names.items() if mask & bit]
+    except Exception:
+        return None, []
+
+
+# Reasons that mean the clock was pulled down by heat or a hardware limit (sw_power_cap is routine
+# under heavy load on H100 and is recorded but not flagged).
+THROTTLE_FLAGS = ("hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")

@@ -1,0 +1,275 @@
+"""The worker process: the only place candidate code runs. One per device, started by the runner
+with a scrubbed environment; talks to it over a private socket (fd passed at spawn). Roles:
+`candidate` (import, correctness calls, timing, A/B) and `reference` (trusted reference outputs).
+
+Messages to the runner: ("phase", name) before each time-limited step, ("outputs", uuid, seed,
+{name: cpu tensor}), ("fail", status, check, log), ("timing", uuid, dict), ("done", info)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from avo.harness import channel, guard, inputs, timing  # imported before any candidate, on purpose
+from avo.schema import Definition, EvaluationStatus, Solution, Workload
+
+S = EvaluationStatus
+
+
+class Fail(Exception):
+    def __init__(self, status: EvaluationStatus, log: str, check: str | None = None):
+        super().__init__(log)
+        self.status, self.log, self.check = status, log, check
+
+
+def _tail(text: str, n: int = 2000) -> str:
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+def _is_compile_error(e: BaseException) -> bool:
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"CompilationError", "CompileTimeAssertionFailure", "OutOfResources"}) or \
+        "triton.compiler" in type(e).__module__
+
+
+class Worker:
+    def __init__(self, conn: Connection, device: str, role: str):
+        self.conn, self.mode, self.role = conn, device, role
+        self.dev = "cuda" if device == "cuda" else "cpu"
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"avo-{role}-"))
+        self.guard = guard.RuntimeGuard()  # pristine ids, before any candidate exists in this process
+        self.refs: dict[str, dict] = {}
+
+    def send(self, *msg: Any) -> None:
+        channel.send(self.conn, msg)
+
+    # ---- loading code ----
+    def _load_module(self, sol: Solution) -> Callable:
+        digest = hashlib.sha256(sol.model_dump_json().encode()).hexdigest()[:16]
+        folder = self.tmp / f"sol_{digest}"
+        for s in sol.sources:
+            p = folder / s.path
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(s.content)
+        if sol.spec.language not in ("triton", "python"):
+            raise Fail(S.COMPILE_ERROR, f"language {sol.spec.language!r} is not built by avo's worker (triton, python)")
+        modname = f"avo_candidate_{digest}"
+        sys.path.insert(0, str(folder))
+        try:
+            spec = importlib.util.spec_from_file_location(modname, folder / sol.entry_file)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[modname] = mod
+            spec.loader.exec_module(mod)
+        except Exception as e:
+            raise Fail(S.COMPILE_ERROR, _tail(f"import failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
+        finally:
+            sys.path.remove(str(folder))
+        fn = getattr(mod, sol.entry_symbol, None)
+        if not callable(fn):
+            raise Fail(S.COMPILE_ERROR, f"{sol.spec.entry_point}: no callable {sol.entry_symbol!r}")
+        return fn
+
+    def _reference_ns(self, d: Definition, code: str | None = None) -> dict:
+        code = code or d.reference
+        key = hashlib.sha256(code.encode()).hexdigest()
+        if key not in self.refs:
+            ns: dict = {}
+            exec(compile(code, f"<{d.name}/reference>", "exec"), ns)
+            self.refs[key] = ns
+        return self.refs[key]
+
+    def _inputs(self, d: Definition, w: Workload, seed: int, root: str | None) -> dict:
+        ns = self._reference_ns(d)
+        return inputs.make_inputs(d, w, seed, self.dev, ns.get("make_inputs"), Path(root) if root else None)
+
+    # ---- reference role ----
+    def reference(self, job: dict) -> None:
+        d = Definition.model_validate(job["definition"])
+        w = Workload.model_validate(job["workload"])
+        run = self._reference_ns(d)["run"]
+        for seed in job["seeds"]:
+            x = inputs.upcast(self._inputs(d, w, seed, job.get("root")))
+            with torch.no_grad():
+                ret = run(*x.values())
+            rets = ret if isinstance(ret, (tuple, list)) else (ret,)
+            result = {n: t.detach().cpu() for n, t in zip(d.outputs, rets)}
+            result.update({n: x[n].detach().cpu() for n in d.inplace})
+            self.send("outputs", w.uuid, seed, result)
+        self.send("done", {})
+
+    # ---- candidate role ----
+    def _call_checked(self, fn: Callable, d: Definition, args: dict, outs: dict, monitor: bool) -> None:
+        snap = inputs.snapshot(args, skip=tuple(d.inplace))
+        ptrs = {k: v.data_ptr() for k, v in outs.items()}
+        rec = guard.aten_monitor() if monitor else None
+        try:
+            if rec is not None:
+                with rec:
+                    fn(*args.values(), *outs.values())
+            else:
+                fn(*args.values(), *outs.values())
+            if self.mode == "cuda":
+                torch.cuda.synchronize()
+        except Fail:
+            raise
+        except Exception as e:
+            status = S.COMPILE_ERROR if _is_compile_error(e) else S.RUNTIME_ERROR
+            raise Fail(status, _tail(f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+        finding = self.guard.verify()
+        if finding:
+            raise Fail(S.REWARD_HACK, finding[1], finding[0])
+        if rec is not None:
+            op = guard.forbidden_op(rec.ops, d.forbidden_calls)
+            if op:
+                raise Fail(S.REWARD_HACK, f"called {op}, a library op that does the task", "library-call")
+        moved = [k for k, v in outs.items() if v.data_ptr() != ptrs[k]]
+        if moved:
+            raise Fail(S.REWARD_HACK, f"output {moved[0]} was replaced instead of written", "output-replaced")
+        mutated = inputs.changed(args, snap)
+        if mutated:
+            raise Fail(S.REWARD_HACK, f"input {mutated[0]!r} was modified", "input-mutation")
+
+    def _results(self, d: Definition, args: dict, outs: dict) -> dict:
+        res = {n: t.detach().cpu().clone() for n, t in outs.items()}
+        res.update({n: args[n].detach().cpu().clone() for n in d.inplace})
+        return res
+
+    def evaluate(self, job: dict) -> None:
+        d = Definition.model_validate(job["definition"])
+        sol = Solution.model_validate(job["solution"])
+        wls = [Workload.model_validate(w) for w in job["workloads"]]
+        self.send("phase", "import")
+        fn = self._load_module(sol)
+        finding = self.guard.verify()
+        if finding:
+            raise Fail(S.REWARD_HACK, finding[1], finding[0])
+        # Correctness: every workload, fresh inputs per trial, outputs poisoned before each call.
+        for w in wls:
+            for t, seed in enumerate(job["trial_seeds"][w.uuid]):
+                self.send("phase", f"compile:{w.uuid}" if t == 0 else f"check:{w.uuid}")
+                args = self._inputs(d, w, seed, job.get("root"))
+                outs = inputs.alloc_outputs(d, w, self.dev)
+                for o in outs.values():
+                    inputs.poison_(o)
+                self._call_checked(fn, d, args, outs, monitor=(t == 0))
+                self.send("outputs", w.uuid, seed, self._results(d, args, outs))
+        self.send("checked")
+        if channel.recv(self.conn) != "time":
+            return
+        base_ns = self._reference_ns(d, job.get("baseline"))
+        for w in wls:
+            self.send("phase", f"time:{w.uuid}")
+            self.send("timing", w.uuid, self._time_workload(fn, base_ns["run"], d, w, job))
+        self.send("done", {})
+
+    def _time_workload(self, fn, base_fn, d: Definition, w: Workload, job: dict) -> dict:
+        cfg = job["timing"]
+        set_seeds = job["set_seeds"][w.uuid]
+        sets = [self._inputs(d, w, s, job.get("root")) for s in set_seeds]
+        pristine = [inputs.snapshot({n: a[n] for n in d.inplace}) for a in sets]
+        outs = [inputs.alloc_outputs(d, w, self.dev) for _ in sets]
+        base_sets = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.items()} for a in sets]
+
+        def cand(i):
+            fn(*sets[i].values(), *outs[i].values())
+
+        def prep(i):  # outside the timed region: poison outputs, restore in-place inputs
+            for o in outs[i].values():
+                inputs.poison_(o)
+            for n, t in pristine[i].items():
+                sets[i][n].copy_(t)
+
+        def base(i):
+            base_fn(*base_sets[i].values())
+
+        clk0, why0 = timing.gpu_clock_state() if self.mode == "cuda" else (None, [])
+        try:
+            samples = timing.time_interleaved([cand, base], [prep, None], len(sets), cfg["warmup"],
+                                              cfg["iters"], self.mode)
+            if self.mode == "cuda":
+                torch.cuda.synchronize()
+        except Exception as e:
+            raise Fail(S.RUNTIME_ERROR, _tail(f"during timing: {type(e).__name__}: {e}"))
+        clk1, why1 = timing.gpu_clock_state() if self.mode == "cuda" else (None, [])
+        finding = self.guard.verify()
+        if finding:
+            raise Fail(S.REWARD_HACK, finding[1], finding[0])
+        # The last timed call on each set must have produced the right answer...
+        for i, s in enumerate(set_seeds):
+            self.send("outputs", w.uuid, s, self._results(d, sets[i], outs[i]))
+        # ...and after new values land in the same buffers (a cache keyed by pointer or shape
+        # returns stale results here).
+        for i, s in enumerate(job["refresh_seeds"][w.uuid]):
+            fresh = self._inputs(d, w, s, job.get("root"))
+            for k, v in fresh.items():
+                if isinstance(v, torch.Tensor):
+                    sets[i][k].copy_(v)
+            for o in outs[i].values():
+                inputs.poison_(o)
+            cand(i)
+            if self.mode == "cuda":
+                torch.cuda.synchronize()
+            self.send("outputs", w.uuid, s, self._results(d, sets[i], outs[i]))
+        wall = None
+        if self.mode == "cuda":
+            wall = timing.wall_per_call_ms(cand, len(sets), cfg.get("wall_reps", 20), self.mode)
+        med, iqr = timing.median_iqr(samples[0])
+        bmed, biqr = timing.median_iqr(samples[1])
+        return dict(median_ms=med, iqr_ms=iqr, base_median_ms=bmed, base_iqr_ms=biqr, iters=len(samples[0]),
+                    wall_ms=wall, n_sets=len(sets), clock_before=clk0, clock_after=clk1,
+                    throttle=sorted(set(why0) | set(why1)))
+
+    def ab(self, job: dict) -> None:
+        """Gate re-measurement: best (A) and candidate (B), interleaved call by call."""
+        d = Definition.model_validate(job["definition"])
+        fns = [self._load_module(Solution.model_validate(s)) for s in job["solutions"]]
+        cfg = job["timing"]
+        for w in (Workload.model_validate(x) for x in job["workloads"]):
+            self.send("phase", f"ab:{w.uuid}")
+            sets = [self._inputs(d, w, s, job.get("root")) for s in job["set_seeds"][w.uuid]]
+            outs = [[inputs.alloc_outputs(d, w, self.dev) for _ in sets] for _ in fns]
+            calls = [(lambda i, f=f, o=o: f(*sets[i].values(), *o[i].values())) for f, o in zip(fns, outs)]
+            samples = timing.time_interleaved(calls, [None] * len(calls), len(sets), cfg["warmup"],
+                                              cfg["iters"] * job.get("rounds", 1), self.mode)
+            self.send("timing", w.uuid, {"samples": samples})
+        self.send("done", {})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--device", choices=["cuda", "interpret"], required=True)
+    ap.add_argument("--role", choices=["candidate", "reference"], required=True)
+    a = ap.parse_args()
+    conn = Connection(a.fd)
+    w = Worker(conn, a.device, a.role)
+    channel.send(conn, ("ready", {"pid": os.getpid()}))
+    while True:
+        try:
+            job = channel.recv(conn)
+        except EOFError:
+            return
+        try:
+            getattr(w, job["op"])(job)
+        except Fail as f:
+            channel.send(conn, ("fail", f.status.value, f.check, f.log))
+        except Exception as e:  # harness bug or broken reference: report, don't hide
+            channel.send(conn, ("fail", S.RUNTIME_ERROR.value, None, _tail(f"worker error: {type(e).__name__}: {e}\n{traceback.format_exc()}")))
+        if a.device == "cuda":
+            try:
+                torch.cuda.synchronize()
+            except Exception:
+                os._exit(3)  # CUDA context is gone (illegal address...): the runner restarts us
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Load tasks: avo's `evaluators/<task>/` folders and foreign FlashInfer-Bench / SOL-ExecBench
+problem directories (definition.json, workload.jsonl, optional solution JSON)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ValidationError
+
+from avo.schema import BuildSpec, Definition, Solution, SourceFile, Workload
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class TaskError(Exception):
+    """A task or candidate file that cannot be loaded; the message is one line for the user."""
+
+
+class Task(BaseModel):
+    definition: Definition
+    workloads: list[Workload]
+    root: Optional[Path] = None  # folder the task came from (safetensors inputs are relative to it)
+    baseline: Optional[str] = None  # code with `run` timed as T_b; default: the reference
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def select(self, target: Literal["gpu", "cpu", "all"]) -> list[Workload]:
+        """The workloads evaluated on a device: `cpu` = small interpreter shapes."""
+        if target == "all":
+            return list(self.workloads)
+        return [w for w in self.workloads if w.target == target]
+
+
+def evaluators_dir() -> Path:
+    return Path(os.environ.get("AVO_EVALUATORS", REPO_ROOT / "evaluators"))
+
+
+def kernels_dir() -> Path:
+    return Path(os.environ.get("AVO_KERNELS", REPO_ROOT / "kernels"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{path}: malformed JSON (line {e.lineno}: {e.msg})") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+    return rows
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{loc}: {err['msg']}{more}"
+
+
+def load_task_dir(folder: Path) -> Task:
+    """One folder: definition.json, workloads.jsonl or workload.jsonl, reference.py/baseline.py."""
+    folder = Path(folder)
+    dpath = folder / "definition.json"
+    if not dpath.exists():
+        raise TaskError(f"{folder}: no definition.json (not a task folder)")
+    raw = _read_json(dpath)
+    if (folder / "reference.py").exists():
+        raw["reference"] = (folder / "reference.py").read_text()
+    try:
+        definition = Definition.model_validate(raw)
+    except ValidationError as e:
+        raise TaskError(f"{dpath}: {_one_line(e)}") from None
+    wpath = next((p for p in (folder / "workloads.jsonl", folder / "workload.jsonl") if p.exists()), None)
+    if wpath is None:
+        raise TaskError(f"{folder}: no workloads.jsonl / workload.jsonl")
+    workloads = []
+    for i, row in enumerate(_read_jsonl(wpath), 1):
+        row = row.get("workload", row)  # FlashInfer workload traces wrap the workload
+        try:
+            workloads.append(Workload.model_validate(row))
+        except ValidationError as e:
+            raise TaskError(f"{wpath}:{i}: {_one_line(e)}") from None
+    _check_workloads(definition, workloads, wpath)
+    baseline = (folder / "baseline.py").read_text() if (folder / "baseline.py").exists() else None
+    return Task(definition=definition, workloads=workloads, root=folder, baseline=baseline)
+
+
+def _check_workloads(d: Definition, workloads: list[Workload], where: Path) -> None:
+    var_axes = {k for k, a in d.axes.items() if a.type == "var"}
+    for w in workloads:
+        missing = var_axes - set(w.axes)
+        if missing:
+            raise TaskError(f"{where}: workload {w.uuid} gives no value for axes {sorted(missing)}")
+        unknown = set(w.inputs) - set(d.inputs)
+        if unknown:
+            raise TaskError(f"{where}: workload {w.uuid} names unknown inputs {sorted(unknown)}")
+    if not workloads:
+        raise TaskError(f"{where}: no workloads")
+
+
+def list_tasks() -> list[Task]:
+    root = evaluators_dir()
+    return [load_task_dir(p) for p in sorted(root.iterdir()) if (p / "definition.json").exists()]
+
+
+def load_task(target: str) -> Task:
+    """A task name under evaluators/, or a path to a problem directory."""
+    p = Path(target)
+    if p.is_dir():
+        return load_task_dir(p)
+    folder = evaluators_dir() / target
+    if folder.is_dir():
+        return load_task_dir(folder)
+    known = ", ".join(sorted(q.name for q in evaluators_dir().iterdir() if (q / "definition.json").exists()))
+    raise TaskError(f"unknown task {target!r} (known: {known}; or give a problem directory)")
+
+
+def solution_from_kernel_file(task: Task, path: Path, name: Optional[str] = None,
+                              entry: str = "run") -> Solution:
+    """Wrap a kernel .py (Triton kernel + host wrapper `run`) as a Solution."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"{path}: no such file")
+    src = path.read_text()
+    if not src.strip():
+        raise TaskError(f"{path}: empty file")
+    lang = "triton" if ("import triton" in src or "from triton" in src) else "python"
+    return Solution(
+        name=name or path.stem, definition=task.name, author="avo",
+        spec=BuildSpec(language=lang, target_hardware=["cuda"], entry_point=f"{path.name}::{entry}"),
+        sources=[SourceFile(path=path.name, content=src)],
+    )
+
+
+def load_solution(task: Task, path: Path) -> Solution:
+    """A kernel .py or a Solution JSON (FlashInfer Trace format)."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"{path}: no such file")
+    if path.suffix == ".json":
+        try:
+            sol = Solution.model_validate(_read_json(path))
+        except ValidationError as e:
+            raise TaskError(f"{path}: {_one_line(e)}") from None
+        if sol.definition != task.name:
+            raise TaskError(f"{path}: solution is for {sol.definition!r}, not {task.name!r}")
+        return sol
+    if path.suffix != ".py":
+        raise TaskError(f"{path}: a candidate is a kernel .py or a solution .json")
+    return solution_from_kernel_file(task, path)
+
+
+def find_solution_json(folder: Path) -> Optional[Path]:
+    """A foreign problem directory may carry its solution: solution.json or solutions/*.json."""
+    for cand in [folder / "solution.json", *sorted((folder / "solutions").glob("*.json"))]:
+        if cand.exists():
+            return cand
+    return None
