@@ -1,0 +1,215 @@
+"""`avo` command line. Each command is a thin shell over a module function; user errors are one
+line on stderr and exit code 2 (bad usage) or 1 (evaluation failed)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="avo: evolve GPU kernels with coding agents as the variation operator.")
+lineage_app = typer.Typer(no_args_is_help=True, help="Read a run's lineage (git) and attempts log.")
+app.add_typer(lineage_app, name="lineage")
+console = Console()
+err = Console(stderr=True)
+
+
+def die(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _fmt(x: Optional[float], spec: str = ".3f", suffix: str = "") -> str:
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+@app.command()
+def tasks() -> None:
+    """List the tasks under evaluators/: workloads per target and their SOL model."""
+    from avo.tasks import TaskError, list_tasks
+    try:
+        ts = list_tasks()
+    except TaskError as e:
+        die(str(e))
+    t = Table(title="avo tasks")
+    for col in ("task", "op_type", "gpu wl", "cpu wl", "SOL flops", "SOL bytes", "tolerance"):
+        t.add_column(col)
+    for task in ts:
+        d = task.definition
+        t.add_row(d.name, d.op_type, str(len(task.select("gpu"))), str(len(task.select("cpu"))),
+                  d.sol.flops or "(from reference)", d.sol.bytes or "(unique I/O)",
+                  f"atol {d.tolerance.atol:g} rtol {d.tolerance.rtol:g}")
+    console.print(t)
+
+
+def print_report(rep, console: Console = console) -> None:
+    t = Table(title=f"{rep.task} / {rep.solution} on {rep.hardware} ({rep.device_mode})")
+    for col in ("workload", "status", "max abs err", "max rel err", "ms", "baseline ms", "speedup", "% SOL", "SOL score"):
+        t.add_column(col, justify="right" if col not in ("workload", "status") else "left")
+    for tr in rep.traces:
+        e = tr.evaluation
+        c, p = e.correctness, e.performance
+        status = e.status.value + (f" ({e.hack_check})" if e.hack_check else "")
+        t.add_row(tr.workload.uuid, status, _fmt(c and c.max_absolute_error, ".2e"), _fmt(c and c.max_relative_error, ".2e"),
+                  _fmt(p and p.latency_ms, ".4f"), _fmt(p and p.reference_latency_ms, ".4f"),
+                  _fmt(p and p.speedup_factor, ".2f", "x"), _fmt(p and p.sol_fraction and 100 * p.sol_fraction, ".1f", "%"),
+                  _fmt(p and p.sol_score, ".3f"))
+    console.print(t)
+    if rep.device_mode == "interpret":
+        console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")
+    if rep.message:
+        console.print(f"[bold]{rep.status.value}[/]: {rep.message[:1500]}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(target: str = typer.Argument(..., help="task name or problem directory"),
+             candidate: Optional[Path] = typer.Argument(None, help="kernel .py or solution .json (default: the problem dir's solution)"),
+             device: str = typer.Option("auto", help="auto | cuda | interpret"),
+             workloads: str = typer.Option("", help="comma-separated workload uuids (default: all for the device)"),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="write the traces (JSONL) here")) -> None:
+    """Evaluate one candidate on a task: correctness on every workload, timing, SOL score."""
+    from avo.harness.runner import EvalConfig, Evaluator, HarnessError
+    from avo.tasks import TaskError, find_solution_json, load_solution, load_task
+    if device not in ("auto", "cuda", "interpret"):
+        die(f"--device must be auto, cuda or interpret, not {device!r}")
+    try:
+        task = load_task(target)
+        if candidate is None:
+            found = find_solution_json(Path(target)) if Path(target).is_dir() else None
+            if found is None:
+                die("no CANDIDATE given and the target has no solution.json")
+            candidate = found
+        sol = load_solution(task, candidate)
+    except TaskError as e:
+        die(str(e))
+    try:
+        with Evaluator(EvalConfig(device=device)) as ev:
+            if ev.device == "cuda":
+                import torch
+                if not torch.cuda.is_available():
+                    die("--device cuda but no CUDA device is visible")
+            wls = ev.default_workloads(task)
+            if workloads:
+                want = workloads.split(",")
+                wls = [w for w in task.workloads if w.uuid in want]
+                missing = set(want) - {w.uuid for w in wls}
+                if missing:
+                    die(f"unknown workloads: {', '.join(sorted(missing))}")
+            rep = ev.evaluate(task, sol, wls)
+    except HarnessError as e:
+        die(str(e), 1)
+    print_report(rep)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text("".join(t.model_dump_json() + "\n" for t in rep.traces))
+        console.print(f"traces -> {json_out}")
+    raise typer.Exit(0 if rep.passed else 1)
+
+
+@app.command()
+def evolve(config: Path = typer.Option(Path("configs/quickstart.yaml"), "--config", "-c", help="run config (YAML)"),
+           backend: str = typer.Option("local", help="local | ray"),
+           address: Optional[str] = typer.Option(None, help="Ray cluster address (with --backend ray)"),
+           run: Optional[str] = typer.Option(None, help="override the run name (lineages/<run>)"),
+           minutes: Optional[float] = typer.Option(None, help="override budget.wall_minutes"),
+           attempts: Optional[int] = typer.Option(None, help="override budget.attempts"),
+           device: Optional[str] = typer.Option(None, help="override device: auto | cuda | interpret"),
+           live: bool = typer.Option(True, help="rich live display")) -> None:
+    """Run (or resume) an evolution: islands of variation steps, each gated into a git lineage."""
+    from avo.config import ConfigError, load_config
+    try:
+        cfg = load_config(config, run=run, minutes=minutes, attempts=attempts, device=device)
+    except ConfigError as e:
+        die(str(e))
+    if backend == "ray":
+        from avo.distributed import evolve_ray
+        code = evolve_ray(cfg, address=address, live=live)
+    elif backend == "local":
+        from avo.evolve import evolve_local
+        code = evolve_local(cfg, live=live)
+    else:
+        die(f"--backend must be local or ray, not {backend!r}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(run: str = typer.Argument(..., help="run name under lineages/ or a lineage path"),
+           out: Optional[Path] = typer.Option(None, help="output folder (default: <lineage>/report)")) -> None:
+    """Write an HTML + PNG report of a run."""
+    from avo.lineage import LineageError, resolve_run
+    from avo.report import write_report
+    try:
+        path = write_report(resolve_run(run), out)
+    except LineageError as e:
+        die(str(e))
+    console.print(f"report -> {path}")
+
+
+@lineage_app.command("log")
+def lineage_log(run: str, task: Optional[str] = None, attempts: bool = typer.Option(False, help="every attempt, not only commits")) -> None:
+    """Accepted versions (or every attempt) of a run."""
+    from avo.lineage import LineageError, lineage_log_cmd
+    try:
+        lineage_log_cmd(run, task=task, attempts=attempts, console=console)
+    except LineageError as e:
+        die(str(e))
+
+
+@lineage_app.command("show")
+def lineage_show(run: str, ref: str) -> None:
+    """One version: meta, per-workload traces, kernel source."""
+    from avo.lineage import LineageError, lineage_show_cmd
+    try:
+        lineage_show_cmd(run, ref, console=console)
+    except LineageError as e:
+        die(str(e))
+
+
+@lineage_app.command("diff")
+def lineage_diff(run: str, a: str, b: str) -> None:
+    """Kernel diff between two versions."""
+    from avo.lineage import LineageError, lineage_diff_cmd
+    try:
+        lineage_diff_cmd(run, a, b, console=console)
+    except LineageError as e:
+        die(str(e))
+
+
+@lineage_app.command("best")
+def lineage_best(run: str, task: Optional[str] = None) -> None:
+    """The best version per task (commit, speedups, % SOL)."""
+    from avo.lineage import LineageError, lineage_best_cmd
+    try:
+        lineage_best_cmd(run, task=task, console=console)
+    except LineageError as e:
+        die(str(e))
+
+
+@app.command()
+def export(run: str = typer.Argument(...), out: Path = typer.Option(Path("artifacts"), "--out"),
+           task: Optional[str] = typer.Option(None)) -> None:
+    """Export the best solution per task (and per workload key) as apply() artifacts."""
+    from avo.apply.export import ExportError, export_run
+    try:
+        paths = export_run(run, out, task=task)
+    except ExportError as e:
+        die(str(e))
+    for p in paths:
+        console.print(f"artifact -> {p}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
