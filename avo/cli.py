@@ -71,7 +71,8 @@ def eval_cmd(target: str = typer.Argument(..., help="task name or problem direct
              candidate: Optional[Path] = typer.Argument(None, help="kernel .py or solution .json (default: the problem dir's solution)"),
              device: str = typer.Option("auto", help="auto | cuda | interpret"),
              workloads: str = typer.Option("", help="comma-separated workload uuids (default: all for the device)"),
-             json_out: Optional[Path] = typer.Option(None, "--json", help="write the traces (JSONL) here")) -> None:
+             json_out: Optional[Path] = typer.Option(None, "--json", help="write the traces (JSONL) here"),
+             peer: bool = typer.Option(False, help="trusted peer implementation: allow library calls that do the task")) -> None:
     """Evaluate one candidate on a task: correctness on every workload, timing, SOL score."""
     from avo.harness.runner import EvalConfig, Evaluator, HarnessError
     from avo.tasks import TaskError, find_solution_json, load_solution, load_task
@@ -88,7 +89,7 @@ def eval_cmd(target: str = typer.Argument(..., help="task name or problem direct
     except TaskError as e:
         die(str(e))
     try:
-        with Evaluator(EvalConfig(device=device)) as ev:
+        with Evaluator(EvalConfig(device=device, peer=peer)) as ev:
             if ev.device == "cuda":
                 import torch
                 if not torch.cuda.is_available():

@@ -46,6 +46,9 @@ class EvalConfig(BaseModel):
     set_bytes_budget: int = 2 << 30
     side_stream_factor: float = 2.0  # wall/call above factor*event median + slack => work off-stream
     side_stream_slack_ms: float = 0.1
+    # Peer mode evaluates a trusted reference implementation (torch SDPA, xgrammar's kernel) with
+    # the same cascade, minus the checks that forbid calling a library that does the task.
+    peer: bool = False
 
 
 class WorkloadTiming(BaseModel):
@@ -282,7 +285,8 @@ class Evaluator:
             return EvalReport(task=d.name, solution=solution.name, status=status, hack_check=hack, message=log,
                               device_mode=self.device, hardware=self.hardware, traces=traces)
 
-        finding = guard.scan_solution({s.path: s.content for s in solution.sources}, d.forbidden_calls)
+        finding = None if self.cfg.peer else guard.scan_solution(
+            {s.path: s.content for s in solution.sources}, d.forbidden_calls)
         if finding:
             return report(S.REWARD_HACK, str(finding), f"static:{finding.check}")
 
@@ -294,7 +298,8 @@ class Evaluator:
         job = {"op": "evaluate", "definition": d.model_dump(mode="json"), "solution": solution.model_dump(mode="json"),
                "workloads": [w.model_dump(mode="json") for w in wls], "trial_seeds": trial_seeds,
                "set_seeds": set_seeds, "refresh_seeds": refresh_seeds, "timing": self.timing,
-               "baseline": task.baseline, "root": str(task.root) if task.root else None}
+               "baseline": task.baseline, "root": str(task.root) if task.root else None,
+               "peer": self.cfg.peer}
         by_uuid = {w.uuid: w for w in wls}
         self.cand.ensure()
         self.cand.send(job)
