@@ -34,19 +34,21 @@ class _State:
         self.swap_lock = threading.Lock()  # serialises enable/reload/disable, never taken by calls
         self.stats_lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
-        self.reasons: dict[str, dict[str, int]] = {}
+        self.reasons: dict[str, dict[str, int]] = {}  # task -> miss/fallback/error reason -> count
+        self.served: dict[str, dict[str, int]] = {}  # task -> artifact name -> hits
         self.logged: set = set()
 
-    def count(self, task: str, *names: str, reason: Optional[str] = None) -> None:
+    def count(self, task: str, *names: str, reason: Optional[str] = None, artifact: Optional[str] = None) -> None:
         with self.stats_lock:
             c = self.counts.get(task)
             if c is None:
                 c = self.counts[task] = dict.fromkeys(COUNTERS, 0)
             for n in names:
                 c[n] += 1
-            if reason is not None:
-                r = self.reasons.setdefault(task, {})
-                r[reason] = r.get(reason, 0) + 1
+            for label, table in ((reason, self.reasons), (artifact, self.served)):
+                if label is not None:
+                    r = table.setdefault(task, {})
+                    r[label] = r.get(label, 0) + 1
 
     def once(self, level: int, task: str, key: str, what: str, msg: str) -> None:
         tag = (task, key, what)
@@ -100,13 +102,21 @@ def enabled() -> bool:
 
 def stats(reset: bool = False) -> dict[str, dict[str, Any]]:
     """Per task: calls, hits (= exact + nearest), misses (no artifact for the key), fallbacks (a
-    guard failed, or the key was disabled after an error), errors (the kernel raised), and
-    `reasons` (fallback/miss reasons with counts)."""
+    guard failed, or the key was disabled after an error), errors (the kernel raised),
+    `reasons` (miss/fallback/error reasons with counts) and `artifacts` (hits per artifact)."""
     with _STATE.stats_lock:
-        out = {t: {**c, "reasons": dict(_STATE.reasons.get(t, {}))} for t, c in _STATE.counts.items()}
+        out = {t: {**c, "reasons": dict(_STATE.reasons.get(t, {})), "artifacts": dict(_STATE.served.get(t, {}))}
+               for t, c in _STATE.counts.items()}
         if reset:
-            _STATE.counts, _STATE.reasons = {}, {}
+            _STATE.counts, _STATE.reasons, _STATE.served = {}, {}, {}
     return out
+
+
+def note_fallback(task: str, reason: str) -> None:
+    """For integrations: a call the integration kept on the engine's own path (a feature the
+    definition does not cover, e.g. GQA or a padding mask) counts as a fallback of `task`."""
+    if _STATE.table is not None:
+        _STATE.count(task, "calls", "fallbacks", reason=reason)
 
 
 def loaded() -> dict[str, list[str]]:
@@ -193,7 +203,7 @@ class Applied:
                         f"artifact {route.artifact} raised {type(e).__name__}: {e}; using the original "
                         "function for this key until reload()")
             return self.original(*args, **kwargs)
-        _STATE.count(task, "calls", "hits", route.kind)
+        _STATE.count(task, "calls", "hits", route.kind, artifact=route.artifact)
         if not outs:
             return None
         return outs[0] if len(outs) == 1 else tuple(outs)
