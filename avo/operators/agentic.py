@@ -7,9 +7,10 @@ cost, each tool call and result, compactions, the outcome); its path goes into t
 GiveUp. The API key never enters it (values of the key variable are redacted besides).
 
 Context: when the conversation's estimated size passes `COMPACT_AT` of `context_tokens`, old
-tool results and large old tool arguments are replaced, deterministically, by a one-line stub
-(first line + size); the system prompt, the step prompt and the last `KEEP_RECENT` messages are
-never touched. See docs/agents.md."""
+tool results, then large old tool arguments, then long old assistant text are replaced,
+deterministically, by a one-line stub (first line + size). The system prompt, the step prompt
+and the newest turn are never touched; the last `KEEP_RECENT` messages only when the older ones
+do not suffice. See docs/agents.md."""
 from __future__ import annotations
 
 import difflib
@@ -79,29 +80,34 @@ def _stub(text: str, what: str) -> str:
 
 
 def compact(messages: list[Message], context_tokens: int) -> int:
-    """Shrink old tool results, then old large tool arguments and old assistant text, until the
-    estimate is under COMPACT_AT * context_tokens. Returns how many entries were shrunk."""
+    """Shrink old tool results, then old large tool arguments, then old assistant text, until the
+    estimate is under COMPACT_AT * context_tokens; only if that is not enough, do the same in the
+    last KEEP_RECENT messages, except the newest turn. Returns how many entries were shrunk."""
     limit = int(COMPACT_AT * context_tokens)
     if estimate_tokens(messages) <= limit:
         return 0
-    protected = {0, 1} | set(range(max(0, len(messages) - KEEP_RECENT), len(messages)))  # system, step prompt
+    n = len(messages)
+    recent = max(2, n - KEEP_RECENT)
+    newest = max(2, max((i for i, m in enumerate(messages) if m.role == "assistant"), default=n))
     shrunk = 0
-    for pass_ in ("tool", "args", "assistant"):
-        for i, m in enumerate(messages):
-            if i in protected or estimate_tokens(messages) <= limit:
-                continue
-            if pass_ == "tool" and m.role == "tool" and len(m.text) > 400 and not m.text.startswith("[tool result elided"):
-                messages[i] = m.model_copy(update={"text": _stub(m.text, "tool result")})
-                shrunk += 1
-            elif pass_ == "args" and m.role == "assistant":
-                calls = [c.model_copy(update={"arguments": {k: (_stub(v, k) if isinstance(v, str) and len(v) > 400 else v)
-                                                            for k, v in c.arguments.items()}}) for c in m.tool_calls]
-                if calls != m.tool_calls:
-                    messages[i] = m.model_copy(update={"tool_calls": calls})
+    for window in (range(2, recent), range(recent, newest)):  # 0, 1 = system and step prompt: kept
+        for pass_ in ("tool", "args", "assistant"):
+            for i in window:
+                if estimate_tokens(messages) <= limit:
+                    return shrunk
+                m = messages[i]
+                if pass_ == "tool" and m.role == "tool" and len(m.text) > 400 and not m.text.startswith("[tool result elided"):
+                    messages[i] = m.model_copy(update={"text": _stub(m.text, "tool result")})
                     shrunk += 1
-            elif pass_ == "assistant" and m.role == "assistant" and len(m.text) > 400:
-                messages[i] = m.model_copy(update={"text": m.text[:300] + " [... elided]"})
-                shrunk += 1
+                elif pass_ == "args" and m.role == "assistant":
+                    calls = [c.model_copy(update={"arguments": {k: (_stub(v, k) if isinstance(v, str) and len(v) > 400 else v)
+                                                                for k, v in c.arguments.items()}}) for c in m.tool_calls]
+                    if calls != m.tool_calls:
+                        messages[i] = m.model_copy(update={"tool_calls": calls})
+                        shrunk += 1
+                elif pass_ == "assistant" and m.role == "assistant" and len(m.text) > 400:
+                    messages[i] = m.model_copy(update={"text": m.text[:300] + " [... elided]"})
+                    shrunk += 1
     return shrunk
 
 
@@ -248,6 +254,19 @@ class AgenticOperator:
                 messages.append(Message(role="user", text="Two turns left in this step: submit the best version "
                                         "that passed its evaluation, or give_up."))
         return give_up(f"turn limit ({self.max_turns}) reached")
+
+    def review(self, view: LineageView, ctx: StepContext):
+        """The supervisor's TrajectoryReview hook: new directions for a stagnant island."""
+        from avo.operators.review import review_trajectory
+        from avo.operators.supervisor import ReviewResult
+        path = Path(ctx.workdir) / "review.jsonl"
+        try:
+            client = self.client()
+        except LLMError as e:
+            log.warning("trajectory review unavailable: %s", e)
+            return ReviewResult(directions=[])
+        r = review_trajectory(client, self.meter, view, path, secrets=tuple(self._secrets()))
+        return ReviewResult(directions=r.directions, cost_usd=r.cost_usd, tokens=r.tokens, transcript=r.transcript)
 
     def _device(self) -> str:
         from avo.harness.runner import resolve_device

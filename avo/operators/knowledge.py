@@ -45,14 +45,22 @@ class KBHit(BaseModel):
     snippet: str
 
 
+def stem(w: str) -> str:
+    """A crude suffix stripper: decode/decoding/decoded, cache/caches, kernel/kernels meet."""
+    for suf in ("ation", "ing", "ed", "es", "s"):
+        if len(w) > len(suf) + 3 and w.endswith(suf) and not w.endswith("ss"):
+            w = w[:-len(suf)]
+            break
+    return w[:-1] if len(w) > 4 and w.endswith("e") else w
+
+
 def tokens(text: str) -> list[str]:
-    """Lower-case words; identifiers like num_warps also yield their parts; a plural 's' is dropped."""
+    """Lower-case stemmed words; identifiers like num_warps also yield their parts."""
     out: list[str] = []
     for w in _WORD.findall(text.lower()):
         parts = [w] + ([p for p in w.split("_") if p] if "_" in w else [])
         for p in parts:
-            if len(p) > 3 and p.endswith("s") and not p.endswith("ss"):
-                p = p[:-1]
+            p = stem(p)
             if len(p) >= 2:
                 out.append(p)
     return out
@@ -92,7 +100,7 @@ def split_sections(doc: KBDoc) -> list[KBSection]:
 
 
 class KnowledgeBase:
-    K1, B = 1.4, 0.75
+    K1, B = 1.4, 0.5
 
     def __init__(self, root: Optional[Path] = None):
         self.root = Path(root or DEFAULT_KB_DIR)
@@ -104,8 +112,8 @@ class KnowledgeBase:
         self._tf: list[Counter] = []
         for s in self.sections:
             d = self.docs[s.doc]
-            meta = " ".join([d.title, s.heading] + d.tags)
-            self._tf.append(Counter(tokens(s.text) + 2 * tokens(meta)))  # title/heading/tags count double
+            # The section's heading counts three times, the document's title and tags once each.
+            self._tf.append(Counter(tokens(s.text) + 3 * tokens(s.heading) + tokens(" ".join([d.title] + d.tags))))
         n = len(self.sections)
         df = Counter(t for tf in self._tf for t in tf)
         self._idf = {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in df.items()}

@@ -1,0 +1,219 @@
+"""The agentic operator end to end on CPU: the real SDK clients talk to the scripted server, the
+tools act on a real workspace, `evaluate` runs the real harness (Triton interpreter) on
+grammar_bitmask."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from avo.harness.runner import EvalConfig, Evaluator
+from avo.operators.agentic import AgenticOperator, compact, estimate_tokens
+from avo.operators.base import AttemptView, GiveUp, LineageView, Proposal, StepContext, VersionView
+from avo.operators.llm import CostMeter, Message, ToolCall
+from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
+from fake_llm_server import Call, FakeLLMServer, Turn, call
+
+KEY = "sk-avo-agentic-secret-93b1"
+SEED = (REPO_ROOT / "kernels/grammar/bitmask_seed.py").read_text()
+TASK = load_task("grammar_bitmask")
+SMALL = [w for w in TASK.select("cpu") if w.uuid == "cpu_b3_v1000_float32"]
+
+
+class Spec:
+    """The fields AgenticOperator reads from the config's AgenticSpec."""
+    def __init__(self, srv: FakeLLMServer, provider: str, **kw):
+        self.name, self.provider, self.model = "agentic", provider, "fake-model"
+        self.base_url = srv.anthropic_url if provider == "anthropic" else srv.openai_url
+        self.api_key_env = "AVO_TEST_AGENT_KEY"
+        self.max_steps, self.context_tokens, self.temperature = 20, 200_000, None
+        self.price_in_per_mtok, self.price_out_per_mtok = 3.0, 15.0
+        self.timeout_s, self.max_retries, self.backoff_s = 10.0, 2, 0.05
+        self.__dict__.update(kw)
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv("AVO_TEST_AGENT_KEY", KEY)
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    with Evaluator(EvalConfig(device="interpret")) as ev:
+        yield ev
+
+
+def step_ctx(tmp_path: Path, evaluator=None) -> StepContext:
+    def evaluate(source: str):
+        k = tmp_path / "eval" / "kernel.py"
+        k.parent.mkdir(exist_ok=True)
+        k.write_text(source)
+        return evaluator.evaluate(TASK, solution_from_kernel_file(TASK, k), SMALL)
+    return StepContext(seed=0, workdir=tmp_path / "step", evaluate=evaluate if evaluator else None)
+
+
+def view(**kw) -> LineageView:
+    best = VersionView(commit="a1b2c3d4e5", source=SEED, note="seed", latencies_ms=kw.pop("latencies", {}))
+    return LineageView(task="grammar_bitmask", island=0, best=best, **kw)
+
+
+def tool_results(srv: FakeLLMServer, i: int) -> str:
+    """Everything request i sent back to the model after its previous turn (tool results, nudges)."""
+    msgs = srv.requests[i].body["messages"]
+    last = max(j for j, m in enumerate(msgs) if m["role"] == "assistant")
+    return json.dumps(msgs[last + 1:])
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_step_reads_edits_repairs_and_submits(tmp_path, evaluator, provider):
+    script = [
+        Turn(text="Plan: fewer, larger programs.", calls=[call("read_file", path="kernel.py"),
+                                                          call("kb_search", query="launch overhead block size")]),
+        Turn(calls=[call("edit", path="kernel.py", search="CONFIG = dict(BLOCK_SIZE=256,",
+                         replace="CONFIG = dict(BLOCK_SIZE=1024,"),
+                    call("edit", path="kernel.py", search="    vocab = logits.shape[1]\n",
+                         replace="    vocab = logits.shape[1] +\n")]),  # a deliberate syntax error
+        Turn(calls=[call("evaluate")]),
+        Turn(text="Syntax error: repair.", calls=[call("edit", path="kernel.py", search="    vocab = logits.shape[1] +\n",
+                                                       replace="    vocab = logits.shape[1]\n")]),
+        Turn(calls=[call("evaluate")]),
+        Turn(calls=[call("submit", note="BLOCK_SIZE 256 -> 1024")]),
+        Turn(calls=[call("submit", note="BLOCK_SIZE 256 -> 1024: 4x fewer programs per row")]),
+    ]
+    with FakeLLMServer(script) as srv:
+        op = AgenticOperator(Spec(srv, provider), device="interpret")
+        out = op.propose(view(latencies={SMALL[0].uuid: 1e6}), step_ctx(tmp_path, evaluator))
+    assert isinstance(out, Proposal), out
+    assert out.note == "BLOCK_SIZE 256 -> 1024: 4x fewer programs per row" and out.parent == "a1b2c3d4e5"
+    assert "CONFIG = dict(BLOCK_SIZE=1024," in out.source and "logits.shape[1] +" not in out.source
+    assert out.cost_usd == pytest.approx(7 * (100 * 3 + 20 * 15) / 1e6) and out.tokens == 7 * 120
+    assert srv.remaining == 0 and len(srv.requests) == 7
+    assert "kernel.py: 46 lines" in tool_results(srv, 1) and "grammar-bitmask" in tool_results(srv, 1)
+    assert "COMPILE_ERROR" in tool_results(srv, 3) and "SyntaxError" in tool_results(srv, 3)
+    assert "status: PASSED" in tool_results(srv, 5) and "vs island best" in tool_results(srv, 5)
+    assert "critique your change" in tool_results(srv, 6) and "+CONFIG = dict(BLOCK_SIZE=1024" in tool_results(srv, 6)
+    events = [json.loads(l) for l in Path(out.transcript).read_text().splitlines()]
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "end"
+    assert [e["name"] for e in events if e["event"] == "tool"].count("evaluate") == 2
+    assert [e["status"] for e in events[-1]["evaluations"]] == ["COMPILE_ERROR", "PASSED"]
+    # The key reached the server, and nowhere on disk.
+    assert KEY in json.dumps(srv.requests[0].headers)
+    for f in (tmp_path / "step").rglob("*"):
+        if f.is_file():
+            assert KEY not in f.read_text(errors="replace"), f
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_malformed_tool_calls_are_answered_and_the_loop_goes_on(tmp_path, provider):
+    bad_args = Call(name="read_file", arguments="{not json") if provider == "openai" else call("read_file", file="x")
+    script = [
+        Turn(calls=[call("frobnicate", x=1), bad_args]),
+        Turn(calls=[call("edit", path="kernel.py", search="CONFIG = dict(BLOCK_SIZE=255, num_warps=4)", replace="x")]),
+        Turn(calls=[call("edit", path="kernel.py", search="tl.store(", replace="tl.store (")]),
+        Turn(calls=[call("read_file", path="../secrets.txt")]),
+        Turn(text="I am thinking."),  # no tool call: nudged
+        Turn(calls=[call("give_up", reason="nothing to gain")]),
+    ]
+    with FakeLLMServer(script) as srv:
+        out = AgenticOperator(Spec(srv, provider), device="interpret").propose(view(), step_ctx(tmp_path))
+    assert isinstance(out, GiveUp) and out.reason == "nothing to gain"
+    r1 = tool_results(srv, 1)
+    assert "unknown tool 'frobnicate'" in r1 and "available: list_files, read_file, edit" in r1
+    assert ("not valid JSON" in r1) if provider == "openai" else ("bad arguments" in r1 and "path" in r1)
+    r2 = tool_results(srv, 2)
+    assert "search text not found" in r2 and "Nearest line 11" in r2 and "CONFIG = dict(BLOCK_SIZE=256" in r2
+    r3 = tool_results(srv, 3)
+    assert "found 2 times" in r3 and "lines 33, 35" in r3
+    assert "without '..'" in tool_results(srv, 4)
+    assert "Continue with the tools" in tool_results(srv, 5)
+    assert (tmp_path / "step" / "workspace" / "kernel.py").read_text() == SEED  # no edit went through
+
+
+def test_hung_server_ends_the_step_cleanly_and_keeps_the_transcript(tmp_path):
+    with FakeLLMServer([Turn(calls=[call("read_file", path="kernel.py")]), Turn(delay_s=30), Turn(delay_s=30)]) as srv:
+        out = AgenticOperator(Spec(srv, "anthropic", timeout_s=0.5, max_retries=1),
+                              device="interpret").propose(view(), step_ctx(tmp_path))
+    assert isinstance(out, GiveUp) and "LLM error" in out.reason and "timeout" in out.reason
+    events = [json.loads(l) for l in Path(out.transcript).read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "turn", "tool", "llm_error", "end"]
+    assert "kernel.py: 46 lines" in events[2]["result"]
+    assert out.cost_usd > 0
+
+
+def test_run_budget_stops_the_step(tmp_path):
+    meter = CostMeter(limit_usd=0.001)  # each scripted turn costs $0.0006
+    turns = [Turn(calls=[call("list_files")]) for _ in range(5)]
+    with FakeLLMServer(turns) as srv:
+        op = AgenticOperator(Spec(srv, "openai"), meter=meter, device="interpret")
+        out = op.propose(view(), step_ctx(tmp_path))
+        assert isinstance(out, GiveUp) and "LLM budget exhausted" in out.reason
+        assert len(srv.requests) == 2 and out.cost_usd == pytest.approx(0.0012)
+        again = op.propose(view(), step_ctx(tmp_path / "2"))  # the next step stops before any call
+        assert isinstance(again, GiveUp) and "budget" in again.reason and len(srv.requests) == 2
+
+
+def test_turn_limit_hands_over_an_evaluated_improvement(tmp_path, evaluator):
+    script = [Turn(calls=[call("edit", path="kernel.py", search="BLOCK_SIZE=256,", replace="BLOCK_SIZE=2048,")]),
+              Turn(calls=[call("evaluate")])]
+    with FakeLLMServer(script) as srv:
+        out = AgenticOperator(Spec(srv, "anthropic", max_steps=2), device="interpret").propose(
+            view(latencies={SMALL[0].uuid: 1e6}), step_ctx(tmp_path, evaluator))
+    assert isinstance(out, Proposal) and "auto-submitted (turn limit (2) reached)" in out.note
+    assert "BLOCK_SIZE=2048," in out.source
+
+
+def test_submit_refuses_unchanged_and_already_tried_kernels(tmp_path):
+    from avo.operators.tools import source_hash
+    tried = SEED.replace("BLOCK_SIZE=256,", "BLOCK_SIZE=512,")
+    script = [Turn(calls=[call("submit", note="nothing")]),
+              Turn(calls=[call("write_file", path="kernel.py", content=tried), call("submit", note="again")]),
+              Turn(calls=[call("give_up", reason="out of ideas")])]
+    with FakeLLMServer(script) as srv:
+        out = AgenticOperator(Spec(srv, "openai"), device="interpret").propose(
+            view(seen_hashes={source_hash(tried)}), step_ctx(tmp_path))
+    assert isinstance(out, GiveUp)
+    assert "unchanged from the parent" in tool_results(srv, 1)
+    assert "already tried on this task" in tool_results(srv, 2)
+
+
+def _conversation(sizes: list[int]) -> list[Message]:
+    msgs = [Message(role="system", text="s" * 2000), Message(role="user", text="step " * 500)]
+    for i, size in enumerate(sizes):
+        msgs.append(Message(role="assistant", text="t" * 600, tool_calls=[
+            ToolCall(id=f"c{i}", name="write_file", arguments={"path": "k.py", "content": "x" * size})]))
+        msgs.append(Message(role="tool", tool_call_id=f"c{i}", text=f"result {i}\n" + "y" * size))
+    return msgs
+
+
+def test_compaction_shrinks_old_turns_first():
+    msgs = _conversation([40_000] * 6 + [100] * 4)
+    before = [m.model_copy() for m in msgs]
+    n = compact(msgs, context_tokens=50_000)
+    assert n > 0 and estimate_tokens(msgs) <= 0.6 * 50_000
+    assert msgs[:2] == before[:2] and msgs[-8:] == before[-8:]  # system, step prompt, recent turns intact
+    assert msgs[3].text.startswith("[tool result elided") and "result 0" in msgs[3].text
+    assert [m.tool_call_id for m in msgs] == [m.tool_call_id for m in before]  # call/result pairs kept
+    assert compact(msgs, context_tokens=50_000) == 0  # idempotent once under the limit
+
+
+def test_compaction_reaches_into_recent_turns_only_when_needed():
+    msgs = _conversation([40_000] * 10)
+    before = [m.model_copy() for m in msgs]
+    compact(msgs, context_tokens=50_000)
+    assert estimate_tokens(msgs) <= 0.6 * 50_000
+    assert msgs[:2] == before[:2] and msgs[-2:] == before[-2:]  # the newest turn is never cut
+    assert msgs[-3].text.startswith("[tool result elided")
+
+
+def test_review_proposes_directions(tmp_path):
+    recent = [AttemptView(id=f"a{i}", status="REJECTED", accepted=False, note="BLOCK_SIZE tweak", gain=0.001)
+              for i in range(6)]
+    reply = "Diagnosis: knob moves only.\n- Use a persistent grid over rows.\n- Vectorise bitmask loads (int32 -> 32 tokens)."
+    with FakeLLMServer([Turn(text=reply)]) as srv:
+        op = AgenticOperator(Spec(srv, "anthropic"), device="interpret")
+        res = op.review(view(recent=recent), StepContext(seed=0, workdir=tmp_path))
+    assert res.directions == ["Use a persistent grid over rows.", "Vectorise bitmask loads (int32 -> 32 tokens)."]
+    assert res.cost_usd > 0 and Path(res.transcript).exists()
+    prompt = srv.requests[0].body["messages"][0]["content"][0]["text"]
+    assert "6 attempts without an accepted version" in prompt and "a5 REJECTED" in prompt and "def run(" in prompt
