@@ -1,0 +1,175 @@
+"""`avo export`: a run's lineage (a real git lineage written through avo.lineage's API) becomes
+apply() artifacts: the best version per task, plus every version that is clearly faster on some
+shape key, each with the keys it won; versions with a non-PASSED trace are never exported.
+
+The seed's traces come from a real interpret-mode evaluation; the later versions reuse them with
+latencies rescaled by the test (stated per version below), so which version wins which key is
+known in advance: the per-key policy is what is under test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from avo.apply import read_artifact
+from avo.apply.export import ExportError, export_run
+from avo.harness.runner import EvalConfig, Evaluator
+from avo.lineage import Lineage, Scores, VersionMeta, source_hash
+from avo.schema import EvaluationStatus, Trace
+from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
+
+SEED = REPO_ROOT / "kernels" / "grammar" / "bitmask_seed.py"
+TASK = "grammar_bitmask"
+B3, B5, B8 = "cpu_b3_v1000_float32", "cpu_b5_v4133_float16_n3", "cpu_b8_v2080_float32"
+
+
+@pytest.fixture(scope="module")
+def seed_traces() -> list[Trace]:
+    task = load_task(TASK)
+    with Evaluator(EvalConfig(device="interpret")) as ev:
+        rep = ev.evaluate(task, solution_from_kernel_file(task, SEED), task.select("cpu"))
+    assert rep.passed, rep.message
+    return rep.traces
+
+
+def rescaled(traces: list[Trace], factors: dict[str, float], hack: str | None = None) -> str:
+    rows = []
+    for t in traces:
+        t = t.model_copy(deep=True)
+        p = t.evaluation.performance
+        p.latency_ms *= factors.get(t.workload.uuid, 1.0)
+        p.speedup_factor = p.reference_latency_ms / p.latency_ms
+        if t.workload.uuid == hack:
+            t.evaluation.status, t.evaluation.hack_check = EvaluationStatus.REWARD_HACK, "timed-output"
+            t.evaluation.performance = t.evaluation.correctness = None
+        rows.append(t.model_dump_json())
+    return "".join(r + "\n" for r in rows)
+
+
+def variant(block: int) -> str:
+    src = SEED.read_text()
+    return src.replace("CONFIG = dict(BLOCK_SIZE=256,", f"CONFIG = dict(BLOCK_SIZE={block},")
+
+
+def commit(lin: Lineage, island: int, kind: str, source: str, traces_jsonl: str, speedup: float, attempt: str | None) -> str:
+    meta = VersionMeta(run="run1", task=TASK, island=island, kind=kind, attempt=attempt, operator="test",
+                       source_hash=source_hash(source), scores=Scores(speedup_vs_seed=speedup),
+                       device_mode="interpret", hardware="CPU")
+    return lin.commit_version(meta, source, traces_jsonl, f"{kind} {attempt or ''}")
+
+
+@pytest.fixture(scope="module")
+def lineage(seed_traces, tmp_path_factory) -> dict:
+    """lineages/run1: island 0 = seed -> v1 (best); island 1 = seed -> v2 (1% faster than v1 on
+    b3: within the margin) -> v3 (much faster on b3, but caught reward hacking on b5)."""
+    root = tmp_path_factory.mktemp("work")
+    path = root / "lineages" / "run1"
+    lin, created = Lineage.open_or_create(path, "run1", "run: run1\ntasks: [grammar_bitmask]\n", {"tasks": [TASK]})
+    assert created
+    seed = SEED.read_text()
+    base = rescaled(seed_traces, {})
+    shas = {"seed0": commit(lin, 0, "seed", seed, base, 1.0, None)}
+    # v1: 2x faster than the seed on b3 and b5, 2x slower on b8
+    shas["v1"] = commit(lin, 0, "version", variant(512), rescaled(seed_traces, {B3: .5, B5: .5, B8: 2.0}), 1.4, "a1")
+    shas["seed1"] = commit(lin, 1, "seed", seed, base, 1.0, None)
+    shas["v2"] = commit(lin, 1, "version", variant(1024), rescaled(seed_traces, {B3: .495, B5: .6, B8: 2.0}), 1.3, "a2")
+    shas["v3"] = commit(lin, 1, "version", variant(2048), rescaled(seed_traces, {B3: .1, B8: 2.0}, hack=B5), 1.35, "a3")
+    lin.close()
+    return {"root": root, "path": path, "shas": shas}
+
+
+def test_export_best_and_per_key_winners(lineage, tmp_path):
+    shas = lineage["shas"]
+    paths = export_run(str(lineage["path"]), tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    # seed0 and seed1 are the same kernel with the same traces; the first committed one is kept
+    assert names == sorted([f"best-{shas['v1'][:10]}", f"keys-{shas['seed0'][:10]}"])
+    best = read_artifact(tmp_path / "out" / TASK / f"best-{shas['v1'][:10]}")
+    keys = read_artifact(tmp_path / "out" / TASK / f"keys-{shas['seed0'][:10]}")
+    won = lambda a: sorted(k.workload for k in a.manifest.keys if k.won)  # noqa: E731
+    assert won(best) == [B3, B5] and won(keys) == [B8]
+    m = best.manifest
+    assert (m.run, m.commit, m.island, m.lineage) == ("run1", shas["v1"], "0", str(lineage["path"]))
+    assert best.solution.sources[0].content == variant(512) and best.solution.spec.entry_point == "kernel.py::run"
+    by_wl = {k.workload: k for k in m.keys}
+    seed_b3 = next(t for t in keys.traces if t.workload.uuid == B3).evaluation.performance.latency_ms
+    assert by_wl[B3].latency_ms == pytest.approx(0.5 * seed_b3)
+    assert by_wl[B3].speedup == pytest.approx(by_wl[B3].reference_latency_ms / by_wl[B3].latency_ms)
+    # nothing from v2 (inside the margin) or v3 (REWARD_HACK on b5), and only PASSED traces
+    exported = {read_artifact(p).manifest.commit for p in paths}
+    assert shas["v2"] not in exported and shas["v3"] not in exported
+    for p in paths:
+        assert all(json.loads(line)["evaluation"]["status"] == "PASSED"
+                   for line in (p / "traces.jsonl").read_text().splitlines())
+
+
+def test_export_replaces_the_task_folder_and_filters_by_task(lineage, tmp_path):
+    out = tmp_path / "out"
+    first = export_run(str(lineage["path"]), out, task=TASK)
+    (out / TASK / "stale").mkdir()
+    (out / TASK / "stale" / "manifest.json").write_text("{}")  # an artifact of an older export
+    second = export_run(str(lineage["path"]), out)
+    assert sorted(p.name for p in (out / TASK).iterdir()) == sorted(p.name for p in second) == sorted(p.name for p in first)
+    with pytest.raises(ExportError, match="has no task 'nope'"):
+        export_run(str(lineage["path"]), out, task="nope")
+    with pytest.raises(ExportError, match="no run 'no-such-run'"):
+        export_run("no-such-run", out)
+    (out / TASK / "notes.txt").mkdir()
+    with pytest.raises(ExportError, match="not artifacts: not replacing it"):
+        export_run(str(lineage["path"]), out)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "avo.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_export_by_run_name_and_errors(lineage):
+    root = lineage["root"]
+    r = _cli("export", "run1", "--out", "arts", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("artifact ->") == 2 and (root / "arts" / TASK).is_dir()
+    r = _cli("export", "missing-run", "--out", "arts", cwd=root)
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+DISPATCH_SCRIPT = """
+import json, sys
+import torch
+import avo
+ns = {}
+exec(open(sys.argv[2]).read(), ns)
+fn = avo.apply("grammar_bitmask")(ns["run"])
+avo.apply.enable(sys.argv[1])
+ok = []
+g = torch.Generator().manual_seed(0)
+for b, v in [(3, 1000), (8, 2080), (8, 2080)]:
+    axes = {"batch": b, "vocab": v, "words": (v + 31) // 32, "num_rows": b}
+    x = ns["make_inputs"](axes, {"logits": torch.float32, "bitmask": torch.int32, "indices": torch.int32}, g, "cpu")
+    ref = x["logits"].clone()
+    ns["run"](ref, x["bitmask"], x["indices"])
+    fn(x["logits"], x["bitmask"], x["indices"])
+    ok.append(torch.equal(ref, x["logits"]))
+print(json.dumps({"ok": ok, "stats": avo.apply.stats()}))
+"""
+
+
+def test_exported_artifacts_serve_the_keys_they_won(lineage, tmp_path):
+    shas = lineage["shas"]
+    export_run(str(lineage["path"]), tmp_path / "out")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO_ROOT)}
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(DISPATCH_SCRIPT), str(tmp_path / "out"),
+                        str(REPO_ROOT / "evaluators" / TASK / "reference.py")],
+                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["ok"] == [True, True, True]
+    s = res["stats"][TASK]
+    assert s["exact"] == 3 and s["artifacts"] == {f"best-{shas['v1'][:10]}": 1, f"keys-{shas['seed0'][:10]}": 2}
