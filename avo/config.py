@@ -1,0 +1,222 @@
+"""Run configuration of `avo evolve` (YAML): tasks, seed kernels, operators, islands, budget,
+supervisor, commit gate, device. Every model forbids unknown keys, so a typo is an error that
+names the key and the file instead of a setting silently ignored."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from avo.harness.runner import EvalConfig
+from avo.tasks import REPO_ROOT, kernels_dir
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message is one line for the user."""
+
+
+# Seed kernel x0 per known task, relative to kernels/. A task not listed here falls back to the
+# convention kernels/<family>/<rest>_seed.py (task = <family>_<rest>), then to a problem
+# directory's own solution.json; `seed_kernels:` in the config overrides all of them.
+SEED_KERNELS: dict[str, str] = {
+    "grammar_bitmask": "grammar/bitmask_seed.py",
+    "attention_mha_fwd": "attention/mha_fwd_seed.py",
+    "attention_gqa_decode": "attention/gqa_decode_seed.py",
+}
+
+
+def task_family(task: str) -> str:
+    """grammar_bitmask -> grammar, attention_mha_fwd -> attention (recipes and seeds use it)."""
+    return task.split("_", 1)[0]
+
+
+def default_seed_path(task: str) -> Path:
+    if task in SEED_KERNELS:
+        return kernels_dir() / SEED_KERNELS[task]
+    fam, _, rest = task.partition("_")
+    return kernels_dir() / fam / f"{rest or fam}_seed.py"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HeuristicSpec(Strict):
+    kind: Literal["heuristic"] = "heuristic"
+    name: str = "heuristic"
+    recipes: bool = True  # also apply knowledge_base/recipes/*.md, not only knob moves
+
+
+class AgenticSpec(Strict):
+    kind: Literal["agentic"] = "agentic"
+    name: str = "agentic"
+    provider: Literal["anthropic", "openai"] = "anthropic"
+    model: str
+    base_url: Optional[str] = None  # OpenAI-compatible local servers
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    max_steps: int = Field(default=40, ge=1)
+    max_tokens: int = Field(default=8192, ge=256)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    price_in_per_mtok: float = Field(default=3.0, ge=0.0)
+    price_out_per_mtok: float = Field(default=15.0, ge=0.0)
+    context_tokens: int = Field(default=200_000, ge=1000)
+
+
+class ExternalSpec(Strict):
+    kind: Literal["external"] = "external"
+    name: str = "external"
+    command: str = Field(min_length=1)  # a coding-agent CLI run in a worktree
+    timeout_s: float = Field(default=1800.0, gt=0)
+
+
+OperatorSpec = Annotated[Union[HeuristicSpec, AgenticSpec, ExternalSpec], Field(discriminator="kind")]
+
+
+class IslandSpec(Strict):
+    operator: str
+    task: str
+
+
+class BudgetConfig(Strict):
+    """Budgets count the whole run, across resumes: raise them (--minutes/--attempts) to extend
+    a finished run. None = no limit on that axis (at least one must be set)."""
+    wall_minutes: Optional[float] = Field(default=60.0, gt=0)
+    attempts: Optional[int] = Field(default=None, ge=1)
+    llm_usd: Optional[float] = Field(default=None, ge=0)
+
+
+class SupervisorConfig(Strict):
+    stagnation_k: int = Field(default=8, ge=1)  # attempts without a commit before an intervention
+    max_widen: int = Field(default=3, ge=0)
+    migrate: bool = True  # move the task's global best onto a stagnant island
+    restart: bool = True  # explore from another elite ancestor
+    review_operator: Optional[str] = None  # agentic operator whose trajectory review adds directions
+    restart_steps: int = Field(default=4, ge=1)  # steps an island explores from the elite it restarted from
+
+
+class GateConfig(Strict):
+    min_gain: float = Field(default=0.01, ge=0.0)  # accept only gain > max(min_gain, measured noise)
+    rounds: int = Field(default=2, ge=1)  # A/B rounds (each = the evaluator's timed iterations)
+
+
+class RunConfig(Strict):
+    run: str = Field(min_length=1)
+    lineage_dir: Optional[Path] = None  # default lineages/<run>
+    tasks: list[str] = Field(min_length=1)  # task names under evaluators/ or problem directories
+    seed_kernels: dict[str, Path] = Field(default_factory=dict)  # task -> kernel .py
+    workloads: dict[str, list[str]] = Field(default_factory=dict)  # task -> workload uuids (default: all for the device)
+    operators: list[OperatorSpec] = Field(default_factory=lambda: [HeuristicSpec()])
+    islands: list[IslandSpec] = Field(default_factory=list)  # explicit; else islands_per_task
+    islands_per_task: int = Field(default=1, ge=1)
+    default_operator: Optional[str] = None  # for islands_per_task (default: the first operator)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    device: Literal["auto", "cuda", "interpret"] = "auto"
+    seed: int = 0
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run):
+            raise ValueError(f"run name {self.run!r} must be letters, digits, '.', '_' or '-'")
+        names = [o.name for o in self.operators]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"operator names must be unique: {', '.join(dup)}")
+        if not self.operators:
+            raise ValueError("operators: at least one operator is needed")
+        if self.default_operator is not None and self.default_operator not in names:
+            raise ValueError(f"default_operator {self.default_operator!r} is not among operators ({', '.join(names)})")
+        for i, isl in enumerate(self.islands):
+            if isl.operator not in names:
+                raise ValueError(f"islands.{i}.operator {isl.operator!r} is not among operators ({', '.join(names)})")
+            if isl.task not in self.tasks and isl.task not in [Path(t).name for t in self.tasks]:
+                raise ValueError(f"islands.{i}.task {isl.task!r} is not among tasks ({', '.join(self.tasks)})")
+        for key in self.seed_kernels:
+            if key not in self.tasks and key not in [Path(t).name for t in self.tasks]:
+                raise ValueError(f"seed_kernels names {key!r}, which is not among tasks")
+        review = self.supervisor.review_operator
+        if review is not None and review not in [o.name for o in self.operators if o.kind == "agentic"]:
+            raise ValueError(f"supervisor.review_operator {review!r} is not an agentic operator of this config")
+        b = self.budget
+        if b.wall_minutes is None and b.attempts is None and b.llm_usd is None:
+            raise ValueError("budget: set at least one of wall_minutes, attempts, llm_usd")
+        if "device" in self.eval.model_fields_set:
+            raise ValueError("eval.device: set the device at the top level (device: auto|cuda|interpret)")
+        return self
+
+    @property
+    def lineage_path(self) -> Path:
+        return Path(self.lineage_dir) if self.lineage_dir else REPO_ROOT / "lineages" / self.run
+
+    def operator_spec(self, name: str):
+        return next(o for o in self.operators if o.name == name)
+
+    def island_specs(self) -> list[IslandSpec]:
+        """The islands in round-robin order: explicit ones, else islands_per_task per task."""
+        if self.islands:
+            return list(self.islands)
+        op = self.default_operator or self.operators[0].name
+        return [IslandSpec(operator=op, task=t) for t in self.tasks for _ in range(self.islands_per_task)]
+
+    def eval_config(self) -> EvalConfig:
+        return self.eval.model_copy(update={"device": self.device})
+
+    def seed_path(self, task_entry: str, task_name: str) -> Optional[Path]:
+        """The configured seed for a task (by its entry in `tasks` or its definition name)."""
+        for key in (task_entry, task_name, Path(task_entry).name):
+            if key in self.seed_kernels:
+                p = Path(self.seed_kernels[key])
+                if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+                    p = REPO_ROOT / p  # configs name repo files relative to the repo root
+                return p
+        return None
+
+
+def _error_line(e: ValidationError, path: Path) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and x in ("heuristic", "agentic", "external")))
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        where, _, key = loc.rpartition(".")
+        return f"{path}: unknown key {key!r}" + (f" in {where}" if where else "") + more
+    if err["type"] == "union_tag_invalid":
+        return f"{path}: {loc}: unknown operator kind (heuristic, agentic, external){more}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {loc + ': ' if loc else ''}{msg}{more}"
+
+
+def load_config(path: Path, run: Optional[str] = None, minutes: Optional[float] = None,
+                attempts: Optional[int] = None, device: Optional[str] = None) -> RunConfig:
+    """Read and validate a run config; command-line overrides win over the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a YAML mapping (run:, tasks:, ...)")
+    raw = dict(raw)
+    if run is not None:
+        raw["run"] = run
+    if device is not None:
+        raw["device"] = device
+    if minutes is not None or attempts is not None:
+        budget = dict(raw.get("budget") or {})
+        if minutes is not None:
+            budget["wall_minutes"] = minutes
+        if attempts is not None:
+            budget["attempts"] = attempts
+        raw["budget"] = budget
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_error_line(e, path)) from None

@@ -1,0 +1,475 @@
+"""The orchestrator of `avo evolve` (local backend): one evaluator (one GPU, or the CPU
+interpreter) shared by islands that take turns round-robin. Per step: build the island's
+lineage view, ask its operator for a proposal, evaluate it, pass it through the commit gate,
+commit or log it; then let the supervisor look at the island. Resumes a killed or stopped run
+from its lineage; SIGINT/SIGTERM end the current step cleanly and exit 130."""
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from rich.console import Console
+
+from avo.config import ConfigError, RunConfig
+from avo.gate import GateDecision, commit_gate, measure_gate
+from avo.harness.runner import EvalReport, Evaluator, HarnessError, resolve_device
+from avo.lineage import AttemptRecord, Lineage, LineageError, Scores, Version, VersionMeta, now_iso, source_hash
+from avo.operators.base import AttemptView, GiveUp, LineageView, Operator, Proposal, StepContext, VersionView
+from avo.operators.factory import make_meter, make_operators, make_review
+from avo.operators.recipes import RecipeError
+from avo.operators.supervisor import Intervention, Supervisor
+from avo.progress import IslandLine, Progress, RunStats, TaskLine
+from avo.run_setup import (IslandRef, TaskSetup, identity_mismatch, kernel_solution, resolve_islands, resolve_tasks,
+                           run_identity)
+from avo.commit_message import version_message
+from avo.tasks import REPO_ROOT
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+RECENT_ATTEMPTS = 24  # attempts of the island an operator sees
+ELITES = 5
+GIVE_UPS_TO_STOP = 3  # consecutive give-ups on every island end the run (search space exhausted)
+INTERPRETER_BANNER = ("No GPU: kernels run in Triton's interpreter on the CPU. Timings rank candidates "
+                      "for this demo only; they are not GPU performance.")
+
+
+class EvolveError(Exception):
+    def __init__(self, msg: str, code: int = EXIT_USAGE):
+        super().__init__(msg)
+        self.code = code
+
+
+class StopSignal:
+    """SIGINT/SIGTERM: stop after the current step. An operator step (LLM calls) is abandoned
+    at once; an evaluation finishes (it is time-limited) unless a second signal comes; a
+    commit and its log line are never interrupted."""
+
+    def __init__(self):
+        self.count, self.phase, self._old = 0, "idle", {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+    def _handler(self, signum, frame) -> None:
+        self.count += 1
+        if self.phase == "commit":
+            return
+        if self.phase in ("operator", "report") or self.count >= 2:
+            raise KeyboardInterrupt
+
+
+def scores_from(rep: EvalReport, speedup_vs_seed: Optional[float]) -> Scores:
+    perf = [t.evaluation.performance for t in rep.traces if t.passed and t.evaluation.performance]
+    sol_scores = [p.sol_score for p in perf if p.sol_score is not None]
+    return Scores(speedup_vs_seed=speedup_vs_seed, speedup_vs_baseline=rep.speedup_geomean(),
+                  sol_fraction=rep.sol_fraction_mean(),
+                  sol_score=statistics.fmean(sol_scores) if sol_scores else None, latency_ms=rep.latencies(),
+                  baseline_ms={t.workload.uuid: t.evaluation.performance.reference_latency_ms for t in rep.traces
+                               if t.passed and t.evaluation.performance})
+
+
+def version_view(v: Version) -> VersionView:
+    s = v.meta.scores
+    return VersionView(commit=v.sha, source=v.source, note=v.meta.note, speedup_vs_seed=s.speedup_vs_seed,
+                       speedup_vs_baseline=s.speedup_vs_baseline, sol_fraction=s.sol_fraction,
+                       latencies_ms=dict(s.latency_ms))
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: AVO_FAULT=<name>:<marker file> kills this process with SIGKILL here,
+    once (the marker records that it happened). tests/test_resume.py uses it to land a kill
+    inside the few milliseconds between a commit and its log line."""
+    spec = os.environ.get("AVO_FAULT", "")
+    if spec.startswith(name + ":"):
+        marker = Path(spec.split(":", 1)[1])
+        if not marker.exists():
+            marker.write_text(name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Evolution:
+    def __init__(self, cfg: RunConfig, console: Console, live: bool, operators: Optional[dict[str, Operator]] = None):
+        self.cfg, self.console, self.live = cfg, console, live
+        self.stop = StopSignal()
+        self.device = resolve_device(cfg.device)
+        if self.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                raise EvolveError("device: cuda but no CUDA device is visible")
+        self.tasks: dict[str, TaskSetup] = resolve_tasks(cfg, self.device)
+        self.islands: list[IslandRef] = resolve_islands(cfg, self.tasks)
+        self.knowledge_dir = REPO_ROOT / "knowledge_base"
+        self.meter = make_meter(cfg)  # LLM spend of agentic operators; set from the logs on resume
+        try:
+            # `operators` lets a caller (tests, embedding code) supply its own Operator objects by name.
+            self.operators = operators if operators is not None else \
+                make_operators(cfg, self.knowledge_dir, self.device, self.meter)
+            missing = sorted({i.operator for i in self.islands} - set(self.operators))
+            if missing:
+                raise EvolveError(f"no operator object for {', '.join(missing)}")
+            review = make_review(cfg, self.operators)
+        except (RecipeError, ImportError) as e:
+            raise EvolveError(f"operators: {e}") from None
+        self.supervisor = Supervisor(cfg.supervisor, review)
+        self.lineage: Optional[Lineage] = None
+        self.attempts: list[AttemptRecord] = []
+        self.seen: dict[str, set[str]] = {}
+        self.give_ups: dict[str, int] = {}
+        self.next_n = 1
+        self.stats = RunStats(run=cfg.run, device=self.device, budget=self._budget_text())
+        self.progress = Progress(console, self.stats, live)
+
+    def _budget_text(self) -> str:
+        b = self.cfg.budget
+        parts = [f"{b.wall_minutes:g} min" if b.wall_minutes else "", f"{b.attempts} attempts" if b.attempts else "",
+                 f"${b.llm_usd:g}" if b.llm_usd is not None else ""]
+        return ", ".join(p for p in parts if p)
+
+    # ---- setup ----
+    def open_lineage(self) -> None:
+        ident = run_identity(self.device, self.tasks, self.islands)
+        cfg_yaml = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+        lin, created = Lineage.open_or_create(self.cfg.lineage_path, self.cfg.run, cfg_yaml, ident)
+        self.lineage = lin
+        if not created:
+            why = identity_mismatch(lin.identity(), ident)
+            if why:
+                raise EvolveError(f"run {self.cfg.run!r} exists ({lin.path}) with a different setup: {why}; "
+                                  f"use another --run or the run's original config")
+            for rec in lin.reconcile():
+                self.progress.event(f"recovered {rec.id}: commit {rec.commit[:8]} was made but not logged", "yellow")
+        self.attempts = lin.attempts()
+        self.next_n = lin.next_attempt_number()
+        for name in self.tasks:
+            self.seen[name] = {a.source_hash for a in self.attempts if a.task == name and a.source_hash}
+            self.seen[name] |= {v.meta.source_hash for v in lin.versions(name)}
+        self.supervisor.restore(self.attempts, lin.interventions())
+        self.stats.prev_elapsed_s = max((a.run_elapsed_s for a in self.attempts), default=0.0)
+        if self.meter is not None:
+            self.meter.spent_usd = self.llm_spent()
+        self.stats.attempts = len(self.attempts)
+        self.stats.accepted = sum(a.accepted for a in self.attempts)
+        for isl in self.islands:
+            mine = [a for a in self.attempts if a.task == isl.task and a.island == isl.island]
+            self.stats.islands[isl.label] = IslandLine(label=isl.label, operator=isl.operator, attempts=len(mine),
+                                                       commits=sum(a.accepted for a in mine),
+                                                       last=mine[-1].status if mine else "-")
+            tail = 0
+            for a in reversed(mine):
+                if a.status not in ("GAVE_UP", "OPERATOR_ERROR"):
+                    break
+                tail += 1
+            self.give_ups[isl.label] = tail
+        if not created:
+            self.progress.event(f"resuming {lin.path}: {len(self.attempts)} attempts, "
+                                f"{self.stats.accepted} accepted so far")
+
+    def seed_islands(self, ev: Evaluator) -> None:
+        """Evaluate each task's seed once and commit it to every island that has none yet."""
+        lin = self.lineage
+        for name, setup in self.tasks.items():
+            missing = [i for i in self.islands if i.task == name and lin.head_sha(name, i.island) is None]
+            if not missing:
+                continue
+            existing = [v for v in lin.versions(name) if v.meta.kind == "seed"]
+            if existing:
+                scores, traces = existing[0].meta.scores, existing[0].traces_jsonl
+                mode, hw = existing[0].meta.device_mode, existing[0].meta.hardware
+            else:
+                self.progress.event(f"{name}: evaluating the seed {setup.seed_path} on {len(setup.workloads)} workloads")
+                rep = ev.evaluate(setup.task, kernel_solution(name, setup.seed_source, f"{name}-seed"), setup.workloads)
+                if not rep.passed:
+                    raise EvolveError(f"the seed kernel {setup.seed_path} fails on {name}: {rep.status.value}: "
+                                      f"{' '.join(rep.message.split())[:400]}", EXIT_FAILED)
+                scores = scores_from(rep, 1.0)
+                traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
+                mode, hw = rep.device_mode, rep.hardware
+            for isl in missing:
+                meta = VersionMeta(run=self.cfg.run, task=name, island=isl.island, kind="seed", operator="seed",
+                                   note=Path(setup.seed_path).name, source_hash=source_hash(setup.seed_source),
+                                   scores=scores, device_mode=mode, hardware=hw, run_elapsed_s=self.stats.elapsed_s)
+                from avo.schema import Trace
+                parsed = [Trace.model_validate_json(x) for x in traces.splitlines() if x.strip()]
+                with_phase(self.stop, "commit", lambda: lin.commit_version(meta, setup.seed_source, traces,
+                                                                            version_message(meta, parsed)))
+                self.progress.event(f"{isl.label}: seed committed")
+        self._refresh_bests()
+
+    def _refresh_bests(self) -> None:
+        for name in self.tasks:
+            best = self.lineage.best(name)
+            self.stats.tasks[name] = TaskLine(best_speedup=best.speedup, best_sol=best.meta.scores.sol_fraction,
+                                              best_commit=best.sha)
+        for isl in self.islands:
+            head = self.lineage.head(isl.task, isl.island)
+            line = self.stats.islands[isl.label]
+            line.best = head.speedup if head else 1.0
+            line.widen = self.supervisor.state(isl.task, isl.island).widen
+
+    # ---- budget ----
+    def llm_spent(self) -> float:
+        return sum(a.cost_usd for a in self.attempts) + sum(r.get("cost_usd", 0.0) for r in self.lineage.interventions())
+
+    def budget_reason(self) -> Optional[str]:
+        b = self.cfg.budget
+        if b.attempts is not None and len(self.attempts) >= b.attempts:
+            return f"{len(self.attempts)} attempts of {b.attempts}"
+        if b.wall_minutes is not None and self.stats.elapsed_s >= b.wall_minutes * 60:
+            return f"{self.stats.elapsed_s / 60:.1f} of {b.wall_minutes:g} minutes"
+        usd = self.llm_spent()
+        if b.llm_usd is not None and usd >= b.llm_usd:
+            return f"${usd:.2f} of ${b.llm_usd:g} LLM spend"
+        return None
+
+    # ---- one variation step ----
+    def view_for(self, isl: IslandRef, start: Version, head: Version) -> LineageView:
+        st = self.supervisor.state(isl.task, isl.island)
+        versions = sorted(self.lineage.versions(isl.task), key=lambda v: -v.speedup)[:ELITES]
+        recent = [a for a in self.attempts if a.task == isl.task and a.island == isl.island][-RECENT_ATTEMPTS:]
+        directions = list(st.directions)
+        if start.sha != head.sha:
+            directions.append(f"exploring from elite {start.sha[:8]} ({start.speedup:.2f}x vs seed); "
+                              f"the island best to beat is {head.sha[:8]} ({head.speedup:.2f}x)")
+        return LineageView(task=isl.task, island=isl.island, best=version_view(start),
+                           elites=[version_view(v) for v in versions],
+                           recent=[AttemptView(id=a.id, status=a.status, accepted=a.accepted, note=a.note,
+                                               error=a.error, gain=a.gain, source_hash=a.source_hash) for a in recent],
+                           directions=directions, widen=st.widen, seen_hashes=set(self.seen[isl.task]))
+
+    def step_context(self, isl: IslandRef, aid: str, n: int, ev: Evaluator) -> StepContext:
+        setup = self.tasks[isl.task]
+        workdir = self.lineage.path / "work" / aid
+        probe = lambda src: ev.evaluate(setup.task, kernel_solution(isl.task, src, f"{isl.task}-{aid}-probe"),
+                                        setup.workloads)
+        return StepContext(seed=self.cfg.seed * 1_000_003 + n, workdir=workdir, evaluate=probe,
+                           knowledge_dir=self.knowledge_dir, lineage_root=self.lineage.path)
+
+    def step(self, ev: Evaluator, isl: IslandRef) -> AttemptRecord:
+        lin, setup = self.lineage, self.tasks[isl.task]
+        n, self.next_n = self.next_n, self.next_n + 1
+        aid = f"a{n:05d}"
+        st = self.supervisor.state(isl.task, isl.island)
+        head = lin.head(isl.task, isl.island)
+        start = lin.version(st.restart_from) if st.restart_from else head
+        rec = AttemptRecord(id=aid, task=isl.task, island=isl.island, operator=isl.operator, status="GAVE_UP",
+                            parent=start.sha, started=now_iso())
+        busy0 = ev.busy_s
+        self.stop.phase = "operator"
+        try:
+            out = self.operators[isl.operator].propose(self.view_for(isl, start, head), self.step_context(isl, aid, n, ev))
+        except (KeyboardInterrupt, HarnessError):
+            raise
+        except Exception as e:
+            out = None
+            rec.status, rec.error = "OPERATOR_ERROR", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"[-1500:]
+        if isinstance(out, GiveUp):
+            rec.note, rec.transcript, rec.cost_usd, rec.tokens = out.reason, out.transcript, out.cost_usd, out.tokens
+        elif isinstance(out, Proposal):
+            rec.note, rec.transcript, rec.cost_usd, rec.tokens = out.note, out.transcript, out.cost_usd, out.tokens
+            rec.parent = out.parent or start.sha
+            self.evaluate_and_gate(ev, isl, setup, head, out, rec)
+        rec.eval_s = round(ev.busy_s - busy0, 3)
+        rec.finished = now_iso()
+        rec.run_elapsed_s = round(self.stats.elapsed_s, 3)
+        with_phase(self.stop, "commit", lambda: self.lineage.append_attempt(rec))
+        self.stop.phase = "idle"
+        self.after_attempt(isl, rec)
+        return rec
+
+    def evaluate_and_gate(self, ev: Evaluator, isl: IslandRef, setup: TaskSetup, head: Version,
+                          out: Proposal, rec: AttemptRecord) -> None:
+        rec.source_hash = source_hash(out.source)
+        if rec.source_hash in self.seen[isl.task]:
+            rec.status, rec.error = "DUPLICATE", "this exact source was already tried on the task"
+            return
+        self.seen[isl.task].add(rec.source_hash)
+        if not out.source.strip():
+            rec.status, rec.error = "COMPILE_ERROR", "empty source"
+            return
+        self.stop.phase = "evaluate"
+        cand = kernel_solution(isl.task, out.source, f"{isl.task}-{rec.id}", author=f"avo:{out.operator}")
+        rep = ev.evaluate(setup.task, cand, setup.workloads)
+        best = kernel_solution(isl.task, head.source, f"{isl.task}-{head.sha[:10]}")
+        dec: GateDecision = commit_gate(ev, setup.task, best, head.sha, cand, rep, setup.workloads, self.cfg.gate)
+        self.stats.evals_session += 1
+        rec.status, rec.accepted = dec.status, dec.accepted
+        rec.hack_check = rep.hack_check
+        rec.error = "" if dec.accepted else (rep.message[-1500:] if not rep.passed else dec.reason)
+        if dec.record:
+            rec.gate, rec.gain, rec.noise = dec.record, dec.record.gain, dec.record.noise
+        if dec.accepted:
+            speedup = (head.meta.scores.speedup_vs_seed or 1.0) * (1.0 + dec.record.gain)
+            rec.speedup_vs_seed = speedup
+            meta = VersionMeta(run=self.cfg.run, task=isl.task, island=isl.island, kind="version", attempt=rec.id,
+                               parent=rec.parent, operator=out.operator, note=out.note, source_hash=rec.source_hash,
+                               scores=scores_from(rep, speedup), gate=dec.record, device_mode=rep.device_mode,
+                               hardware=rep.hardware, transcript=out.transcript, cost_usd=out.cost_usd,
+                               run_elapsed_s=round(self.stats.elapsed_s, 3))
+            traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
+            rec.commit = with_phase(self.stop, "commit", lambda: self.lineage.commit_version(
+                meta, out.source, traces, version_message(meta, rep.traces)))
+            fault_point("after-commit")
+
+    def after_attempt(self, isl: IslandRef, rec: AttemptRecord) -> None:
+        self.attempts.append(rec)
+        self.supervisor.observe(rec)
+        stuck = rec.status in ("GAVE_UP", "OPERATOR_ERROR")
+        self.give_ups[isl.label] = self.give_ups.get(isl.label, 0) + 1 if stuck else 0
+        s = self.stats
+        s.attempts += 1
+        s.accepted += rec.accepted
+        line = s.islands[isl.label]
+        line.attempts += 1
+        line.commits += rec.accepted
+        line.last = rec.status
+        self._refresh_bests()
+        gain = f" gain {rec.gain:+.1%} (noise {rec.noise:.1%})" if rec.gain is not None else ""
+        if rec.accepted:
+            text = f"{rec.id} {isl.label} ACCEPTED{gain} -> {rec.speedup_vs_seed:.2f}x vs seed, commit {rec.commit[:8]}: {rec.note}"
+            self.progress.event(text, "bold green")
+        else:
+            why = f" [{rec.hack_check}]" if rec.hack_check else ""
+            err = f" | {' '.join(rec.error.split())[:100]}" if rec.error and rec.status not in ("REJECTED",) else ""
+            self.progress.event(f"{rec.id} {isl.label} {rec.status}{why}{gain}: {rec.note[:80]}{err}",
+                                "yellow" if rec.status in ("REJECTED", "GAVE_UP", "DUPLICATE") else "red")
+
+    # ---- supervisor ----
+    def supervise(self, ev: Evaluator, isl: IslandRef) -> None:
+        if not self.supervisor.stagnant(isl.task, isl.island):
+            return
+        lin = self.lineage
+        head = lin.head(isl.task, isl.island)
+        versions = lin.versions(isl.task)
+        others = [v for v in versions if v.meta.island != isl.island]
+        other = max(others, key=lambda v: v.speedup) if others else None
+        elites = [v.sha for v in sorted(versions, key=lambda v: -v.speedup)][:ELITES]
+        iv = self.supervisor.plan(isl.task, isl.island, (other.sha, other.speedup) if other else None,
+                                  head.speedup, elites, head.sha)
+        iv.attempt = self.attempts[-1].id if self.attempts else None
+        if iv.kind == "migrate":
+            iv.detail += self.migrate(ev, isl, head, other)
+        self.supervisor.apply(iv)
+        with_phase(self.stop, "commit", lambda: lin.append_intervention(iv.model_dump(mode="json", exclude_none=True)))
+        self.progress.event(f"supervisor {isl.label}: {iv.detail}", "cyan")
+        if self.supervisor.review is not None:
+            self.review(ev, isl)
+        self._refresh_bests()
+
+    def migrate(self, ev: Evaluator, isl: IslandRef, head: Version, other: Version) -> str:
+        setup = self.tasks[isl.task]
+        best = kernel_solution(isl.task, head.source, f"{isl.task}-{head.sha[:10]}")
+        cand = kernel_solution(isl.task, other.source, f"{isl.task}-{other.sha[:10]}")
+        self.stop.phase = "evaluate"
+        dec = measure_gate(ev, setup.task, best, head.sha, cand, setup.workloads, self.cfg.gate)
+        self.stop.phase = "idle"
+        if not dec.accepted:
+            return f": not taken, {dec.reason}"
+        meta = VersionMeta(run=self.cfg.run, task=isl.task, island=isl.island, kind="migration", parent=other.sha,
+                           operator="supervisor", note=f"migrate {other.meta.task} island-{other.meta.island} "
+                           f"{other.sha[:8]}: {other.meta.note}", source_hash=other.meta.source_hash,
+                           scores=other.meta.scores, gate=dec.record, device_mode=other.meta.device_mode,
+                           hardware=other.meta.hardware, migrated_from=other.sha, run_elapsed_s=round(self.stats.elapsed_s, 3))
+        sha = with_phase(self.stop, "commit", lambda: self.lineage.commit_version(
+            meta, other.source, other.traces_jsonl, version_message(meta, other.traces)))
+        return f": committed {sha[:8]} ({dec.reason})"
+
+    def review(self, ev: Evaluator, isl: IslandRef) -> None:
+        lin = self.lineage
+        head = lin.head(isl.task, isl.island)
+        aid = f"review-{self.next_n:05d}"
+        self.stop.phase = "operator"
+        try:
+            rr = self.supervisor.run_review(self.view_for(isl, head, head), self.step_context(isl, aid, self.next_n, ev))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            self.stop.phase = "idle"
+            self.progress.event(f"supervisor {isl.label}: trajectory review failed: {type(e).__name__}: {e}", "red")
+            return
+        self.stop.phase = "idle"
+        iv = Intervention(kind="review", task=isl.task, island=isl.island, widen=self.supervisor.state(isl.task, isl.island).widen,
+                          detail=f"trajectory review: {len(rr.directions)} directions", directions=rr.directions,
+                          cost_usd=rr.cost_usd, attempt=self.attempts[-1].id if self.attempts else None)
+        self.supervisor.apply(iv)
+        with_phase(self.stop, "commit", lambda: lin.append_intervention(iv.model_dump(mode="json", exclude_none=True)))
+        self.progress.event(f"supervisor {isl.label}: {iv.detail}: " + " | ".join(d[:80] for d in rr.directions), "cyan")
+
+    # ---- the run ----
+    def exhausted(self) -> bool:
+        return all(self.give_ups.get(i.label, 0) >= GIVE_UPS_TO_STOP for i in self.islands)
+
+    def loop(self, ev: Evaluator) -> str:
+        k = len(self.attempts)
+        while True:
+            if self.stop.count:
+                return "interrupted"
+            reason = self.budget_reason()
+            if reason:
+                return f"budget reached: {reason}"
+            if self.exhausted():
+                return (f"every island's operator gave up or failed {GIVE_UPS_TO_STOP} times in a row "
+                        f"(search space exhausted, or see the errors above)")
+            isl = self.islands[k % len(self.islands)]
+            k += 1
+            self.step(ev, isl)
+            self.supervise(ev, isl)
+
+
+def with_phase(stop: StopSignal, phase: str, fn):
+    """Run fn with signals deferred (phase 'commit') and restore the previous phase."""
+    prev, stop.phase = stop.phase, phase
+    try:
+        return fn()
+    finally:
+        stop.phase = prev
+
+
+def evolve_local(cfg: RunConfig, live: bool, operators: Optional[dict[str, Operator]] = None) -> int:
+    """Run or resume an evolution on this machine; returns the exit code."""
+    console, err = Console(), Console(stderr=True)
+    from avo.run_summary import print_start, print_summary
+    try:
+        evo = Evolution(cfg, console, live, operators)
+    except (EvolveError, ConfigError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return getattr(e, "code", EXIT_USAGE)
+    print_start(evo, INTERPRETER_BANNER)
+    evo.stop.install()
+    code, why = EXIT_OK, ""
+    try:
+        with Evaluator(cfg.eval_config()) as ev:
+            evo.open_lineage()
+            evo.seed_islands(ev)
+            with evo.progress:
+                why = evo.loop(ev)
+    except KeyboardInterrupt:
+        why = "interrupted"
+    except (EvolveError, LineageError, ConfigError) as e:
+        evo.progress.stop()
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        code = getattr(e, "code", EXIT_USAGE)
+    except HarnessError as e:
+        evo.progress.stop()
+        err.print(f"[bold red]error:[/] evaluator: {e}", highlight=False, soft_wrap=True)
+        code = EXIT_FAILED
+    if evo.stop.count or why == "interrupted":
+        code = EXIT_INTERRUPTED
+    try:
+        if evo.lineage is not None and code in (EXIT_OK, EXIT_INTERRUPTED):
+            print_summary(evo, why, write=code == EXIT_OK or evo.stop.count < 2)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    finally:
+        evo.stop.restore()
+        if evo.lineage is not None:
+            evo.lineage.close()
+    return code

@@ -1,0 +1,485 @@
+"""A run's lineage: one git repository per run (`lineages/<run>/`), one branch per island
+(`<task>/island-<i>`), one commit per accepted version (kernel.py, traces.jsonl, meta.json), and
+the append-only log of every attempt (attempts.jsonl). Format: docs/lineage.md.
+
+Crash safety: commits are written with git plumbing (objects, then one atomic ref update), never
+through the index; an accepted attempt is committed first and logged second, and `reconcile()`
+re-logs a commit whose log line was lost. A run lock (flock + pid) keeps two writers apart and
+lets a new writer remove lock files that a killed run left in .git."""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from avo.schema import Trace
+from avo.tasks import REPO_ROOT
+
+LINEAGE_FORMAT = 1
+ROOT_BRANCH = "main"
+KERNEL_FILE, TRACES_FILE, META_FILE = "kernel.py", "traces.jsonl", "meta.json"
+ATTEMPTS_FILE, INTERVENTIONS_FILE, LOCK_FILE = "attempts.jsonl", "interventions.jsonl", "run.lock"
+CONFIG_FILE, IDENTITY_FILE = "config.yaml", "identity.json"
+# Files next to .git that are not versioned (git status stays clean).
+UNTRACKED = [ATTEMPTS_FILE, INTERVENTIONS_FILE, LOCK_FILE, "report/", "work/", "transcripts/"]
+GIT_ENV = {"GIT_AUTHOR_NAME": "avo", "GIT_AUTHOR_EMAIL": "avo@localhost",
+           "GIT_COMMITTER_NAME": "avo", "GIT_COMMITTER_EMAIL": "avo@localhost",
+           "GIT_TERMINAL_PROMPT": "0"}
+
+
+class LineageError(Exception):
+    """A lineage that cannot be read or written; the message is one line for the user."""
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def branch_name(task: str, island: int) -> str:
+    return f"{task}/island-{island}"
+
+
+class GateRecord(BaseModel):
+    """The commit gate's A/B re-measurement of the island best (A) and the candidate (B)."""
+    model_config = ConfigDict(extra="allow")
+    accepted: bool
+    gain: float  # geomean speedup of B over A, minus 1
+    noise: float
+    threshold: float  # max(min_gain, noise)
+    min_gain: float
+    rounds: int
+    against: str  # commit of A
+    per_workload: dict[str, float] = Field(default_factory=dict)  # median speedup of B over A
+    best_ms: dict[str, float] = Field(default_factory=dict)  # median A latency per workload
+    cand_ms: dict[str, float] = Field(default_factory=dict)  # median B latency per workload
+
+
+class Scores(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    speedup_vs_seed: Optional[float] = None  # chained gate gains from the seed (paired A/B)
+    speedup_vs_baseline: Optional[float] = None  # geomean over workloads, from the evaluation
+    sol_fraction: Optional[float] = None  # mean T_SOL / T_k over workloads (None on CPU)
+    sol_score: Optional[float] = None
+    latency_ms: dict[str, float] = Field(default_factory=dict)
+    baseline_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class VersionMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    format: int = LINEAGE_FORMAT
+    run: str
+    task: str
+    island: int
+    kind: Literal["seed", "version", "migration"]
+    attempt: Optional[str] = None  # attempt id (versions); the key that makes commits idempotent
+    parent: Optional[str] = None  # the commit the edit started from (may be on another island)
+    operator: str
+    note: str = ""
+    source_hash: str
+    scores: Scores = Field(default_factory=Scores)
+    gate: Optional[GateRecord] = None
+    device_mode: str = ""
+    hardware: str = ""
+    timestamp: str = Field(default_factory=now_iso)
+    transcript: Optional[str] = None
+    cost_usd: float = 0.0
+    run_elapsed_s: float = 0.0  # run time (all sessions) at the commit
+    migrated_from: Optional[str] = None  # kind "migration": the commit copied from another island
+
+
+class AttemptRecord(BaseModel):
+    """One line of attempts.jsonl: every variation step, accepted or not."""
+    model_config = ConfigDict(extra="allow")
+    id: str
+    task: str
+    island: int
+    operator: str
+    status: str  # EvaluationStatus, REJECTED (passed, not faster), GAVE_UP, DUPLICATE, GATE_ERROR
+    accepted: bool = False
+    commit: Optional[str] = None
+    parent: Optional[str] = None
+    hack_check: Optional[str] = None
+    error: str = ""
+    gain: Optional[float] = None
+    noise: Optional[float] = None
+    gate: Optional[GateRecord] = None
+    source_hash: str = ""
+    note: str = ""
+    transcript: Optional[str] = None
+    started: str = ""
+    finished: str = ""
+    eval_s: float = 0.0
+    cost_usd: float = 0.0
+    tokens: int = 0
+    speedup_vs_seed: Optional[float] = None
+    run_elapsed_s: float = 0.0  # run time (all sessions) when the attempt finished
+    recovered: bool = False  # re-logged from its commit after a crash
+
+
+def attempt_number(attempt_id: str) -> int:
+    try:
+        return int(attempt_id.lstrip("a"))
+    except ValueError:
+        return -1
+
+
+@dataclass
+class Version:
+    """One accepted version (a commit on an island branch)."""
+    sha: str
+    source: str
+    meta: VersionMeta
+    traces_jsonl: str = field(repr=False, default="")
+    committed: str = ""  # commit time, ISO
+
+    @property
+    def traces(self) -> list[Trace]:
+        return [Trace.model_validate_json(line) for line in self.traces_jsonl.splitlines() if line.strip()]
+
+    @property
+    def speedup(self) -> float:
+        return self.meta.scores.speedup_vs_seed or 0.0
+
+
+def read_jsonl_tolerant(path: Path) -> list[dict]:
+    """Rows of a JSONL log; a torn line (a writer killed mid-append) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def append_jsonl_durable(path: Path, row: dict) -> None:
+    """One line, flushed and fsynced: what the log says survives a kill or a power cut."""
+    data = (json.dumps(row, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _trim_torn_tail(path: Path) -> None:
+    """Cut a partial last line so the next append starts on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class RunLock:
+    """flock on run.lock (released by the kernel when the holder dies, even by kill -9)."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LineageError(f"run {self.path.parent.name} is in use ({holder}); stop that run or use another --run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Lineage:
+    def __init__(self, path: Path):
+        import git
+        self.path = Path(path)
+        try:
+            self.repo = git.Repo(self.path)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise LineageError(f"{self.path}: not a lineage (no git repository)") from None
+        self._lock: Optional[RunLock] = None
+        self._attempts: Optional[list[AttemptRecord]] = None
+        self._versions: dict[str, Version] = {}
+
+    # ---- opening ----
+    @classmethod
+    def open(cls, path: Path) -> "Lineage":
+        """Read-only access (CLI, report, export); no lock."""
+        path = Path(path)
+        if not (path / ".git").exists():
+            raise LineageError(f"{path}: not a lineage (no .git)")
+        return cls(path)
+
+    @classmethod
+    def open_or_create(cls, path: Path, run: str, config_yaml: str, identity: dict) -> tuple["Lineage", bool]:
+        """The run's lineage, locked for writing; (lineage, created). A lineage whose creation
+        was killed before its root commit is created again."""
+        path = Path(path)
+        if path.exists() and not (path / ".git").exists() and any(p.name != LOCK_FILE for p in path.iterdir()):
+            raise LineageError(f"{path} exists and is not a lineage; remove it or use another --run")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(path / LOCK_FILE)
+        lock.acquire()
+        try:
+            if (path / ".git").exists():
+                r = subprocess.run(["git", "-C", str(path), "rev-parse", "--verify", "--quiet", f"refs/heads/{ROOT_BRANCH}"],
+                                   capture_output=True)
+                if r.returncode == 0:
+                    lin = cls(path)
+                    lin._take_lock(lock)
+                    return lin, False
+                shutil.rmtree(path / ".git")  # creation was interrupted: nothing was recorded yet
+            return cls._create(path, run, config_yaml, identity, lock), True
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _create(cls, path: Path, run: str, config_yaml: str, identity: dict, lock: RunLock) -> "Lineage":
+        """git init, ignore rules, the root commit on `main` (config, identity, README).
+        `identity` is what a resumed run must match (tasks, islands, seeds, device)."""
+        import git
+        git.Repo.init(path, initial_branch=ROOT_BRANCH)
+        lin = cls(path)
+        lin._take_lock(lock)
+        lin._git("config", "core.fsync", "committed")  # objects and refs reach the disk before we log
+        (path / ".git" / "info").mkdir(exist_ok=True)
+        (path / ".git" / "info" / "exclude").write_text("\n".join(UNTRACKED) + "\n")
+        readme = (f"# avo run `{run}`\n\nBranches `<task>/island-<i>` hold the accepted versions "
+                  f"(kernel.py, traces.jsonl, meta.json); attempts.jsonl logs every attempt.\n"
+                  f"Read it with `avo lineage log {run}`, `git log --all --graph`, `avo report {run}`. "
+                  f"Format: docs/lineage.md in the avo repository.\n")
+        files = {CONFIG_FILE: config_yaml, IDENTITY_FILE: json.dumps(identity, indent=2) + "\n", "README.md": readme}
+        sha = lin._commit_tree(files, None, f"avo run {run}\n\nRun config and layout; islands branch from here.\n")
+        for name, text in files.items():  # a checked-out main keeps `git status` clean
+            (path / name).write_text(text)
+        lin._git("read-tree", sha)
+        lin._git("update-ref", "-m", "avo: root", f"refs/heads/{ROOT_BRANCH}", sha, "0" * 40)
+        return lin
+
+    def _take_lock(self, lock: RunLock) -> None:
+        """Hold the run lock, then repair what a killed writer may have left behind."""
+        self._lock = lock
+        gitdir = self.path / ".git"
+        stale = [gitdir / "index.lock", gitdir / "HEAD.lock", gitdir / "packed-refs.lock",
+                 *(gitdir / "refs").rglob("*.lock")]
+        for p in stale:
+            if p.exists():
+                p.unlink()
+        _trim_torn_tail(self.path / ATTEMPTS_FILE)
+        _trim_torn_tail(self.path / INTERVENTIONS_FILE)
+
+    def close(self) -> None:
+        self.repo.close()
+        if self._lock:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- git plumbing ----
+    def _git(self, *args: str, input: Optional[bytes] = None) -> str:
+        env = {**os.environ, **GIT_ENV}
+        r = subprocess.run(["git", "-C", str(self.path), *args], input=input, capture_output=True, env=env)
+        if r.returncode != 0:
+            raise LineageError(f"git {args[0]} failed in {self.path}: {r.stderr.decode(errors='replace').strip()[:300]}")
+        return r.stdout.decode().strip()
+
+    def _commit_tree(self, files: dict[str, str], parent: Optional[str], message: str) -> str:
+        entries = []
+        for name in sorted(files):
+            blob = self._git("hash-object", "-w", "--stdin", input=files[name].encode())
+            entries.append(f"100644 blob {blob}\t{name}\n")
+        tree = self._git("mktree", input="".join(entries).encode())
+        args = ["commit-tree", tree, "-F", "-"] + (["-p", parent] if parent else [])
+        return self._git(*args, input=message.encode())
+
+    def root_file(self, name: str) -> str:
+        try:
+            return (self.repo.commit(ROOT_BRANCH).tree / name).data_stream.read().decode()
+        except Exception:
+            raise LineageError(f"{self.path}: the root commit on {ROOT_BRANCH} has no {name}") from None
+
+    def identity(self) -> dict:
+        return json.loads(self.root_file(IDENTITY_FILE))
+
+    # ---- versions ----
+    def branches(self, task: Optional[str] = None) -> list[tuple[str, int]]:
+        """(task, island) per island branch, sorted."""
+        out = []
+        for head in self.repo.heads:
+            name = head.name
+            if "/island-" in name:
+                t, _, i = name.rpartition("/island-")
+                if (task is None or t == task) and i.isdigit():
+                    out.append((t, int(i)))
+        return sorted(out)
+
+    def tasks(self) -> list[str]:
+        return sorted({t for t, _ in self.branches()})
+
+    def head_sha(self, task: str, island: int) -> Optional[str]:
+        ref = f"refs/heads/{branch_name(task, island)}"
+        try:
+            return self.repo.git.rev_parse("--verify", "--quiet", ref)
+        except Exception:
+            return None
+
+    def version(self, sha: str) -> Version:
+        sha = self.repo.commit(sha).hexsha
+        if sha not in self._versions:
+            c = self.repo.commit(sha)
+            try:
+                meta = VersionMeta.model_validate_json((c.tree / META_FILE).data_stream.read())
+                source = (c.tree / KERNEL_FILE).data_stream.read().decode()
+                traces = (c.tree / TRACES_FILE).data_stream.read().decode() if TRACES_FILE in c.tree else ""
+            except KeyError:
+                raise LineageError(f"commit {sha[:10]} is not a version (no {META_FILE})") from None
+            self._versions[sha] = Version(sha=sha, source=source, meta=meta, traces_jsonl=traces,
+                                          committed=c.committed_datetime.isoformat())
+        return self._versions[sha]
+
+    def _walk(self, task: str, island: int) -> Iterator[Version]:
+        """Versions of one island, newest first, down to its seed commit."""
+        head = self.head_sha(task, island)
+        if head is None:
+            return
+        for c in self.repo.iter_commits(head, first_parent=True):
+            if not c.parents:  # the root commit on main
+                return
+            yield self.version(c.hexsha)
+
+    def versions(self, task: Optional[str] = None, island: Optional[int] = None) -> list[Version]:
+        """Accepted versions (seeds included), oldest first by commit time then island."""
+        out = []
+        for t, i in self.branches(task):
+            if island is None or i == island:
+                out.extend(reversed(list(self._walk(t, i))))
+        return sorted(out, key=lambda v: (v.meta.timestamp, v.meta.attempt or "", v.meta.island))
+
+    def head(self, task: str, island: int) -> Optional[Version]:
+        sha = self.head_sha(task, island)
+        return self.version(sha) if sha else None
+
+    def best(self, task: str, island: Optional[int] = None) -> Version:
+        vs = self.versions(task, island)
+        if not vs:
+            where = f"{task}" + (f" island {island}" if island is not None else "")
+            raise LineageError(f"no versions for {where} in {self.path}")
+        return max(vs, key=lambda v: v.speedup)  # max() keeps the first: ties go to the earliest
+
+    def commit_version(self, meta: VersionMeta, source: str, traces_jsonl: str, message: str) -> str:
+        """Append a version to its island branch (atomic ref update); returns the commit sha."""
+        branch = branch_name(meta.task, meta.island)
+        old = self.head_sha(meta.task, meta.island)
+        parent = old or self.repo.commit(ROOT_BRANCH).hexsha
+        files = {KERNEL_FILE: source, TRACES_FILE: traces_jsonl,
+                 META_FILE: meta.model_dump_json(indent=2, exclude_none=True) + "\n"}
+        sha = self._commit_tree(files, parent, message)
+        self._git("update-ref", "-m", f"avo: {meta.kind} {meta.attempt or ''}".strip(), f"refs/heads/{branch}",
+                  sha, old or "0" * 40)
+        return sha
+
+    # ---- attempts and interventions ----
+    def attempts(self) -> list[AttemptRecord]:
+        if self._attempts is None:
+            self._attempts = [AttemptRecord.model_validate(r) for r in read_jsonl_tolerant(self.path / ATTEMPTS_FILE)]
+        return list(self._attempts)
+
+    def append_attempt(self, rec: AttemptRecord) -> None:
+        append_jsonl_durable(self.path / ATTEMPTS_FILE, rec.model_dump(mode="json", exclude_none=True))
+        if self._attempts is not None:
+            self._attempts.append(rec)
+
+    def interventions(self) -> list[dict[str, Any]]:
+        return read_jsonl_tolerant(self.path / INTERVENTIONS_FILE)
+
+    def append_intervention(self, row: dict[str, Any]) -> None:
+        append_jsonl_durable(self.path / INTERVENTIONS_FILE, row)
+
+    def reconcile(self) -> list[AttemptRecord]:
+        """Log the accepted attempts whose commit exists but whose log line was lost (a kill
+        between the ref update and the append). Returns the re-logged records."""
+        logged = {a.id for a in self.attempts()}
+        fixed = []
+        for v in self.versions():
+            m = v.meta
+            if m.kind == "version" and m.attempt and m.attempt not in logged:
+                rec = AttemptRecord(id=m.attempt, task=m.task, island=m.island, operator=m.operator, status="PASSED",
+                                    accepted=True, commit=v.sha, parent=m.parent, gain=m.gate.gain if m.gate else None,
+                                    noise=m.gate.noise if m.gate else None, gate=m.gate, source_hash=m.source_hash,
+                                    note=m.note, transcript=m.transcript, started=m.timestamp, finished=m.timestamp,
+                                    cost_usd=m.cost_usd, speedup_vs_seed=m.scores.speedup_vs_seed, recovered=True,
+                                    run_elapsed_s=m.run_elapsed_s)
+                self.append_attempt(rec)
+                fixed.append(rec)
+        return fixed
+
+    def next_attempt_number(self) -> int:
+        nums = [attempt_number(a.id) for a in self.attempts()]
+        nums += [attempt_number(v.meta.attempt) for v in self.versions() if v.meta.attempt]
+        return max(nums, default=0) + 1
+
+
+def resolve_run(run: str) -> Path:
+    """A run name under lineages/ (here or in the avo checkout) or a lineage path."""
+    p = Path(run)
+    for cand in (p, Path.cwd() / "lineages" / run, REPO_ROOT / "lineages" / run):
+        if (cand / ".git").exists():
+            return cand
+    roots = [r for r in (Path.cwd() / "lineages", REPO_ROOT / "lineages") if r.is_dir()]
+    known = sorted({q.name for r in roots for q in r.iterdir() if (q / ".git").exists()})
+    raise LineageError(f"no run {run!r} (looked for lineages/{run}); runs: {', '.join(known) or 'none yet'}")
+
+
+# The CLI's `avo lineage ...` commands (avo/lineage_cmds.py renders them).
+def lineage_log_cmd(run: str, task: Optional[str], attempts: bool, console) -> None:
+    from avo.lineage_cmds import log_cmd
+    log_cmd(Lineage.open(resolve_run(run)), task, attempts, console)
+
+
+def lineage_show_cmd(run: str, ref: str, console) -> None:
+    from avo.lineage_cmds import show_cmd
+    show_cmd(Lineage.open(resolve_run(run)), ref, console)
+
+
+def lineage_diff_cmd(run: str, a: str, b: str, console) -> None:
+    from avo.lineage_cmds import diff_cmd
+    diff_cmd(Lineage.open(resolve_run(run)), a, b, console)
+
+
+def lineage_best_cmd(run: str, task: Optional[str], console) -> None:
+    from avo.lineage_cmds import best_cmd
+    best_cmd(Lineage.open(resolve_run(run)), task, console)

@@ -1,0 +1,122 @@
+"""Rendering of `avo lineage log|show|diff|best` (rich tables on the console)."""
+from __future__ import annotations
+
+import difflib
+from typing import Optional
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from avo.lineage import Lineage, LineageError, Version
+
+
+def _f(x: Optional[float], spec: str = ".2f", suffix: str = "x") -> str:
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def resolve_ref(lin: Lineage, ref: str) -> Version:
+    """A commit sha (or prefix), a branch (grammar_bitmask/island-0), a git rev (HEAD~1 on a
+    branch), an attempt id (a00012), or a task name (its best version)."""
+    if ref in lin.tasks():
+        return lin.best(ref)
+    for a in lin.attempts():
+        if a.id == ref:
+            if not a.commit:
+                raise LineageError(f"attempt {ref} was not accepted ({a.status}); it has no commit")
+            return lin.version(a.commit)
+    try:
+        sha = lin.repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
+    except Exception:
+        raise LineageError(f"unknown ref {ref!r} in {lin.path} (a commit, a branch like task/island-0, an attempt id or a task)") from None
+    return lin.version(sha)
+
+
+def _gain(gain: Optional[float], noise: Optional[float]) -> str:
+    if gain is None:
+        return "-"
+    return f"{gain:+.1%}" + (f" ±{noise:.1%}" if noise is not None else "")
+
+
+def log_cmd(lin: Lineage, task: Optional[str], attempts: bool, console: Console) -> None:
+    if task is not None and task not in lin.tasks():
+        raise LineageError(f"task {task!r} is not in this run (tasks: {', '.join(lin.tasks()) or 'none'})")
+    for name in ([task] if task else lin.tasks()):
+        if attempts:
+            t = Table(title=f"{lin.path.name}: attempts on {name}")
+            for col, just in (("id", "left"), ("isl", "right"), ("outcome", "left"), ("gain ± noise", "right"),
+                              ("eval s", "right"), ("commit", "left"), ("note | error", "left")):
+                t.add_column(col, justify=just, no_wrap=col != "note | error")
+            for a in lin.attempts():
+                if a.task != name:
+                    continue
+                status = "ACCEPTED" if a.accepted else a.status + (f" ({a.hack_check})" if a.hack_check else "")
+                text = a.note if a.accepted or not a.error else f"{a.note} | {' '.join(a.error.split())[:80]}"
+                t.add_row(a.id, str(a.island), status, _gain(a.gain, a.noise), f"{a.eval_s:.1f}", (a.commit or "")[:8], text)
+        else:
+            t = Table(title=f"{lin.path.name}: versions of {name}")
+            for col, just in (("commit", "left"), ("isl", "right"), ("attempt", "left"), ("vs seed", "right"),
+                              ("gain ± noise", "right"), ("% SOL", "right"), ("change", "left")):
+                t.add_column(col, justify=just, no_wrap=col != "change")
+            for v in lin.versions(name):
+                m, g, s = v.meta, v.meta.gate, v.meta.scores
+                t.add_row(v.sha[:8], str(m.island), m.attempt or m.kind, _f(v.speedup), _gain(g and g.gain, g and g.noise),
+                          _f(s.sol_fraction and 100 * s.sol_fraction, ".1f", "%"), m.note)
+        console.print(t)
+
+
+def show_cmd(lin: Lineage, ref: str, console: Console) -> None:
+    from avo.cli import print_report
+    from avo.harness.runner import EvalReport
+    from avo.schema import EvaluationStatus
+    v = resolve_ref(lin, ref)
+    m = v.meta
+    console.print(f"[bold]{v.sha}[/] {m.task}/island-{m.island} {m.kind} {m.attempt or ''} by {m.operator}", highlight=False)
+    console.print(f"  {m.note}", highlight=False)
+    console.print(f"  parent {m.parent or '-'}  speedup vs seed {_f(m.scores.speedup_vs_seed)}  "
+                  f"vs baseline {_f(m.scores.speedup_vs_baseline)}  % SOL {_f(m.scores.sol_fraction and 100 * m.scores.sol_fraction, '.1f', '%')}",
+                  highlight=False)
+    if m.gate:
+        g = m.gate
+        console.print(f"  gate: gain {g.gain:+.2%} vs {g.against[:10]}, noise {g.noise:.2%}, threshold {g.threshold:.2%}, "
+                      f"{g.rounds} rounds", highlight=False)
+    if m.transcript:
+        console.print(f"  transcript: {m.transcript}", highlight=False)
+    traces = v.traces
+    if traces:
+        rep = EvalReport(task=m.task, solution=v.sha[:10], status=EvaluationStatus.PASSED, device_mode=m.device_mode or "cuda",
+                         hardware=m.hardware or "?", traces=traces)
+        print_report(rep, console)
+    console.print(Syntax(v.source, "python", line_numbers=True))
+
+
+def diff_cmd(lin: Lineage, a: str, b: str, console: Console) -> None:
+    va, vb = resolve_ref(lin, a), resolve_ref(lin, b)
+    lines = list(difflib.unified_diff(va.source.splitlines(keepends=True), vb.source.splitlines(keepends=True),
+                                      fromfile=f"{va.sha[:10]}/kernel.py", tofile=f"{vb.sha[:10]}/kernel.py"))
+    if not lines:
+        console.print("no difference in kernel.py")
+        return
+    console.print(Syntax("".join(lines), "diff"))
+    console.print(f"speedup vs seed: {_f(va.meta.scores.speedup_vs_seed)} -> {_f(vb.meta.scores.speedup_vs_seed)}",
+                  highlight=False)
+
+
+def best_cmd(lin: Lineage, task: Optional[str], console: Console) -> None:
+    tasks = [task] if task else lin.tasks()
+    if task is not None and task not in lin.tasks():
+        raise LineageError(f"task {task!r} is not in this run (tasks: {', '.join(lin.tasks()) or 'none'})")
+    t = Table(title=f"best versions of {lin.path.name}")
+    for col, just in (("task", "left"), ("commit", "left"), ("isl", "right"), ("attempt", "left"), ("vs seed", "right"),
+                      ("vs baseline", "right"), ("% SOL", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    for name in tasks:
+        v = lin.best(name)
+        s = v.meta.scores
+        t.add_row(name, v.sha[:10], str(v.meta.island), v.meta.attempt or v.meta.kind, _f(v.speedup),
+                  _f(s.speedup_vs_baseline), _f(s.sol_fraction and 100 * s.sol_fraction, ".1f", "%"))
+    console.print(t)
+    for name in tasks:
+        console.print(f"{name}: {lin.best(name).meta.note}", highlight=False)
+    if any(lin.best(n).meta.device_mode == "interpret" for n in tasks):
+        console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")

@@ -1,0 +1,133 @@
+"""What a run is made of, resolved from its config before anything is evaluated: tasks with
+their workloads and seed kernels, the islands in round-robin order, and the run's identity (what
+must not change when a run is resumed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel
+
+from avo.config import ConfigError, RunConfig, default_seed_path
+from avo.lineage import source_hash
+from avo.schema import BuildSpec, Solution, SourceFile, Workload
+from avo.tasks import Task, TaskError, find_solution_json, load_solution, load_task
+
+KERNEL_ENTRY = "kernel.py::run"
+
+
+class TaskSetup(BaseModel):
+    entry: str  # as written in the config's `tasks`
+    task: Task
+    workloads: list[Workload]
+    seed_source: str
+    seed_path: str
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+
+class IslandRef(BaseModel):
+    task: str
+    island: int  # index among the task's islands
+    operator: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/island-{self.island}"
+
+
+def kernel_solution(task: str, source: str, name: str, author: str = "avo") -> Solution:
+    """A single-file kernel (Triton kernel + host `run`) as the Solution the harness evaluates."""
+    lang = "triton" if ("import triton" in source or "from triton" in source) else "python"
+    return Solution(name=name, definition=task, author=author,
+                    spec=BuildSpec(language=lang, target_hardware=["cuda"], entry_point=KERNEL_ENTRY),
+                    sources=[SourceFile(path="kernel.py", content=source)])
+
+
+def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str]:
+    path = cfg.seed_path(entry, task.name)
+    looked = []
+    if path is None:
+        cand = default_seed_path(task.name)
+        looked.append(str(cand))
+        if cand.exists():
+            path = cand
+        elif Path(entry).is_dir() and find_solution_json(Path(entry)):
+            path = find_solution_json(Path(entry))
+    if path is None:
+        raise ConfigError(f"no seed kernel for task {task.name!r} (looked at {', '.join(looked)}); "
+                          f"set seed_kernels: {{{task.name}: path/to/kernel.py}}")
+    if not Path(path).exists():
+        raise ConfigError(f"seed kernel for {task.name!r} not found: {path}")
+    try:
+        sol = load_solution(task, Path(path))
+    except TaskError as e:
+        raise ConfigError(str(e)) from None
+    if len(sol.sources) != 1 or sol.entry_symbol != "run":
+        raise ConfigError(f"seed {path}: avo evolves single-file kernels whose entry point is run() "
+                          f"(got {len(sol.sources)} files, entry {sol.spec.entry_point})")
+    return sol.sources[0].content, str(path)
+
+
+def resolve_tasks(cfg: RunConfig, device: str) -> dict[str, TaskSetup]:
+    """Task name -> setup, in config order. Workloads: the config's list or all for the device."""
+    out: dict[str, TaskSetup] = {}
+    for entry in cfg.tasks:
+        try:
+            task = load_task(entry)
+        except TaskError as e:
+            raise ConfigError(str(e)) from None
+        if task.name in out:
+            raise ConfigError(f"task {task.name!r} is listed twice in tasks")
+        wanted = cfg.workloads.get(task.name) or cfg.workloads.get(entry)
+        if wanted:
+            by_uuid = {w.uuid: w for w in task.workloads}
+            missing = [u for u in wanted if u not in by_uuid]
+            if missing:
+                raise ConfigError(f"workloads.{task.name}: unknown workload {missing[0]!r} "
+                                  f"(known: {', '.join(by_uuid)})")
+            wls = [by_uuid[u] for u in wanted]
+        else:
+            wls = task.select("gpu" if device == "cuda" else "cpu")
+        if not wls:
+            raise ConfigError(f"task {task.name!r} has no workloads for device {device}")
+        src, path = _seed(cfg, entry, task)
+        out[task.name] = TaskSetup(entry=entry, task=task, workloads=wls, seed_source=src, seed_path=path)
+    for key in cfg.workloads:
+        if key not in out and key not in [s.entry for s in out.values()]:
+            raise ConfigError(f"workloads names {key!r}, which is not among tasks")
+    return out
+
+
+def resolve_islands(cfg: RunConfig, tasks: dict[str, TaskSetup]) -> list[IslandRef]:
+    by_entry = {s.entry: name for name, s in tasks.items()} | {Path(s.entry).name: name for name, s in tasks.items()}
+    counts: dict[str, int] = {}
+    out = []
+    for spec in cfg.island_specs():
+        name = spec.task if spec.task in tasks else by_entry.get(spec.task)
+        if name is None:
+            raise ConfigError(f"island task {spec.task!r} is not among the loaded tasks ({', '.join(tasks)})")
+        i = counts.get(name, 0)
+        counts[name] = i + 1
+        out.append(IslandRef(task=name, island=i, operator=spec.operator))
+    return out
+
+
+def run_identity(device: str, tasks: dict[str, TaskSetup], islands: list[IslandRef]) -> dict:
+    """What a resumed run must share with the run that created the lineage."""
+    return {"device": device,
+            "tasks": list(tasks),
+            "islands": [f"{i.label}:{i.operator}" for i in islands],
+            "seeds": {n: source_hash(s.seed_source) for n, s in tasks.items()},
+            "workloads": {n: [w.uuid for w in s.workloads] for n, s in tasks.items()}}
+
+
+def identity_mismatch(stored: dict, new: dict) -> Optional[str]:
+    for key in ("device", "tasks", "islands", "seeds", "workloads"):
+        if stored.get(key) != new.get(key):
+            a, b = json.dumps(stored.get(key)), json.dumps(new.get(key))
+            return f"{key} differ (lineage: {a[:120]}; config: {b[:120]})"
+    return None
