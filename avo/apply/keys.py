@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -71,6 +71,33 @@ class KeyLayout:
             if isinstance(s, torch.Tensor):
                 raise KeyGuardError("a scalar input was given as a tensor")
         return tuple(vals[a] for a in self.var_axes), tuple(dtypes), scalars
+
+    def compile_fast(self) -> Callable[[tuple], Optional[CallKey]]:
+        """A straight-line version of call_key generated for this layout (no loops, no dict):
+        returns the key, or None when anything does not fit (then call_key says why)."""
+        var = {a: f"a{i}" for i, a in enumerate(sorted({a for _, axes in self.tensor_inputs for a in axes}))}
+        lines = ["def fast_key(args):"]
+        seen: set = set()
+        for i, axes in self.tensor_inputs:
+            lines += [f"    t{i} = args[{i}]", f"    if not isinstance(t{i}, Tensor): return None",
+                      f"    s{i} = t{i}.shape", f"    if len(s{i}) != {len(axes)}: return None"]
+            for j, a in enumerate(axes):
+                if a in seen:
+                    lines.append(f"    if s{i}[{j}] != {var[a]}: return None")
+                else:
+                    seen.add(a)
+                    lines.append(f"    {var[a]} = s{i}[{j}]")
+        for a, v in self.const_axes:
+            lines.append(f"    if {var[a]} != {v}: return None")
+        for i in self.scalar_inputs:
+            lines.append(f"    if isinstance(args[{i}], Tensor): return None")
+        axes_t = "".join(f"{var[a]}, " for a in self.var_axes)
+        dtypes_t = "".join(f"t{i}.dtype, " for i, _ in self.tensor_inputs)
+        scalars_t = "".join(f"args[{i}], " for i in self.scalar_inputs)
+        lines.append(f"    return (({axes_t}), ({dtypes_t}), ({scalars_t}))")
+        ns: dict = {"Tensor": torch.Tensor}
+        exec(compile("\n".join(lines), f"<avo.apply fast key {','.join(self.input_names)}>", "exec"), ns)
+        return ns["fast_key"]
 
     def axes_of(self, key: CallKey) -> dict[str, int]:
         return dict(zip(self.var_axes, key[0]))

@@ -19,43 +19,29 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from avo.apply.counters import CallCounters
 from avo.apply.keys import KeyGuardError
 from avo.apply.table import DispatchTable, TaskTable, build_table, empty_table
 
 log = logging.getLogger("avo.apply")
-COUNTERS = ("calls", "hits", "exact", "nearest", "misses", "fallbacks", "errors")
 
 
 class _State:
-    """The one mutable reference calls read (`table`), plus counters and the log-once set."""
+    """The one mutable reference calls read (`table`), the call counters and the log-once set."""
 
     def __init__(self) -> None:
         self.table: Optional[DispatchTable] = None  # None = disabled: calls go straight through
         self.swap_lock = threading.Lock()  # serialises enable/reload/disable, never taken by calls
-        self.stats_lock = threading.Lock()
-        self.counts: dict[str, dict[str, int]] = {}
-        self.reasons: dict[str, dict[str, int]] = {}  # task -> miss/fallback/error reason -> count
-        self.served: dict[str, dict[str, int]] = {}  # task -> artifact name -> hits
+        self.counters = CallCounters()
         self.logged: set = set()
 
-    def count(self, task: str, *names: str, reason: Optional[str] = None, artifact: Optional[str] = None) -> None:
-        with self.stats_lock:
-            c = self.counts.get(task)
-            if c is None:
-                c = self.counts[task] = dict.fromkeys(COUNTERS, 0)
-            for n in names:
-                c[n] += 1
-            for label, table in ((reason, self.reasons), (artifact, self.served)):
-                if label is not None:
-                    r = table.setdefault(task, {})
-                    r[label] = r.get(label, 0) + 1
-
-    def once(self, level: int, task: str, key: str, what: str, msg: str) -> None:
+    def once(self, level: int, task: str, key: Any, what: str, msg: Callable[[], str], text: Callable[[], str]) -> None:
+        """Log a message once per (task, key, kind); the strings are only built the first time."""
         tag = (task, key, what)
         if tag in self.logged:
             return
         self.logged.add(tag)
-        log.log(level, "avo.apply %s [%s]: %s", task, key, msg)
+        log.log(level, "avo.apply %s [%s]: %s", task, text(), msg())
 
 
 _STATE = _State()
@@ -103,12 +89,11 @@ def enabled() -> bool:
 def stats(reset: bool = False) -> dict[str, dict[str, Any]]:
     """Per task: calls, hits (= exact + nearest), misses (no artifact for the key), fallbacks (a
     guard failed, or the key was disabled after an error), errors (the kernel raised),
-    `reasons` (miss/fallback/error reasons with counts) and `artifacts` (hits per artifact)."""
-    with _STATE.stats_lock:
-        out = {t: {**c, "reasons": dict(_STATE.reasons.get(t, {})), "artifacts": dict(_STATE.served.get(t, {}))}
-               for t, c in _STATE.counts.items()}
-        if reset:
-            _STATE.counts, _STATE.reasons, _STATE.served = {}, {}, {}
+    `reasons` (miss/fallback/error reasons with counts) and `artifacts` (hits per artifact).
+    reset=True returns the counts and starts counting from zero."""
+    out = _STATE.counters.snapshot()
+    if reset:
+        _STATE.counters.reset()
     return out
 
 
@@ -116,7 +101,7 @@ def note_fallback(task: str, reason: str) -> None:
     """For integrations: a call the integration kept on the engine's own path (a feature the
     definition does not cover, e.g. GQA or a padding mask) counts as a fallback of `task`."""
     if _STATE.table is not None:
-        _STATE.count(task, "calls", "fallbacks", reason=reason)
+        _STATE.counters.bump(task, "fallback", reason)
 
 
 def loaded() -> dict[str, list[str]]:
@@ -163,54 +148,60 @@ class Applied:
         task = self.task
         tt = table.tasks.get(task)
         if tt is None:
-            _STATE.count(task, "calls", "misses", reason="no artifact for task")
+            _STATE.counters.bump(task, "miss", "no artifact for task")
             return self.original(*args, **kwargs)
         inputs = self._inputs(tt, args, kwargs)
         if inputs is None:
-            return self._fallback(task, "?", "signature", "arguments do not map onto the definition's inputs",
-                                  args, kwargs)
-        try:
-            key = tt.layout.call_key(inputs)
-        except KeyGuardError as e:
-            return self._fallback(task, "?", "guard:shape", str(e), args, kwargs)
+            return self._fallback(task, None, "signature", lambda: "arguments do not map onto the definition's inputs",
+                                  args, kwargs, tt)
+        key = tt.fast_key(inputs)
+        if key is None:  # the shapes do not fit the definition: the slow path says why
+            try:
+                key = tt.layout.call_key(inputs)
+            except KeyGuardError as e:
+                return self._fallback(task, None, "guard:shape", lambda: str(e), args, kwargs, tt)
         route = tt.route(key)
         if route.__class__ is str:
             if route == "miss":
-                _STATE.count(task, "calls", "misses", reason="miss")
-                _STATE.once(logging.DEBUG, task, tt.layout.text(key), "miss", "no artifact covers this key")
+                _STATE.counters.bump(task, "miss", "miss")
+                _STATE.once(logging.DEBUG, task, key, "miss", lambda: "no artifact covers this key",
+                            lambda: tt.layout.text(key))
                 return self.original(*args, **kwargs)
-            return self._fallback(task, tt.layout.text(key), route, route, args, kwargs)
+            return self._fallback(task, key, route, lambda: route, args, kwargs, tt)
         device = None
-        for i, _ in tt.layout.tensor_inputs:
+        for i in tt.tensor_positions:
             t = inputs[i]
             if device is None:
                 device = t.device
             elif t.device != device:
-                return self._fallback(task, route.key_text, "guard:device", "inputs on different devices", args, kwargs)
+                return self._fallback(task, key, "guard:device", lambda: "inputs on different devices", args, kwargs, tt)
             if not t.is_contiguous():
-                return self._fallback(task, route.key_text, "guard:contiguous",
-                                      f"input {tt.layout.input_names[i]!r} is not contiguous", args, kwargs)
+                return self._fallback(task, key, "guard:contiguous",
+                                      lambda: f"input {tt.layout.input_names[i]!r} is not contiguous", args, kwargs, tt)
         if route.device_type is not None and device is not None and device.type != route.device_type:
-            return self._fallback(task, route.key_text, "guard:device",
-                                  f"inputs on {device.type}, the artifact runs on {route.device_type}", args, kwargs)
+            return self._fallback(task, key, "guard:device",
+                                  lambda: f"inputs on {device.type}, the artifact runs on {route.device_type}",
+                                  args, kwargs, tt)
         outs = [torch.empty(shape, dtype=dt, device=device) for shape, dt in route.outputs]
         try:
             route.fn(*inputs, *outs)
         except Exception as e:
             tt.disable(key, "disabled after error")
-            _STATE.count(task, "calls", "errors", reason=f"error: {type(e).__name__}")
-            _STATE.once(logging.WARNING, task, route.key_text, "error",
-                        f"artifact {route.artifact} raised {type(e).__name__}: {e}; using the original "
-                        "function for this key until reload()")
+            _STATE.counters.bump(task, "error", f"error: {type(e).__name__}")
+            _STATE.once(logging.WARNING, task, key, "error",
+                        lambda: f"artifact {route.artifact} raised {type(e).__name__}: {e}; using the original "
+                                "function for this key until reload()", lambda: route.key_text)
             return self.original(*args, **kwargs)
-        _STATE.count(task, "calls", "hits", route.kind, artifact=route.artifact)
+        _STATE.counters.bump(task, route.kind, route.artifact)
         if not outs:
             return None
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def _fallback(self, task: str, key: str, reason: str, msg: str, args: tuple, kwargs: dict):
-        _STATE.count(task, "calls", "fallbacks", reason=reason)
-        _STATE.once(logging.INFO, task, key, reason, f"fallback to the original function: {msg}")
+    def _fallback(self, task: str, key: Any, reason: str, msg: Callable[[], str], args: tuple, kwargs: dict,
+                  tt: TaskTable):
+        _STATE.counters.bump(task, "fallback", reason)
+        _STATE.once(logging.INFO, task, key, reason, lambda: f"fallback to the original function: {msg()}",
+                    lambda: "?" if key is None else tt.layout.text(key))
         return self.original(*args, **kwargs)
 
 

@@ -61,6 +61,10 @@ class TaskTable:
     id: int = field(default_factory=lambda: next(_TABLE_IDS))
     cache: dict = field(default_factory=dict)  # CallKey -> Route | reason str
 
+    def __post_init__(self) -> None:
+        self.fast_key = self.layout.compile_fast()
+        self.tensor_positions = tuple(i for i, _ in self.layout.tensor_inputs)
+
     @property
     def n_inputs(self) -> int:
         return len(self.layout.input_names)
