@@ -56,13 +56,22 @@ class AgenticSpec(Strict):
     provider: Literal["anthropic", "openai"] = "anthropic"
     model: str
     base_url: Optional[str] = None  # OpenAI-compatible local servers
-    api_key_env: str = "ANTHROPIC_API_KEY"
-    max_steps: int = Field(default=40, ge=1)
-    max_tokens: int = Field(default=8192, ge=256)
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    api_key_env: Optional[str] = None  # None: ANTHROPIC_API_KEY / OPENAI_API_KEY by provider; "" = no key
+    max_steps: int = Field(default=40, ge=1)  # model turns per variation step
+    max_tokens: int = Field(default=8192, ge=256)  # output tokens per model call
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)  # OpenAI-compatible servers only
     price_in_per_mtok: float = Field(default=3.0, ge=0.0)
     price_out_per_mtok: float = Field(default=15.0, ge=0.0)
     context_tokens: int = Field(default=200_000, ge=1000)
+    # Per-step limits and call behaviour (docs/agents.md).
+    step_tokens: Optional[int] = Field(default=None, ge=1000)  # input + output tokens per step
+    step_minutes: Optional[float] = Field(default=30.0, gt=0)
+    max_evaluations: int = Field(default=8, ge=1)  # evaluate-tool calls per step
+    critique: bool = True  # the first submit returns a critique to answer
+    profile: bool = True  # offer the ncu profile tool where a GPU and ncu exist
+    timeout_s: float = Field(default=180.0, gt=0)  # per HTTP call
+    max_retries: int = Field(default=5, ge=0)  # on 429/5xx/timeouts, exponential backoff
+    backoff_s: float = Field(default=2.0, ge=0)
 
 
 class ExternalSpec(Strict):

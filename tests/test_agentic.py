@@ -217,3 +217,52 @@ def test_review_proposes_directions(tmp_path):
     assert res.cost_usd > 0 and Path(res.transcript).exists()
     prompt = srv.requests[0].body["messages"][0]["content"][0]["text"]
     assert "6 attempts without an accepted version" in prompt and "a5 REJECTED" in prompt and "def run(" in prompt
+
+
+def test_evolve_local_commits_an_agentic_proposal(tmp_path):
+    """The whole path: an agentic island in a short local run; the gate re-measures the agent's
+    kernel against the seed and commits it with the agent's note and transcript."""
+    from avo.config import AgenticSpec, BudgetConfig, GateConfig, RunConfig
+    from avo.evolve import evolve_local
+    from avo.lineage import Lineage
+    script = [Turn(calls=[call("read_file", path="kernel.py")]),
+              Turn(calls=[call("edit", path="kernel.py", search="BLOCK_SIZE=256,", replace="BLOCK_SIZE=2048,")]),
+              Turn(calls=[call("evaluate")]),
+              Turn(calls=[call("submit", note="one program per row: BLOCK_SIZE 2048")]),
+              Turn(calls=[call("submit", note="one program per row: BLOCK_SIZE 2048")])]
+    with FakeLLMServer(script) as srv:
+        agent = AgenticSpec(name="claude", provider="openai", model="fake-model", base_url=srv.openai_url,
+                            api_key_env="AVO_TEST_AGENT_KEY", max_steps=8, price_in_per_mtok=3.0, price_out_per_mtok=15.0)
+        cfg = RunConfig(run="agentic-e2e", lineage_dir=tmp_path / "lineage", tasks=["grammar_bitmask"],
+                        workloads={"grammar_bitmask": [SMALL[0].uuid]}, operators=[agent],
+                        budget=BudgetConfig(wall_minutes=None, attempts=1, llm_usd=1.0),
+                        gate=GateConfig(min_gain=0.05, rounds=2), device="interpret")
+        code = evolve_local(cfg, live=False)
+    assert code == 0 and srv.remaining == 0
+    with Lineage.open(tmp_path / "lineage") as lin:
+        head = lin.head("grammar_bitmask", 0)
+        attempts = lin.attempts()
+    assert head.meta.kind == "version" and head.meta.operator == "claude", head.meta
+    assert head.meta.note == "one program per row: BLOCK_SIZE 2048" and "BLOCK_SIZE=2048," in head.source
+    assert head.meta.cost_usd == pytest.approx(5 * (100 * 3 + 20 * 15) / 1e6)
+    assert head.meta.transcript and Path(head.meta.transcript).exists()
+    (rec,) = attempts
+    assert rec.accepted and rec.commit == head.sha and rec.transcript == head.meta.transcript
+    events = [json.loads(l)["event"] for l in Path(rec.transcript).read_text().splitlines()]
+    assert events[0] == "start" and events[-1] == "end" and events.count("tool") == 5
+
+
+@pytest.mark.gpu
+def test_profile_tool_summarises_ncu_on_the_gpu(tmp_path):
+    """On a GPU with ncu, the profile tool is registered and reports the candidate's kernel."""
+    from avo.operators.profile import make_profiler, ncu_available
+    from avo.operators.tools import ProfileArgs, ToolEnv, profile, tools_for
+    assert ncu_available(), "this GPU test needs ncu on PATH"
+    env = ToolEnv(workspace=tmp_path, view=view(), ctx=StepContext(seed=0, workdir=tmp_path), parent_source=SEED,
+                  profiler=make_profiler("grammar_bitmask"))
+    (tmp_path / "kernel.py").write_text(SEED)
+    assert "profile" in [t.name for t in tools_for(env)]
+    out = profile(env, ProfileArgs(workload="gpu_b512_v151936_float32"))
+    print(out)
+    assert "workload gpu_b512_v151936_float32" in out and "_bitmask_kernel" in out
+    assert "Duration" in out and "Memory Throughput" in out

@@ -162,3 +162,15 @@ def test_anthropic_merges_consecutive_tool_results():
     assert [m["role"] for m in out] == ["user", "assistant", "user"]
     assert [b["type"] for b in out[2]["content"]] == ["tool_result", "tool_result", "text"]
     assert out[2]["content"][1]["is_error"] is True
+
+
+def test_key_variable_defaults_by_provider(monkeypatch):
+    from avo.config import AgenticSpec
+    from avo.operators.agentic import llm_spec_from
+    from avo.operators.llm import key_env
+    assert key_env(llm_spec_from(AgenticSpec(model="m"))) == "ANTHROPIC_API_KEY"
+    assert key_env(llm_spec_from(AgenticSpec(model="m", provider="openai"))) == "OPENAI_API_KEY"
+    assert key_env(llm_spec_from(AgenticSpec(model="m", provider="openai", api_key_env=""))) == ""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(LLMError, match="OPENAI_API_KEY is not set"):
+        make_client(llm_spec_from(AgenticSpec(model="m", provider="openai", base_url="http://127.0.0.1:9/v1")))

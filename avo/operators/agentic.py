@@ -24,7 +24,8 @@ from typing import Any, Optional
 
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
 from avo.operators.knowledge import KBError, KnowledgeBase
-from avo.operators.llm import BudgetExhausted, CostMeter, LLMClient, LLMError, LLMSpec, Message, make_client
+from avo.operators.llm import (BudgetExhausted, CostMeter, LLMClient, LLMError, LLMSpec, Message, key_env,
+                               make_client)
 from avo.operators.prompting import device_note, render, step_prompt
 from avo.operators.tools import ToolEnv, run_tool, source_hash, tools_for
 
@@ -43,8 +44,6 @@ def llm_spec_from(spec: Any) -> LLMSpec:
              "price_in_per_mtok": "price_input_per_mtok", "price_out_per_mtok": "price_output_per_mtok",
              "prompt_cache": "prompt_cache"}
     kw = {dst: getattr(spec, src) for src, dst in pairs.items() if getattr(spec, src, None) is not None}
-    if "api_key_env" in kw and kw.get("provider") == "openai" and kw["api_key_env"] == "ANTHROPIC_API_KEY":
-        kw["api_key_env"] = "OPENAI_API_KEY"  # the config's default names Anthropic's variable
     return LLMSpec(**kw)
 
 
@@ -138,7 +137,7 @@ class AgenticOperator:
         return self._client
 
     def _secrets(self) -> list[str]:
-        env = self.llm.api_key_env
+        env = key_env(self.llm)
         return [os.environ.get(env, "")] if env else []
 
     def _kb(self, ctx: StepContext) -> Optional[KnowledgeBase]:

@@ -149,11 +149,10 @@ def parse_arguments(raw: Any) -> tuple[dict[str, Any], Optional[str]]:
 class LLMClient:
     """Base: key lookup, retry loop, cost. Subclasses implement `_create` and `_parse`."""
     provider = ""
-    default_key_env = ""
 
     def __init__(self, spec: LLMSpec):
         self.spec = spec
-        env = self.default_key_env if spec.api_key_env is None else spec.api_key_env
+        env = key_env(spec)
         if env:
             key = os.environ.get(env, "")
             if not key:
@@ -225,7 +224,6 @@ def _one_line(e: Exception) -> str:
 
 class AnthropicClient(LLMClient):
     provider = "anthropic"
-    default_key_env = "ANTHROPIC_API_KEY"
 
     def _make_client(self, key: str) -> Any:
         import anthropic
@@ -285,7 +283,6 @@ def anthropic_messages(messages: list[Message], cache: bool = False) -> list[dic
 
 class OpenAIClient(LLMClient):
     provider = "openai"
-    default_key_env = "OPENAI_API_KEY"
 
     def _make_client(self, key: str) -> Any:
         import openai
@@ -333,6 +330,13 @@ def openai_messages(messages: list[Message]) -> list[dict]:
         else:
             out.append({"role": "user", "content": m.text or "(empty)"})
     return out
+
+
+def key_env(spec: LLMSpec) -> str:
+    """The environment variable holding the key ("" = none needed)."""
+    if spec.api_key_env is not None:
+        return spec.api_key_env
+    return "ANTHROPIC_API_KEY" if spec.provider == "anthropic" else "OPENAI_API_KEY"
 
 
 def make_client(spec: LLMSpec) -> LLMClient:

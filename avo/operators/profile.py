@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def make_profiler(task_name: str) -> Optional[Callable[[str, Optional[str]], str
         return None
     from avo.harness import sol
     from avo.harness.runner import scrubbed_env
-    from avo.tasks import load_task
+    from avo.tasks import REPO_ROOT, load_task
     task = load_task(task_name)
     wls = task.select("gpu") or list(task.workloads)
 
@@ -105,9 +106,10 @@ def make_profiler(task_name: str) -> Optional[Callable[[str, Optional[str]], str
             cmd = ["ncu", "--csv", "--page", "details", "--nvtx", "--nvtx-include", "avo_profile/",
                    "--section", "SpeedOfLight", "--section", "Occupancy", "--section", "LaunchStats",
                    "--launch-count", "8", sys.executable, str(driver)]
+            env = scrubbed_env("cuda")
+            env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
             try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=NCU_TIMEOUT_S, cwd=tmp,
-                                   env=scrubbed_env("cuda"))
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=NCU_TIMEOUT_S, cwd=tmp, env=env)
             except subprocess.TimeoutExpired:
                 raise ToolError(f"ncu timed out after {NCU_TIMEOUT_S}s") from None
             if r.returncode != 0 and '"ID"' not in r.stdout:
