@@ -123,6 +123,13 @@ def main() -> None:
             k = per_call_us(lambda: bm(logits, bits, idx), it_bm, rep, sync)
             rows.append(("grammar_bitmask seed kernel directly (b16, v151936)", k, None))
             rows.append(("grammar_bitmask through apply (exact key)", per_call_us(lambda: applied_bm(logits, bits, idx), it_bm, rep, sync), k))
+            # the dispatched kernel must also be right: random bits, compared with the reference
+            x = torch.randn(b, v, device=dev)
+            rbits = torch.randint(-2**31, 2**31 - 1, bits.shape, dtype=torch.int32, device=dev)
+            want = x.clone()
+            ns["run"](want, rbits, idx)
+            applied_bm(x, rbits, idx)
+            assert torch.equal(x, want), "grammar_bitmask through apply differs from the reference"
         stats = avo.apply.stats()
         avo.apply.disable()
     name_w = max(len(r[0]) for r in rows)
@@ -132,9 +139,8 @@ def main() -> None:
     for name, us, ref in rows:
         over = "" if ref is None else f"{us - ref:+.2f}"
         print(f"{name.ljust(name_w)}  {us:9.2f}  {over:>11}")
-    probe = stats.get("bench_probe", {})
-    print(f"counters: bench_probe hits={probe.get('hits')} misses={probe.get('misses')} "
-          f"fallbacks={probe.get('fallbacks')} errors={probe.get('errors')}")
+    for task, s in stats.items():
+        print(f"counters {task}: hits={s['hits']} misses={s['misses']} fallbacks={s['fallbacks']} errors={s['errors']}")
 
 
 if __name__ == "__main__":

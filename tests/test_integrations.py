@@ -36,9 +36,9 @@ def artifacts(tmp_path_factory) -> Path:
     return out
 
 
-def run_interpreted(script: str, *args: str, timeout: float = 240) -> dict:
+def run_interpreted(script: str, *args: str, timeout: float = 240, env: dict | None = None) -> dict:
     """Run a script under TRITON_INTERPRET=1; its last stdout line is a JSON result."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, **(env or {}), "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO_ROOT)}
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -196,3 +196,38 @@ def test_artifacts_load_with_flashinfer_bench_models(artifacts, tmp_path):
     assert len(ts.traces["grammar_bitmask"]) == 3 and len(ts.workloads["attention_mha_fwd"]) == 4
     best = ts.get_best_trace("attention_mha_fwd", max_abs_error=1.0, max_rel_error=1.0)
     assert best is not None and best.solution == "mha_fwd_seed"
+
+
+FIB_APPLY_SCRIPT = """
+import json, sys
+import torch
+import flashinfer_bench as fib
+from flashinfer_bench.apply import ApplyConfig
+from avo.apply.flashinfer_trace import write_flashinfer_trace_set
+
+root = write_flashinfer_trace_set(sys.argv[1], sys.argv[2])
+# FlashInfer-Bench keeps a solution for a key only if its recorded errors are within the config;
+# its default max_rtol (1e-5) is stricter than the fp16 task's tolerance.
+fib.enable_apply(str(root), ApplyConfig(max_atol=1e-2, max_rtol=1.0))
+fallbacks = []
+
+def reference(q, k, v, causal):
+    fallbacks.append(1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(1, 2, 9, 64, generator=g).half() for _ in range(3))  # a verified key
+o = fib.apply("attention_mha_fwd", args=(q, k, v, False), fallback=reference)
+served = len(fallbacks) == 0
+want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+o_miss = fib.apply("attention_mha_fwd", args=(q[:, :1], k[:, :1], v[:, :1], False), fallback=reference)
+print(json.dumps({"served": served, "err": (o.float() - want).abs().max().item(), "fallbacks": len(fallbacks)}))
+"""
+
+
+def test_flashinfer_bench_apply_runs_the_exported_solution(artifacts, tmp_path):
+    """FlashInfer-Bench's own runtime (enable_apply + apply) dispatches to the exported attention
+    solution on a key it has a trace for, and to the fallback on one it has not."""
+    res = run_interpreted(FIB_APPLY_SCRIPT, str(artifacts), str(tmp_path / "fib"),
+                          env={"FIB_CACHE_PATH": str(tmp_path / "fib_cache")})
+    assert res["served"] and res["err"] < 2e-2 and res["fallbacks"] == 1
