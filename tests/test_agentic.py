@@ -266,3 +266,32 @@ def test_profile_tool_summarises_ncu_on_the_gpu(tmp_path):
     print(out)
     assert "workload gpu_b512_v151936_float32" in out and "_bitmask_kernel" in out
     assert "Duration" in out and "Memory Throughput" in out
+
+
+def test_evolve_review_directions_reach_the_next_step(tmp_path):
+    """A stagnant agentic island: the supervisor's LLM review proposes directions, they are
+    logged as an intervention and appear in the next step's prompt."""
+    from avo.config import AgenticSpec, BudgetConfig, RunConfig, SupervisorConfig
+    from avo.evolve import evolve_local
+    from avo.lineage import Lineage
+    script = [Turn(calls=[call("give_up", reason="no idea")]),
+              Turn(text="Knob moves stall.\n- Load each bitmask word once per 32 tokens.\n- Persistent grid over rows."),
+              Turn(calls=[call("give_up", reason="still no idea")]),
+              Turn(text="- Split long rows over several programs.")]  # the review after the last attempt
+    with FakeLLMServer(script) as srv:
+        agent = AgenticSpec(name="claude", provider="anthropic", model="fake-model", base_url=srv.anthropic_url,
+                            api_key_env="AVO_TEST_AGENT_KEY", max_retries=0)
+        cfg = RunConfig(run="agentic-review", lineage_dir=tmp_path / "lineage", tasks=["grammar_bitmask"],
+                        workloads={"grammar_bitmask": [SMALL[0].uuid]}, operators=[agent],
+                        budget=BudgetConfig(wall_minutes=None, attempts=2),
+                        supervisor=SupervisorConfig(stagnation_k=1, review_operator="claude"), device="interpret")
+        assert evolve_local(cfg, live=False) == 0
+    assert srv.remaining == 0
+    review_prompt = srv.requests[1].body["messages"][0]["content"][0]["text"]
+    assert "Review its trajectory" in review_prompt and "GAVE_UP" in review_prompt and "no idea" in review_prompt
+    step2 = srv.requests[2].body["messages"][0]["content"][0]["text"]
+    assert "- Load each bitmask word once per 32 tokens.\n- Persistent grid over rows." in step2
+    with Lineage.open(tmp_path / "lineage") as lin:
+        reviews = [iv for iv in lin.interventions() if iv["kind"] == "review"]
+    assert reviews and reviews[0]["directions"] == ["Load each bitmask word once per 32 tokens.", "Persistent grid over rows."]
+    assert reviews[0]["cost_usd"] > 0
