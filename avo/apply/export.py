@@ -59,7 +59,11 @@ def _latencies(d: Definition, version) -> Optional[dict[str, tuple[float, str]]]
     """key -> (latency ms, workload uuid) of a version, or None if some trace is not PASSED."""
     out: dict[str, tuple[float, str]] = {}
     layout = KeyLayout.of(d)
-    for t in version.traces:
+    try:
+        traces = version.traces
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        raise ExportError(f"commit {version.sha[:10]}: unreadable traces.jsonl ({str(e).splitlines()[0]})") from None
+    for t in traces:
         if not t.passed or t.evaluation.performance is None:
             return None
         try:
