@@ -160,6 +160,8 @@ class WorkerProc:
                 return channel.recv(self.conn)
         except (EOFError, OSError):
             pass
+        except Exception as e:  # bytes that are no harness message (e.g. a tensor subclass): never trust them
+            return ("fail", S.REWARD_HACK.value, "channel", f"unreadable message from the worker: {type(e).__name__}")
         else:
             return None
         code = self.proc.wait(timeout=10) if self.proc else None
@@ -333,12 +335,15 @@ class Evaluator:
                 bad = [(u, r) for u, rs in corr.items() for r in rs if r.status != S.PASSED]
                 if bad:
                     self.cand.send("stop")
+                    u, r = bad[0]
+                    status = S.REWARD_HACK if r.status == S.REWARD_HACK else r.status
                     per_wl = {}
                     for w in wls:
                         worst = checks.worst(corr[w.uuid])
+                        if worst.status == S.PASSED:  # correct but never timed: the cascade's verdict,
+                            # so the trace stays valid FlashInfer (PASSED needs a performance)
+                            worst = worst.model_copy(update={"status": status, "detail": f"correct here, not timed: {u} failed"})
                         per_wl[w.uuid] = self._fail_entry(worst)
-                    u, r = bad[0]
-                    status = S.REWARD_HACK if r.status == S.REWARD_HACK else r.status
                     return report(status, f"{u}: {r.detail}", "output-type" if status == S.REWARD_HACK else None, per_wl)
                 self.cand.send("time")
                 timed = True

@@ -30,11 +30,16 @@ class L2Flusher:
 
 
 def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[Callable[[int], None]]],
-                     n_sets: int, warmup: int, iters: int, device: str) -> list[list[float]]:
-    """ms per call for each function; call i of each uses argument set i % n_sets. `prepare`
-    (poisoning outputs) runs outside the timed region. The order alternates every iteration."""
+                     n_sets: int, warmup: int, iters: int, device: str,
+                     schedule: Optional[list[int]] = None) -> list[list[float]]:
+    """ms per call for each function; timed call i of each uses argument set schedule[i] (default
+    i % n_sets; a random schedule keeps a candidate from knowing which call is the last one on a
+    set, whose output is checked). `prepare` (poisoning outputs) runs outside the timed region.
+    The order alternates every iteration."""
     flush = L2Flusher(device)
     k = len(calls)
+    sched = schedule if schedule is not None else [i % n_sets for i in range(iters)]
+    iters = len(sched)
     for i in range(warmup):
         for j in range(k):
             if prepare[j]:
@@ -48,11 +53,11 @@ def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[
             order = range(k) if i % 2 == 0 else reversed(range(k))
             for j in order:
                 if prepare[j]:
-                    prepare[j](i % n_sets)
+                    prepare[j](sched[i])
                 flush()
                 start, end = _Event(enable_timing=True), _Event(enable_timing=True)
                 start.record()
-                calls[j](i % n_sets)
+                calls[j](sched[i])
                 end.record()
                 pending.append((j, start, end))
         _synchronize()
@@ -63,9 +68,9 @@ def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[
             order = range(k) if i % 2 == 0 else reversed(range(k))
             for j in order:
                 if prepare[j]:
-                    prepare[j](i % n_sets)
+                    prepare[j](sched[i])
                 t0 = _perf_counter()
-                calls[j](i % n_sets)
+                calls[j](sched[i])
                 samples[j].append((_perf_counter() - t0) * 1e3)
     return samples
 

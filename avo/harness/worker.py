@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import random
 import sys
 import tempfile
 import traceback
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from avo.harness import channel, guard, inputs, timing  # imported before any candidate, on purpose
+from avo.harness import channel, check, guard, inputs, timing  # imported before any candidate, on purpose
 from avo.schema import Definition, EvaluationStatus, Solution, Workload
 
 S = EvaluationStatus
@@ -87,9 +88,14 @@ class Worker:
             self.refs[key] = ns
         return self.refs[key]
 
-    def _inputs(self, d: Definition, w: Workload, seed: int, root: str | None) -> dict:
+    def _inputs(self, d: Definition, w: Workload, seed, root: str | None) -> dict:
+        """`seed` is an int, or (seed, perturbation seed) for the perturbed inputs of a timed call."""
+        base, pert = (seed, 0) if isinstance(seed, int) else seed
         ns = self._reference_ns(d)
-        return inputs.make_inputs(d, w, seed, self.dev, ns.get("make_inputs"), Path(root) if root else None)
+        x = inputs.make_inputs(d, w, base, self.dev, ns.get("make_inputs"), Path(root) if root else None)
+        if pert:
+            inputs.perturb_(x, pert)
+        return x
 
     # ---- reference role ----
     def reference(self, job: dict) -> None:
@@ -110,7 +116,7 @@ class Worker:
     def _call_checked(self, fn: Callable, d: Definition, args: dict, outs: dict, monitor: bool,
                       peer: bool = False) -> None:
         snap = inputs.snapshot(args, skip=tuple(d.inplace))
-        ptrs = {k: v.data_ptr() for k, v in outs.items()}
+        meta = _tensor_meta({**args, **outs})
         rec = guard.aten_monitor() if monitor else None
         try:
             if rec is not None:
@@ -132,9 +138,12 @@ class Worker:
             op = guard.forbidden_op(rec.ops, d.forbidden_calls)
             if op:
                 raise Fail(S.REWARD_HACK, f"called {op}, a library op that does the task", "library-call")
-        moved = [k for k, v in outs.items() if v.data_ptr() != ptrs[k]]
+        # Same class, storage, shape, strides and dtype for every tensor argument: an output swapped
+        # for other memory, re-viewed, or turned into a (lazy) subclass is a replaced result.
+        moved = [k for k, m in _tensor_meta({**args, **outs}).items() if m != meta[k]]
         if moved:
-            raise Fail(S.REWARD_HACK, f"output {moved[0]} was replaced instead of written", "output-replaced")
+            raise Fail(S.REWARD_HACK, f"tensor argument {moved[0]!r} was replaced, re-viewed or re-classed "
+                       "instead of written", "output-replaced")
         mutated = inputs.changed(args, snap)
         if mutated:
             raise Fail(S.REWARD_HACK, f"input {mutated[0]!r} was modified", "input-mutation")
@@ -161,7 +170,7 @@ class Worker:
                 outs = inputs.alloc_outputs(d, w, self.dev)
                 for o in outs.values():
                     inputs.poison_(o)
-                self._call_checked(fn, d, args, outs, monitor=(t == 0), peer=job.get("peer", False))
+                self._call_checked(fn, d, args, outs, monitor=True, peer=job.get("peer", False))
                 self.send("outputs", w.uuid, seed, self._results(d, args, outs))
         self.send("checked")
         if channel.recv(self.conn) != "time":
@@ -174,28 +183,50 @@ class Worker:
 
     def _time_workload(self, fn, base_fn, d: Definition, w: Workload, job: dict) -> dict:
         cfg = job["timing"]
+        root = job.get("root")
         set_seeds = job["set_seeds"][w.uuid]
-        sets = [self._inputs(d, w, s, job.get("root")) for s in set_seeds]
-        pristine = [inputs.snapshot({n: a[n] for n in d.inplace}) for a in sets]
+        n = len(set_seeds)
+        sets = [self._inputs(d, w, s, root) for s in set_seeds]
+        pristine = [inputs.snapshot({k: a[k] for k in d.inplace}) for a in sets]
         outs = [inputs.alloc_outputs(d, w, self.dev) for _ in sets]
         base_sets = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.items()} for a in sets]
+        # Unpredictable to the candidate: the set order, the number of timed calls, which calls
+        # have their output checked, and the input values of each call (perturbed every time).
+        rng = random.SystemRandom()
+        schedule = [i for _ in range(cfg["iters"] // n + 2) for i in rng.sample(range(n), n)]
+        schedule = schedule[:cfg["iters"] + rng.randrange(n)]
+        probed = set(rng.sample(range(len(schedule)), min(max(n, 8), len(schedule))))  # timed calls checked
+        pert = [0] * n  # perturbation seed now applied to each set
+        undo: list[list] = [[] for _ in range(n)]
+        step = [-cfg["warmup"]]  # index of the call that prep is preparing (negative: warm-up)
+        pending: list = [None] * n  # (seed pair) of the last call on a set when it is probed
+        probes: list = []  # (seed pair, results on device) of probed calls
 
         def cand(i):
             fn(*sets[i].values(), *outs[i].values())
 
-        def prep(i):  # outside the timed region: poison outputs, restore in-place inputs
+        def prep(i):  # outside the timed region
+            if pending[i] is not None:  # the previous call on this set was probed: keep its result
+                probes.append((pending[i], {k: v.clone() for k, v in self._results_dev(d, sets[i], outs[i]).items()}))
+                pending[i] = None
             for o in outs[i].values():
                 inputs.poison_(o)
-            for n, t in pristine[i].items():
-                sets[i][n].copy_(t)
+            inputs.unperturb_(undo[i])
+            for k, t in pristine[i].items():
+                sets[i][k].copy_(t)
+            pert[i] = rng.randrange(1, 2**62)
+            undo[i] = inputs.perturb_(sets[i], pert[i])
+            if step[0] in probed:
+                pending[i] = (set_seeds[i], pert[i])
+            step[0] += 1
 
         def base(i):
             base_fn(*base_sets[i].values())
 
         clk0, why0 = timing.gpu_clock_state() if self.mode == "cuda" else (None, [])
         try:
-            samples = timing.time_interleaved([cand, base], [prep, None], len(sets), cfg["warmup"],
-                                              cfg["iters"], self.mode)
+            samples = timing.time_interleaved([cand, base], [prep, None], n, cfg["warmup"], cfg["iters"],
+                                              self.mode, schedule=schedule)
             if self.mode == "cuda":
                 torch.cuda.synchronize()
         except Exception as e:
@@ -204,45 +235,90 @@ class Worker:
         finding = self.guard.verify()
         if finding:
             raise Fail(S.REWARD_HACK, finding[1], finding[0])
-        # The last timed call on each set must have produced the right answer...
-        for i, s in enumerate(set_seeds):
-            self.send("outputs", w.uuid, s, self._results(d, sets[i], outs[i]))
+        for i in range(n):
+            expect = self._inputs(d, w, (set_seeds[i], pert[i]), root)
+            bad = [k for k, v in expect.items() if k not in d.inplace and isinstance(v, torch.Tensor)
+                   and not torch.equal(inputs.bits(v), inputs.bits(sets[i][k]))]
+            if bad:
+                raise Fail(S.REWARD_HACK, f"input {bad[0]!r} was modified during timing", "input-mutation")
+        # Probed calls and the last timed call on each set must have produced the right answer...
+        for key, res in probes:
+            self.send("outputs", w.uuid, key, {k: v.cpu() for k, v in res.items()})
+        for i in range(n):
+            self.send("outputs", w.uuid, (set_seeds[i], pert[i]), self._results(d, sets[i], outs[i]))
         # ...and after new values land in the same buffers (a cache keyed by pointer or shape
-        # returns stale results here).
+        # returns stale results here). These calls are checked like the correctness trials.
         for i, s in enumerate(job["refresh_seeds"][w.uuid]):
-            fresh = self._inputs(d, w, s, job.get("root"))
+            inputs.unperturb_(undo[i])
+            undo[i] = []
+            fresh = self._inputs(d, w, s, root)
             for k, v in fresh.items():
                 if isinstance(v, torch.Tensor):
                     sets[i][k].copy_(v)
             for o in outs[i].values():
                 inputs.poison_(o)
-            cand(i)
-            if self.mode == "cuda":
-                torch.cuda.synchronize()
+            self._call_checked(fn, d, sets[i], outs[i], monitor=True, peer=job.get("peer", False))
             self.send("outputs", w.uuid, s, self._results(d, sets[i], outs[i]))
         wall = None
         if self.mode == "cuda":
-            wall = timing.wall_per_call_ms(cand, len(sets), cfg.get("wall_reps", 20), self.mode)
+            wall = timing.wall_per_call_ms(cand, n, cfg.get("wall_reps", 20), self.mode)
         med, iqr = timing.median_iqr(samples[0])
         bmed, biqr = timing.median_iqr(samples[1])
         return dict(median_ms=med, iqr_ms=iqr, base_median_ms=bmed, base_iqr_ms=biqr, iters=len(samples[0]),
-                    wall_ms=wall, n_sets=len(sets), clock_before=clk0, clock_after=clk1,
+                    wall_ms=wall, n_sets=n, clock_before=clk0, clock_after=clk1,
                     throttle=sorted(set(why0) | set(why1)))
 
+    def _results_dev(self, d: Definition, args: dict, outs: dict) -> dict:
+        return {**outs, **{k: args[k] for k in d.inplace}}
+
     def ab(self, job: dict) -> None:
-        """Gate re-measurement: best (A) and candidate (B), interleaved call by call."""
+        """Gate re-measurement: best (A) and candidate (B), interleaved call by call. Outputs are
+        poisoned before each call and B's last output on each set must match A's: a candidate that
+        skips work only here (after counting its calls) is caught."""
         d = Definition.model_validate(job["definition"])
         fns = [self._load_module(Solution.model_validate(s)) for s in job["solutions"]]
         cfg = job["timing"]
         for w in (Workload.model_validate(x) for x in job["workloads"]):
             self.send("phase", f"ab:{w.uuid}")
-            sets = [self._inputs(d, w, s, job.get("root")) for s in job["set_seeds"][w.uuid]]
-            outs = [[inputs.alloc_outputs(d, w, self.dev) for _ in sets] for _ in fns]
-            calls = [(lambda i, f=f, o=o: f(*sets[i].values(), *o[i].values())) for f, o in zip(fns, outs)]
-            samples = timing.time_interleaved(calls, [None] * len(calls), len(sets), cfg["warmup"],
-                                              cfg["iters"] * job.get("rounds", 1), self.mode)
+            base = [self._inputs(d, w, s, job.get("root")) for s in job["set_seeds"][w.uuid]]
+            # each solution gets its own copy of the in-place inputs; the rest is shared
+            sets = [[{k: (v.clone() if k in d.inplace else v) for k, v in a.items()} for a in base] for _ in fns]
+            outs = [[inputs.alloc_outputs(d, w, self.dev) for _ in base] for _ in fns]
+            calls = [(lambda i, f=f, a=a, o=o: f(*a[i].values(), *o[i].values())) for f, a, o in zip(fns, sets, outs)]
+
+            def prep_for(j):
+                def prep(i):
+                    for o in outs[j][i].values():
+                        inputs.poison_(o)
+                    for k in d.inplace:
+                        sets[j][i][k].copy_(base[i][k])
+                return prep
+
+            try:
+                samples = timing.time_interleaved(calls, [prep_for(j) for j in range(len(fns))], len(base),
+                                                  cfg["warmup"], cfg["iters"] * job.get("rounds", 1), self.mode)
+                if self.mode == "cuda":
+                    torch.cuda.synchronize()
+            except Exception as e:
+                raise Fail(S.RUNTIME_ERROR, _tail(f"during A/B: {type(e).__name__}: {e}"))
+            finding = self.guard.verify()
+            if finding:
+                raise Fail(S.REWARD_HACK, finding[1], finding[0])
+            tol = d.tolerance
+            for i in range(len(base)):
+                a, b = self._results(d, sets[0][i], outs[0][i]), self._results(d, sets[-1][i], outs[-1][i])
+                for k in a:
+                    r = check.compare(k, b[k], a[k], a[k].dtype, tol)
+                    if r.status != S.PASSED:
+                        raise Fail(S.REWARD_HACK, f"A/B: the candidate's timed output differs from the best's: {r.detail}",
+                                   "timed-output")
             self.send("timing", w.uuid, {"samples": samples})
         self.send("done", {})
+
+
+def _tensor_meta(values: dict) -> dict:
+    return {k: (type(v), v.data_ptr(), tuple(v.shape), v.stride(), v.dtype)
+            for k, v in values.items() if isinstance(v, torch.Tensor)}
 
 
 def main() -> None:
