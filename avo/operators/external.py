@@ -54,7 +54,7 @@ class ExternalOperator:
             shutil.rmtree(wd)
         wd.mkdir(parents=True)
         (wd / view.kernel_name).write_text(view.best.source)
-        avo = str(Path(sys.executable).parent / "avo")
+        avo = "avo"  # the venv's bin/ is first on the agent's PATH (propose)
         lineage = str(ctx.lineage_root) if ctx.lineage_root else "(no lineage yet)"
         device = self._device()
         (wd / "AGENTS.md").write_text(render(
@@ -63,7 +63,7 @@ class ExternalOperator:
             kb_dir=str(ctx.knowledge_dir or self.knowledge_dir or DEFAULT_KB_DIR), device_note=device_note(device),
             timeout_min=f"{self.timeout_s / 60:.0f}"))
         (wd / "CONTEXT.md").write_text(context_md(view))
-        (wd / ".gitignore").write_text("__pycache__/\n")
+        (wd / ".gitignore").write_text("__pycache__/\n.cache/\n")
         repo = git.Repo.init(wd)
         with repo.config_writer() as cw:
             cw.set_value("user", "name", "avo")
@@ -87,7 +87,9 @@ class ExternalOperator:
         cmd = self.command_line(wd, view)
         env = dict(os.environ)
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-        env.update({"AVO_TASK": view.task, "AVO_KERNEL": str(wd / view.kernel_name), "AVO_DEVICE": self._device()})
+        env.update({"AVO_TASK": view.task, "AVO_KERNEL": str(wd / view.kernel_name), "AVO_DEVICE": self._device(),
+                    # inside the folder: sandboxed agents (Codex workspace-write) may not write ~/.triton
+                    "TRITON_CACHE_DIR": str(wd / ".cache" / "triton")})
         t0 = time.monotonic()
         with open(log_path, "ab") as logf:
             logf.write(f"$ {cmd}\n".encode())
