@@ -142,6 +142,9 @@ class Evolution:
         self.lineage = lin
         if not created:
             why = identity_mismatch(lin.identity(), ident)
+            if why and not lin.branches() and not lin.attempts():
+                lin.reset_root(self.cfg.run, cfg_yaml, ident)  # nothing recorded yet (a failed seed): start over
+                why = None
             if why:
                 raise EvolveError(f"run {self.cfg.run!r} exists ({lin.path}) with a different setup: {why}; "
                                   f"use another --run or the run's original config")
@@ -177,6 +180,7 @@ class Evolution:
         """Evaluate each task's seed once and commit it to every island that has none yet."""
         lin = self.lineage
         for name, setup in self.tasks.items():
+            self.seen[name].add(source_hash(setup.seed_source))
             missing = [i for i in self.islands if i.task == name and lin.head_sha(name, i.island) is None]
             if not missing:
                 continue

@@ -285,6 +285,20 @@ class Lineage:
         lin._git("update-ref", "-m", "avo: root", f"refs/heads/{ROOT_BRANCH}", sha, "0" * 40)
         return lin
 
+    def reset_root(self, run: str, config_yaml: str, identity: dict) -> None:
+        """Replace the root commit of a lineage that holds no version and no attempt yet (its
+        seed failed): the user fixed the config or the seed and starts again under the same name."""
+        if self.branches() or self.attempts():
+            raise LineageError(f"{self.path}: the lineage already holds versions or attempts; its setup is fixed")
+        old = self.repo.commit(ROOT_BRANCH).hexsha
+        files = {CONFIG_FILE: config_yaml, IDENTITY_FILE: json.dumps(identity, indent=2) + "\n",
+                 "README.md": self.root_file("README.md")}
+        sha = self._commit_tree(files, None, f"avo run {run}\n\nRun config and layout; islands branch from here.\n")
+        for name, text in files.items():
+            (self.path / name).write_text(text)
+        self._git("read-tree", sha)
+        self._git("update-ref", "-m", "avo: root (setup changed before any version)", f"refs/heads/{ROOT_BRANCH}", sha, old)
+
     def _take_lock(self, lock: RunLock) -> None:
         """Hold the run lock, then repair what a killed writer may have left behind."""
         self._lock = lock

@@ -100,15 +100,19 @@ class HeuristicOperator:
         fails, wins, broken = self._history(view, knobs)
         cur = {k: knobs.index(k, knobs.config[k]) for k in knobs.mutable}
 
-        def cost(idx: dict[str, int]) -> float:
-            c = 0.0
+        def cost(idx: dict[str, int], level: int) -> float:
+            """Prefer moves of total size 1 + level (level = widen: bigger jumps as it grows),
+            few knobs at once (less so as the level grows), directions that won before, none
+            that lost or broke."""
+            c, dist = 0.0, 0
             for k, j in idx.items():
                 d = j - cur[k]
                 if d:
+                    dist += abs(d)
                     dirn = (k, (d > 0) - (d < 0))
-                    c += abs(d) + 0.5 + 1.0 * fails.get(dirn, 0) - 1.5 * wins.get(dirn, 0)
+                    c += 0.5 / (1 + level) + 1.0 * fails.get(dirn, 0) - 1.5 * wins.get(dirn, 0)
                     c += 10.0 if (k, j) in broken else 0.0
-            return c + rng.random() * 0.3  # jitter: islands with the same operator diverge
+            return c + abs(dist - (1 + level)) + rng.random() * 0.3  # jitter: islands diverge
 
         tried = set(view.seen_hashes) | {source_hash(src)}
         # 1) supervisor directions ("try BLOCK_SIZE=4096") and recipes, before plain moves
@@ -120,7 +124,7 @@ class HeuristicOperator:
         level = max(view.widen, 0)
         while True:
             max_dist, max_knobs = self._level_bounds(knobs, level)
-            cands = sorted((cost(c), n, c) for n, c in enumerate(self._neighbourhood(knobs, cur, max_dist, max_knobs)))
+            cands = sorted((cost(c, level), n, c) for n, c in enumerate(self._neighbourhood(knobs, cur, max_dist, max_knobs)))
             for _, _, idx in cands:
                 target = dict(knobs.config)
                 target.update({k: knobs.tunables[k][j] for k, j in idx.items()})

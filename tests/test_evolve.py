@@ -1,0 +1,142 @@
+"""`avo evolve` end to end in the Triton interpreter: seeds committed, the heuristic improves the
+grammar kernel through the gate, every attempt is logged, the report is written, a run resumes
+and extends, a broken candidate is logged and the run goes on, a broken seed stops the run."""
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from avo.config import load_config
+from avo.evolve import evolve_local
+from avo.lineage import Lineage
+from avo.operators.base import LineageView, Proposal, StepContext
+from avo.operators.heuristic import HeuristicOperator
+from avo.tasks import REPO_ROOT
+
+pytestmark = pytest.mark.timeout(600)
+SMALL_WL = "cpu_b3_v1000_float32"
+
+
+def write_cfg(tmp_path: Path, name: str = "e2e", extra: str = "", islands: int = 2, attempts: int = 6) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"""run: {name}
+lineage_dir: {tmp_path / name}
+tasks: [grammar_bitmask]
+workloads: {{grammar_bitmask: [{SMALL_WL}]}}
+islands_per_task: {islands}
+budget: {{attempts: {attempts}, wall_minutes: 8}}
+gate: {{min_gain: 0.05, rounds: 2}}
+supervisor: {{stagnation_k: 2}}
+device: interpret
+{extra}""")
+    return p
+
+
+def git(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
+
+
+def test_evolve_end_to_end_resume_and_mismatch(tmp_path, capsys):
+    cfg_path = write_cfg(tmp_path)
+    assert evolve_local(load_config(cfg_path), live=False) == 0
+    out = capsys.readouterr().out
+    assert "device: interpret" in out and "not GPU performance" in out and "report -> " in out
+    lin = Lineage.open(tmp_path / "e2e")
+    attempts = lin.attempts()
+    assert [a.id for a in attempts] == [f"a{i:05d}" for i in range(1, 7)]
+    assert {(a.task, a.island) for a in attempts} == {("grammar_bitmask", 0), ("grammar_bitmask", 1)}
+    seeds = [v for v in lin.versions() if v.meta.kind == "seed"]
+    assert len(seeds) == 2 and all(v.meta.scores.speedup_vs_seed == 1.0 for v in seeds)
+    accepted = [a for a in attempts if a.accepted]
+    assert accepted, "the recipe's wide blocks beat the 256-token seed in the interpreter"
+    for a in accepted:
+        v = lin.version(a.commit)
+        assert v.meta.attempt == a.id and v.meta.gate.gain > max(v.meta.gate.min_gain, v.meta.gate.noise)
+        assert v.meta.gate.best_ms and v.meta.gate.cand_ms and a.gate.gain == v.meta.gate.gain
+        assert [t.workload.uuid for t in v.traces] == [SMALL_WL] and v.traces[0].passed
+    assert lin.best("grammar_bitmask").speedup > 1.05
+    for a in attempts:
+        assert a.status in ("PASSED", "REJECTED") and a.source_hash and a.started and a.finished
+        assert (a.status == "PASSED") == a.accepted
+    report = tmp_path / "e2e" / "report"
+    for f in ("report.html", "progress.png", "workloads.png", "tree.png", "outcomes.png"):
+        assert (report / f).stat().st_size > 1000, f
+    assert "Triton interpreter" in (report / "report.html").read_text()
+    assert git(tmp_path / "e2e", "fsck", "--strict").returncode == 0
+    lin.close()
+
+    # resume with a larger budget: numbering continues, nothing is re-evaluated from scratch
+    assert evolve_local(load_config(cfg_path, attempts=8), live=False) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "evaluating the seed" not in out
+    ids = [a.id for a in Lineage.open(tmp_path / "e2e").attempts()]
+    assert ids == [f"a{i:05d}" for i in range(1, 9)]
+
+    # the same run with another island layout is refused
+    changed = write_cfg(tmp_path, islands=1)
+    assert evolve_local(load_config(changed), live=False) == 2
+    assert "different setup" in capsys.readouterr().err
+
+
+class BrokenOnce:
+    """A real operator that hands the orchestrator one syntax error, then defers to the heuristic."""
+
+    def __init__(self):
+        self.name = "heuristic"
+        self.inner = HeuristicOperator()
+        self.calls = 0
+
+    def propose(self, view: LineageView, ctx: StepContext):
+        self.calls += 1
+        if self.calls == 1:
+            return Proposal(source=view.best.source.replace("def run(", "def run(:", 1), parent=view.best.commit,
+                            operator=self.name, note="broken on purpose")
+        return self.inner.propose(view, ctx)
+
+
+def test_broken_candidate_is_logged_and_the_run_continues(tmp_path, capsys):
+    cfg = load_config(write_cfg(tmp_path, name="broken", islands=1, attempts=3))
+    op = BrokenOnce()
+    assert evolve_local(cfg, live=False, operators={"heuristic": op}) == 0
+    attempts = Lineage.open(tmp_path / "broken").attempts()
+    assert [a.status for a in attempts][0] == "COMPILE_ERROR"
+    assert "SyntaxError" in attempts[0].error and not attempts[0].accepted and attempts[0].note == "broken on purpose"
+    assert len(attempts) == 3 and all(a.status in ("PASSED", "REJECTED") for a in attempts[1:])
+    assert op.calls == 3
+    assert "COMPILE_ERROR" in capsys.readouterr().out
+
+
+def test_failing_seed_stops_with_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad_seed.py"
+    src = (REPO_ROOT / "kernels/grammar/bitmask_seed.py").read_text()
+    bad.write_text(src.replace("    if n == 0:\n        return\n", "    return\n"))  # masks nothing: wrong
+    cfg = load_config(write_cfg(tmp_path, name="badseed", islands=1, attempts=2,
+                                extra=f"seed_kernels: {{grammar_bitmask: {bad}}}\n"))
+    assert evolve_local(cfg, live=False) == 1
+    err = capsys.readouterr().err
+    assert "seed kernel" in err and "INCORRECT_NUMERICAL" in err and "Traceback" not in err
+    lin = Lineage.open(tmp_path / "badseed")
+    assert lin.versions() == [] and lin.attempts() == []
+    # with the seed fixed, the same run name starts over (nothing was recorded under the bad seed)
+    fixed = load_config(write_cfg(tmp_path, name="badseed", islands=1, attempts=1))
+    assert evolve_local(fixed, live=False) == 0
+    lin = Lineage.open(tmp_path / "badseed")
+    assert len(lin.attempts()) == 1 and lin.identity()["seeds"] != {}
+
+
+def test_interventions_are_logged_when_islands_stagnate(tmp_path):
+    # an operator that only proposes the same (already tried) kernel: every attempt is a DUPLICATE,
+    # so the supervisor must step in after stagnation_k attempts
+    class Stuck:
+        name = "heuristic"
+
+        def propose(self, view, ctx):
+            return Proposal(source=view.best.source, parent=view.best.commit, operator=self.name, note="same again")
+
+    cfg = load_config(write_cfg(tmp_path, name="stuck", islands=1, attempts=5))
+    assert evolve_local(cfg, live=False, operators={"heuristic": Stuck()}) == 0
+    lin = Lineage.open(tmp_path / "stuck")
+    assert [a.status for a in lin.attempts()] == ["DUPLICATE"] * 5
+    rows = [json.loads(x) for x in (tmp_path / "stuck" / "interventions.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["widen", "widen"] and rows[0]["widen"] == 1 and rows[1]["widen"] == 2
