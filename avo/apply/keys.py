@@ -173,11 +173,3 @@ def nearest_candidate(call: CallKey, var_axes: tuple[str, ...],
         if best_rank is None or rank < best_rank:
             best, best_rank = payload, rank
     return best
-
-
-def parse_dtype(name: str) -> Optional[torch.dtype]:
-    return TORCH_DTYPES.get(name)
-
-
-def pinned_scalars(d: Definition, w: Workload) -> dict[str, Any]:
-    return {n: s.value for n, s in w.inputs.items() if isinstance(s, ScalarInput) and d.inputs.get(n) and d.inputs[n].shape is None}

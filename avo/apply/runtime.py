@@ -21,7 +21,7 @@ import torch
 
 from avo.apply.counters import CallCounters
 from avo.apply.keys import KeyGuardError
-from avo.apply.table import DispatchTable, TaskTable, build_table, empty_table
+from avo.apply.table import DispatchTable, TaskTable, build_table
 
 log = logging.getLogger("avo.apply")
 

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import torch
-
 from avo.apply.artifact import Artifact, ArtifactError, find_artifacts, load_entry, read_artifact
 from avo.apply.keys import ANY, CallKey, KeyLayout, nearest_candidate
 from avo.harness.inputs import TORCH_DTYPES
@@ -153,11 +151,3 @@ def _task_table(task: str, d: Definition, group: list[Artifact], interpret: bool
             if old is None or (e.won, -e.latency_ms) > (old.won, -old.latency_ms):
                 exact[ck] = e
     return TaskTable(task, d, layout, exact, candidates, tuple(frozenset(s) for s in known), names)
-
-
-def empty_table() -> DispatchTable:
-    return DispatchTable((), {}, False)
-
-
-def to_torch_outputs(route: Route, device: torch.device) -> list[torch.Tensor]:
-    return [torch.empty(shape, dtype=dt, device=device) for shape, dt in route.outputs]
