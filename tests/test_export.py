@@ -173,3 +173,29 @@ def test_exported_artifacts_serve_the_keys_they_won(lineage, tmp_path):
     assert res["ok"] == [True, True, True]
     s = res["stats"][TASK]
     assert s["exact"] == 3 and s["artifacts"] == {f"best-{shas['v1'][:10]}": 1, f"keys-{shas['seed0'][:10]}": 2}
+
+
+def test_export_after_a_real_evolve_run(tmp_path):
+    """What `avo evolve` itself writes exports: a one-island, two-attempt interpret run."""
+    from avo.config import load_config
+    from avo.evolve import evolve_local
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"""run: tiny
+lineage_dir: {tmp_path / 'tiny'}
+tasks: [grammar_bitmask]
+workloads: {{grammar_bitmask: [{B3}]}}
+islands_per_task: 1
+budget: {{attempts: 2, wall_minutes: 5}}
+gate: {{min_gain: 0.05, rounds: 2}}
+device: interpret
+""")
+    assert evolve_local(load_config(cfg), live=False) == 0
+    lin = Lineage.open(tmp_path / "tiny")
+    best = lin.best(TASK)
+    lin.close()
+    paths = export_run(str(tmp_path / "tiny"), tmp_path / "out")
+    assert paths[0].name == f"best-{best.sha[:10]}"
+    a = read_artifact(paths[0])
+    assert a.solution.sources[0].content == best.source and a.manifest.commit == best.sha
+    assert [k.workload for k in a.manifest.keys] == [B3] and a.manifest.keys[0].won
+    assert a.manifest.device_mode == "interpret" and a.manifest.run == "tiny"
