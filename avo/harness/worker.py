@@ -38,6 +38,9 @@ def _tail(text: str, n: int = 2000) -> str:
 
 def _is_compile_error(e: BaseException) -> bool:
     names = {c.__name__ for c in type(e).__mro__}
+    if "InterpreterError" in names:  # the interpreter wraps what a GPU compile rejects (bad arange,
+        # unknown tl function, static_assert, type errors); memory or torch errors stay run-time ones
+        return not isinstance(e.__cause__, (RuntimeError, MemoryError))
     return bool(names & {"CompilationError", "CompileTimeAssertionFailure", "OutOfResources"}) or \
         "triton.compiler" in type(e).__module__
 
@@ -138,12 +141,18 @@ class Worker:
             op = guard.forbidden_op(rec.ops, d.forbidden_calls)
             if op:
                 raise Fail(S.REWARD_HACK, f"called {op}, a library op that does the task", "library-call")
-        # Same class, storage, shape, strides and dtype for every tensor argument: an output swapped
-        # for other memory, re-viewed, or turned into a (lazy) subclass is a replaced result.
-        moved = [k for k, m in _tensor_meta({**args, **outs}).items() if m != meta[k]]
+        # Same class and memory for every tensor argument: a result swapped for other memory or
+        # turned into a (lazy) subclass is a replaced result. A result resized or re-viewed in place
+        # is left to the comparison (INCORRECT_SHAPE / INCORRECT_DTYPE); a read-only input must keep
+        # its shape, strides and dtype too.
+        now = _tensor_meta({**args, **outs})
+        moved = [k for k, m in now.items() if m[:2] != meta[k][:2]]
         if moved:
-            raise Fail(S.REWARD_HACK, f"tensor argument {moved[0]!r} was replaced, re-viewed or re-classed "
-                       "instead of written", "output-replaced")
+            raise Fail(S.REWARD_HACK, f"tensor argument {moved[0]!r} was replaced or re-classed instead of "
+                       "written", "output-replaced")
+        reshaped = [k for k in args if k in now and k not in d.inplace and now[k] != meta[k]]
+        if reshaped:
+            raise Fail(S.REWARD_HACK, f"input {reshaped[0]!r} was resized or re-viewed", "input-mutation")
         mutated = inputs.changed(args, snap)
         if mutated:
             raise Fail(S.REWARD_HACK, f"input {mutated[0]!r} was modified", "input-mutation")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from avo.harness import sol
+from avo.harness.runner import HarnessError
 from avo.schema import EvaluationStatus
 
 from conftest import assert_verdict, grammar_solution
@@ -113,3 +114,13 @@ def test_below_sol_is_flagged(evaluator, grammar_task, grammar_smallest):
         assert perf.sol_latency_ms is not None and 0 < perf.sol_fraction < 1
     finally:
         evaluator.hw = saved
+
+
+def test_ab_remeasurement_checks_outputs(evaluator, grammar_task, grammar_smallest):
+    """The commit gate's interleaved A/B timing is a timed run too: a candidate that stops working
+    after its first calls (as it would once it counted past the evaluation) is refused there."""
+    best = grammar_solution("honest")
+    ab = evaluator.ab(grammar_task, best, grammar_solution("honest"), grammar_smallest, rounds=1)
+    assert set(ab.per_workload) == {w.uuid for w in grammar_smallest}
+    with pytest.raises(HarnessError, match="differs from the best"):
+        evaluator.ab(grammar_task, best, grammar_solution("skip_after_checks"), grammar_smallest, rounds=1)
