@@ -111,6 +111,16 @@ class GateConfig(Strict):
     rounds: int = Field(default=2, ge=1)  # A/B rounds (each = the evaluator's timed iterations)
 
 
+class RayConfig(Strict):
+    """`avo evolve --backend ray` only (docs/distributed.md); the local backend ignores it."""
+    evaluators: Optional[int] = Field(default=None, ge=1)  # None: one per GPU (cuda); interpret: the
+    # cluster's `avo_evaluator` resource, else 1
+    operator_cpus: float = Field(default=1.0, ge=0.0)  # Ray CPUs reserved per operator actor
+    inflight_per_island: int = Field(default=2, ge=1)  # an island's proposals being made or queued for evaluation
+    max_restarts: int = Field(default=3, ge=0)  # per actor; a task it was running is retried once after a restart
+    mirror_lineage: Literal["auto", "always"] = "auto"  # auto: operators off the lineage's node read a git mirror
+
+
 class RunConfig(Strict):
     run: str = Field(min_length=1)
     lineage_dir: Optional[Path] = None  # default lineages/<run>
@@ -127,6 +137,7 @@ class RunConfig(Strict):
     device: Literal["auto", "cuda", "interpret"] = "auto"
     seed: int = 0
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

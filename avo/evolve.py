@@ -15,7 +15,7 @@ from typing import Optional
 import yaml
 from rich.console import Console
 
-from avo.config import ConfigError, RunConfig
+from avo.config import ConfigError, GateConfig, RunConfig
 from avo.gate import GateDecision, commit_gate, measure_gate
 from avo.harness.runner import EvalReport, Evaluator, HarnessError, resolve_device
 from avo.lineage import AttemptRecord, Lineage, LineageError, Scores, Version, VersionMeta, now_iso, source_hash
@@ -97,11 +97,14 @@ def fault_point(name: str) -> None:
 
 
 class Evolution:
-    def __init__(self, cfg: RunConfig, console: Console, live: bool, operators: Optional[dict[str, Operator]] = None):
+    def __init__(self, cfg: RunConfig, console: Console, live: bool, operators: Optional[dict[str, Operator]] = None,
+                 device: Optional[str] = None):
         self.cfg, self.console, self.live = cfg, console, live
         self.stop = StopSignal()
-        self.device = resolve_device(cfg.device)
-        if self.device == "cuda":
+        # `device`: already resolved by the caller (the Ray backend resolves it against the
+        # cluster's GPUs, which need not be on this node).
+        self.device = device or resolve_device(cfg.device)
+        if self.device == "cuda" and device is None:
             import torch
             if not torch.cuda.is_available():
                 raise EvolveError("device: cuda but no CUDA device is visible")
@@ -291,37 +294,31 @@ class Evolution:
 
     def evaluate_and_gate(self, ev: Evaluator, isl: IslandRef, setup: TaskSetup, head: Version,
                           out: Proposal, rec: AttemptRecord) -> None:
-        rec.source_hash = source_hash(out.source)
-        if rec.source_hash in self.seen[isl.task]:
-            rec.status, rec.error = "DUPLICATE", "this exact source was already tried on the task"
-            return
-        self.seen[isl.task].add(rec.source_hash)
-        if not out.source.strip():
-            rec.status, rec.error = "COMPILE_ERROR", "empty source"
+        if not self.admit(isl.task, out, rec):
             return
         self.stop.phase = "evaluate"
-        cand = kernel_solution(isl.task, out.source, f"{isl.task}-{rec.id}", author=f"avo:{out.operator}")
-        rep = ev.evaluate(setup.task, cand, setup.workloads)
-        best = kernel_solution(isl.task, head.source, f"{isl.task}-{head.sha[:10]}")
-        dec: GateDecision = commit_gate(ev, setup.task, best, head.sha, cand, rep, setup.workloads, self.cfg.gate)
+        rep, dec = judge(ev, setup, f"{isl.task}-{rec.id}", head.sha, head.source, out, self.cfg.gate)
         self.stats.evals_session += 1
-        rec.status, rec.accepted = dec.status, dec.accepted
-        rec.hack_check = rep.hack_check
-        rec.error = "" if dec.accepted else (rep.message[-1500:] if not rep.passed else dec.reason)
-        if dec.record:
-            rec.gate, rec.gain, rec.noise = dec.record, dec.record.gain, dec.record.noise
+        record_verdict(rec, rep, dec)
         if dec.accepted:
-            speedup = (head.meta.scores.speedup_vs_seed or 1.0) * (1.0 + dec.record.gain)
-            rec.speedup_vs_seed = speedup
-            meta = VersionMeta(run=self.cfg.run, task=isl.task, island=isl.island, kind="version", attempt=rec.id,
-                               parent=rec.parent, operator=out.operator, note=out.note, source_hash=rec.source_hash,
-                               scores=scores_from(rep, speedup), gate=dec.record, device_mode=rep.device_mode,
-                               hardware=rep.hardware, transcript=out.transcript, cost_usd=out.cost_usd,
-                               run_elapsed_s=round(self.stats.elapsed_s, 3))
+            meta = accepted_meta(self.cfg, rec, out, rep, dec, head, self.stats.elapsed_s)
             traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
             rec.commit = with_phase(self.stop, "commit", lambda: self.lineage.commit_version(
                 meta, out.source, traces, version_message(meta, rep.traces)))
             fault_point("after-commit")
+
+    def admit(self, task: str, out: Proposal, rec: AttemptRecord) -> bool:
+        """Whether a proposal goes to the evaluator: not a source already tried on the task, not
+        empty. Sets rec.source_hash (and rec.status/error when refused)."""
+        rec.source_hash = source_hash(out.source)
+        if rec.source_hash in self.seen[task]:
+            rec.status, rec.error = "DUPLICATE", "this exact source was already tried on the task"
+            return False
+        self.seen[task].add(rec.source_hash)
+        if not out.source.strip():
+            rec.status, rec.error = "COMPILE_ERROR", "empty source"
+            return False
+        return True
 
     def after_attempt(self, isl: IslandRef, rec: AttemptRecord) -> None:
         self.attempts.append(rec)
@@ -426,6 +423,37 @@ class Evolution:
             k += 1
             self.step(ev, isl)
             self.supervise(ev, isl)
+
+
+# ---- the pieces of one attempt that the Ray backend (avo/distributed*.py) shares ----
+def judge(ev: Evaluator, setup: TaskSetup, name: str, head_sha: str, head_source: str, out: Proposal,
+          gate: GateConfig) -> tuple[EvalReport, GateDecision]:
+    """Evaluate a proposal and pass it through the commit gate against the island best."""
+    task = setup.task.name
+    cand = kernel_solution(task, out.source, name, author=f"avo:{out.operator}")
+    rep = ev.evaluate(setup.task, cand, setup.workloads)
+    best = kernel_solution(task, head_source, f"{task}-{head_sha[:10]}")
+    return rep, commit_gate(ev, setup.task, best, head_sha, cand, rep, setup.workloads, gate)
+
+
+def record_verdict(rec: AttemptRecord, rep: EvalReport, dec: GateDecision) -> None:
+    rec.status, rec.accepted = dec.status, dec.accepted
+    rec.hack_check = rep.hack_check
+    rec.error = "" if dec.accepted else (rep.message[-1500:] if not rep.passed else dec.reason)
+    if dec.record:
+        rec.gate, rec.gain, rec.noise = dec.record, dec.record.gain, dec.record.noise
+
+
+def accepted_meta(cfg: RunConfig, rec: AttemptRecord, out: Proposal, rep: EvalReport, dec: GateDecision,
+                  head: Version, elapsed_s: float) -> VersionMeta:
+    """The meta.json of an accepted attempt's commit (sets rec.speedup_vs_seed)."""
+    speedup = (head.meta.scores.speedup_vs_seed or 1.0) * (1.0 + dec.record.gain)
+    rec.speedup_vs_seed = speedup
+    return VersionMeta(run=cfg.run, task=rec.task, island=rec.island, kind="version", attempt=rec.id,
+                       parent=rec.parent, operator=out.operator, note=out.note, source_hash=rec.source_hash,
+                       scores=scores_from(rep, speedup), gate=dec.record, device_mode=rep.device_mode,
+                       hardware=rep.hardware, transcript=out.transcript, cost_usd=out.cost_usd,
+                       run_elapsed_s=round(elapsed_s, 3))
 
 
 def with_phase(stop: StopSignal, phase: str, fn):
