@@ -19,13 +19,16 @@ class CheckResult(BaseModel):
 
 
 def compare(name: str, out: torch.Tensor, ref: torch.Tensor, expect_dtype: torch.dtype,
-            tol: Tolerance) -> CheckResult:
+            tol: Tolerance, device: str = "cpu") -> CheckResult:
+    """`device="cuda"` runs the arithmetic on the GPU (large attention outputs take seconds on
+    CPU in float64); the tensors are copies received from the workers either way."""
     if not isinstance(out, torch.Tensor) or type(out) is not torch.Tensor:
         return CheckResult(status=EvaluationStatus.REWARD_HACK, detail=f"{name}: not a plain tensor ({type(out).__name__})")
     if tuple(out.shape) != tuple(ref.shape):
         return CheckResult(status=EvaluationStatus.INCORRECT_SHAPE, detail=f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}")
     if out.dtype != expect_dtype:
         return CheckResult(status=EvaluationStatus.INCORRECT_DTYPE, detail=f"{name}: dtype {out.dtype} != {expect_dtype}")
+    out, ref = out.to(device), ref.to(device)
     if out.dtype.is_floating_point:
         o, r = out.double(), ref.double()
     else:

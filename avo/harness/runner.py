@@ -254,7 +254,8 @@ class Evaluator:
                 return checks.CheckResult(status=S.RUNTIME_ERROR, detail=f"no output {name!r}")
             spec = {**d.inputs, **d.outputs}[name]
             expect = TORCH_DTYPES[w.dtypes.get(name, spec.dtype)]
-            results.append(checks.compare(name, got[name], ref[name], expect, d.tolerance))
+            results.append(checks.compare(name, got[name], ref[name], expect, d.tolerance,
+                                          device="cuda" if self.device == "cuda" else "cpu"))
         return checks.worst(results)
 
     # ---- evaluation ----
