@@ -103,7 +103,8 @@ def make_profiler(task_name: str) -> Optional[Callable[[str, Optional[str]], str
             kernel.write_text(source)
             driver = tmp / "driver.py"
             driver.write_text(DRIVER.format(task=str(task.root or task.name), uuid=w.uuid, kernel=str(kernel)))
-            cmd = ["ncu", "--csv", "--page", "details", "--nvtx", "--nvtx-include", "avo_profile/",
+            # --clock-control none: ncu otherwise locks the clocks, and avo never changes clocks on a shared GPU.
+            cmd = ["ncu", "--csv", "--page", "details", "--clock-control", "none", "--nvtx", "--nvtx-include", "avo_profile/",
                    "--section", "SpeedOfLight", "--section", "Occupancy", "--section", "LaunchStats",
                    "--launch-count", "8", sys.executable, str(driver)]
             env = scrubbed_env("cuda")
