@@ -31,6 +31,13 @@ def evaluator():
         yield ev
 
 
+@pytest.fixture(scope="module")
+def quick_evaluator():
+    # Same cascade with two timed calls instead of five: these tests are about correctness.
+    with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
+        yield ev
+
+
 def _variant(tmp_path: Path, name: str, old: str, new: str) -> Path:
     src = SEED_PATH.read_text()
     assert src.count(old) == 1, f"seed no longer contains {old!r}: update this test"
@@ -145,9 +152,9 @@ def test_attention_tunable_sample_covers_every_value():
 
 
 @pytest.mark.parametrize("idx", range(len(TUNABLE_SAMPLE)))
-def test_attention_tunable_combinations_pass(task, evaluator, tmp_path, idx):
+def test_attention_tunable_combinations_pass(task, quick_evaluator, tmp_path, idx):
     path = _with_config(tmp_path, f"mha_cfg{idx}", TUNABLE_SAMPLE[idx])
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, (TUNABLE_SAMPLE[idx], rep.message)
 
 
@@ -159,17 +166,17 @@ WRONG_VARIANTS = {
 
 
 @pytest.mark.parametrize("name", sorted(WRONG_VARIANTS))
-def test_attention_wrong_variant_is_incorrect_numerical(task, evaluator, tmp_path, name):
+def test_attention_wrong_variant_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
     path = _variant(tmp_path, name, *WRONG_VARIANTS[name])
     wls = [w for w in task.select("cpu") if w.inputs["causal"].value] if name == "no_causal_mask" else None
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path), wls)
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path), wls)
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
-def test_attention_library_call_is_reward_hack(task, evaluator, tmp_path):
+def test_attention_library_call_is_reward_hack(task, quick_evaluator, tmp_path):
     path = _variant(tmp_path, "calls_sdpa", "    batch, heads, seq, dim = q.shape\n",
                     "    o.copy_(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal))\n"
                     "    return\n")
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and rep.hack_check == "static:library-call", rep.message
 
