@@ -223,6 +223,7 @@ class Performance(AvoModel):
     latency_iqr_ms: float = 0.0
     reference_latency_iqr_ms: float = 0.0
     iterations: int = 0
+    wall_latency_ms: Optional[float] = None  # synced host wall time per call (includes launch cost)
     sol_latency_ms: Optional[float] = None
     sol_fraction: Optional[float] = None  # T_SOL / T_k
     sol_score: Optional[float] = None  # 1 / (1 + (T_k - T_SOL) / (T_b - T_SOL))

@@ -225,7 +225,8 @@ class Evaluator:
     def _n_sets(self, task: Task, w: Workload) -> int:
         nbytes = sol.io_bytes(task.definition, w)
         # Every set must be called in the timed loop: its last output is checked afterwards.
-        return int(max(2, min(self.cfg.max_sets, self.timing["iters"], self.cfg.set_bytes_budget // max(nbytes, 1))))
+        iters = self.timing["iters"]
+        return int(min(iters, max(2, min(self.cfg.max_sets, self.cfg.set_bytes_budget // max(nbytes, 1)))))
 
     # ---- reference outputs ----
     def _reference(self, task: Task, w: Workload, seeds: list[int]) -> dict[int, dict]:
@@ -387,7 +388,7 @@ class Evaluator:
             tk, tb = tm["median_ms"], tm["base_median_ms"]
             perf = Performance(latency_ms=tk, reference_latency_ms=tb, speedup_factor=tb / tk if tk > 0 else 0.0,
                                latency_iqr_ms=tm["iqr_ms"], reference_latency_iqr_ms=tm["base_iqr_ms"],
-                               iterations=tm["iters"], flops=flops, bytes=nbytes,
+                               iterations=tm["iters"], flops=flops, bytes=nbytes, wall_latency_ms=tm.get("wall_ms"),
                                sol_latency_ms=t_sol, sol_fraction=(t_sol / tk) if t_sol and tk > 0 else None,
                                sol_score=sol.sol_score(tk, tb, t_sol or 0.0))
             if status == S.PASSED:
