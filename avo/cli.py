@@ -74,7 +74,6 @@ def eval_cmd(target: str = typer.Argument(..., help="task name or problem direct
              json_out: Optional[Path] = typer.Option(None, "--json", help="write the traces (JSONL) here"),
              peer: bool = typer.Option(False, help="trusted peer implementation: allow library calls that do the task")) -> None:
     """Evaluate one candidate on a task: correctness on every workload, timing, SOL score."""
-    from avo.harness.runner import EvalConfig, Evaluator, HarnessError
     from avo.tasks import TaskError, find_solution_json, load_solution, load_task
     if device not in ("auto", "cuda", "interpret"):
         die(f"--device must be auto, cuda or interpret, not {device!r}")
@@ -88,6 +87,7 @@ def eval_cmd(target: str = typer.Argument(..., help="task name or problem direct
         sol = load_solution(task, candidate)
     except TaskError as e:
         die(str(e))
+    from avo.harness.runner import EvalConfig, Evaluator, HarnessError  # torch: after the cheap checks
     try:
         with Evaluator(EvalConfig(device=device, peer=peer)) as ev:
             if ev.device == "cuda":

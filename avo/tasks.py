@@ -29,10 +29,33 @@ class Task(BaseModel):
         return self.definition.name
 
     def select(self, target: Literal["gpu", "cpu", "all"]) -> list[Workload]:
-        """The workloads evaluated on a device: `cpu` = small interpreter shapes."""
+        """The workloads evaluated on a device: `cpu` = small interpreter shapes. A foreign problem
+        (FlashInfer-Bench workloads carry no target, so all count as gpu) gets its small workloads
+        on cpu: those of at most CPU_AUTO_BYTES of inputs and outputs, else the smallest one."""
         if target == "all":
             return list(self.workloads)
-        return [w for w in self.workloads if w.target == target]
+        chosen = [w for w in self.workloads if w.target == target]
+        if target == "cpu" and not chosen and self.workloads:
+            sizes = [(_io_bytes(self.definition, w), i) for i, w in enumerate(self.workloads)]
+            small = [i for b, i in sizes if b <= CPU_AUTO_BYTES] or [min(sizes)[1]]
+            chosen = [self.workloads[i] for i in small]
+        return chosen
+
+
+CPU_AUTO_BYTES = 8 << 20
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "float4_e2m1": 1,
+             "int64": 8, "int32": 4, "int16": 2, "int8": 1, "bool": 1}
+
+
+def _io_bytes(d: Definition, w: Workload) -> int:
+    axes = {**d.const_axes, **w.axes}
+    total = 0
+    for name, spec in {**d.inputs, **d.outputs}.items():
+        n = 1
+        for a in spec.shape or []:
+            n *= axes.get(a, 1)
+        total += n * _ITEMSIZE[w.dtypes.get(name, spec.dtype)]
+    return total
 
 
 def evaluators_dir() -> Path:

@@ -96,11 +96,12 @@ def upcast(values: dict[str, Any]) -> dict[str, Any]:
             for k, v in values.items()}
 
 
-def perturb_(values: dict[str, Any], pseed: int, n: int = 4) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
-    """Copy `n` elements of each floating input onto other positions of the same tensor, chosen by
-    `pseed` (deterministic in every process, so the reference rebuilds the same inputs). Timed calls
-    see a new perturbation each time: a cache keyed on a sample of the input values hits and returns
-    a stale result. Values stay in the tensor's own distribution (positive stays positive).
+def perturb_(values: dict[str, Any], pseed: int, fraction: float = 1 / 16) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+    """Overwrite a random contiguous 1/16 of each floating input with another stretch of the same
+    tensor, chosen by `pseed` (deterministic in every process, so the reference rebuilds the same
+    inputs). Timed calls see a new perturbation each time: a cache keyed on a sample of the input
+    values hits and returns a stale result, and enough outputs change to exceed any matched-ratio
+    tolerance. Values stay in the tensor's own distribution (positive stays positive).
     Returns what `unperturb_` needs to undo it."""
     import random
     undo = []
@@ -109,13 +110,14 @@ def perturb_(values: dict[str, Any], pseed: int, n: int = 4) -> list[tuple[torch
             continue
         rng = random.Random(f"{pseed}:{name}")
         flat = t.view(-1)
-        for _ in range(n):
-            j, k = rng.randrange(flat.numel()), rng.randrange(flat.numel())
-            undo.append((flat, j, flat[j].clone()))
-            flat[j] = flat[k]
+        n = flat.numel()
+        span = max(1, int(n * fraction))
+        j, k = rng.randrange(n - span + 1), rng.randrange(n - span + 1)
+        undo.append((flat, j, flat[j:j + span].clone()))
+        flat[j:j + span] = flat[k:k + span].clone()
     return undo
 
 
 def unperturb_(undo: list[tuple[torch.Tensor, int, torch.Tensor]]) -> None:
     for flat, j, old in reversed(undo):
-        flat[j] = old
+        flat[j:j + old.numel()] = old

@@ -26,6 +26,10 @@ HARDWARE = [
     Hardware(name="H100 PCIe", peak_bw=2.0e12, l2_bytes=50 << 20,
              peak_flops={"bfloat16": 756 * _T, "float16": 756 * _T, "float8_e4m3fn": 1513 * _T,
                          "float8_e5m2": 1513 * _T, "float32": 51 * _T, "int8": 1513 * _T}),
+    # NVL: its own memory (3.9 TB/s) is faster than the SXM's: the SXM bound would flag honest kernels
+    Hardware(name="H100 NVL", peak_bw=3.9e12, l2_bytes=50 << 20,
+             peak_flops={"bfloat16": 835 * _T, "float16": 835 * _T, "float8_e4m3fn": 1671 * _T,
+                         "float8_e5m2": 1671 * _T, "float32": 60 * _T, "int8": 1671 * _T}),
     Hardware(name="H200", peak_bw=4.8e12, l2_bytes=60 << 20,
              peak_flops={"bfloat16": 989 * _T, "float16": 989 * _T, "float8_e4m3fn": 1979 * _T,
                          "float8_e5m2": 1979 * _T, "float32": 67 * _T, "int8": 1979 * _T}),
@@ -45,7 +49,7 @@ def match_gpu_name(gpu_name: str) -> Optional[Hardware]:
     if "H200" in n:
         return hardware_by_name("H200")
     if "H100" in n:
-        return hardware_by_name("H100 PCIe" if "PCIE" in n else "H100 SXM")
+        return hardware_by_name("H100 NVL" if "NVL" in n else "H100 PCIe" if "PCIE" in n else "H100 SXM")
     if "B200" in n:
         return hardware_by_name("B200")
     return None
