@@ -41,13 +41,13 @@ def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[
     sched = schedule if schedule is not None else [i % n_sets for i in range(iters)]
     iters = len(sched)
     host_s = [0.0] * k  # host time to enqueue one call, measured on the warm-up calls
-    for i in range(max(warmup, 2)):
+    for i in range(warmup):  # exactly `warmup` prepare+call pairs: the worker counts them
         for j in range(k):
             if prepare[j]:
                 prepare[j](i % n_sets)
             t0 = _perf_counter()
             calls[j](i % n_sets)
-            host_s[j] = max(host_s[j], _perf_counter() - t0) if i else 0.0
+            host_s[j] = max(host_s[j], _perf_counter() - t0)
     samples: list[list[float]] = [[] for _ in range(k)]
     if device == "cuda":
         _synchronize()
