@@ -270,6 +270,7 @@ class Evolution:
         rec = AttemptRecord(id=aid, task=isl.task, island=isl.island, operator=isl.operator, status="GAVE_UP",
                             parent=start.sha, started=now_iso())
         busy0 = ev.busy_s
+        self.stats.now = f"{aid} {isl.label}: {isl.operator} is proposing"
         self.stop.phase = "operator"
         try:
             out = self.operators[isl.operator].propose(self.view_for(isl, start, head), self.step_context(isl, aid, n, ev))
@@ -289,6 +290,7 @@ class Evolution:
         rec.run_elapsed_s = round(self.stats.elapsed_s, 3)
         with_phase(self.stop, "commit", lambda: self.lineage.append_attempt(rec))
         self.stop.phase = "idle"
+        self.stats.now = ""
         self.after_attempt(isl, rec)
         return rec
 
@@ -297,6 +299,7 @@ class Evolution:
         if not self.admit(isl.task, out, rec):
             return
         self.stop.phase = "evaluate"
+        self.stats.now = f"{rec.id} {isl.label}: evaluating and gating ({rec.note[:60]})"
         rep, dec = judge(ev, setup, f"{isl.task}-{rec.id}", head.sha, head.source, out, self.cfg.gate)
         self.stats.evals_session += 1
         record_verdict(rec, rep, dec)

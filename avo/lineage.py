@@ -144,7 +144,7 @@ class Version:
     source: str
     meta: VersionMeta
     traces_jsonl: str = field(repr=False, default="")
-    committed: str = ""  # commit time, ISO
+    committed: str = ""  # commit time, ISO (meta.timestamp)
 
     @property
     def traces(self) -> list[Trace]:
@@ -290,7 +290,7 @@ class Lineage:
         seed failed): the user fixed the config or the seed and starts again under the same name."""
         if self.branches() or self.attempts():
             raise LineageError(f"{self.path}: the lineage already holds versions or attempts; its setup is fixed")
-        old = self.repo.commit(ROOT_BRANCH).hexsha
+        old = self.rev_parse(ROOT_BRANCH)
         files = {CONFIG_FILE: config_yaml, IDENTITY_FILE: json.dumps(identity, indent=2) + "\n",
                  "README.md": self.root_file("README.md")}
         sha = self._commit_tree(files, None, f"avo run {run}\n\nRun config and layout; islands branch from here.\n")
@@ -324,12 +324,38 @@ class Lineage:
         self.close()
 
     # ---- git plumbing ----
+    def _git_raw(self, *args: str, input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+        # A session of its own: Ctrl-C in the terminal (sent to our process group) must not kill
+        # a git that is writing a commit; the orchestrator decides when to stop.
+        return subprocess.run(["git", "-C", str(self.path), *args], input=input, capture_output=True,
+                              env={**os.environ, **GIT_ENV}, start_new_session=True)
+
     def _git(self, *args: str, input: Optional[bytes] = None) -> str:
-        env = {**os.environ, **GIT_ENV}
-        r = subprocess.run(["git", "-C", str(self.path), *args], input=input, capture_output=True, env=env)
+        r = self._git_raw(*args, input=input)
         if r.returncode != 0:
             raise LineageError(f"git {args[0]} failed in {self.path}: {r.stderr.decode(errors='replace').strip()[:300]}")
         return r.stdout.decode().strip()
+
+    def rev_parse(self, ref: str) -> Optional[str]:
+        """The commit a ref (sha prefix, branch, rev expression) names, None if none."""
+        r = self._git_raw("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+        return r.stdout.decode().strip() if r.returncode == 0 else None
+
+    def _blobs(self, specs: list[str]) -> dict[str, Optional[bytes]]:
+        """Read several `rev:path` objects with one `git cat-file --batch` (None when missing)."""
+        out = self._git_raw("cat-file", "--batch", input="".join(s + "\n" for s in specs).encode()).stdout
+        res, pos = {}, 0
+        for spec in specs:
+            end = out.index(b"\n", pos)
+            header = out[pos:end].split()
+            pos = end + 1
+            if len(header) == 3:
+                size = int(header[2])
+                res[spec] = out[pos:pos + size]
+                pos += size + 1
+            else:
+                res[spec] = None  # "<spec> missing"
+        return res
 
     def _commit_tree(self, files: dict[str, str], parent: Optional[str], message: str) -> str:
         entries = []
@@ -341,10 +367,10 @@ class Lineage:
         return self._git(*args, input=message.encode())
 
     def root_file(self, name: str) -> str:
-        try:
-            return (self.repo.commit(ROOT_BRANCH).tree / name).data_stream.read().decode()
-        except Exception:
-            raise LineageError(f"{self.path}: the root commit on {ROOT_BRANCH} has no {name}") from None
+        data = self._blobs([f"{ROOT_BRANCH}:{name}"])[f"{ROOT_BRANCH}:{name}"]
+        if data is None:
+            raise LineageError(f"{self.path}: the root commit on {ROOT_BRANCH} has no {name}")
+        return data.decode()
 
     def identity(self) -> dict:
         return json.loads(self.root_file(IDENTITY_FILE))
@@ -353,8 +379,7 @@ class Lineage:
     def branches(self, task: Optional[str] = None) -> list[tuple[str, int]]:
         """(task, island) per island branch, sorted."""
         out = []
-        for head in self.repo.heads:
-            name = head.name
+        for name in self._git("for-each-ref", "--format=%(refname:short)", "refs/heads/").split():
             if "/island-" in name:
                 t, _, i = name.rpartition("/island-")
                 if (task is None or t == task) and i.isdigit():
@@ -365,35 +390,30 @@ class Lineage:
         return sorted({t for t, _ in self.branches()})
 
     def head_sha(self, task: str, island: int) -> Optional[str]:
-        ref = f"refs/heads/{branch_name(task, island)}"
-        try:
-            return self.repo.git.rev_parse("--verify", "--quiet", ref)
-        except Exception:
-            return None
+        return self.rev_parse(f"refs/heads/{branch_name(task, island)}")
 
     def version(self, sha: str) -> Version:
-        sha = self.repo.commit(sha).hexsha
-        if sha not in self._versions:
-            c = self.repo.commit(sha)
-            try:
-                meta = VersionMeta.model_validate_json((c.tree / META_FILE).data_stream.read())
-                source = (c.tree / KERNEL_FILE).data_stream.read().decode()
-                traces = (c.tree / TRACES_FILE).data_stream.read().decode() if TRACES_FILE in c.tree else ""
-            except KeyError:
-                raise LineageError(f"commit {sha[:10]} is not a version (no {META_FILE})") from None
-            self._versions[sha] = Version(sha=sha, source=source, meta=meta, traces_jsonl=traces,
-                                          committed=c.committed_datetime.isoformat())
-        return self._versions[sha]
+        full = sha if sha in self._versions else self.rev_parse(sha)
+        if full is None:
+            raise LineageError(f"no commit {sha!r} in {self.path}")
+        if full not in self._versions:
+            specs = [f"{full}:{META_FILE}", f"{full}:{KERNEL_FILE}", f"{full}:{TRACES_FILE}"]
+            blobs = self._blobs(specs)
+            if blobs[specs[0]] is None or blobs[specs[1]] is None:
+                raise LineageError(f"commit {full[:10]} is not a version (no {META_FILE})")
+            meta = VersionMeta.model_validate_json(blobs[specs[0]])
+            self._versions[full] = Version(sha=full, source=blobs[specs[1]].decode(), meta=meta,
+                                           traces_jsonl=(blobs[specs[2]] or b"").decode(), committed=meta.timestamp)
+        return self._versions[full]
 
     def _walk(self, task: str, island: int) -> Iterator[Version]:
         """Versions of one island, newest first, down to its seed commit."""
         head = self.head_sha(task, island)
         if head is None:
             return
-        for c in self.repo.iter_commits(head, first_parent=True):
-            if not c.parents:  # the root commit on main
-                return
-            yield self.version(c.hexsha)
+        chain = self._git("rev-list", "--first-parent", head).split()
+        for sha in chain[:-1]:  # the last one is the root commit on main
+            yield self.version(sha)
 
     def versions(self, task: Optional[str] = None, island: Optional[int] = None) -> list[Version]:
         """Accepted versions (seeds included), oldest first by commit time then island."""
@@ -418,7 +438,7 @@ class Lineage:
         """Append a version to its island branch (atomic ref update); returns the commit sha."""
         branch = branch_name(meta.task, meta.island)
         old = self.head_sha(meta.task, meta.island)
-        parent = old or self.repo.commit(ROOT_BRANCH).hexsha
+        parent = old or self.rev_parse(ROOT_BRANCH)
         files = {KERNEL_FILE: source, TRACES_FILE: traces_jsonl,
                  META_FILE: meta.model_dump_json(indent=2, exclude_none=True) + "\n"}
         sha = self._commit_tree(files, parent, message)

@@ -25,10 +25,9 @@ def resolve_ref(lin: Lineage, ref: str) -> Version:
             if not a.commit:
                 raise LineageError(f"attempt {ref} was not accepted ({a.status}); it has no commit")
             return lin.version(a.commit)
-    try:
-        sha = lin.repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
-    except Exception:
-        raise LineageError(f"unknown ref {ref!r} in {lin.path} (a commit, a branch like task/island-0, an attempt id or a task)") from None
+    sha = lin.rev_parse(ref)
+    if sha is None:
+        raise LineageError(f"unknown ref {ref!r} in {lin.path} (a commit, a branch like task/island-0, an attempt id or a task)")
     return lin.version(sha)
 
 

@@ -44,6 +44,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     islands: dict[str, IslandLine] = field(default_factory=dict)
     tasks: dict[str, TaskLine] = field(default_factory=dict)
+    now: str = ""  # the step in progress ("a00012 grammar_bitmask/island-1: evaluating")
 
     @property
     def session_s(self) -> float:
@@ -112,4 +113,5 @@ class Progress:
             isl.add_column(col)
         for i in s.islands.values():
             isl.add_row(i.label, i.operator, str(i.attempts), str(i.commits), f"{i.best:.2f}x", str(i.widen), i.last)
-        return Group(head, tasks, isl)
+        now = Text(f"now: {s.now}" if s.now else "", style="dim")
+        return Group(head, tasks, isl, now)

@@ -3,7 +3,6 @@ timings come from Triton's interpreter), then the best version per task, the rep
 commands to read the lineage."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +15,10 @@ if TYPE_CHECKING:
 
 
 def _rel(p: Path) -> str:
+    """Relative to the current folder when inside it, else absolute."""
+    p = Path(p).resolve()
     try:
-        return os.path.relpath(p)
+        return str(p.relative_to(Path.cwd()))
     except ValueError:
         return str(p)
 
@@ -75,3 +76,6 @@ def print_summary(evo: "Evolution", why: str, write: bool) -> None:
             highlight=False, soft_wrap=True)
     if why == "interrupted" or evo.stop.count:
         c.print("stopped cleanly; run the same command again to resume", highlight=False)
+    elif why.startswith("budget") and evo.stats.evals_session == 0 and s.attempts:
+        c.print(f"this run's budget was already spent: extend it with --attempts/--minutes, "
+                f"or start a fresh run with --run NAME", highlight=False)
