@@ -10,7 +10,7 @@ import pytest
 from avo.config import load_config
 from avo.evolve import evolve_local
 from avo.lineage import Lineage
-from avo.operators.base import LineageView, Proposal, StepContext
+from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
 from avo.operators.heuristic import HeuristicOperator
 from avo.tasks import REPO_ROOT
 
@@ -140,3 +140,25 @@ def test_interventions_are_logged_when_islands_stagnate(tmp_path):
     assert [a.status for a in lin.attempts()] == ["DUPLICATE"] * 5
     rows = [json.loads(x) for x in (tmp_path / "stuck" / "interventions.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in rows] == ["widen", "widen"] and rows[0]["widen"] == 1 and rows[1]["widen"] == 2
+
+
+def test_llm_budget_and_exhausted_operators_end_the_run(tmp_path, capsys):
+    class Spender:
+        """Gives up every step, reporting LLM cost as an agentic operator would."""
+        name = "heuristic"
+
+        def propose(self, view, ctx):
+            return GiveUp(operator=self.name, reason="nothing better to try", cost_usd=0.4, tokens=1000)
+
+    cfg_path = write_cfg(tmp_path, name="spend", islands=1, attempts=50)
+    cfg = load_config(cfg_path)
+    cfg.budget.llm_usd = 1.0
+    assert evolve_local(cfg, live=False, operators={"heuristic": Spender()}) == 0
+    assert "budget reached: $1.20 of $1 LLM spend" in capsys.readouterr().out
+    attempts = Lineage.open(tmp_path / "spend").attempts()
+    assert [(a.status, a.cost_usd) for a in attempts] == [("GAVE_UP", 0.4)] * 3
+    # resumed with more money: the island's operator has already given up 3 times in a row
+    cfg.budget.llm_usd = 5.0
+    assert evolve_local(cfg, live=False, operators={"heuristic": Spender()}) == 0
+    assert "gave up or failed 3 times in a row" in capsys.readouterr().out
+    assert len(Lineage.open(tmp_path / "spend").attempts()) == 3
