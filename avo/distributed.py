@@ -1,0 +1,449 @@
+"""`avo evolve --backend ray`: the same evolution as the local backend, spread over a Ray
+cluster (docs/distributed.md). Operator actors (CPU, one per island) propose; evaluator actors
+(one per GPU, or per `avo_evaluator` slot without GPUs) evaluate and gate; one lineage-store
+actor, pinned to this node, owns the git lineage. This driver only schedules: it asks the store
+for steps, queues proposals, hands them to free evaluators (`ray.wait` over what is in flight),
+and passes verdicts back to the store. A killed operator or evaluator actor is restarted by Ray
+and its task retried (else the attempt is recorded as failed); a killed driver takes its actors
+with it and the same command resumes the run from the lineage, as with the local backend."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from rich.console import Console
+
+from avo.config import ConfigError, RunConfig
+from avo.evolve import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, GIVE_UPS_TO_STOP, INTERPRETER_BANNER,
+                        Evolution, StopSignal)
+from avo.distributed_actors import NAMESPACE
+from avo.lineage import Lineage
+from avo.progress import Progress, RunStats
+from avo.run_setup import resolve_islands, resolve_tasks
+
+EVAL_START_S = 180.0
+EVAL_RESOURCE = "avo_evaluator"  # custom resource: interpreter evaluator slots of a CPU-only cluster
+
+
+class ClusterError(Exception):
+    """The cluster cannot run this config (unreachable, too small); one line for the user."""
+
+
+class FatalError(Exception):
+    """The run cannot go on (the lineage store was lost)."""
+
+
+@dataclass
+class ClusterPlan:
+    device: str  # cuda | interpret
+    evaluators: int
+    eval_options: dict
+    operator_options: dict
+    nodes: int = 1
+
+
+def plan_cluster(cfg: RunConfig, n_islands: int, res: dict) -> ClusterPlan:
+    """Evaluator count and actor resources for this cluster; refuses a plan that would leave
+    actors waiting forever for resources the cluster does not have."""
+    gpus, cpus, slots = int(res.get("GPU", 0)), float(res.get("CPU", 0)), int(res.get(EVAL_RESOURCE, 0))
+    device = cfg.device if cfg.device != "auto" else ("cuda" if gpus else "interpret")
+    want = cfg.ray.evaluators
+    if device == "cuda":
+        if not gpus:
+            raise ClusterError("device: cuda but the Ray cluster has no GPU (start nodes with `ray start --num-gpus N`)")
+        n = want or gpus
+        if n > gpus:
+            raise ClusterError(f"ray.evaluators: {n} evaluators need {n} GPUs; the cluster has {gpus}")
+        eval_opts, eval_cpus = {"num_gpus": 1, "num_cpus": 1}, 1.0
+    elif slots:
+        n = want or slots
+        if n > slots:
+            raise ClusterError(f"ray.evaluators: {n} evaluators need {n} `{EVAL_RESOURCE}` slots; the cluster has {slots}")
+        eval_opts, eval_cpus = {"num_cpus": 0, "resources": {EVAL_RESOURCE: 1}}, 0.0
+    else:
+        n = want or 1
+        eval_opts, eval_cpus = {"num_cpus": 1}, 1.0
+    need = n_islands * cfg.ray.operator_cpus + n * eval_cpus
+    if need > cpus + 1e-9:
+        raise ClusterError(f"the cluster has {cpus:g} CPUs; {n_islands} operator actors x {cfg.ray.operator_cpus:g} "
+                           f"(ray.operator_cpus) + {n} evaluators x {eval_cpus:g} need {need:g}: add nodes, lower "
+                           f"ray.operator_cpus, or give evaluators `{EVAL_RESOURCE}` slots")
+    return ClusterPlan(device=device, evaluators=n, eval_options=eval_opts,
+                       operator_options={"num_cpus": cfg.ray.operator_cpus})
+
+
+def connect(cfg: RunConfig, address: Optional[str], n_islands: int) -> bool:
+    """Join the cluster at `address`, or start a local one (address None); True when this
+    call started Ray (and the caller shuts it down)."""
+    import ray
+    if ray.is_initialized():
+        return False
+    quiet = dict(logging_level=logging.ERROR, namespace=NAMESPACE)
+    if address is None:
+        device = cfg.device if cfg.device != "auto" else None
+        resources, cpus = {}, os.cpu_count() or 1
+        if device != "cuda":
+            gpu = _local_gpus()
+            if gpu == 0 or device == "interpret":
+                resources[EVAL_RESOURCE] = cfg.ray.evaluators or 1
+        need = math.ceil(n_islands * cfg.ray.operator_cpus) + (0 if resources else (cfg.ray.evaluators or 1))
+        ray.init(num_cpus=max(cpus, need), resources=resources, include_dashboard=False, **quiet)
+        return True
+    if address.startswith("ray://"):
+        raise ClusterError("ray:// (Ray Client) addresses are not supported: run `avo evolve` on the cluster's "
+                           "head node with --address auto (the lineage lives where the driver runs)")
+    if address != "auto":
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise ClusterError(f"cannot reach the Ray cluster at {address}: {e}") from None
+    try:
+        ray.init(address=address, **quiet)
+    except Exception as e:  # ConnectionError, RuntimeError, ...: one line
+        msg = " ".join(str(e).split())[:300]
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {msg}") from None
+    return False
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+@dataclass
+class Lane:
+    """One island: its operator actor and its steps in flight (proposing or queued)."""
+    label: str
+    actor: Any
+    evaluator: int  # the evaluator the operator's own evaluate-tool calls go to
+    inflight: int = 0
+    stepping: bool = False
+    dead: bool = False  # out of restarts
+
+
+@dataclass
+class SessionStats:
+    """What this session measured (scripts/scale_ray_cpu.py prints it)."""
+    attempts: int = 0
+    accepted: int = 0
+    loop_s: float = 0.0
+    evaluator_busy_s: list[float] = field(default_factory=list)
+    queue_waits_s: list[float] = field(default_factory=list)
+    regates: int = 0
+    actor_errors: int = 0  # steps or evaluations lost with an actor after Ray's retries
+    evaluator_restarts: int = 0
+
+    @property
+    def busy_fraction(self) -> float:
+        n = len(self.evaluator_busy_s)
+        return sum(self.evaluator_busy_s) / (n * self.loop_s) if n and self.loop_s > 0 else 0.0
+
+
+class DriverView:
+    """What avo.run_summary's print_start/print_summary read from an Evolution."""
+    _budget_text = Evolution._budget_text
+
+    def __init__(self, cfg, console, device, tasks, islands, stats, progress, stop):
+        self.cfg, self.console, self.device, self.tasks, self.islands = cfg, console, device, tasks, islands
+        self.stats, self.progress, self.stop, self.lineage = stats, progress, stop, None
+
+
+class RayRun:
+    def __init__(self, cfg: RunConfig, console: Console, live: bool, operators: Optional[dict[str, Any]] = None,
+                 loop_s: Optional[float] = None):
+        import ray
+        self.ray, self.cfg, self.console, self.operators, self.loop_limit_s = ray, cfg, console, operators, loop_s
+        self.session = secrets.token_hex(3)
+        self.started = time.monotonic()
+        self.tasks = None
+        self.plan: Optional[ClusterPlan] = None
+        self.stats = RunStats(run=cfg.run, device="?", budget="")
+        self.progress = Progress(console, self.stats, live)
+        self.stop = StopSignal()
+        self.interrupted = False
+        self.session_stats = SessionStats()
+        self.actors: list = []
+        self.evals: list = []
+        self.lanes: list[Lane] = []
+        self.store = None
+
+    # ---- setup ----
+    def prepare(self, device: str) -> DriverView:
+        self.tasks = resolve_tasks(self.cfg, device)
+        self.islands = resolve_islands(self.cfg, self.tasks)
+        self.stats.device = device
+        view = DriverView(self.cfg, self.console, device, self.tasks, self.islands, self.stats, self.progress, self.stop)
+        self.stats.budget = view._budget_text()
+        return view
+
+    def _name(self, what: str) -> str:
+        return f"avo-{self.cfg.run}-{self.session}-{what}"
+
+    def start_actors(self) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        from avo.distributed_actors import EvaluatorActor, OperatorActor
+        from avo.distributed_store import LineageStore
+        ray, cfg, plan = self.ray, self.cfg, self.plan
+        restarts = dict(max_restarts=cfg.ray.max_restarts, max_task_retries=1)
+        eval_cfg = cfg.eval_config().model_copy(update={"device": plan.device})
+        Ev = ray.remote(EvaluatorActor)
+        names = [self._name(f"eval-{i}") for i in range(plan.evaluators)]
+        self.evals = [Ev.options(name=n, namespace=NAMESPACE, **plan.eval_options, **restarts)
+                      .remote(i, cfg.run, self.session, eval_cfg, self.tasks, cfg.gate) for i, n in enumerate(names)]
+        self.actors += self.evals
+        here = ray.get_runtime_context().get_node_id()
+        self.store = ray.remote(LineageStore).options(
+            name=self._name("store"), namespace=NAMESPACE, num_cpus=0, max_restarts=cfg.ray.max_restarts,
+            max_task_retries=3, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+        ).remote(cfg, plan.device, self.session, self.started, self.operators, names)
+        self.actors.append(self.store)
+        Op = ray.remote(OperatorActor)  # started now: their imports overlap the seed evaluation
+        self.lanes = []
+        for k, isl in enumerate(self.islands):
+            op = self.operators.get(isl.operator) if self.operators else None
+            spec = None if op is not None else cfg.operator_spec(isl.operator)
+            a = Op.options(name=self._name(f"op-{isl.label.replace('/', '-')}"), namespace=NAMESPACE,
+                           **plan.operator_options, **restarts).remote(
+                cfg.run, isl.label, spec, op, plan.device, self.tasks, self._name("store"), cfg.ray.mirror_lineage,
+                cfg.budget.llm_usd)
+            self.lanes.append(Lane(isl.label, a, k % plan.evaluators))
+            self.actors.append(a)
+        try:
+            infos = ray.get([e.info.remote() for e in self.evals], timeout=EVAL_START_S)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusterError(f"{plan.evaluators} evaluator actors did not start within {EVAL_START_S:.0f} s: no node "
+                               f"offers {plan.eval_options} (see `ray status`)") from None
+        self.show(self.call("opened"))
+        nodes = len({i["node"] for i in infos} | {here})
+        gpu = ", ".join(f"GPU {i['cuda_visible_devices']}" for i in infos) if plan.device == "cuda" else "interpreter"
+        self.progress.event(f"ray: {plan.evaluators} evaluator actors ({gpu}), {len(self.islands)} operator actors, "
+                            f"{nodes} node(s); lineage store on this node")
+        self.show(self.call("seed"))
+
+    def call(self, method: str, *args):
+        try:
+            return self.ray.get(getattr(self.store, method).remote(*args))
+        except self.ray.exceptions.RayError as e:
+            raise FatalError(f"lineage store lost: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+
+    def show(self, reply) -> None:
+        if reply.stats is not None:
+            for f in fields(RunStats):
+                setattr(self.stats, f.name, getattr(reply.stats, f.name))
+        for text, style in reply.events:
+            self.progress.event(text, style)
+        if reply.error:
+            raise FatalError(reply.error) if reply.code == EXIT_FAILED else ConfigError(reply.error)
+
+    # ---- the loop ----
+    def loop(self) -> str:
+        from avo.distributed_actors import JudgeJob, JudgeResult, StepOutcome
+        from avo.distributed_store import Regate, Stop
+        ray, ss = self.ray, self.session_stats
+        depth = self.cfg.ray.inflight_per_island
+        queue: deque = deque()
+        free = deque(range(len(self.evals)))
+        pending: dict = {}  # object ref -> ("step", lane, ticket) | ("judge", evaluator, job)
+        busy0 = ray.get([e.busy.remote() for e in self.evals])
+        stopping, k, t0, dead = None, 0, time.monotonic(), set()
+        while True:
+            if stopping is None and self.loop_limit_s is not None and time.monotonic() - t0 >= self.loop_limit_s:
+                stopping = f"{self.loop_limit_s:g} s of steps (loop_s)"
+            if stopping is None and not self.interrupted:
+                for lane in self.lanes:
+                    if lane.stepping or lane.inflight >= depth or lane.dead:
+                        continue
+                    k += 1
+                    t = self.call("begin", lane.label, f"t{self.session}-{k:05d}", sum(x.inflight for x in self.lanes))
+                    if isinstance(t, Stop):
+                        stopping = t.reason
+                        break
+                    lane.inflight, lane.stepping = lane.inflight + 1, True
+                    pending[lane.actor.step.remote(t, self.evals[lane.evaluator])] = ("step", lane, t)
+            if self.interrupted:  # abandon operator steps and queued proposals; evaluations finish
+                for ref in [r for r, v in pending.items() if v[0] == "step"]:
+                    pending.pop(ref)[1].stepping = False
+                queue.clear()
+            while queue and free:
+                job, i = queue.popleft(), free.popleft()
+                ss.queue_waits_s.append(time.monotonic() - job.enqueued)
+                pending[self.evals[i].judge.remote(job)] = ("judge", i, job)
+            if stopping is None and all(x.dead for x in self.lanes):
+                stopping = "lost"
+            if not pending:
+                break
+            self._now(pending, queue)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                kind, a, b = pending.pop(ref)
+                if kind == "step":
+                    a.stepping = False
+                    try:
+                        out = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        ss.actor_errors += 1
+                        a.dead = isinstance(e, ray.exceptions.ActorDiedError)  # out of restarts
+                        out = StepOutcome(kind="error", error=f"operator actor lost: {_first_line(e)}")
+                    r = self.call("admit", b, out)
+                    if isinstance(r, JudgeJob):
+                        queue.append(r)
+                        continue
+                    self._done(r, a)
+                else:
+                    try:
+                        res = ray.get(ref)
+                        free.append(a)
+                    except ray.exceptions.RayError as e:
+                        ss.actor_errors += 1
+                        res = JudgeResult(error=f"evaluator actor lost: {_first_line(e)}", evaluator=a)
+                        if isinstance(e, ray.exceptions.ActorDiedError):  # out of restarts: no more work for it
+                            dead.add(a)
+                            if len(dead) == len(self.evals):
+                                raise FatalError(f"every evaluator actor is lost ({_first_line(e)})")
+                        else:
+                            free.append(a)
+                    b.busy_s += res.busy_s
+                    r = self.call("finish", b, res)
+                    if isinstance(r, Regate):
+                        ss.regates += 1
+                        b.head_sha, b.head_source, b.head_speedup = r.head_sha, r.head_source, r.head_speedup
+                        b.report, b.regates, b.enqueued = res.report, b.regates + 1, time.monotonic()
+                        queue.appendleft(b)
+                        continue
+                    self._done(r, next(x for x in self.lanes if x.label == b.ticket.label))
+        ss.loop_s = time.monotonic() - t0
+        try:  # a restarted evaluator starts again from 0
+            ss.evaluator_busy_s = [max(0.0, b - b0) for b, b0 in
+                                   zip(ray.get([e.busy.remote() for e in self.evals], timeout=60), busy0)]
+        except ray.exceptions.RayError:
+            pass
+        if self.interrupted:
+            return "interrupted"
+        if stopping == "lost":
+            raise FatalError("every operator actor is lost (out of restarts); see the OPERATOR_ERROR attempts")
+        if stopping == "exhausted":
+            return (f"every island's operator gave up or failed {GIVE_UPS_TO_STOP} times in a row "
+                    f"(search space exhausted, or see the errors above)")
+        final = self.call("budget_reason")
+        return f"budget reached: {final or stopping}"
+
+    def _now(self, pending: dict, queue: deque) -> None:
+        if hasattr(self.stats, "now"):  # the live panel's "now" line
+            steps = sum(1 for v in pending.values() if v[0] == "step")
+            self.stats.now = (f"{steps} operator steps, {len(pending) - steps} evaluations running, "
+                              f"{len(queue)} proposals queued")
+
+    def _done(self, fin, lane: Lane) -> None:
+        lane.inflight -= 1
+        self.session_stats.attempts += 1
+        self.session_stats.accepted += fin.accepted
+        self.show(fin.reply)
+
+    # ---- teardown ----
+    def shutdown(self) -> None:
+        ray = self.ray
+        try:
+            infos = ray.get([e.info.remote() for e in self.evals], timeout=60)
+            self.session_stats.evaluator_restarts = sum(i["restarts"] for i in infos)
+            ray.get([e.close.remote() for e in self.evals], timeout=60)
+        except Exception:
+            pass
+        if self.store is not None:
+            try:
+                ray.get(self.store.close.remote(), timeout=60)  # releases run.lock
+            except Exception:
+                pass
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop.count += 1
+        self.interrupted = True
+        if self.stop.count >= 2:
+            raise KeyboardInterrupt
+
+
+def _first_line(e: Exception) -> str:
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:300]}"
+
+
+def evolve_ray(cfg: RunConfig, address: Optional[str] = None, live: bool = True,
+               operators: Optional[dict[str, Any]] = None, run_out: Optional[list] = None,
+               loop_s: Optional[float] = None) -> int:
+    """Run or resume an evolution on a Ray cluster; returns the exit code. `operators` (tests,
+    embedding code) replaces the config's operators by name, as for evolve_local. For measurement
+    scripts: `run_out` receives the RayRun (its session_stats), `loop_s` stops starting steps
+    after that many seconds of the loop (start-up excluded; the budgets still apply)."""
+    console, err = Console(), Console(stderr=True)
+    fail = lambda msg, code: (err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True), code)[1]
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return fail("--backend ray needs the `ray` package (pip install 'ray[default]>=2.9'), or use --backend local",
+                    EXIT_USAGE)
+    try:
+        n_islands = len(cfg.island_specs())
+        started_ray = connect(cfg, address, n_islands)
+    except ClusterError as e:
+        return fail(str(e), EXIT_USAGE)
+    from avo.run_summary import print_start, print_summary
+    run = RayRun(cfg, console, live, operators, loop_s)
+    if run_out is not None:
+        run_out.append(run)
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, run._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    code, why, view = EXIT_OK, "", None
+    try:
+        run.plan = plan_cluster(cfg, n_islands, ray.cluster_resources())
+        view = run.prepare(run.plan.device)
+        print_start(view, INTERPRETER_BANNER)
+        run.start_actors()
+        with run.progress:
+            why = run.loop()
+    except KeyboardInterrupt:
+        why = "interrupted"
+    except (ClusterError, ConfigError) as e:
+        run.progress.stop()
+        code = fail(str(e), EXIT_USAGE)
+    except FatalError as e:
+        run.progress.stop()
+        code = fail(str(e), EXIT_FAILED)
+    finally:
+        run.shutdown()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if run.interrupted or why == "interrupted":
+        code = EXIT_INTERRUPTED
+    try:
+        if view is not None and code in (EXIT_OK, EXIT_INTERRUPTED) and (cfg.lineage_path / ".git").exists():
+            view.lineage = Lineage.open(cfg.lineage_path)
+            ss = run.session_stats
+            print_summary(view, why, write=code == EXIT_OK or run.stop.count < 2)
+            console.print(f"ray: {ss.attempts} attempts this session, evaluators busy {100 * ss.busy_fraction:.0f}% "
+                          f"of the loop's {ss.loop_s:.0f} s (idle {100 * (1 - ss.busy_fraction):.0f}%), "
+                          f"{ss.regates} re-gates, {ss.evaluator_restarts} evaluator restarts, {ss.actor_errors} tasks lost "
+                          f"with an actor", highlight=False)
+            view.lineage.close()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return code
