@@ -205,9 +205,11 @@ class RayRun:
                       .remote(i, cfg.run, self.session, eval_cfg, self.tasks, cfg.gate) for i, n in enumerate(names)]
         self.actors += self.evals
         here = ray.get_runtime_context().get_node_id()
+        fault = {"env_vars": {"AVO_FAULT": os.environ["AVO_FAULT"]}} if os.environ.get("AVO_FAULT") else None
         self.store = ray.remote(LineageStore).options(
             name=self._name("store"), namespace=NAMESPACE, num_cpus=0, max_restarts=cfg.ray.max_restarts,
             max_task_retries=3, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+            runtime_env=fault,  # the crash-test hook of avo.evolve.fault_point, for the store's commits
         ).remote(cfg, plan.device, self.session, self.started, self.operators, names)
         self.actors.append(self.store)
         Op = ray.remote(OperatorActor)  # started now: their imports overlap the seed evaluation

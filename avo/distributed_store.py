@@ -25,7 +25,7 @@ from avo.commit_message import version_message
 from avo.config import ConfigError, RunConfig
 from avo.distributed_actors import JudgeJob, JudgeResult, RemoteEvaluator, StepOutcome, StepTicket
 from avo.gate import GateDecision
-from avo.evolve import Evolution, EvolveError, accepted_meta, record_verdict
+from avo.evolve import Evolution, EvolveError, accepted_meta, fault_point, record_verdict
 from avo.lineage import AttemptRecord, LineageError, now_iso, source_hash
 from avo.progress import Progress, RunStats
 
@@ -218,6 +218,7 @@ class LineageStore:
                     meta.ticket = t.ticket
                     traces = "".join(x.model_dump_json() + "\n" for x in rep.traces)
                     rec.commit = evo.lineage.commit_version(meta, p.source, traces, version_message(meta, rep.traces))
+                    fault_point("after-commit")  # crash tests: the store dies between a commit and its log line
         rec.eval_s = round(job.busy_s + out.probe_s, 3)
         rec.finished = now_iso()
         rec.run_elapsed_s = round(evo.stats.elapsed_s, 3)

@@ -64,15 +64,19 @@ def check_invariants(lineage: Path, n_attempts: int) -> list[dict]:
     attempt and no other, a seed at the bottom of every island, `git fsck` clean."""
     rows = [json.loads(x) for x in (lineage / "attempts.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"a{i:05d}" for i in range(1, n_attempts + 1)], [r["id"] for r in rows]
-    tickets = [r["ticket"] for r in rows if r.get("ticket")]
-    assert len(tickets) == len(set(tickets)), "a step was recorded twice"
     with Lineage.open(lineage) as lin:
         versions = [v for v in lin.versions() if v.meta.kind == "version"]
         by_attempt = [v.meta.attempt for v in versions]
         assert len(by_attempt) == len(set(by_attempt)), "an attempt was committed twice"
         assert {r["id"]: r["commit"] for r in rows if r["accepted"]} == {v.meta.attempt: v.sha for v in versions}
+        # every step (ticket) is recorded once; a re-logged commit carries its ticket in meta.json
+        tickets = [r.get("ticket") or getattr(lin.version(r["commit"]).meta, "ticket", None) for r in rows]
+        assert all(tickets) and len(tickets) == len(set(tickets)), "a step was recorded twice"
         for task, island in lin.branches():
-            assert lin.versions(task, island)[0].meta.kind == "seed"
+            chain = lin.versions(task, island)
+            assert chain[0].meta.kind == "seed"
+            for prev, v in zip(chain, chain[1:]):  # each commit beat the head it extends, in the gate
+                assert v.meta.gate.against == prev.sha and v.meta.gate.gain > v.meta.gate.threshold
     r = subprocess.run(["git", "-C", str(lineage), "fsck", "--strict"], capture_output=True, text=True)
     assert r.returncode == 0 and "error" not in r.stdout + r.stderr, r.stderr
     assert not list((lineage / ".git").rglob("*.lock"))
@@ -127,6 +131,34 @@ def test_heuristic_islands_give_the_local_lineage_format(cluster, tmp_path, caps
     assert r.returncode == 0 and "a00008" in r.stdout, r.stderr
 
 
+class Ladder:
+    """Proposes BLOCK_SIZE 1024, then 2048, both edits of the seed: the second is proposed (and
+    queued against the seed) while the first is evaluated and committed."""
+
+    def __init__(self):
+        self.name, self.calls = "heuristic", 0
+
+    def propose(self, view, ctx):
+        from avo.operators.base import GiveUp, Proposal
+        self.calls += 1
+        size = {1: 1024, 2: 2048}.get(self.calls)
+        if size is None or "BLOCK_SIZE=256," not in view.best.source:
+            return GiveUp(operator=self.name, reason="ladder done")
+        return Proposal(source=view.best.source.replace("BLOCK_SIZE=256,", f"BLOCK_SIZE={size},"),
+                        parent=view.best.commit, operator=self.name, note=f"BLOCK_SIZE 256->{size}")
+
+
+def test_a_proposal_queued_against_a_moved_head_is_gated_again(cluster, tmp_path):
+    cfg = load_config(write_cfg(tmp_path, "rayregate", attempts=2, islands=1, extra="ray: {evaluators: 1}\n"))
+    runs: list = []
+    assert evolve_ray(cfg, live=False, operators={"heuristic": Ladder()}, run_out=runs) == 0
+    rows = check_invariants(tmp_path / "rayregate", 2)
+    assert rows[0]["accepted"] and rows[0]["note"] == "BLOCK_SIZE 256->1024", rows[0]
+    assert rows[1]["note"] == "BLOCK_SIZE 256->2048" and rows[1]["status"] in ("PASSED", "REJECTED")
+    assert rows[1]["gate"]["against"] == rows[0]["commit"], "measured against the head it would extend"
+    assert runs[0].session_stats.regates >= 1
+
+
 def test_agentic_island_commits_and_reads_the_lineage_mirror(cluster, tmp_path):
     """A scripted agent on an operator actor: reads the lineage through its git mirror (the
     store ships a bundle), edits, evaluates on an evaluator actor, submits; the gate commits it
@@ -159,8 +191,11 @@ ray: {{evaluators: 1, mirror_lineage: always}}
     assert rows[0]["eval_s"] > 0 and rows[0]["transcript"] == str(tr)
 
 
-def test_killed_actors_are_restarted_and_nothing_is_lost(cluster, tmp_path, capsys):
-    marks = tmp_path / "steps.txt"
+def test_killed_actors_are_restarted_and_nothing_is_lost(cluster, tmp_path, capsys, monkeypatch):
+    """The store dies once between its first commit and that attempt's log line (fault point),
+    then an operator actor inside a step, an evaluator actor and the store are killed."""
+    marks, fault = tmp_path / "steps.txt", tmp_path / "fault.marker"
+    monkeypatch.setenv("AVO_FAULT", f"after-commit:{fault}")
     cfg = load_config(write_cfg(tmp_path, "raykill", attempts=12, extra="ray: {evaluators: 2}\n"))
     op = SlowHeuristic(marks, think_s=1.0)
     runs: list = []
@@ -196,7 +231,8 @@ def test_killed_actors_are_restarted_and_nothing_is_lost(cluster, tmp_path, caps
     th.join(timeout=5)
     out = capsys.readouterr().out
     assert kills == [kills[0], "eval", "store"], kills
-    check_invariants(tmp_path / "raykill", 12)
+    rows = check_invariants(tmp_path / "raykill", 12)
+    assert fault.exists() and any(r.get("recovered") for r in rows), "the commit whose log line was lost is re-logged"
     pids = {}
     for line in marks.read_text().splitlines():
         pid, island = line.split()
