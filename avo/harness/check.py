@@ -49,9 +49,14 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, expect_dtype: torch
     max_rel = (diff[fin] / r[fin].abs().clamp_min(1e-6)).max().item() if fin.any() else 0.0
     unwritten = int((o_nan & ~r_nan).sum().item())
     passed = matched >= tol.matched_ratio and unwritten == 0
-    detail = "" if passed else (
-        f"{name}: {unwritten} elements NaN/unwritten where the reference is finite" if unwritten else
-        f"{name}: {100 * (1 - matched):.3f}% of elements outside atol={tol.atol:g} rtol={tol.rtol:g} (max abs err {max_abs:.3g})")
+    detail = ""
+    if not passed:
+        bad = (~ok).nonzero()
+        first = tuple(bad[0].tolist()) if len(bad) else ()
+        example = f"; first at {list(first)}: got {o[first].item():g}, expected {r[first].item():g}" if first else ""
+        detail = (f"{name}: {unwritten} elements NaN/unwritten where the reference is finite{example}" if unwritten else
+                  f"{name}: {len(bad)} of {o.numel()} elements ({100 * (1 - matched):.4f}%) outside "
+                  f"atol={tol.atol:g} rtol={tol.rtol:g} (max abs err {max_abs:.3g}){example}")
     return CheckResult(status=EvaluationStatus.PASSED if passed else EvaluationStatus.INCORRECT_NUMERICAL,
                        max_abs=max_abs if max_abs == max_abs else float("inf"), max_rel=max_rel, matched=matched,
                        detail=detail)
