@@ -77,6 +77,16 @@ def scores_from(rep: EvalReport, speedup_vs_seed: Optional[float]) -> Scores:
                                if t.passed and t.evaluation.performance})
 
 
+def elite_versions(versions: list[Version]) -> list[Version]:
+    """The best few distinct kernels (a seed or a migrated copy lives on several islands)."""
+    out, seen = [], set()
+    for v in sorted(versions, key=lambda v: -v.speedup):
+        if v.meta.source_hash not in seen:
+            seen.add(v.meta.source_hash)
+            out.append(v)
+    return out[:ELITES]
+
+
 def version_view(v: Version) -> VersionView:
     s = v.meta.scores
     return VersionView(commit=v.sha, source=v.source, note=v.meta.note, speedup_vs_seed=s.speedup_vs_seed,
@@ -240,7 +250,7 @@ class Evolution:
     # ---- one variation step ----
     def view_for(self, isl: IslandRef, start: Version, head: Version) -> LineageView:
         st = self.supervisor.state(isl.task, isl.island)
-        versions = sorted(self.lineage.versions(isl.task), key=lambda v: -v.speedup)[:ELITES]
+        versions = elite_versions(self.lineage.versions(isl.task))
         recent = [a for a in self.attempts if a.task == isl.task and a.island == isl.island][-RECENT_ATTEMPTS:]
         directions = list(st.directions)
         if start.sha != head.sha:
@@ -355,7 +365,7 @@ class Evolution:
         versions = lin.versions(isl.task)
         others = [v for v in versions if v.meta.island != isl.island]
         other = max(others, key=lambda v: v.speedup) if others else None
-        elites = [v.sha for v in sorted(versions, key=lambda v: -v.speedup)][:ELITES]
+        elites = [v.sha for v in elite_versions(versions)]
         iv = self.supervisor.plan(isl.task, isl.island, (other.sha, other.speedup) if other else None,
                                   head.speedup, elites, head.sha)
         iv.attempt = self.attempts[-1].id if self.attempts else None
