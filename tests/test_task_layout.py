@@ -1,0 +1,145 @@
+"""Layout tasks (layout_bshd_to_bhsd, layout_transpose2d, layout_bshd_to_bhds): they load with the
+anchor shapes, their SOL model is one read + one write, the references are the permutations, the
+seeds (and a sample of their TUNABLES) pass the real evaluator in the Triton interpreter, wrong
+index arithmetic comes back INCORRECT_NUMERICAL and a torch permute comes back REWARD_HACK."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from avo.config import default_seed_path
+from avo.harness import sol
+from avo.harness.runner import EvalConfig, Evaluator
+from avo.schema import EvaluationStatus
+from avo.tasks import load_task, solution_from_kernel_file
+
+S = EvaluationStatus
+# task -> (permutation, GPU anchor shape in bf16)
+LAYOUT_TASKS = {
+    "layout_bshd_to_bhsd": ((0, 2, 1, 3), (8, 4096, 32, 128)),
+    "layout_transpose2d": ((1, 0), (16384, 16384)),
+    "layout_bshd_to_bhds": ((0, 2, 3, 1), (64, 1024, 8, 128)),
+}
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
+        yield ev
+
+
+def _with_config(seed: Path, tmp_path: Path, name: str, cfg: dict) -> Path:
+    line = "CONFIG = dict(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
+    new, n = re.subn(r"^CONFIG = dict\(.*\)$", line, seed.read_text(), count=1, flags=re.M)
+    assert n == 1, "seed has no one-line CONFIG = dict(...)"
+    p = tmp_path / f"{name}.py"
+    p.write_text(new)
+    return p
+
+
+def _variant(seed: Path, tmp_path: Path, name: str, old: str, new: str) -> Path:
+    src = seed.read_text()
+    assert src.count(old) == 1, f"seed no longer contains {old!r}: update this test"
+    p = tmp_path / f"{name}.py"
+    p.write_text(src.replace(old, new))
+    return p
+
+
+def _ns(path: Path) -> dict:
+    ns: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), ns)
+    return ns
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_TASKS))
+def test_layout_task_loads_with_anchor_and_awkward_cpu_workloads(name):
+    task = load_task(name)
+    perm, anchor = LAYOUT_TASKS[name]
+    d = task.definition
+    assert list(d.inputs) == ["x"] and list(d.outputs) == ["y"]
+    gpu, cpu = task.select("gpu"), task.select("cpu")
+    assert any(tuple(w.axes[a] for a in d.inputs["x"].shape) == anchor and not w.dtypes for w in gpu)
+    assert {w.dtypes.get("x", "bfloat16") for w in gpu} == {"bfloat16", "float16", "float32"}
+    assert len(cpu) >= 3 and any(any(v % 8 for v in w.axes.values()) for w in cpu)
+    for w in task.workloads:
+        assert w.dtypes.get("x") == w.dtypes.get("y")
+        numel = 1
+        for v in w.axes.values():
+            numel *= v
+        flops, nbytes = sol.work(d, w)
+        isz = {"float32": 4}.get(w.dtypes.get("x", "bfloat16"), 2)
+        assert flops == 0 and nbytes == 2 * numel * isz
+    assert default_seed_path(name).exists()
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_TASKS))
+def test_layout_reference_is_the_permutation(name):
+    task = load_task(name)
+    perm, _ = LAYOUT_TASKS[name]
+    ns: dict = {}
+    exec(compile(task.definition.reference, "reference", "exec"), ns)
+    x = torch.arange(2 * 3 * 5 * 7).reshape((2, 3, 5, 7)[:len(perm)] if len(perm) == 4 else (6, 35))
+    y = ns["run"](x)
+    assert y.is_contiguous()
+    for idx in [(1, 2, 4, 6), (0, 1, 3, 5)] if len(perm) == 4 else [(5, 34), (2, 7)]:
+        assert y[tuple(idx[p] for p in perm)] == x[idx]
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_TASKS))
+def test_layout_seed_config_is_within_tunables(name):
+    ns = _ns(default_seed_path(name))
+    cfg, tun = ns["CONFIG"], ns["TUNABLES"]
+    assert set(cfg) == set(tun) and all(cfg[k] in tun[k] for k in cfg)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_TASKS))
+def test_layout_seed_passes_interpreter_evaluation(name, evaluator):
+    task = load_task(name)
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, default_seed_path(name)))
+    assert rep.status == S.PASSED, rep.message
+    assert {t.workload.uuid for t in rep.traces} == {w.uuid for w in task.select("cpu")}
+    assert all(t.evaluation.correctness.max_absolute_error == 0.0 for t in rep.traces)
+
+
+# Small tiles (several tiles per awkward dimension, ragged edges) and the non-default branches.
+TUNABLE_SAMPLE = {
+    "layout_transpose2d": dict(BLOCK_R=16, BLOCK_C=32, GROUP=4, TRANS=False, num_warps=2, num_stages=2),
+    "layout_bshd_to_bhds": dict(BLOCK_R=32, BLOCK_C=16, GROUP=1, TRANS=True, num_warps=8, num_stages=3),
+    "layout_bshd_to_bhsd": dict(BLOCK_S=4, BLOCK_D=16, H_FAST=False, num_warps=1, num_stages=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TUNABLE_SAMPLE))
+def test_layout_tunable_combination_passes(name, evaluator, tmp_path):
+    task = load_task(name)
+    path = _with_config(default_seed_path(name), tmp_path, name, TUNABLE_SAMPLE[name])
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.PASSED, rep.message
+
+
+WRONG_VARIANTS = {  # name -> (task, old, new)
+    "transpose_tile_not_transposed": ("layout_transpose2d", "tl.trans(tile)", "tile"),
+    "bhds_batch_base_dropped": ("layout_bshd_to_bhds", "base = tl.program_id(1).to(tl.int64) * R * C",
+                                "base = tl.program_id(1).to(tl.int64) * 0"),
+    "bhsd_wrong_head_stride": ("layout_bshd_to_bhsd", "dst = y_ptr + ((b * H + h) * S", "dst = y_ptr + ((b * H + 0) * S"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(WRONG_VARIANTS))
+def test_layout_wrong_variant_is_incorrect(variant, evaluator, tmp_path):
+    name, old, new = WRONG_VARIANTS[variant]
+    task = load_task(name)
+    path = _variant(default_seed_path(name), tmp_path, variant, old, new)
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (variant, rep.status, rep.message)
+
+
+def test_layout_torch_permute_is_reward_hack(evaluator, tmp_path):
+    task = load_task("layout_bshd_to_bhsd")
+    path = _variant(default_seed_path("layout_bshd_to_bhsd"), tmp_path, "torch_permute",
+                    "    batch, seq, heads, dim = x.shape\n", "    y.copy_(x.permute(0, 2, 1, 3))\n    return\n")
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.REWARD_HACK and rep.hack_check == "static:library-call", rep.message
