@@ -1,0 +1,246 @@
+"""attention_gqa_fwd and attention_gqa_decode: the tasks load with their GPU and CPU workloads, the
+SOL models are the FlashAttention FLOP count (prefill) and the KV-cache bytes (decode), the
+references are grouped-query attention, and the Triton seeds (and a sample of their TUNABLES,
+split-KV on and off) pass the real evaluator in the Triton interpreter, while variants that read
+the wrong KV head or combine splits wrongly come back INCORRECT_NUMERICAL."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from avo.harness import sol
+from avo.harness.runner import EvalConfig, Evaluator
+from avo.schema import EvaluationStatus
+from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
+
+FWD_SEED = REPO_ROOT / "kernels" / "attention" / "gqa_fwd_seed.py"
+DECODE_SEED = REPO_ROOT / "kernels" / "attention" / "gqa_decode_seed.py"
+S = EvaluationStatus
+
+
+@pytest.fixture(scope="module")
+def fwd_task():
+    return load_task("attention_gqa_fwd")
+
+
+@pytest.fixture(scope="module")
+def decode_task():
+    return load_task("attention_gqa_decode")
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    with Evaluator(EvalConfig(device="interpret")) as ev:
+        yield ev
+
+
+@pytest.fixture(scope="module")
+def quick_evaluator():
+    # Same cascade with two timed calls: these tests are about correctness.
+    with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
+        yield ev
+
+
+def _variant(seed: Path, tmp_path: Path, name: str, old: str, new: str) -> Path:
+    src = seed.read_text()
+    assert src.count(old) == 1, f"seed no longer contains {old!r}: update this test"
+    p = tmp_path / f"{name}.py"
+    p.write_text(src.replace(old, new))
+    return p
+
+
+def _with_config(seed: Path, tmp_path: Path, name: str, cfg: dict) -> Path:
+    line = "CONFIG = dict(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
+    new, n = re.subn(r"^CONFIG = dict\(.*\)$", line, seed.read_text(), count=1, flags=re.M)
+    assert n == 1, "seed has no one-line CONFIG = dict(...)"
+    p = tmp_path / f"{name}.py"
+    p.write_text(new)
+    return p
+
+
+def _namespace(code: str, name: str) -> dict:
+    ns: dict = {}
+    exec(compile(code, name, "exec"), ns)
+    return ns
+
+
+def _explicit_gqa(q, k, v, causal):
+    """Attention per (batch, query head, query row) with the KV head h // group, in float64 loops."""
+    batch, hq, seq_q, dim = q.shape
+    group = hq // k.shape[1]
+    out = torch.empty_like(q)
+    for b in range(batch):
+        for h in range(hq):
+            kk, vv = k[b, h // group], v[b, h // group]
+            for i in range(seq_q):
+                keys = range(i + 1) if causal else range(kk.shape[0])
+                s = torch.tensor([float(q[b, h, i] @ kk[j]) / math.sqrt(dim) for j in keys], dtype=torch.float64)
+                w = s.softmax(0)
+                out[b, h, i] = sum(w[n] * vv[j] for n, j in enumerate(keys))
+    return out
+
+
+# ---- task files ----
+
+def test_gqa_fwd_task_loads_with_gpu_and_cpu_workloads(fwd_task):
+    d = fwd_task.definition
+    assert list(d.inputs) == ["q", "k", "v", "causal"] and list(d.outputs) == ["o"]
+    assert d.inputs["k"].shape == ["batch", "kv_heads", "seq", "dim"]
+    gpu, cpu = fwd_task.select("gpu"), fwd_task.select("cpu")
+    got = {(w.axes["batch"], w.axes["q_heads"], w.axes["kv_heads"], w.axes["seq"], w.inputs["causal"].value)
+           for w in gpu}
+    qwen = {(b, 32, hkv, s, c) for hkv in (8, 4) for b, s in ((4, 4096), (16, 1024)) for c in (False, True)}
+    avo_protocol = {(8, 16, 4, 4096, True), (2, 16, 4, 16384, True), (1, 16, 4, 32768, True)}
+    assert got == qwen | avo_protocol
+    assert all(w.axes["dim"] == 128 and not w.dtypes for w in gpu)
+    for w in fwd_task.workloads:
+        assert w.axes["q_heads"] % w.axes["kv_heads"] == 0, w.uuid
+    for w in cpu:
+        assert {w.dtypes[n] for n in ("q", "k", "v", "o")} == {"float16"}
+    assert any(w.axes["seq"] % 16 for w in cpu)
+    assert {w.inputs["causal"].value for w in cpu} == {False, True}
+    assert {w.axes["q_heads"] // w.axes["kv_heads"] for w in cpu} >= {1, 2, 3, 4}
+    assert "enable_gqa=True" in fwd_task.baseline
+    assert d.forbidden_calls == load_task("attention_mha_fwd").definition.forbidden_calls
+
+
+def test_gqa_decode_task_loads_with_gpu_and_cpu_workloads(decode_task):
+    d = decode_task.definition
+    assert list(d.inputs) == ["q", "k", "v"] and list(d.outputs) == ["o"]
+    assert d.inputs["q"].shape == ["batch", "q_heads", "dim"]
+    assert d.inputs["k"].shape == ["batch", "kv_heads", "kv_len", "dim"]
+    gpu, cpu = decode_task.select("gpu"), decode_task.select("cpu")
+    assert {(w.axes["batch"], w.axes["kv_len"]) for w in gpu} >= {(1, 8192), (64, 4096), (8, 16384), (1, 32768),
+                                                                   (32, 1024)}
+    assert all((w.axes["q_heads"], w.axes["kv_heads"], w.axes["dim"]) == (32, 8, 128) and not w.dtypes for w in gpu)
+    for w in cpu:
+        assert {w.dtypes[n] for n in ("q", "k", "v", "o")} == {"float16"}
+    assert {77, 300} <= {w.axes["kv_len"] for w in cpu}
+    assert "enable_gqa=True" in decode_task.baseline
+
+
+def test_gqa_sol_models(fwd_task, decode_task):
+    for w in fwd_task.workloads:
+        b, hq, hkv, s, dim = (w.axes[a] for a in ("batch", "q_heads", "kv_heads", "seq", "dim"))
+        flops, nbytes = sol.work(fwd_task.definition, w)
+        assert flops == 4 * b * hq * s * s * dim / (2 if w.inputs["causal"].value else 1)
+        assert nbytes == 2 * (2 * b * hq * s * dim + 2 * b * hkv * s * dim)
+    for w in decode_task.workloads:
+        b, hq, hkv, n, dim = (w.axes[a] for a in ("batch", "q_heads", "kv_heads", "kv_len", "dim"))
+        flops, nbytes = sol.work(decode_task.definition, w)
+        assert flops == 4 * b * hq * n * dim
+        assert nbytes == 2 * (2 * b * hkv * n * dim + 2 * b * hq * dim)
+    h100 = sol.hardware_by_name("H100 SXM")
+    w = next(w for w in decode_task.workloads if w.uuid == "gpu_b1_hq32_hkv8_kv32768_d128")
+    # Decode is memory-bound: 134 MB of cache at 3.35 TB/s, about 40 us.
+    assert sol.sol_time_s(decode_task.definition, w, h100) == pytest.approx(
+        2 * (2 * 8 * 32768 * 128 + 2 * 32 * 128) / 3.35e12)
+
+
+def test_gqa_fwd_reference_is_grouped_attention(fwd_task):
+    ref = _namespace(fwd_task.definition.reference, "reference")["run"]
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 7, 4, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, 7, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    for causal in (False, True):
+        torch.testing.assert_close(ref(q, k, v, causal), _explicit_gqa(q, k, v, causal))
+
+
+def test_gqa_decode_reference_is_grouped_attention(decode_task):
+    ref = _namespace(decode_task.definition.reference, "reference")["run"]
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    want = _explicit_gqa(q.unsqueeze(2), k, v, False).squeeze(2)
+    torch.testing.assert_close(ref(q, k, v), want)
+
+
+@pytest.mark.parametrize("seed", [FWD_SEED, DECODE_SEED], ids=["fwd", "decode"])
+def test_gqa_seed_config_is_within_tunables(seed):
+    ns = _namespace(seed.read_text(), str(seed))
+    cfg, tun = ns["CONFIG"], ns["TUNABLES"]
+    assert set(cfg) == set(tun)
+    assert all(cfg[k] in tun[k] for k in cfg)
+
+
+# ---- seeds through the real evaluator ----
+
+def test_gqa_fwd_seed_passes_interpreter_evaluation(fwd_task, evaluator):
+    rep = evaluator.evaluate(fwd_task, solution_from_kernel_file(fwd_task, FWD_SEED))
+    assert rep.status == S.PASSED, rep.message
+    assert {t.workload.uuid for t in rep.traces} == {w.uuid for w in fwd_task.select("cpu")}
+    for t in rep.traces:
+        assert t.evaluation.correctness.max_absolute_error < 5e-3
+
+
+def test_gqa_decode_seed_passes_interpreter_evaluation(decode_task, evaluator):
+    rep = evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, DECODE_SEED))
+    assert rep.status == S.PASSED, rep.message
+    assert {t.workload.uuid for t in rep.traces} == {w.uuid for w in decode_task.select("cpu")}
+    for t in rep.traces:
+        assert t.evaluation.correctness.max_absolute_error < 5e-3
+
+
+# No split (phase 1 writes o) and many splits of few blocks (empty trailing splits at kv_len 77).
+DECODE_SAMPLE = [
+    dict(BLOCK_N=16, NUM_SPLITS=1, num_warps=2, num_stages=1),
+    dict(BLOCK_N=32, NUM_SPLITS=32, num_warps=8, num_stages=3),
+]
+
+
+@pytest.mark.parametrize("idx", range(len(DECODE_SAMPLE)))
+def test_gqa_decode_tunable_combinations_pass(decode_task, quick_evaluator, tmp_path, idx):
+    path = _with_config(DECODE_SEED, tmp_path, f"decode_cfg{idx}", DECODE_SAMPLE[idx])
+    wls = [w for w in decode_task.select("cpu") if w.axes["kv_len"] in (77, 130)]
+    rep = quick_evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, path), wls)
+    assert rep.status == S.PASSED, (DECODE_SAMPLE[idx], rep.message)
+
+
+def test_gqa_fwd_tunable_combination_passes(fwd_task, quick_evaluator, tmp_path):
+    cfg = dict(BLOCK_M=16, BLOCK_N=64, num_warps=2, num_stages=1, EXP2=True, CAUSAL_SKIP=True)
+    path = _with_config(FWD_SEED, tmp_path, "fwd_cfg", cfg)
+    wls = [w for w in fwd_task.select("cpu") if w.axes["q_heads"] != w.axes["kv_heads"]]
+    rep = quick_evaluator.evaluate(fwd_task, solution_from_kernel_file(fwd_task, path), wls)
+    assert rep.status == S.PASSED, rep.message
+
+
+# ---- wrong variants ----
+
+def test_gqa_fwd_wrong_kv_head_is_incorrect_numerical(fwd_task, quick_evaluator, tmp_path):
+    # h % kv_heads instead of h // group: heads 1 and 2 of 4 read the other KV head.
+    path = _variant(FWD_SEED, tmp_path, "fwd_wrong_kv", "hk = h // group", "hk = h % (heads // group)")
+    wls = [w for w in fwd_task.select("cpu") if w.uuid == "cpu_b1_hq4_hkv2_s77_d64_causal_float16"]
+    assert len(wls) == 1
+    rep = quick_evaluator.evaluate(fwd_task, solution_from_kernel_file(fwd_task, path), wls)
+    assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
+
+
+DECODE_WRONG = {
+    # The group's query heads interleaved across KV heads (h % kv_heads mapping).
+    "wrong_kv_head": ("heads = hk * group + offs_g", "heads = offs_g * kv_heads + hk"),
+    # Splits summed without rescaling to the common max.
+    "combine_no_rescale": ("w = tl.exp(m - m_all)", "w = tl.where(m > float('-inf'), 1.0, 0.0)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECODE_WRONG))
+def test_gqa_decode_wrong_variant_is_incorrect_numerical(decode_task, quick_evaluator, tmp_path, name):
+    path = _variant(DECODE_SEED, tmp_path, name, *DECODE_WRONG[name])
+    wls = [w for w in decode_task.select("cpu") if w.uuid == "cpu_b2_hq8_hkv2_kv77_d64_float16"]
+    assert len(wls) == 1
+    if name == "combine_no_rescale":  # 77 keys over splits of 16: five non-empty splits
+        path = _with_config(path, tmp_path, name + "_split", dict(BLOCK_N=16, NUM_SPLITS=8, num_warps=4, num_stages=2))
+    rep = quick_evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, path), wls)
+    assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
+
+
+def test_gqa_decode_library_call_is_reward_hack(decode_task, quick_evaluator, tmp_path):
+    path = _variant(DECODE_SEED, tmp_path, "calls_sdpa", "    batch, q_heads, dim = q.shape\n",
+                    "    o.copy_(torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), k, v,"
+                    " enable_gqa=True).squeeze(2))\n    return\n")
+    rep = quick_evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, path))
+    assert rep.status == S.REWARD_HACK and rep.hack_check == "static:library-call", rep.message
