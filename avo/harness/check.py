@@ -43,12 +43,16 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, expect_dtype: torch
     diff = torch.where(finite & ~o_nan, (o - r).abs(), torch.full_like(o, float("inf")))
     diff = torch.where(same_special, torch.zeros_like(diff), diff)
     ok = diff <= tol.atol + tol.rtol * r.abs().where(finite, torch.zeros_like(r))
-    matched = ok.double().mean().item()
+    # Count, don't average: CUDA's mean multiplies by 1/n, and n * (1/n) can round below 1.0,
+    # which failed an exact task (matched_ratio 1.0) on a 512x128256 workload with no bad element.
+    n_bad = int((~ok).sum().item())
+    matched = 1.0 - n_bad / o.numel()
     fin = finite & ~o_nan
     max_abs = diff[fin].max().item() if fin.any() else 0.0
     max_rel = (diff[fin] / r[fin].abs().clamp_min(1e-6)).max().item() if fin.any() else 0.0
     unwritten = int((o_nan & ~r_nan).sum().item())
-    passed = matched >= tol.matched_ratio and unwritten == 0
+    allowed_bad = int((1.0 - tol.matched_ratio) * o.numel() + 1e-9)
+    passed = n_bad <= allowed_bad and unwritten == 0
     detail = ""
     if not passed:
         bad = (~ok).nonzero()
