@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One batch of GPU verification for a lent H100 (device tool), split in parts that each fit a
+# 10-minute call. Outputs land in $OUT (or ./out). Usage, after scripts/prepare_device_wheels.sh:
+#   bash scripts/gpu_verify.sh evals     # avo eval of seeds and peers + GPU tests
+#   bash scripts/gpu_verify.sh grammar   # 8-min avo evolve of grammar_bitmask + report + export
+#   bash scripts/gpu_verify.sh attention # 8-min avo evolve of attention_mha_fwd + report + export
+#   bash scripts/gpu_verify.sh bench     # peer benchmark scripts (attention, memory-bound)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out}; mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export COLUMNS=160 PYTHONUNBUFFERED=1
+avo() { python3 -m avo.cli "$@"; }
+evolve_part() {  # run name, config, minutes
+  timeout $(( ${3%.*} * 60 + 120 )) python3 -m avo.cli evolve --config "$2" --minutes "$3" --no-live > "$OUT/evolve_$1.log" 2>&1
+  avo report "$1" > /dev/null 2>&1
+  avo lineage best "$1" > "$OUT/best_$1.txt" 2>&1
+  avo export "$1" --out "artifacts/$1" > /dev/null 2>&1
+  tar czf "$OUT/lineage_$1.tgz" "lineages/$1" "artifacts/$1" 2>/dev/null
+  tail -c 3000 "$OUT/evolve_$1.log"
+}
+case "${1:-evals}" in
+  evals)
+    for k in kernels/grammar/bitmask_seed.py; do avo eval grammar_bitmask $k --device cuda --json "$OUT/grammar_seed.jsonl"; done
+    avo eval grammar_bitmask kernels/peers/bitmask_xgrammar_triton.py --peer --device cuda --json "$OUT/grammar_xgrammar.jsonl"
+    for b in cudnn flash; do
+      avo eval attention_mha_fwd kernels/peers/attention_sdpa_$b.py --peer --device cuda \
+        --workloads gpu_b4_h32_s4096_d128_full,gpu_b4_h32_s4096_d128_causal --json "$OUT/attention_$b.jsonl"
+    done
+    timeout 240 python3 -m pytest -q -m gpu -o addopts="" -p no:cacheprovider tests/adversarial tests/test_check.py 2>&1 | tail -15 ;;
+  grammar) evolve_part gpu-grammar configs/gpu_grammar.yaml "${MINUTES:-8}" ;;
+  attention) evolve_part gpu-attention configs/gpu_attention.yaml "${MINUTES:-8}" ;;
+  bench)
+    python3 scripts/bench_attention.py 2>&1 | tail -40
+    python3 scripts/bench_memory_bound.py 2>&1 | tail -40 ;;
+  *) echo "usage: $0 evals|grammar|attention|bench" >&2; exit 2 ;;
+esac
