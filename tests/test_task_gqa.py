@@ -244,3 +244,17 @@ def test_gqa_decode_library_call_is_reward_hack(decode_task, quick_evaluator, tm
                     " enable_gqa=True).squeeze(2))\n    return\n")
     rep = quick_evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, path))
     assert rep.status == S.REWARD_HACK and rep.hack_check == "static:library-call", rep.message
+
+
+# ---- GPU run configs ----
+
+@pytest.mark.parametrize("name,task_name", [("gpu_attention_gqa.yaml", "attention_gqa_fwd"),
+                                            ("gpu_gqa_decode.yaml", "attention_gqa_decode")])
+def test_gqa_gpu_configs_name_existing_gpu_workloads_and_seeds(name, task_name):
+    from avo.config import default_seed_path, load_config
+    cfg = load_config(REPO_ROOT / "configs" / name)
+    assert cfg.tasks == [task_name] and cfg.device == "cuda"
+    assert (REPO_ROOT / cfg.seed_path(task_name, task_name)).resolve() == default_seed_path(task_name).resolve()
+    assert default_seed_path(task_name).exists()
+    gpu = {w.uuid for w in load_task(task_name).select("gpu")}
+    assert 2 <= len(cfg.workloads[task_name]) <= 4 and set(cfg.workloads[task_name]) <= gpu
