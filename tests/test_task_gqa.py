@@ -258,3 +258,48 @@ def test_gqa_gpu_configs_name_existing_gpu_workloads_and_seeds(name, task_name):
     assert default_seed_path(task_name).exists()
     gpu = {w.uuid for w in load_task(task_name).select("gpu")}
     assert 2 <= len(cfg.workloads[task_name]) <= 4 and set(cfg.workloads[task_name]) <= gpu
+
+
+# ---- scripts/bench_attention.py on CPU: the plan and the doc section (the timing needs a GPU) ----
+
+BENCH = REPO_ROOT / "scripts" / "bench_attention.py"
+
+
+def test_bench_attention_dry_run_lists_every_gpu_workload_and_candidate(tmp_path):
+    import subprocess
+    import sys
+    evolved = tmp_path / "evolved.py"
+    evolved.write_text(DECODE_SEED.read_text())
+    r = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--kernel", f"attention_gqa_decode={evolved}"],
+                       capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for name in ("attention_mha_fwd", "attention_gqa_fwd", "attention_gqa_decode"):
+        for w in load_task(name).select("gpu"):
+            line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith(w.uuid + ":"))
+            want = "seed, sdpa-cudnn, sdpa-flash, sdpa-efficient"
+            assert line.endswith(("evolved, " if name == "attention_gqa_decode" else "") + want), line
+    bad = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--kernel", "attention_gqa_fwd"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "bench_attention: --kernel 'attention_gqa_fwd': expected TASK=PATH"
+    broken = tmp_path / "broken.py"
+    broken.write_text("x = (\n")
+    r = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--kernel", f"attention_gqa_fwd={broken}"],
+                       capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert r.returncode == 2 and "failed to import" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_attention_doc_section_is_created_then_replaced_in_place(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_attention_under_test", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    update = mod.update_doc_section
+    doc = tmp_path / "docs" / "benchmarks.md"
+    update(doc, "first table")
+    assert doc.read_text().count("<!-- bench_attention -->") == 1 and "first table" in doc.read_text()
+    doc.write_text("# Benchmarks\n\nlead's intro\n\n" + doc.read_text().split("\n\n", 2)[2] + "\n## other section\nkept\n")
+    update(doc, "second table")
+    text = doc.read_text()
+    assert "first table" not in text and "second table" in text
+    assert "lead's intro" in text and text.rstrip().endswith("## other section\nkept")
+    assert text.count("<!-- /bench_attention -->") == 1
