@@ -9,30 +9,66 @@ import triton.language as tl
 
 # Current choice of every knob; the heuristic operator rewrites this line.
 CONFIG = dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=False)
-# Allowed values per knob: the search space the heuristic operator explores.
+# Allowed values per knob (the heuristic's search space); a knob absent from CONFIG = its first value.
 TUNABLES = dict(
     BLOCK_SIZE=[128, 256, 512, 1024, 2048, 4096, 8192],
     num_warps=[1, 2, 4, 8, 16],
     num_stages=[1, 2, 3],
     RMW=[False, True],  # read-modify-write the whole block instead of a masked store
+    PERSISTENT=[False, True],  # a fixed grid of PROGRAMS_PER_SM x #SMs programs loops over the blocks
+    PROGRAMS_PER_SM=[1, 2, 4, 8],  # persistent grid size per SM (CPU: per one of 4 pretend SMs)
+    SKIP_ONES=[False, True],  # a block whose words are all -1 (every token allowed) issues no store
 )
 
 
+def _knob(name):
+    return CONFIG.get(name, TUNABLES[name][0])
+
+
 @triton.jit
-def _bitmask_kernel(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride,
-                    BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr):
-    row = tl.load(indices_ptr + tl.program_id(0)).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    in_vocab = offs < vocab
-    words = tl.load(bitmask_ptr + row * bitmask_stride + offs // 32, mask=in_vocab, other=-1)
-    blocked = ((words >> (offs % 32)) & 1) == 0
-    ptrs = logits_ptr + row * logits_stride + offs
+def _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr):
     if RMW:
         vals = tl.load(ptrs, mask=in_vocab)
         vals = tl.where(blocked, -float("inf"), vals)
         tl.store(ptrs, vals, mask=in_vocab)
     else:
-        tl.store(ptrs, tl.full([BLOCK_SIZE], -float("inf"), logits_ptr.dtype.element_ty), mask=in_vocab & blocked)
+        tl.store(ptrs, tl.full([BLOCK_SIZE], -float("inf"), ptrs.dtype.element_ty), mask=in_vocab & blocked)
+
+
+@triton.jit
+def _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, i, n_blocks,
+                   BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, SKIP_ONES: tl.constexpr):
+    """Mask block i = (index row i // n_blocks, token block i % n_blocks)."""
+    row = tl.load(indices_ptr + i // n_blocks).to(tl.int64)
+    offs = (i % n_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    in_vocab = offs < vocab
+    words = tl.load(bitmask_ptr + row * bitmask_stride + offs // 32, mask=in_vocab, other=-1)
+    blocked = ((words >> (offs % 32)) & 1) == 0
+    ptrs = logits_ptr + row * logits_stride + offs
+    # SKIP_ONES: grammars allow most of the vocabulary, so many blocks are all -1 words.
+    if SKIP_ONES:
+        if tl.sum((words != -1).to(tl.int32), 0) > 0:
+            _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE, RMW)
+    else:
+        _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE, RMW)
+
+
+@triton.jit
+def _bitmask_kernel(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, n_blocks, n_tiles,
+                    BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, PERSISTENT: tl.constexpr, SKIP_ONES: tl.constexpr):
+    if PERSISTENT:
+        for i in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+            _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, i, n_blocks,
+                           BLOCK_SIZE, RMW, SKIP_ONES)
+    else:
+        _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride,
+                       tl.program_id(0), n_blocks, BLOCK_SIZE, RMW, SKIP_ONES)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: a small grid still exercises the loop
 
 
 def run(logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor) -> None:
@@ -40,7 +76,9 @@ def run(logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor) -> N
     n = indices.shape[0]
     if n == 0:
         return
-    grid = (n, triton.cdiv(vocab, CONFIG["BLOCK_SIZE"]))
-    _bitmask_kernel[grid](logits, bitmask, indices, vocab, logits.stride(0), bitmask.stride(0),
-                          BLOCK_SIZE=CONFIG["BLOCK_SIZE"], RMW=CONFIG["RMW"],
-                          num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
+    n_blocks = triton.cdiv(vocab, CONFIG["BLOCK_SIZE"])
+    n_tiles = n * n_blocks
+    grid = (min(n_tiles, _knob("PROGRAMS_PER_SM") * _num_sms(logits.device)) if _knob("PERSISTENT") else n_tiles,)
+    _bitmask_kernel[grid](logits, bitmask, indices, vocab, logits.stride(0), bitmask.stride(0), n_blocks, n_tiles,
+                          BLOCK_SIZE=CONFIG["BLOCK_SIZE"], RMW=CONFIG["RMW"], PERSISTENT=_knob("PERSISTENT"),
+                          SKIP_ONES=_knob("SKIP_ONES"), num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])

@@ -1,0 +1,197 @@
+"""megakernel_decode_layer: the task loads with Llama-3-8B GPU workloads and tiny CPU layers, its SOL
+model counts every weight and the used cache once, the reference is the layer, and the seed (and a
+TUNABLES sample) passes the real evaluator in the Triton interpreter while a wrong cache length,
+a missing residual or a flipped RoPE come back INCORRECT_NUMERICAL and a torch matmul REWARD_HACK.
+Also: grammar_bitmask's persistent-grid and skip-all-ones TUNABLES stay correct."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from avo.config import default_seed_path
+from avo.harness import sol
+from avo.harness.runner import EvalConfig, Evaluator
+from avo.schema import EvaluationStatus
+from avo.tasks import load_task, solution_from_kernel_file
+
+S = EvaluationStatus
+SEED_PATH = default_seed_path("megakernel_decode_layer")
+BITMASK_SEED = default_seed_path("grammar_bitmask")
+LLAMA3_8B = dict(hidden=4096, q_dim=4096, kv_heads=8, kv_dim=1024, head_dim=128, mlp=14336)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("megakernel_decode_layer")
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
+        yield ev
+
+
+def _write(src_path: Path, tmp_path: Path, name: str, old: str, new: str) -> Path:
+    src = src_path.read_text()
+    assert src.count(old) == 1, f"{src_path.name} no longer contains {old!r}: update this test"
+    p = tmp_path / f"{name}.py"
+    p.write_text(src.replace(old, new))
+    return p
+
+
+def _with_config(src_path: Path, tmp_path: Path, name: str, cfg: dict) -> Path:
+    line = "CONFIG = dict(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
+    new, n = re.subn(r"^CONFIG = dict\(.*\)$", line, src_path.read_text(), count=1, flags=re.M)
+    assert n == 1
+    p = tmp_path / f"{name}.py"
+    p.write_text(new)
+    return p
+
+
+def _ns(code: str, filename: str = "module") -> dict:
+    ns: dict = {}
+    exec(compile(code, filename, "exec"), ns)  # a real filename: @triton.jit reads the source
+    return ns
+
+
+def test_megakernel_task_loads_with_llama_gpu_and_tiny_cpu_workloads(task):
+    gpu, cpu = task.select("gpu"), task.select("cpu")
+    assert len(gpu) >= 5 and all({k: w.axes[k] for k in LLAMA3_8B} == LLAMA3_8B for w in gpu)
+    assert {w.axes["batch"] for w in gpu} >= {1, 4, 8}
+    assert len({w.inputs["kv_len"].value for w in gpu}) >= 4
+    assert all(w.inputs["kv_len"].value <= w.axes["max_kv"] for w in task.workloads)
+    assert all(w.axes["hidden"] <= 64 and w.dtypes["x"] in ("float16", "float32") for w in cpu)
+    assert 0 in {w.inputs["kv_len"].value for w in cpu}  # only the new token
+    assert any((w.axes["q_dim"] // w.axes["head_dim"]) // w.axes["kv_heads"] == 3 for w in cpu)  # group 3
+    assert all(w.axes["q_dim"] % w.axes["kv_dim"] == 0 and w.axes["head_dim"] % 2 == 0 for w in task.workloads)
+
+
+def test_megakernel_sol_counts_weights_cache_and_flops(task):
+    w = next(w for w in task.workloads if w.uuid == "gpu_b8_kv8191_bfloat16")
+    params = 4096 * (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 14336 + 2 * 4096
+    flops, nbytes = sol.work(task.definition, w)
+    assert flops == 2 * 8 * (params - 2 * 4096) + 4 * 8 * 4096 * 8192
+    cache = 2 * 8 * 8 * 8191 * 128 * 2
+    act = 8 * 4096 * 2 * 2 + 2 * 8 * 8 * 128 * 2 + 2 * 128 * 4
+    assert nbytes == params * 2 + cache + act
+    # ~0.7 GB at 3.35 TB/s: memory-bound, about 210 us on an H100 SXM.
+    assert sol.sol_time_s(task.definition, w, sol.hardware_by_name("H100 SXM")) == pytest.approx(nbytes / 3.35e12)
+
+
+def test_megakernel_reference_matches_explicit_per_head_loop(task):
+    ns = _ns(task.definition.reference)
+    axes = dict(batch=2, hidden=12, q_dim=12, kv_heads=1, kv_dim=4, head_dim=4, mlp=10, max_kv=6)
+    names = ["x", "attn_norm_w", "wq", "wk", "wv", "wo", "mlp_norm_w", "w_gate", "w_up", "w_down",
+             "k_cache", "v_cache", "rope_cos", "rope_sin"]
+    a = ns["make_inputs"](axes, {n: torch.float64 for n in names}, torch.Generator().manual_seed(0), "cpu")
+    kv_len = 3
+    out, k_new, v_new = ns["run"](*(a[n] for n in names), kv_len)
+    c, s_ = a["rope_cos"], a["rope_sin"]
+    for b in range(2):
+        x = a["x"][b]
+        h = x / torch.sqrt((x * x).mean() + 1e-5) * a["attn_norm_w"]
+        rope = lambda t: torch.stack([t[i] * c[i] + (-t[i + 2] if i < 2 else t[i - 2]) * s_[i] for i in range(4)])
+        k = rope(a["wk"] @ h)
+        v = a["wv"] @ h
+        torch.testing.assert_close(k_new[b, 0], k)
+        keys = [a["k_cache"][b, 0, j] for j in range(kv_len)] + [k]
+        vals = [a["v_cache"][b, 0, j] for j in range(kv_len)] + [v]
+        heads = []
+        for hh in range(3):  # three q heads share the one kv head
+            q = rope((a["wq"] @ h)[4 * hh:4 * hh + 4])
+            wts = torch.tensor([float(q @ kk) / 2.0 for kk in keys], dtype=torch.float64).softmax(0)
+            heads.append(sum(wts[j] * vals[j] for j in range(kv_len + 1)))
+        h2 = x + a["wo"] @ torch.cat(heads)
+        m = h2 / torch.sqrt((h2 * h2).mean() + 1e-5) * a["mlp_norm_w"]
+        g = a["w_gate"] @ m
+        torch.testing.assert_close(out[b], h2 + a["w_down"] @ (g / (1 + torch.exp(-g)) * (a["w_up"] @ m)))
+
+
+def test_megakernel_seed_config_is_within_tunables():
+    ns = _ns(SEED_PATH.read_text(), str(SEED_PATH))
+    assert set(ns["CONFIG"]) == set(ns["TUNABLES"])
+    assert all(ns["CONFIG"][k] in ns["TUNABLES"][k] for k in ns["CONFIG"])
+
+
+def test_megakernel_seed_passes_interpreter_evaluation(task, evaluator):
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, SEED_PATH))
+    assert rep.status == S.PASSED, rep.message
+    assert {t.workload.uuid for t in rep.traces} == {w.uuid for w in task.select("cpu")}
+    for t in rep.traces:  # fp32 scratch: well inside the bf16-sized tolerance
+        assert t.evaluation.correctness.extra["matched_ratio"] == 1.0
+        assert t.evaluation.correctness.max_absolute_error < 5e-3
+
+
+def test_megakernel_tunable_combination_passes(task, evaluator, tmp_path):
+    cfg = dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2)
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, _with_config(SEED_PATH, tmp_path, "mk", cfg)))
+    assert rep.status == S.PASSED, rep.message
+
+
+WRONG = {
+    "kv_len_off_by_one": ("nmask = offs_n < kv_len", "nmask = offs_n < kv_len - 1"),
+    "no_down_residual": ("_gemv(act, w_down, out, mode=1, res=h)", "_gemv(act, w_down, out)"),
+    "rope_sign_flipped": ("sign = tl.where(offs_d < half, -1.0, 1.0)", "sign = tl.where(offs_d < half, 1.0, -1.0)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_megakernel_wrong_variant_is_incorrect_numerical(task, evaluator, tmp_path, name):
+    path = _write(SEED_PATH, tmp_path, name, *WRONG[name])
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
+
+
+def test_megakernel_torch_matmul_is_reward_hack(task, evaluator, tmp_path):
+    path = _write(SEED_PATH, tmp_path, "torch_mm", "    _gemv(xn, wq, q)\n", "    q.copy_(xn @ wq.float().T)\n")
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)
+
+
+# grammar_bitmask: the persistent grid and skip-all-ones knobs (absent from the seed's CONFIG, which
+# stays as it is) in combination with RMW and block sizes, on the task's CPU workloads.
+BITMASK_SAMPLE = [
+    dict(BLOCK_SIZE=128, num_warps=4, num_stages=1, RMW=False, PERSISTENT=True, PROGRAMS_PER_SM=1, SKIP_ONES=False),
+    dict(BLOCK_SIZE=512, num_warps=2, num_stages=2, RMW=True, PERSISTENT=True, PROGRAMS_PER_SM=8, SKIP_ONES=True),
+    dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=True, PERSISTENT=False, PROGRAMS_PER_SM=2, SKIP_ONES=True),
+    dict(BLOCK_SIZE=1024, num_warps=8, num_stages=3, RMW=False, PERSISTENT=True, PROGRAMS_PER_SM=4, SKIP_ONES=True),
+]
+
+
+def test_bitmask_seed_config_is_unchanged_and_new_knobs_default_off():
+    ns = _ns(BITMASK_SEED.read_text(), str(BITMASK_SEED))
+    assert ns["CONFIG"] == dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=False)
+    assert {k: ns["TUNABLES"][k][0] for k in ("PERSISTENT", "SKIP_ONES")} == {"PERSISTENT": False, "SKIP_ONES": False}
+    for knob in ("RMW", "PERSISTENT", "PROGRAMS_PER_SM", "SKIP_ONES"):  # every value of the new knobs
+        values = ns["TUNABLES"][knob]
+        assert {c[knob] for c in BITMASK_SAMPLE} | {ns["CONFIG"].get(knob, values[0])} == set(values), knob
+
+
+@pytest.mark.parametrize("idx", range(len(BITMASK_SAMPLE)))
+def test_bitmask_tunable_combination_passes(evaluator, tmp_path, idx):
+    bt = load_task("grammar_bitmask")
+    path = _with_config(BITMASK_SEED, tmp_path, f"bm{idx}", BITMASK_SAMPLE[idx])
+    rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
+    assert rep.status == S.PASSED, (BITMASK_SAMPLE[idx], rep.message)
+
+
+def test_bitmask_skip_ones_with_inverted_test_is_incorrect(evaluator, tmp_path):
+    bt = load_task("grammar_bitmask")
+    path = _with_config(BITMASK_SEED, tmp_path, "bm_cfg", BITMASK_SAMPLE[1])
+    path = _write(path, tmp_path, "bm_wrong", "tl.sum((words != -1).to(tl.int32), 0) > 0",
+                  "tl.sum((words != -1).to(tl.int32), 0) == 0")
+    rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
+
+
+def test_bitmask_persistent_grid_that_skips_blocks_is_incorrect(evaluator, tmp_path):
+    bt = load_task("grammar_bitmask")
+    path = _with_config(BITMASK_SEED, tmp_path, "bm_cfg", BITMASK_SAMPLE[0])
+    path = _write(path, tmp_path, "bm_stride", "range(tl.program_id(0), n_tiles, tl.num_programs(0))",
+                  "range(tl.program_id(0), n_tiles, tl.num_programs(0) + 1)")
+    rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
