@@ -1,0 +1,237 @@
+"""Memory-bound families on one GPU: each kernel next to its peers in one process.
+
+    .venv/bin/python scripts/bench_memory_bound.py                       # every task, seeds as "evolved"
+    .venv/bin/python scripts/bench_memory_bound.py --kernel layout_transpose2d=lineages/x/best.py
+    .venv/bin/python scripts/bench_memory_bound.py --dry-run             # CPU: print the plan only
+
+Per task and GPU workload: the evolved kernel (--kernel TASK=PATH; default the seed, then shown
+once), the seed, and the peers: grammar_bitmask -> xgrammar's Triton kernel and eager torch;
+layout_* -> eager `.permute().contiguous()` and torch.compile of it; megakernel_decode_layer ->
+eager torch, a CUDA graph of eager, torch.compile. Every candidate's output is checked against
+the eager peer (task tolerance) before it is timed. Times: triton.testing.do_bench medians; GB/s
+from the task's SOL byte model; % SOL against the detected GPU's datasheet bandwidth. The table
+is printed and written to docs/benchmarks.md between <!-- bench_memory_bound --> markers.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from avo.config import default_seed_path  # noqa: E402
+from avo.tasks import Task, TaskError, load_task  # noqa: E402
+
+BENCH_TASKS = ["grammar_bitmask", "layout_bshd_to_bhsd", "layout_transpose2d", "layout_bshd_to_bhds",
+               "megakernel_decode_layer"]
+PEERS = {  # family -> peer names, the first one is the correctness reference
+    "grammar": ["torch eager", "xgrammar triton"],
+    "layout": ["torch eager", "torch.compile"],
+    "megakernel": ["torch eager", "CUDA graph (eager)", "torch.compile"],
+}
+DOC = REPO_ROOT / "docs" / "benchmarks.md"
+MARK_BEGIN, MARK_END = "<!-- bench_memory_bound -->", "<!-- /bench_memory_bound -->"
+
+
+class BenchError(Exception):
+    """Bad command-line input; one line for the user."""
+
+
+def parse_kernels(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        if not sep or task not in BENCH_TASKS:
+            raise BenchError(f"--kernel wants TASK=PATH with TASK one of {', '.join(BENCH_TASKS)}; got {item!r}")
+        if not Path(path).is_file():
+            raise BenchError(f"--kernel {task}: no such file {path}")
+        out[task] = Path(path)
+    return out
+
+
+def family(task: str) -> str:
+    return task.split("_", 1)[0]
+
+
+def plan(tasks: list[str], kernels: dict[str, Path], workload_filter: Optional[str]) -> list[tuple[Task, list, list[str]]]:
+    rows = []
+    for name in tasks:
+        task = load_task(name)
+        wls = [w for w in task.select("gpu") if not workload_filter or re.search(workload_filter, w.uuid)]
+        impls = (["evolved"] if name in kernels else []) + ["seed"] + PEERS[family(name)]
+        rows.append((task, wls, impls))
+    return rows
+
+
+def load_kernel(path: Path, tag: str) -> Callable:
+    spec = importlib.util.spec_from_file_location(f"bench_{tag}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.run
+
+
+def reference_ns(task: Task) -> dict:
+    ns: dict = {}
+    exec(compile(task.definition.reference, f"<{task.name}/reference>", "exec"), ns)
+    return ns
+
+
+def peer_fns(task: Task, ns: dict, args: list) -> dict[str, Callable[[], Any]]:
+    """Peer callables on fixed inputs; each returns the task's results (a tuple of tensors)."""
+    import torch
+    fam, ref = family(task.name), ns["run"]
+    if fam == "grammar":
+        from xgrammar.kernels.apply_token_bitmask_inplace_triton import apply_token_bitmask_inplace_triton
+        logits, bitmask, indices = args
+        def eager():
+            ref(logits, bitmask, indices)
+            return (logits,)
+        def xg():
+            apply_token_bitmask_inplace_triton(logits, bitmask, indices=indices)
+            return (logits,)
+        return {"torch eager": eager, "xgrammar triton": xg}
+    as_tuple = lambda r: r if isinstance(r, tuple) else (r,)
+    compiled = torch.compile(ref)
+    peers = {"torch eager": lambda: as_tuple(ref(*args)), "torch.compile": lambda: as_tuple(compiled(*args))}
+    if fam == "megakernel":
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                ref(*args)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = ref(*args)
+        def replay():
+            graph.replay()
+            return static_out
+        peers["CUDA graph (eager)"] = replay
+    return peers
+
+
+def kernel_fn(task: Task, w, run: Callable, args: list, device: str) -> Callable[[], tuple]:
+    """A DPS kernel on fixed inputs, with its outputs allocated once (in-place tasks: the inputs)."""
+    from avo.harness.inputs import alloc_outputs
+    d = task.definition
+    outs = alloc_outputs(d, w, device)
+    names = list(d.inputs)
+    def call():
+        run(*args, *outs.values())
+        return tuple(outs.values()) + tuple(args[names.index(n)] for n in d.inplace)
+    return call
+
+
+def bench_workload(task: Task, w, impls: list[str], runs: dict[str, Callable], seed: int = 0) -> list[dict]:
+    import torch
+    import triton.testing
+    from avo.harness import sol
+    from avo.harness.check import compare
+    from avo.harness.inputs import make_inputs
+    d = task.definition
+    ns = reference_ns(task)
+    base = make_inputs(d, w, seed, "cuda", ns.get("make_inputs"))
+    hw = sol.match_gpu_name(torch.cuda.get_device_name()) or sol.hardware_by_name("H100 SXM")
+    flops, nbytes = sol.work(d, w)
+    t_sol = sol.sol_time_s(d, w, hw)
+    rows, expect = [], None
+    for impl in impls:
+        args = [v.clone() if isinstance(v, torch.Tensor) else v for v in base.values()]
+        if impl in runs:
+            fn = kernel_fn(task, w, runs[impl], args, "cuda")
+        else:
+            fn = peer_fns(task, ns, args)[impl]
+        got = tuple(t.detach().clone() for t in fn())
+        torch.cuda.synchronize()
+        if expect is None:
+            expect, status = got, "reference"
+        else:
+            names = d.result_names
+            res = [compare(n, g, e, e.dtype, d.tolerance, device="cuda") for n, g, e in zip(names, got, expect)]
+            bad = [r for r in res if r.status.value != "PASSED"]
+            status = (bad[0].detail or bad[0].status.value) if bad else "ok"
+        ms = triton.testing.do_bench(fn, return_mode="median") if status in ("ok", "reference") else float("nan")
+        rows.append(dict(task=task.name, workload=w.uuid, impl=impl, ms=ms, gbps=nbytes / (ms * 1e-3) / 1e9,
+                         sol=t_sol / (ms * 1e-3), check=status, hw=hw.name))
+    eager = next(r["ms"] for r in rows if r["impl"] == "torch eager")
+    for r in rows:
+        r["vs_eager"] = eager / r["ms"] if r["ms"] == r["ms"] else float("nan")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| task | workload | impl | µs | GB/s | % SOL | × eager | check |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    body = "".join(f"| {r['task']} | {r['workload']} | {r['impl']} | {r['ms'] * 1e3:.1f} | {r['gbps']:.0f} | "
+                   f"{100 * r['sol']:.0f}% | {r['vs_eager']:.2f} | {r['check'][:60]} |\n" for r in rows)
+    return head + body
+
+
+def write_doc(text: str, doc: Path = DOC) -> None:
+    block = f"{MARK_BEGIN}\n{text}{MARK_END}\n"
+    old = doc.read_text() if doc.exists() else "# Measured numbers\n"
+    if MARK_BEGIN in old and MARK_END in old:
+        i, j = old.index(MARK_BEGIN), old.index(MARK_END) + len(MARK_END)
+        new = old[:i] + block.rstrip("\n") + old[j:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    doc.write_text(new)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=BENCH_TASKS, help="tasks to run (default: all)")
+    ap.add_argument("--kernel", action="append", default=[], metavar="TASK=PATH", help="evolved kernel for a task")
+    ap.add_argument("--workloads", default=None, help="regex on workload uuids")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan; needs no GPU")
+    ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    a = ap.parse_args(argv)
+    try:
+        unknown = [t for t in a.tasks if t not in BENCH_TASKS]
+        if unknown:
+            raise BenchError(f"unknown task {unknown[0]!r} (known: {', '.join(BENCH_TASKS)})")
+        kernels = parse_kernels(a.kernel)
+        the_plan = plan(a.tasks, kernels, a.workloads)
+    except (BenchError, TaskError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.dry_run:
+        for task, wls, impls in the_plan:
+            src = kernels.get(task.name, default_seed_path(task.name))
+            print(f"{task.name}: kernel {src.relative_to(REPO_ROOT) if src.is_relative_to(REPO_ROOT) else src}")
+            for w in wls:
+                print(f"  {w.uuid}: {' | '.join(impls)}")
+        return 0
+    import torch
+    if not torch.cuda.is_available():
+        print("error: no CUDA device (use --dry-run to see the plan)", file=sys.stderr)
+        return 2
+    rows: list[dict] = []
+    for task, wls, impls in the_plan:
+        runs = {"seed": load_kernel(default_seed_path(task.name), f"{task.name}_seed")}
+        if task.name in kernels:
+            runs["evolved"] = load_kernel(kernels[task.name], f"{task.name}_evolved")
+        # The eager peer first: it is the output every other candidate is checked against.
+        order = ["torch eager"] + [i for i in impls if i != "torch eager"]
+        for w in wls:
+            part = bench_workload(task, w, order, runs)
+            print(table(part), flush=True)
+            rows += part
+            torch.cuda.empty_cache()
+    text = (f"## bench_memory_bound on {torch.cuda.get_device_name()} ({date.today()})\n\n"
+            f"`python scripts/bench_memory_bound.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+            f"torch {torch.__version__}, triton medians (do_bench), GB/s from the SOL byte model, "
+            f"% SOL against {rows[0]['hw'] if rows else '?'}.\n\n" + table(rows))
+    print(text)
+    if not a.no_doc:
+        write_doc(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
