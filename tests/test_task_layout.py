@@ -143,3 +143,14 @@ def test_layout_torch_permute_is_reward_hack(evaluator, tmp_path):
                     "    batch, seq, heads, dim = x.shape\n", "    y.copy_(x.permute(0, 2, 1, 3))\n    return\n")
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and rep.hack_check == "static:library-call", rep.message
+
+
+def test_gpu_layout_config_names_existing_tasks_seeds_and_workloads():
+    from avo.config import load_config
+    from avo.tasks import REPO_ROOT
+    cfg = load_config(REPO_ROOT / "configs" / "gpu_layout.yaml")
+    assert sorted(cfg.tasks) == sorted(LAYOUT_TASKS)
+    for name in cfg.tasks:
+        assert (cfg.seed_path(name, name) or default_seed_path(name)).exists()
+        uuids = {w.uuid for w in load_task(name).select("gpu")}
+        assert set(cfg.workloads[name]) <= uuids

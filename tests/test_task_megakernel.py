@@ -195,3 +195,12 @@ def test_bitmask_persistent_grid_that_skips_blocks_is_incorrect(evaluator, tmp_p
                   "range(tl.program_id(0), n_tiles, tl.num_programs(0) + 1)")
     rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
+
+
+def test_gpu_megakernel_config_names_existing_seed_and_workloads(task):
+    from avo.config import load_config
+    from avo.tasks import REPO_ROOT
+    cfg = load_config(REPO_ROOT / "configs" / "gpu_megakernel.yaml")
+    assert cfg.tasks == ["megakernel_decode_layer"]
+    assert (cfg.seed_path(task.name, task.name) or SEED_PATH).exists()
+    assert set(cfg.workloads[task.name]) <= {w.uuid for w in task.select("gpu")}
