@@ -6,7 +6,8 @@
 
 Per task and GPU workload: the evolved kernel (--kernel TASK=PATH; default the seed, then shown
 once), the seed, and the peers: grammar_bitmask -> xgrammar's Triton kernel and eager torch;
-layout_* -> eager `.permute().contiguous()` and torch.compile of it; megakernel_decode_layer ->
+layout_* -> the eager torch reference (`.permute().contiguous()`, index_put into the paged cache) and
+torch.compile of it; megakernel_decode_layer ->
 eager torch, a CUDA graph of eager, torch.compile. Every candidate's output is checked against
 the eager peer (task tolerance) before it is timed. Times: triton.testing.do_bench medians; GB/s
 from the task's SOL byte model; % SOL against the detected GPU's datasheet bandwidth. The table
@@ -29,7 +30,7 @@ from avo.config import default_seed_path  # noqa: E402
 from avo.tasks import Task, TaskError, load_task  # noqa: E402
 
 BENCH_TASKS = ["grammar_bitmask", "layout_bshd_to_bhsd", "layout_transpose2d", "layout_bshd_to_bhds",
-               "megakernel_decode_layer"]
+               "layout_kv_paged", "megakernel_decode_layer"]
 PEERS = {  # family -> peer names, the first one is the correctness reference
     "grammar": ["torch eager", "xgrammar triton"],
     "layout": ["torch eager", "torch.compile"],
@@ -96,7 +97,9 @@ def peer_fns(task: Task, ns: dict, args: list) -> dict[str, Callable[[], Any]]:
             apply_token_bitmask_inplace_triton(logits, bitmask, indices=indices)
             return (logits,)
         return {"torch eager": eager, "xgrammar triton": xg}
-    as_tuple = lambda r: r if isinstance(r, tuple) else (r,)
+    names = list(task.definition.inputs)
+    inplace = [args[names.index(n)] for n in task.definition.inplace]
+    as_tuple = lambda r: tuple(inplace) if r is None else r if isinstance(r, tuple) else (r,)
     compiled = torch.compile(ref)
     peers = {"torch eager": lambda: as_tuple(ref(*args)), "torch.compile": lambda: as_tuple(compiled(*args))}
     if fam == "megakernel":

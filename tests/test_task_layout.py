@@ -149,8 +149,80 @@ def test_gpu_layout_config_names_existing_tasks_seeds_and_workloads():
     from avo.config import load_config
     from avo.tasks import REPO_ROOT
     cfg = load_config(REPO_ROOT / "configs" / "gpu_layout.yaml")
-    assert sorted(cfg.tasks) == sorted(LAYOUT_TASKS)
+    assert sorted(cfg.tasks) == sorted([*LAYOUT_TASKS, "layout_kv_paged"])
     for name in cfg.tasks:
         assert (cfg.seed_path(name, name) or default_seed_path(name)).exists()
         uuids = {w.uuid for w in load_task(name).select("gpu")}
         assert set(cfg.workloads[name]) <= uuids
+
+
+# ---- layout_kv_paged: the packing transform (k, v -> paged cache through a block table) ----
+
+def test_kv_paged_task_loads_and_sol_is_read_plus_write():
+    task = load_task("layout_kv_paged")
+    d = task.definition
+    assert d.inplace == ["k_cache", "v_cache"] and not d.outputs
+    assert any(not w.dtypes for w in task.select("gpu"))  # the bf16 anchor
+    cpu = task.select("cpu")
+    assert len(cpu) >= 3 and any(w.axes["seq"] % w.axes["block_size"] for w in cpu)  # ragged last block
+    for w in task.workloads:
+        a = w.axes
+        assert a["blocks_per_seq"] == -(-a["seq"] // a["block_size"]) and a["num_blocks"] >= a["batch"] * a["blocks_per_seq"]
+        isz = {"float32": 4}.get(w.dtypes.get("k", "bfloat16"), 2)
+        flops, nbytes = sol.work(d, w)
+        assert flops == 0
+        assert nbytes == 4 * a["batch"] * a["seq"] * a["kv_heads"] * a["head_dim"] * isz + 4 * a["batch"] * a["blocks_per_seq"]
+
+
+def test_kv_paged_reference_places_tokens_and_keeps_other_blocks():
+    task = load_task("layout_kv_paged")
+    ns: dict = {}
+    exec(compile(task.definition.reference, "reference", "exec"), ns)
+    axes = dict(batch=2, seq=5, kv_heads=1, head_dim=2, block_size=2, blocks_per_seq=3, num_blocks=8)
+    a = ns["make_inputs"](axes, {n: torch.float32 for n in ("k", "v", "k_cache", "v_cache")},
+                          torch.Generator().manual_seed(0), "cpu")
+    before = a["k_cache"].clone()
+    ns["run"](**a)
+    table = a["block_table"].tolist()
+    written = set()
+    for b in range(2):
+        for s in range(5):
+            blk, slot = table[b][s // 2], s % 2
+            assert torch.equal(a["k_cache"][blk, slot], a["k"][b, s]) and torch.equal(a["v_cache"][blk, slot], a["v"][b, s])
+            written.add((blk, slot))
+    for blk in range(8):
+        for slot in range(2):
+            if (blk, slot) not in written:
+                assert torch.equal(a["k_cache"][blk, slot], before[blk, slot])
+
+
+KV_SEED = default_seed_path("layout_kv_paged")
+
+
+def test_kv_paged_seed_and_split_kv_variant_pass(evaluator, tmp_path):
+    task = load_task("layout_kv_paged")
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, KV_SEED))
+    assert rep.status == S.PASSED, rep.message
+    path = _with_config(KV_SEED, tmp_path, "kv_split", dict(BLOCK=256, KV_TOGETHER=False, num_warps=2, num_stages=2))
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.PASSED, rep.message
+
+
+def test_kv_paged_ignoring_the_block_table_is_incorrect(evaluator, tmp_path):
+    task = load_task("layout_kv_paged")
+    path = _variant(KV_SEED, tmp_path, "no_table", "phys = tl.load(table_ptr + b * blocks_per_seq + j).to(tl.int64)",
+                    "phys = b * blocks_per_seq + j")
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
+
+
+def test_kv_paged_torch_index_put_is_reward_hack(evaluator, tmp_path):
+    task = load_task("layout_kv_paged")
+    path = _variant(KV_SEED, tmp_path, "index_put", "    if batch * seq == 0:\n",
+                    "    pos = torch.arange(seq, device=k.device)\n"
+                    "    blk = block_table.long()[:, pos // block_size]\n"
+                    "    k_cache[blk, (pos % block_size).expand(batch, seq)] = k\n"
+                    "    v_cache[blk, (pos % block_size).expand(batch, seq)] = v\n"
+                    "    return\n    if batch * seq == 0:\n")
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)

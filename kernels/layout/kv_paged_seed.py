@@ -1,0 +1,55 @@
+"""Seed x0 for layout_kv_paged: write k, v into a paged KV cache through a block table.
+
+A (sequence, logical block) is one contiguous run of rows*kv_heads*head_dim elements in the
+source and in its physical cache block, so each program copies one such run in BLOCK-element
+chunks; KV_TOGETHER copies k and v in the same program (one table lookup, two streams).
+"""
+import torch
+import triton
+import triton.language as tl
+
+# Current choice of every knob; the heuristic operator rewrites this line.
+CONFIG = dict(BLOCK=1024, KV_TOGETHER=True, num_warps=4, num_stages=1)
+# Allowed values per knob: the search space the heuristic operator explores.
+TUNABLES = dict(
+    BLOCK=[256, 512, 1024, 2048, 4096],
+    KV_TOGETHER=[True, False],
+    num_warps=[1, 2, 4, 8, 16],
+    num_stages=[1, 2, 3],
+)
+
+
+@triton.jit
+def _kv_paged_kernel(k_ptr, v_ptr, table_ptr, kc_ptr, vc_ptr, seq, block_size, blocks_per_seq, row_elems,
+                     BLOCK: tl.constexpr, KV_TOGETHER: tl.constexpr):
+    """program_id(0) = logical block, (1) = sequence, (2) = 0 for k / 1 for v unless KV_TOGETHER."""
+    j = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    phys = tl.load(table_ptr + b * blocks_per_seq + j).to(tl.int64)
+    rows = tl.minimum(block_size, seq - j * block_size)
+    n = rows * row_elems
+    src = (b * seq + j * block_size) * row_elems
+    dst = phys * block_size * row_elems
+    for e0 in range(0, n, BLOCK):
+        offs = e0 + tl.arange(0, BLOCK)
+        mask = offs < n
+        if KV_TOGETHER:
+            tl.store(kc_ptr + dst + offs, tl.load(k_ptr + src + offs, mask=mask), mask=mask)
+            tl.store(vc_ptr + dst + offs, tl.load(v_ptr + src + offs, mask=mask), mask=mask)
+        elif tl.program_id(2) == 0:
+            tl.store(kc_ptr + dst + offs, tl.load(k_ptr + src + offs, mask=mask), mask=mask)
+        else:
+            tl.store(vc_ptr + dst + offs, tl.load(v_ptr + src + offs, mask=mask), mask=mask)
+
+
+def run(k: torch.Tensor, v: torch.Tensor, block_table: torch.Tensor, k_cache: torch.Tensor,
+        v_cache: torch.Tensor) -> None:
+    batch, seq, kv_heads, head_dim = k.shape
+    block_size = k_cache.shape[1]
+    blocks_per_seq = block_table.shape[1]
+    if batch * seq == 0:
+        return
+    grid = (triton.cdiv(seq, block_size), batch, 1 if CONFIG["KV_TOGETHER"] else 2)
+    _kv_paged_kernel[grid](k, v, block_table, k_cache, v_cache, seq, block_size, blocks_per_seq, kv_heads * head_dim,
+                           BLOCK=CONFIG["BLOCK"], KV_TOGETHER=CONFIG["KV_TOGETHER"],
+                           num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
