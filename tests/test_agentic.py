@@ -89,7 +89,7 @@ def test_step_reads_edits_repairs_and_submits(tmp_path, evaluator, provider):
     assert "CONFIG = dict(BLOCK_SIZE=1024," in out.source and "logits.shape[1] +" not in out.source
     assert out.cost_usd == pytest.approx(7 * (100 * 3 + 20 * 15) / 1e6) and out.tokens == 7 * 120
     assert srv.remaining == 0 and len(srv.requests) == 7
-    assert "kernel.py: 46 lines" in tool_results(srv, 1) and "grammar-bitmask" in tool_results(srv, 1)
+    assert f"kernel.py: {len(SEED.splitlines())} lines" in tool_results(srv, 1) and "grammar-bitmask" in tool_results(srv, 1)
     assert "COMPILE_ERROR" in tool_results(srv, 3) and "SyntaxError" in tool_results(srv, 3)
     assert "status: PASSED" in tool_results(srv, 5) and "vs island best" in tool_results(srv, 5)
     assert "critique your change" in tool_results(srv, 6) and "+CONFIG = dict(BLOCK_SIZE=1024" in tool_results(srv, 6)
@@ -137,7 +137,7 @@ def test_hung_server_ends_the_step_cleanly_and_keeps_the_transcript(tmp_path):
     assert isinstance(out, GiveUp) and "LLM error" in out.reason and "timeout" in out.reason
     events = [json.loads(l) for l in Path(out.transcript).read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "turn", "tool", "llm_error", "end"]
-    assert "kernel.py: 46 lines" in events[2]["result"]
+    assert f"kernel.py: {len(SEED.splitlines())} lines" in events[2]["result"]
     assert out.cost_usd > 0
 
 
