@@ -43,8 +43,10 @@ def index_distance(src: str) -> int:
 
 def test_parse_real_seed():
     k = parse_knobs(SEED)
-    assert k.config == {"BLOCK_SIZE": 256, "num_warps": 4, "num_stages": 1, "RMW": False}
-    assert k.tunables["BLOCK_SIZE"][-1] == 8192 and k.mutable == ["BLOCK_SIZE", "num_warps", "num_stages", "RMW"]
+    # Knobs in TUNABLES but absent from CONFIG take their first allowed value, and are movable.
+    assert k.config == {"BLOCK_SIZE": 256, "num_warps": 4, "num_stages": 1, "RMW": False,
+                        "PERSISTENT": False, "PROGRAMS_PER_SM": 1, "SKIP_ONES": False}
+    assert k.tunables["BLOCK_SIZE"][-1] == 8192 and k.mutable == list(k.tunables)
 
 
 def test_rewrite_changes_only_the_config_line():
@@ -53,7 +55,8 @@ def test_rewrite_changes_only_the_config_line():
     a, b = SEED.splitlines(keepends=True), new.splitlines(keepends=True)
     assert len(a) == len(b)
     diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-    assert len(diff) == 1 and b[diff[0]] == "CONFIG = dict(BLOCK_SIZE=1024, num_warps=4, num_stages=1, RMW=True)\n"
+    assert len(diff) == 1 and b[diff[0]] == ("CONFIG = dict(BLOCK_SIZE=1024, num_warps=4, num_stages=1, RMW=True, "
+                                             "PERSISTENT=False, PROGRAMS_PER_SM=1, SKIP_ONES=False)\n")
     assert parse_knobs(new).config["BLOCK_SIZE"] == 1024
 
 
@@ -93,20 +96,28 @@ def test_deterministic_per_seed_and_seeds_diverge(tmp_path):
     assert len(set(firsts)) > 1, "the seed must change the order among equally good moves"
 
 
+# The real seed's space has thousands of points; a small kernel keeps exhaustion quick. Knob C is
+# absent from CONFIG: it starts at its first value and must be searched too.
+SMALL = ("CONFIG = dict(A=2, B=8)\n"
+         "TUNABLES = dict(A=[1, 2, 3, 4], B=[4, 8, 16], C=[False, True])\n"
+         "def run(x, y):\n    y.copy_(x)\n")
+
+
 def test_never_repeats_and_exhausts_the_space(tmp_path):
     h = op()
     seen: set[str] = set()
     n = 0
     while True:
-        out = h.propose(view(seen_hashes=set(seen)), ctx(tmp_path, n))
+        out = h.propose(view(source=SMALL, seen_hashes=set(seen)), ctx(tmp_path, n))
         if isinstance(out, GiveUp):
             break
         digest = source_hash(out.source)
-        assert digest not in seen and out.source != SEED
-        assert out.parent == "c0ffee" and out.note == describe_move(parse_knobs(SEED).config, parse_knobs(out.source).config)
+        assert digest not in seen and out.source != SMALL
+        assert out.parent == "c0ffee" and out.note == describe_move(parse_knobs(SMALL).config, parse_knobs(out.source).config)
         seen.add(digest)
         n += 1
-    k = parse_knobs(SEED)  # knobs absent from CONFIG are not moved: the space is the mutable ones
+    k = parse_knobs(SMALL)
+    assert k.mutable == ["A", "B", "C"]
     space = math.prod(len(k.tunables[name]) for name in k.mutable)
     assert n == space - 1 and "tried" in out.reason
 
@@ -117,8 +128,16 @@ def test_neighbours_first_then_wider(tmp_path):
         out = h.propose(view(seen_hashes=set(seen)), ctx(tmp_path, i))
         seen.add(source_hash(out.source))
         dists.append(index_distance(out.source))
-    # the seed has 6 one-step neighbours (BLOCK_SIZE 128/512, num_warps 2/8, num_stages 2, RMW True)
-    assert dists[:6] == [1] * 6 and min(dists[6:]) >= 2
+    # every one-step neighbour of the seed comes before any two-step move
+    k = parse_knobs(SEED)
+    n1 = sum((k.index(name, k.config[name]) > 0) + (k.index(name, k.config[name]) < len(k.tunables[name]) - 1)
+             for name in k.mutable)
+    assert n1 == 9  # BLOCK_SIZE 128/512, num_warps 2/8, num_stages 2, RMW, PERSISTENT, PROGRAMS_PER_SM 2, SKIP_ONES
+    for i in range(8, n1 + 2):
+        out = h.propose(view(seen_hashes=set(seen)), ctx(tmp_path, i))
+        seen.add(source_hash(out.source))
+        dists.append(index_distance(out.source))
+    assert dists[:n1] == [1] * n1 and min(dists[n1:]) >= 2
 
 
 @pytest.mark.parametrize("widen", [0, 1, 2])
@@ -147,7 +166,9 @@ def test_learns_from_history(tmp_path):
     broke = [AttemptView(id="a9", status="COMPILE_ERROR", accepted=False, note="RMW False->True")]
     for seed in range(6):
         out = op().propose(view(recent=lost + broke), ctx(tmp_path, seed))
-        assert out.note in ("BLOCK_SIZE 256->512", "num_warps 4->2"), out.note
+        # untried one-step moves only: not the rejected ones, not the one that broke the build
+        assert out.note in ("BLOCK_SIZE 256->512", "num_warps 4->2", "PERSISTENT False->True",
+                            "PROGRAMS_PER_SM 1->2", "SKIP_ONES False->True"), out.note
 
 
 def test_directions_are_followed(tmp_path):

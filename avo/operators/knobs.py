@@ -65,6 +65,10 @@ def parse_knobs(source: str) -> Knobs:
     for k, v in tunables.items():
         if not isinstance(v, (list, tuple)) or not v:
             raise KnobError(f"TUNABLES[{k!r}] must be a non-empty list of allowed values")
+    # The kernel convention: a knob listed in TUNABLES but absent from CONFIG runs at its first
+    # allowed value. Make it explicit so the search can move it (rewrites then list it in CONFIG).
+    for k, v in tunables.items():
+        config.setdefault(k, v[0])
     node = found["CONFIG"]
     return Knobs(config=config, tunables={k: list(v) for k, v in tunables.items()},
                  span=(node.lineno, node.col_offset, node.end_lineno, node.end_col_offset), call_style=call_style)
