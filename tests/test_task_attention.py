@@ -5,7 +5,6 @@ come back INCORRECT_NUMERICAL and a library call comes back REWARD_HACK."""
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from avo.harness import sol
 from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus, ScalarInput
 from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
+from kernel_variants import variant, with_config
 
 SEED_PATH = REPO_ROOT / "kernels" / "attention" / "mha_fwd_seed.py"
 S = EvaluationStatus
@@ -36,24 +36,6 @@ def quick_evaluator():
     # Same cascade with two timed calls instead of five: these tests are about correctness.
     with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
         yield ev
-
-
-def _variant(tmp_path: Path, name: str, old: str, new: str) -> Path:
-    src = SEED_PATH.read_text()
-    assert src.count(old) == 1, f"seed no longer contains {old!r}: update this test"
-    p = tmp_path / f"{name}.py"
-    p.write_text(src.replace(old, new))
-    return p
-
-
-def _with_config(tmp_path: Path, name: str, cfg: dict) -> Path:
-    src = SEED_PATH.read_text()
-    line = "CONFIG = dict(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
-    new, n = re.subn(r"^CONFIG = dict\(.*\)$", line, src, count=1, flags=re.M)
-    assert n == 1, "seed has no one-line CONFIG = dict(...)"
-    p = tmp_path / f"{name}.py"
-    p.write_text(new)
-    return p
 
 
 def _seed_module_namespace() -> dict:
@@ -153,7 +135,7 @@ def test_attention_tunable_sample_covers_every_value():
 
 @pytest.mark.parametrize("idx", range(len(TUNABLE_SAMPLE)))
 def test_attention_tunable_combinations_pass(task, quick_evaluator, tmp_path, idx):
-    path = _with_config(tmp_path, f"mha_cfg{idx}", TUNABLE_SAMPLE[idx])
+    path = with_config(SEED_PATH, tmp_path, f"mha_cfg{idx}", TUNABLE_SAMPLE[idx])
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, (TUNABLE_SAMPLE[idx], rep.message)
 
@@ -167,14 +149,14 @@ WRONG_VARIANTS = {
 
 @pytest.mark.parametrize("name", sorted(WRONG_VARIANTS))
 def test_attention_wrong_variant_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
-    path = _variant(tmp_path, name, *WRONG_VARIANTS[name])
+    path = variant(SEED_PATH, tmp_path, name, *WRONG_VARIANTS[name])
     wls = [w for w in task.select("cpu") if w.inputs["causal"].value] if name == "no_causal_mask" else None
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path), wls)
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
 def test_attention_library_call_is_reward_hack(task, quick_evaluator, tmp_path):
-    path = _variant(tmp_path, "calls_sdpa", "    batch, heads, seq, dim = q.shape\n",
+    path = variant(SEED_PATH, tmp_path, "calls_sdpa", "    batch, heads, seq, dim = q.shape\n",
                     "    o.copy_(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal))\n"
                     "    return\n")
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))

@@ -6,7 +6,6 @@ the wrong KV head or combine splits wrongly come back INCORRECT_NUMERICAL."""
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from avo.harness import sol
 from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus
 from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
+from kernel_variants import variant, with_config
 
 FWD_SEED = REPO_ROOT / "kernels" / "attention" / "gqa_fwd_seed.py"
 DECODE_SEED = REPO_ROOT / "kernels" / "attention" / "gqa_decode_seed.py"
@@ -43,23 +43,6 @@ def quick_evaluator():
     # Same cascade with two timed calls: these tests are about correctness.
     with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
         yield ev
-
-
-def _variant(seed: Path, tmp_path: Path, name: str, old: str, new: str) -> Path:
-    src = seed.read_text()
-    assert src.count(old) == 1, f"seed no longer contains {old!r}: update this test"
-    p = tmp_path / f"{name}.py"
-    p.write_text(src.replace(old, new))
-    return p
-
-
-def _with_config(seed: Path, tmp_path: Path, name: str, cfg: dict) -> Path:
-    line = "CONFIG = dict(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
-    new, n = re.subn(r"^CONFIG = dict\(.*\)$", line, seed.read_text(), count=1, flags=re.M)
-    assert n == 1, "seed has no one-line CONFIG = dict(...)"
-    p = tmp_path / f"{name}.py"
-    p.write_text(new)
-    return p
 
 
 def _namespace(code: str, name: str) -> dict:
@@ -194,7 +177,7 @@ DECODE_SAMPLE = [
 
 @pytest.mark.parametrize("idx", range(len(DECODE_SAMPLE)))
 def test_gqa_decode_tunable_combinations_pass(decode_task, quick_evaluator, tmp_path, idx):
-    path = _with_config(DECODE_SEED, tmp_path, f"decode_cfg{idx}", DECODE_SAMPLE[idx])
+    path = with_config(DECODE_SEED, tmp_path, f"decode_cfg{idx}", DECODE_SAMPLE[idx])
     wls = [w for w in decode_task.select("cpu") if w.axes["kv_len"] in (77, 130)]
     rep = quick_evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, path), wls)
     assert rep.status == S.PASSED, (DECODE_SAMPLE[idx], rep.message)
@@ -202,7 +185,7 @@ def test_gqa_decode_tunable_combinations_pass(decode_task, quick_evaluator, tmp_
 
 def test_gqa_fwd_tunable_combination_passes(fwd_task, quick_evaluator, tmp_path):
     cfg = dict(BLOCK_M=16, BLOCK_N=64, num_warps=2, num_stages=1, EXP2=True, CAUSAL_SKIP=True)
-    path = _with_config(FWD_SEED, tmp_path, "fwd_cfg", cfg)
+    path = with_config(FWD_SEED, tmp_path, "fwd_cfg", cfg)
     wls = [w for w in fwd_task.select("cpu") if w.axes["q_heads"] != w.axes["kv_heads"]]
     rep = quick_evaluator.evaluate(fwd_task, solution_from_kernel_file(fwd_task, path), wls)
     assert rep.status == S.PASSED, rep.message
@@ -212,7 +195,7 @@ def test_gqa_fwd_tunable_combination_passes(fwd_task, quick_evaluator, tmp_path)
 
 def test_gqa_fwd_wrong_kv_head_is_incorrect_numerical(fwd_task, quick_evaluator, tmp_path):
     # h % kv_heads instead of h // group: heads 1 and 2 of 4 read the other KV head.
-    path = _variant(FWD_SEED, tmp_path, "fwd_wrong_kv", "hk = h // group", "hk = h % (heads // group)")
+    path = variant(FWD_SEED, tmp_path, "fwd_wrong_kv", "hk = h // group", "hk = h % (heads // group)")
     wls = [w for w in fwd_task.select("cpu") if w.uuid == "cpu_b1_hq4_hkv2_s77_d64_causal_float16"]
     assert len(wls) == 1
     rep = quick_evaluator.evaluate(fwd_task, solution_from_kernel_file(fwd_task, path), wls)
@@ -229,17 +212,17 @@ DECODE_WRONG = {
 
 @pytest.mark.parametrize("name", sorted(DECODE_WRONG))
 def test_gqa_decode_wrong_variant_is_incorrect_numerical(decode_task, quick_evaluator, tmp_path, name):
-    path = _variant(DECODE_SEED, tmp_path, name, *DECODE_WRONG[name])
+    path = variant(DECODE_SEED, tmp_path, name, *DECODE_WRONG[name])
     wls = [w for w in decode_task.select("cpu") if w.uuid == "cpu_b2_hq8_hkv2_kv77_d64_float16"]
     assert len(wls) == 1
     if name == "combine_no_rescale":  # 77 keys over splits of 16: five non-empty splits
-        path = _with_config(path, tmp_path, name + "_split", dict(BLOCK_N=16, NUM_SPLITS=8, num_warps=4, num_stages=2))
+        path = with_config(path, tmp_path, name + "_split", dict(BLOCK_N=16, NUM_SPLITS=8, num_warps=4, num_stages=2))
     rep = quick_evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, path), wls)
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
 def test_gqa_decode_library_call_is_reward_hack(decode_task, quick_evaluator, tmp_path):
-    path = _variant(DECODE_SEED, tmp_path, "calls_sdpa", "    batch, q_heads, dim = q.shape\n",
+    path = variant(DECODE_SEED, tmp_path, "calls_sdpa", "    batch, q_heads, dim = q.shape\n",
                     "    o.copy_(torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), k, v,"
                     " enable_gqa=True).squeeze(2))\n    return\n")
     rep = quick_evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, path))

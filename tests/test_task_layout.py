@@ -4,7 +4,6 @@ seeds (and a sample of their TUNABLES) pass the real evaluator in the Triton int
 index arithmetic comes back INCORRECT_NUMERICAL and a torch permute comes back REWARD_HACK."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from avo.harness import sol
 from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus
 from avo.tasks import load_task, solution_from_kernel_file
+from kernel_variants import variant, with_config
 
 S = EvaluationStatus
 # task -> (permutation, GPU anchor shape in bf16)
@@ -29,23 +29,6 @@ LAYOUT_TASKS = {
 def evaluator():
     with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
         yield ev
-
-
-def _with_config(seed: Path, tmp_path: Path, name: str, cfg: dict) -> Path:
-    line = "CONFIG = dict(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
-    new, n = re.subn(r"^CONFIG = dict\(.*\)$", line, seed.read_text(), count=1, flags=re.M)
-    assert n == 1, "seed has no one-line CONFIG = dict(...)"
-    p = tmp_path / f"{name}.py"
-    p.write_text(new)
-    return p
-
-
-def _variant(seed: Path, tmp_path: Path, name: str, old: str, new: str) -> Path:
-    src = seed.read_text()
-    assert src.count(old) == 1, f"seed no longer contains {old!r}: update this test"
-    p = tmp_path / f"{name}.py"
-    p.write_text(src.replace(old, new))
-    return p
 
 
 def _ns(path: Path) -> dict:
@@ -115,7 +98,7 @@ TUNABLE_SAMPLE = {
 @pytest.mark.parametrize("name", sorted(TUNABLE_SAMPLE))
 def test_layout_tunable_combination_passes(name, evaluator, tmp_path):
     task = load_task(name)
-    path = _with_config(default_seed_path(name), tmp_path, name, TUNABLE_SAMPLE[name])
+    path = with_config(default_seed_path(name), tmp_path, name, TUNABLE_SAMPLE[name])
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, rep.message
 
@@ -128,18 +111,18 @@ WRONG_VARIANTS = {  # name -> (task, old, new)
 }
 
 
-@pytest.mark.parametrize("variant", sorted(WRONG_VARIANTS))
-def test_layout_wrong_variant_is_incorrect(variant, evaluator, tmp_path):
-    name, old, new = WRONG_VARIANTS[variant]
+@pytest.mark.parametrize("case", sorted(WRONG_VARIANTS))
+def test_layout_wrong_variant_is_incorrect(case, evaluator, tmp_path):
+    name, old, new = WRONG_VARIANTS[case]
     task = load_task(name)
-    path = _variant(default_seed_path(name), tmp_path, variant, old, new)
+    path = variant(default_seed_path(name), tmp_path, case, old, new)
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
-    assert rep.status == S.INCORRECT_NUMERICAL, (variant, rep.status, rep.message)
+    assert rep.status == S.INCORRECT_NUMERICAL, (case, rep.status, rep.message)
 
 
 def test_layout_torch_permute_is_reward_hack(evaluator, tmp_path):
     task = load_task("layout_bshd_to_bhsd")
-    path = _variant(default_seed_path("layout_bshd_to_bhsd"), tmp_path, "torch_permute",
+    path = variant(default_seed_path("layout_bshd_to_bhsd"), tmp_path, "torch_permute",
                     "    batch, seq, heads, dim = x.shape\n", "    y.copy_(x.permute(0, 2, 1, 3))\n    return\n")
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and rep.hack_check == "static:library-call", rep.message
@@ -203,14 +186,14 @@ def test_kv_paged_seed_and_split_kv_variant_pass(evaluator, tmp_path):
     task = load_task("layout_kv_paged")
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, KV_SEED))
     assert rep.status == S.PASSED, rep.message
-    path = _with_config(KV_SEED, tmp_path, "kv_split", dict(BLOCK=256, KV_TOGETHER=False, num_warps=2, num_stages=2))
+    path = with_config(KV_SEED, tmp_path, "kv_split", dict(BLOCK=256, KV_TOGETHER=False, num_warps=2, num_stages=2))
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, rep.message
 
 
 def test_kv_paged_ignoring_the_block_table_is_incorrect(evaluator, tmp_path):
     task = load_task("layout_kv_paged")
-    path = _variant(KV_SEED, tmp_path, "no_table", "phys = tl.load(table_ptr + b * blocks_per_seq + j).to(tl.int64)",
+    path = variant(KV_SEED, tmp_path, "no_table", "phys = tl.load(table_ptr + b * blocks_per_seq + j).to(tl.int64)",
                     "phys = b * blocks_per_seq + j")
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
@@ -218,7 +201,7 @@ def test_kv_paged_ignoring_the_block_table_is_incorrect(evaluator, tmp_path):
 
 def test_kv_paged_torch_index_put_is_reward_hack(evaluator, tmp_path):
     task = load_task("layout_kv_paged")
-    path = _variant(KV_SEED, tmp_path, "index_put", "    if batch * seq == 0:\n",
+    path = variant(KV_SEED, tmp_path, "index_put", "    if batch * seq == 0:\n",
                     "    pos = torch.arange(seq, device=k.device)\n"
                     "    blk = block_table.long()[:, pos // block_size]\n"
                     "    k_cache[blk, (pos % block_size).expand(batch, seq)] = k\n"

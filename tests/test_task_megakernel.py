@@ -6,7 +6,6 @@ Also: grammar_bitmask's persistent-grid and skip-all-ones TUNABLES stay correct.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from avo.harness import sol
 from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus
 from avo.tasks import load_task, solution_from_kernel_file
+from kernel_variants import variant, with_config
 
 S = EvaluationStatus
 SEED_PATH = default_seed_path("megakernel_decode_layer")
@@ -33,23 +33,6 @@ def task():
 def evaluator():
     with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
         yield ev
-
-
-def _write(src_path: Path, tmp_path: Path, name: str, old: str, new: str) -> Path:
-    src = src_path.read_text()
-    assert src.count(old) == 1, f"{src_path.name} no longer contains {old!r}: update this test"
-    p = tmp_path / f"{name}.py"
-    p.write_text(src.replace(old, new))
-    return p
-
-
-def _with_config(src_path: Path, tmp_path: Path, name: str, cfg: dict) -> Path:
-    line = "CONFIG = dict(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
-    new, n = re.subn(r"^CONFIG = dict\(.*\)$", line, src_path.read_text(), count=1, flags=re.M)
-    assert n == 1
-    p = tmp_path / f"{name}.py"
-    p.write_text(new)
-    return p
 
 
 def _ns(code: str, filename: str = "module") -> dict:
@@ -128,7 +111,7 @@ def test_megakernel_seed_passes_interpreter_evaluation(task, evaluator):
 
 def test_megakernel_tunable_combination_passes(task, evaluator, tmp_path):
     cfg = dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2)
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, _with_config(SEED_PATH, tmp_path, "mk", cfg)))
+    rep = evaluator.evaluate(task, solution_from_kernel_file(task, with_config(SEED_PATH, tmp_path, "mk", cfg)))
     assert rep.status == S.PASSED, rep.message
 
 
@@ -141,13 +124,13 @@ WRONG = {
 
 @pytest.mark.parametrize("name", sorted(WRONG))
 def test_megakernel_wrong_variant_is_incorrect_numerical(task, evaluator, tmp_path, name):
-    path = _write(SEED_PATH, tmp_path, name, *WRONG[name])
+    path = variant(SEED_PATH, tmp_path, name, *WRONG[name])
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
 def test_megakernel_torch_matmul_is_reward_hack(task, evaluator, tmp_path):
-    path = _write(SEED_PATH, tmp_path, "torch_mm", "    _gemv(xn, wq, q)\n", "    q.copy_(xn @ wq.float().T)\n")
+    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(xn, wq, q)\n", "    q.copy_(xn @ wq.float().T)\n")
     rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)
 
@@ -174,15 +157,15 @@ def test_bitmask_seed_config_is_unchanged_and_new_knobs_default_off():
 @pytest.mark.parametrize("idx", range(len(BITMASK_SAMPLE)))
 def test_bitmask_tunable_combination_passes(evaluator, tmp_path, idx):
     bt = load_task("grammar_bitmask")
-    path = _with_config(BITMASK_SEED, tmp_path, f"bm{idx}", BITMASK_SAMPLE[idx])
+    path = with_config(BITMASK_SEED, tmp_path, f"bm{idx}", BITMASK_SAMPLE[idx])
     rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
     assert rep.status == S.PASSED, (BITMASK_SAMPLE[idx], rep.message)
 
 
 def test_bitmask_skip_ones_with_inverted_test_is_incorrect(evaluator, tmp_path):
     bt = load_task("grammar_bitmask")
-    path = _with_config(BITMASK_SEED, tmp_path, "bm_cfg", BITMASK_SAMPLE[1])
-    path = _write(path, tmp_path, "bm_wrong", "tl.sum((words != -1).to(tl.int32), 0) > 0",
+    path = with_config(BITMASK_SEED, tmp_path, "bm_cfg", BITMASK_SAMPLE[1])
+    path = variant(path, tmp_path, "bm_wrong", "tl.sum((words != -1).to(tl.int32), 0) > 0",
                   "tl.sum((words != -1).to(tl.int32), 0) == 0")
     rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
@@ -190,8 +173,8 @@ def test_bitmask_skip_ones_with_inverted_test_is_incorrect(evaluator, tmp_path):
 
 def test_bitmask_persistent_grid_that_skips_blocks_is_incorrect(evaluator, tmp_path):
     bt = load_task("grammar_bitmask")
-    path = _with_config(BITMASK_SEED, tmp_path, "bm_cfg", BITMASK_SAMPLE[0])
-    path = _write(path, tmp_path, "bm_stride", "range(tl.program_id(0), n_tiles, tl.num_programs(0))",
+    path = with_config(BITMASK_SEED, tmp_path, "bm_cfg", BITMASK_SAMPLE[0])
+    path = variant(path, tmp_path, "bm_stride", "range(tl.program_id(0), n_tiles, tl.num_programs(0))",
                   "range(tl.program_id(0), n_tiles, tl.num_programs(0) + 1)")
     rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
