@@ -231,3 +231,19 @@ def test_flashinfer_bench_apply_runs_the_exported_solution(artifacts, tmp_path):
     res = run_interpreted(FIB_APPLY_SCRIPT, str(artifacts), str(tmp_path / "fib"),
                           env={"FIB_CACHE_PATH": str(tmp_path / "fib_cache")})
     assert res["served"] and res["err"] < 2e-2 and res["fallbacks"] == 1
+
+
+def test_bench_apply_e2e_script_interpret(tmp_path):
+    """scripts/bench_apply_e2e.py on CPU: it evaluates the seeds on its own shapes, then both
+    engines give the same tokens with and without avo, every targeted call served exactly."""
+    out = tmp_path / "e2e.json"
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bench_apply_e2e.py"), "--device", "interpret",
+                        "--json", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    res = json.loads(out.read_text())
+    llama, xg = res["llama"], res["xgrammar"]
+    assert llama["tokens_identical"] and xg["tokens_identical"] and xg["tokens_generated"] > 0
+    # 2 layers x (a prefill + generate's prefill) x (warmup + 1 repeat); decode steps stay on SDPA
+    assert llama["stats"]["exact"] == llama["stats"]["hits"] == 8 and llama["stats"]["errors"] == 0
+    assert xg["stats"]["exact"] == xg["stats"]["calls"] == 20  # 20 steps x 1 repeat (warmup not counted)
+    assert llama["avo"]["tokens_per_s"] > 0 and xg["avo"]["apply_ms"] > 0

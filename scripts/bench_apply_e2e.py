@@ -1,0 +1,374 @@
+"""End-to-end check of avo.apply inside real engines: the same tokens with and without avo, and
+the speed of each.
+
+    python scripts/bench_apply_e2e.py --device cuda [--artifacts DIR] [--json OUT]
+    python scripts/bench_apply_e2e.py --device interpret     # CPU, Triton interpreter, tiny shapes
+
+1. transformers: a randomly initialised LlamaForCausalLM (config only, no download, MHA so the
+   prefill goes to `attention_mha_fwd`) generates greedily with attn_implementation "sdpa" and
+   "avo" (avo.apply.transformers_attn); the new tokens must be identical. Reports prefill latency
+   and generation tokens/s (decode steps with a KV cache stay on SDPA in the integration).
+2. xgrammar: JSON-constrained generation with real GrammarMatchers (a byte-level BPE tokenizer
+   trained here, vocab padded to --xgr-vocab) over random logits on the device, xgrammar's own
+   apply_token_bitmask_inplace vs avo.apply.xgrammar_bitmask; tokens must be identical. Reports
+   the per-step mask application time and whole-step tokens/s.
+
+Without --artifacts, the seed kernels are evaluated with the real harness on exactly the shapes
+used here and written as artifacts to a temporary folder. --artifacts takes `avo export`'s --out
+folder (or any folder of artifacts). The model runs in fp16 by default: in bf16, rounding-level
+differences between two correct attention kernels flip near-tied greedy choices of a random-init
+model (on CPU, an fp32-math attention instead of SDPA in this script's default model made 1 of 4
+prompts diverge within 32 greedy tokens in bf16, none in fp16). A GPU run's export covers bf16
+keys only: pass --dtype bfloat16 for it. Modes are interleaved over the repeats, timings are
+medians; exits 1 if tokens differ or avo served no call.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# TRITON_INTERPRET is read when triton is imported: settle it before torch / triton / avo imports.
+_argv = " ".join(sys.argv[1:])
+if "--device interpret" in _argv or "--device=interpret" in _argv:
+    os.environ["TRITON_INTERPRET"] = "1"
+else:
+    os.environ.pop("TRITON_INTERPRET", None)  # Triton artifacts would accept CPU tensors only
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import avo  # noqa: E402
+from avo.schema import RandomInput, ScalarInput, Workload  # noqa: E402
+
+
+def sync_fn(dev: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+# ---- artifacts from the seeds -------------------------------------------------------------------
+
+def e2e_workloads(args: argparse.Namespace) -> dict[str, list[Workload]]:
+    """Per task, a workload on exactly the shape this run calls (the prefill of every layer; the
+    masked logits), so the seed artifacts are verified where they are used."""
+    b, h, s, d = args.batch, args.heads, args.prompt_len, args.head_dim
+    attn = Workload(uuid=f"e2e_b{b}_h{h}_s{s}_d{d}_causal_{args.dtype}", axes=dict(batch=b, heads=h, seq=s, dim=d),
+                    inputs={**{n: RandomInput() for n in "qkv"}, "causal": ScalarInput(value=True)},
+                    dtypes={n: args.dtype for n in "qkvo"})
+    n, v = args.xgr_batch, args.xgr_vocab
+    mask = Workload(uuid=f"e2e_b{n}_v{v}_float32", axes=dict(batch=n, vocab=v, words=(v + 31) // 32, num_rows=n),
+                    inputs={k: RandomInput() for k in ("logits", "bitmask", "indices")}, dtypes={"logits": "float32"})
+    return {"attention_mha_fwd": [attn], "grammar_bitmask": [mask]}
+
+
+def build_artifacts(out: Path, device: str, args: argparse.Namespace) -> Path:
+    """Evaluate the seeds with the real harness on e2e_workloads and write them as artifacts."""
+    from avo.apply import write_artifact
+    from avo.harness.runner import EvalConfig, Evaluator
+    from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
+
+    wls = e2e_workloads(args)
+    seeds = {"attention_mha_fwd": "attention/mha_fwd_seed.py", "grammar_bitmask": "grammar/bitmask_seed.py"}
+    with Evaluator(EvalConfig(device=device)) as ev:
+        for part in args.parts:
+            task = load_task(TASKS[part])
+            rel = seeds[task.name]
+            sol = solution_from_kernel_file(task, REPO_ROOT / "kernels" / rel)
+            t0 = time.perf_counter()
+            rep = ev.evaluate(task, sol, wls[task.name])
+            if not rep.passed:
+                sys.exit(f"error: seed {rel} failed its evaluation: {rep.status.value} {rep.message}")
+            write_artifact(out / task.name / "seed", task.definition, sol, rep.traces)
+            print(f"built artifact {task.name}/seed from {rel} ({len(rep.traces)} workloads, "
+                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    return out
+
+
+# ---- part 1: transformers -----------------------------------------------------------------------
+
+def bench_llama(args: argparse.Namespace, dev: str) -> dict[str, Any]:
+    import avo.apply.transformers_attn as avo_attn
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sync = sync_fn(dev)
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.heads * args.head_dim,
+                      intermediate_size=args.intermediate, num_hidden_layers=args.layers,
+                      num_attention_heads=args.heads, num_key_value_heads=args.heads,  # MHA: GQA stays on SDPA
+                      max_position_embeddings=args.prompt_len + args.new_tokens, initializer_range=args.init_range,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=0)  # no EOS: every run makes new_tokens
+    torch.manual_seed(0)
+    with torch.device(dev):  # initialise on the device: seconds instead of a CPU init + copy
+        model = LlamaForCausalLM(cfg).to(getattr(torch, args.dtype)).eval()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, args.vocab, (args.batch, args.prompt_len), generator=gen).to(dev)
+    mask = torch.ones_like(ids)
+    avo_name = avo_attn.register()
+
+    def prefill() -> torch.Tensor:  # generate's first forward: the only one avo's attention serves
+        return model(ids, attention_mask=mask, logits_to_keep=1).logits
+
+    def generate() -> torch.Tensor:
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False)
+        return out[:, ids.shape[1]:]
+
+    def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+        sync()
+        t0 = time.perf_counter()
+        r = fn()
+        sync()
+        return r, (time.perf_counter() - t0) * 1e3
+
+    modes = {"sdpa": "sdpa", "avo": avo_name}
+    res: dict[str, dict[str, list]] = {m: {"prefill_ms": [], "generate_ms": [], "tokens": []} for m in modes}
+    logits: dict[str, torch.Tensor] = {}
+    avo.apply.stats(reset=True)
+    with torch.no_grad():
+        for rep in range(args.repeats + 1):  # repeat 0 is the warmup (Triton compile, cuBLAS)
+            for m, impl in modes.items():  # interleaved, so clock and thermal drift hit both alike
+                model.set_attn_implementation(impl)
+                lg, pre = timed(prefill)
+                toks, gen = timed(generate)
+                logits[m] = lg.float()
+                res[m]["tokens"].append(toks.tolist())
+                if rep:
+                    res[m]["prefill_ms"].append(pre)
+                    res[m]["generate_ms"].append(gen)
+    stats = avo.apply.stats(reset=True).get(TASKS["llama"], {})
+    ref, got = res["sdpa"]["tokens"][0], res["avo"]["tokens"][-1]
+    same = all(t == ref for m in modes for t in res[m]["tokens"])
+    n_new = args.batch * args.new_tokens
+    out: dict[str, Any] = {
+        "config": {k: getattr(args, k) for k in ("layers", "heads", "head_dim", "intermediate", "vocab", "dtype",
+                                                 "batch", "prompt_len", "new_tokens", "init_range", "repeats")},
+        "tokens_identical": same,
+        "tokens_differing": sum(a != b for ra, rb in zip(ref, got) for a, b in zip(ra, rb)),
+        "rows_diverged": sum(ra != rb for ra, rb in zip(ref, got)),
+        "last_logits_max_abs_diff": (logits["sdpa"] - logits["avo"]).abs().max().item(),  # prefill, last position
+        "stats": stats, "tokens": ref,
+    }
+    for m in modes:
+        pre, gen = median(res[m]["prefill_ms"]), median(res[m]["generate_ms"])
+        out[m] = {"prefill_ms": pre, "prefill_tokens_per_s": args.batch * args.prompt_len / pre * 1e3,
+                  "generate_ms": gen, "tokens_per_s": n_new / gen * 1e3,
+                  "prefill_ms_all": res[m]["prefill_ms"], "generate_ms_all": res[m]["generate_ms"]}
+    return out
+
+
+# ---- part 2: xgrammar ---------------------------------------------------------------------------
+
+def json_tokenizer(target_vocab: int, docs: int):
+    """A byte-level BPE tokenizer trained here on JSON-ish text (no downloads)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    corpus = [json.dumps({rng.choice(words): [rng.randint(0, 999), rng.choice(words), rng.random() < .5, None]})
+              for _ in range(docs)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=target_vocab, special_tokens=["<eos>"],
+                                                         show_progress=False,
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
+
+
+def bench_xgrammar(args: argparse.Namespace, dev: str) -> dict[str, Any]:
+    import xgrammar as xgr
+
+    import avo.apply.xgrammar_bitmask as avo_xgr
+
+    sync = sync_fn(dev)
+    tok = json_tokenizer(min(args.xgr_vocab, args.bpe_vocab), args.bpe_docs)
+    # The logits are as wide as the model's vocab (padded past the tokenizer like real models'):
+    # the matchers mask the padding, the bitmask is ceil(V / 32) words wide, so avo takes the call.
+    V = max(args.xgr_vocab, len(tok))
+    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=V, stop_token_ids=[tok.eos_token_id])
+    grammar = xgr.GrammarCompiler(info).compile_builtin_json_grammar()
+
+    def generate(steps: int) -> dict[str, Any]:
+        batch = args.xgr_batch
+        matchers = [xgr.GrammarMatcher(grammar) for _ in range(batch)]
+        host_mask = xgr.allocate_token_bitmask(batch, V)  # matchers fill a CPU bitmask
+        gen = torch.Generator(device=dev).manual_seed(7)
+        out: list[list[int]] = [[] for _ in range(batch)]
+        apply_ms: list[float] = []
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            logits = torch.randn(batch, V, generator=gen, device=dev)  # a random "model"
+            for i, m in enumerate(matchers):
+                if m.is_terminated():
+                    host_mask[i].fill_(-1)  # a finished request: nothing masked
+                else:
+                    m.fill_next_token_bitmask(host_mask, i)
+            bitmask = host_mask.to(dev)
+            sync()
+            ta = time.perf_counter()
+            xgr.apply_token_bitmask_inplace(logits, bitmask)  # through the module, as engines call it
+            sync()
+            apply_ms.append((time.perf_counter() - ta) * 1e3)
+            for i, t in enumerate(logits.argmax(-1).tolist()):
+                if not matchers[i].is_terminated():
+                    if not matchers[i].accept_token(t):
+                        raise RuntimeError(f"the grammar rejected token {t} of row {i}: the mask let it through")
+                    out[i].append(t)
+        total = time.perf_counter() - t0
+        n = sum(map(len, out))
+        return {"tokens": out, "apply_ms": median(apply_ms), "step_ms": total / steps * 1e3,
+                "tokens_per_s": n / total}
+
+    def run(mode: str, steps: int) -> dict[str, Any]:
+        if mode == "avo":
+            avo_xgr.install()
+        try:
+            return generate(steps)
+        finally:
+            avo_xgr.uninstall()
+
+    modes = ("xgrammar", "avo")
+    for m in modes:  # warmup: Triton compiles, xgrammar's kernel
+        run(m, 2)
+    avo.apply.stats(reset=True)
+    res = {m: [] for m in modes}
+    for _ in range(args.repeats):
+        for m in modes:
+            res[m].append(run(m, args.xgr_steps))
+    stats = avo.apply.stats(reset=True).get(TASKS["xgrammar"], {})
+    ref = res["xgrammar"][0]["tokens"]
+    out: dict[str, Any] = {
+        "config": {"batch": args.xgr_batch, "vocab": V, "tokenizer_vocab": len(tok), "steps": args.xgr_steps,
+                   "logits_dtype": "float32", "repeats": args.repeats},
+        "tokens_identical": all(r["tokens"] == ref for m in modes for r in res[m]),
+        "tokens_generated": sum(map(len, ref)),
+        "texts": [tok.decode(o) for o in ref[:4]], "stats": stats, "tokens": ref,
+    }
+    for m in modes:
+        out[m] = {k: median([r[k] for r in res[m]]) for k in ("apply_ms", "step_ms", "tokens_per_s")}
+    return out
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+def table(title: str, r: dict[str, Any], base: str, metrics: dict[str, str]) -> None:
+    """metrics: {key in r[mode]: label}; labels in ms are lower-is-better, the rest higher."""
+    print(f"\n{title}")
+    print(f"  {'metric':<22} {base:>12} {'avo':>12} {'avo/' + base:>12}")
+    for key, label in metrics.items():
+        a, b = r[base][key], r["avo"][key]
+        better = "lower is better" if " ms" in f" {label}" else "higher is better"
+        print(f"  {label:<22} {a:12.3f} {b:12.3f} {b / a if a else float('nan'):12.3f}   ({better})")
+
+
+def stats_line(s: dict[str, Any]) -> str:
+    if not s:
+        return "  avo.apply: no calls"
+    reasons = "; ".join(f"{k}: {v}" for k, v in s.get("reasons", {}).items())
+    return (f"  avo.apply: calls={s['calls']} hits={s['hits']} (exact={s['exact']} nearest={s['nearest']}) "
+            f"misses={s['misses']} fallbacks={s['fallbacks']} errors={s['errors']} artifacts={s.get('artifacts')}"
+            + (f"\n  reasons: {reasons}" if reasons else ""))
+
+
+TASKS = {"llama": "attention_mha_fwd", "xgrammar": "grammar_bitmask"}
+# (cuda, interpret). interpret: the tiny shapes of tests/test_integrations.py. init_range: 0.02 is
+# transformers' default; the tiny model uses the test's 0.5 (well separated logits at hidden 64).
+DEFAULTS: dict[str, tuple] = dict(
+    layers=(4, 2), heads=(16, 2), head_dim=(128, 32), intermediate=(5632, 128), vocab=(32000, 101),
+    batch=(16, 1), prompt_len=(1024, 12), new_tokens=(32, 6), init_range=(0.02, 0.5), repeats=(5, 1),
+    xgr_batch=(64, 4), xgr_vocab=(128256, 1100), xgr_steps=(64, 20), bpe_vocab=(32000, 1100), bpe_docs=(20000, 3000))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cuda", "interpret"], default="cuda")
+    ap.add_argument("--artifacts", type=Path,
+                    help="artifact folder (`avo export RUN --out DIR`); default: the seeds, evaluated now")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--parts", default="llama,xgrammar", help="comma list of llama, xgrammar")
+    ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16",
+                    help="model dtype (bf16: see the docstring)")
+    g = ap.add_argument_group("shapes (defaults: cuda / interpret)")
+    for k, (c, i) in DEFAULTS.items():
+        g.add_argument(f"--{k.replace('_', '-')}", type=type(c), help=f"{c} / {i}")
+    args = ap.parse_args()
+    cuda = args.device == "cuda"
+    for k, (c, i) in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, c if cuda else i)
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if any(p not in TASKS for p in args.parts):
+        sys.exit(f"error: --parts takes {', '.join(TASKS)}")
+    if cuda and not torch.cuda.is_available():
+        sys.exit("error: torch sees no GPU (on CPU: --device interpret)")
+    dev = "cuda" if cuda else "cpu"
+
+    tmp = None
+    if args.artifacts is None:
+        tmp = tempfile.TemporaryDirectory(prefix="avo_e2e_")
+        args.artifacts = build_artifacts(Path(tmp.name), args.device, args)
+    loaded = avo.apply.enable(args.artifacts)  # the export root works: artifacts are found under it
+    for p in args.parts:
+        if TASKS[p] not in loaded:
+            sys.exit(f"error: {args.artifacts} holds no {TASKS[p]} artifact (loaded: {sorted(loaded)})")
+    import transformers
+    import triton
+    hw = torch.cuda.get_device_name() if cuda else "CPU, Triton interpreter (timings are not GPU performance)"
+    print(f"device: {hw}; torch {torch.__version__}, triton {triton.__version__}, "
+          f"transformers {transformers.__version__}")
+    print(f"artifacts: {args.artifacts if tmp is None else 'seeds (temporary)'} {loaded}")
+    result: dict[str, Any] = {"device": args.device, "hardware": hw, "torch": torch.__version__,
+                              "triton": triton.__version__, "transformers": transformers.__version__,
+                              "artifacts": str(args.artifacts), "loaded": loaded}
+    errors = []
+    if "llama" in args.parts:
+        r = result["llama"] = bench_llama(args, dev)
+        c = r["config"]
+        table(f"transformers Llama ({c['layers']} layers, {c['heads']} heads x {c['head_dim']}, {c['dtype']}, "
+              f"batch {c['batch']} x {c['prompt_len']} prompt + {c['new_tokens']} greedy; median of {c['repeats']})",
+              r, "sdpa", {"prefill_ms": "prefill ms", "prefill_tokens_per_s": "prefill tokens/s",
+                          "generate_ms": "generate ms", "tokens_per_s": "new tokens/s"})
+        print(f"  greedy tokens identical: {r['tokens_identical']} ({r['tokens_differing']} of "
+              f"{c['batch'] * c['new_tokens']} differ, {r['rows_diverged']} rows); last-position prefill logits "
+              f"max |diff| {r['last_logits_max_abs_diff']:.3g}")
+        print(stats_line(r["stats"]))
+        if not r["tokens_identical"]:
+            errors.append(f"Llama greedy tokens differ with avo ({r['tokens_differing']} tokens)")
+        if not r["stats"].get("hits"):
+            errors.append(f"avo served no attention call (dtype {args.dtype} or shape not covered by the artifacts?)")
+    if "xgrammar" in args.parts:
+        r = result["xgrammar"] = bench_xgrammar(args, dev)
+        c = r["config"]
+        table(f"xgrammar JSON grammar (batch {c['batch']}, vocab {c['vocab']} (tokenizer {c['tokenizer_vocab']}), "
+              f"{c['steps']} steps, {r['tokens_generated']} tokens; median of {c['repeats']})",
+              r, "xgrammar", {"apply_ms": "mask apply ms/step", "step_ms": "whole step ms", "tokens_per_s": "tokens/s"})
+        print(f"  constrained tokens identical: {r['tokens_identical']}; texts: {[t[:40] for t in r['texts'][:2]]}")
+        print(stats_line(r["stats"]))
+        if not r["tokens_identical"]:
+            errors.append("xgrammar constrained tokens differ with avo")
+        if not r["stats"].get("hits"):
+            errors.append("avo served no bitmask call (shape not covered by the artifacts?)")
+    avo.apply.disable()
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"\nresults: {args.json}")
+    if tmp is not None:
+        tmp.cleanup()
+    if errors:
+        sys.exit("error: " + "; ".join(errors))
+
+
+if __name__ == "__main__":
+    main()
