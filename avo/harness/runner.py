@@ -127,14 +127,16 @@ class WorkerProc:
         self.device, self.role = device, role
         self.proc: Optional[subprocess.Popen] = None
         self.conn: Optional[Connection] = None
+        self.bulk: Optional[Path] = None  # scratch folder for bulk tensors from this worker
         self.log_path = Path(tempfile.gettempdir()) / f"avo-worker-{role}-{os.getpid()}-{secrets.token_hex(3)}.log"
 
     def start(self) -> None:
         ours, theirs = socket.socketpair()
         log = open(self.log_path, "ab")
+        self.bulk = channel.bulk_dir(self.role)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "avo.harness.worker", "--fd", str(theirs.fileno()),
-             "--device", self.device, "--role", self.role],
+             "--device", self.device, "--role", self.role, "--bulk", str(self.bulk)],
             pass_fds=(theirs.fileno(),), env=scrubbed_env(self.device), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         theirs.close()
@@ -157,7 +159,7 @@ class WorkerProc:
         """A message, None on timeout, ('dead', code) when the process died."""
         try:
             if self.conn.poll(timeout):
-                return channel.recv(self.conn)
+                return channel.recv(self.conn, self.bulk)
         except (EOFError, OSError):
             pass
         except Exception as e:  # bytes that are no harness message (e.g. a tensor subclass): never trust them
@@ -176,7 +178,8 @@ class WorkerProc:
             self.proc.wait(timeout=30)
         if self.conn:
             self.conn.close()
-        self.proc, self.conn = None, None
+        channel.remove_bulk_dir(self.bulk)
+        self.proc, self.conn, self.bulk = None, None, None
 
     def log_tail(self, n: int = 1500) -> str:
         try:

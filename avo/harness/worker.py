@@ -46,15 +46,15 @@ def _is_compile_error(e: BaseException) -> bool:
 
 
 class Worker:
-    def __init__(self, conn: Connection, device: str, role: str):
-        self.conn, self.mode, self.role = conn, device, role
+    def __init__(self, conn: Connection, device: str, role: str, bulk: Path):
+        self.conn, self.mode, self.role, self.bulk = conn, device, role, bulk
         self.dev = "cuda" if device == "cuda" else "cpu"
         self.tmp = Path(tempfile.mkdtemp(prefix=f"avo-{role}-"))
         self.guard = guard.RuntimeGuard()  # pristine ids, before any candidate exists in this process
         self.refs: dict[str, dict] = {}
 
     def send(self, *msg: Any) -> None:
-        channel.send(self.conn, msg)
+        channel.send(self.conn, msg, self.bulk)
 
     # ---- loading code ----
     def _load_module(self, sol: Solution) -> Callable:
@@ -336,9 +336,10 @@ def main() -> None:
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--device", choices=["cuda", "interpret"], required=True)
     ap.add_argument("--role", choices=["candidate", "reference"], required=True)
+    ap.add_argument("--bulk", type=Path, required=True)
     a = ap.parse_args()
     conn = Connection(a.fd)
-    w = Worker(conn, a.device, a.role)
+    w = Worker(conn, a.device, a.role, a.bulk)
     channel.send(conn, ("ready", {"pid": os.getpid()}))
     while True:
         try:
