@@ -64,6 +64,11 @@ def print_report(rep, console: Console = console) -> None:
         console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")
     if rep.message:
         console.print(f"[bold]{rep.status.value}[/]: {rep.message[:1500]}", highlight=False)
+    if rep.phase_s:
+        main = [f"{k} {v:.1f}" for k, v in rep.phase_s.items() if k not in ("reference", "compare")]
+        sub = [f"{k} {rep.phase_s[k]:.1f}" for k in ("reference", "compare") if k in rep.phase_s]
+        console.print(f"harness seconds: {' · '.join(main)}" + (f" (of which {', '.join(sub)})" if sub else ""),
+                      highlight=False)
 
 
 @app.command("eval")

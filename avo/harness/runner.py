@@ -69,6 +69,9 @@ class EvalReport(BaseModel):
     device_mode: str
     hardware: str
     traces: list[Trace]
+    # Seconds per harness phase (import, compile, check, time) plus, within them, the runner's
+    # reference round-trips and comparisons: where an evaluation's wall time went.
+    phase_s: dict[str, float] = {}
 
     @property
     def passed(self) -> bool:
@@ -280,8 +283,16 @@ class Evaluator:
             raise HarnessError(f"task {task.name} has no workloads for device {self.device}")
         env = self._env()
         stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        spent: dict[str, float] = {}
+        clock = [time.monotonic(), "import"]
+
+        def account(key: str, since: float) -> float:
+            now = time.monotonic()
+            spent[key] = round(spent.get(key, 0.0) + now - since, 3)
+            return now
 
         def report(status, log, hack=None, per_wl=None) -> EvalReport:
+            account(clock[1], clock[0])
             traces = []
             for w in wls:
                 st, lg, corr, perf = (per_wl or {}).get(w.uuid, (status, log, None, None))
@@ -290,7 +301,7 @@ class Evaluator:
                                 hack_check=hack if st == S.REWARD_HACK else None)
                 traces.append(Trace(definition=d.name, workload=w, solution=solution.name, evaluation=ev))
             return EvalReport(task=d.name, solution=solution.name, status=status, hack_check=hack, message=log,
-                              device_mode=self.device, hardware=self.hardware, traces=traces)
+                              device_mode=self.device, hardware=self.hardware, traces=traces, phase_s=spent)
 
         finding = None if self.cfg.peer else guard.scan_solution(
             {s.path: s.content for s in solution.sources}, d.forbidden_calls)
@@ -327,6 +338,7 @@ class Evaluator:
                 return report(S.RUNTIME_ERROR, f"worker died (exit {msg[1]}) in phase {phase}: {tail}")
             if kind == "phase":
                 phase = msg[1]
+                clock[:] = [account(clock[1], clock[0]), phase.split(":")[0]]
                 limit = self.cfg.compile_timeout_s if phase.startswith(("import", "compile")) else self.cfg.run_timeout_s
             elif kind == "fail":
                 status, hack, log = S(msg[1]), msg[2], msg[3]
@@ -334,8 +346,11 @@ class Evaluator:
                 return report(status, f"[{phase}] {log}", hack)
             elif kind == "outputs":
                 uuid, s, got = msg[1], msg[2], msg[3]
+                t0 = time.monotonic()
                 ref = self._reference(task, by_uuid[uuid], [s])[s]
+                t0 = account("reference", t0)
                 (post if timed else corr)[uuid].append(self._compare(task, by_uuid[uuid], got, ref))
+                account("compare", t0)
             elif kind == "checked":
                 bad = [(u, r) for u, rs in corr.items() for r in rs if r.status != S.PASSED]
                 if bad:
