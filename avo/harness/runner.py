@@ -134,6 +134,10 @@ class WorkerProc:
         self.log_path = Path(tempfile.gettempdir()) / f"avo-worker-{role}-{os.getpid()}-{secrets.token_hex(3)}.log"
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
         ours, theirs = socket.socketpair()
         log = open(self.log_path, "ab")
         self.bulk = channel.bulk_dir(self.role)
@@ -146,14 +150,15 @@ class WorkerProc:
         log.close()
         self.conn = Connection(os.dup(ours.fileno()))
         ours.close()
+
+    def wait_ready(self) -> None:
         msg = self.recv(120.0)
         if msg is None or msg[0] != "ready":
             self.kill()
             raise HarnessError(f"{self.role} worker did not start: {self.log_tail()}")
 
     def ensure(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()
+        ensure_workers(self)
 
     def send(self, obj: Any) -> None:
         channel.send(self.conn, obj)
@@ -189,6 +194,15 @@ class WorkerProc:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+
+def ensure_workers(*procs: WorkerProc) -> None:
+    """Start the ones not running, together: their imports and CUDA initialisation overlap."""
+    todo = [p for p in procs if p.proc is None or p.proc.poll() is not None]
+    for p in todo:
+        p.spawn()
+    for p in todo:
+        p.wait_ready()
 
 
 class Evaluator:
@@ -319,7 +333,7 @@ class Evaluator:
                "baseline": task.baseline, "root": str(task.root) if task.root else None,
                "peer": self.cfg.peer}
         by_uuid = {w.uuid: w for w in wls}
-        self.cand.ensure()
+        ensure_workers(self.cand, self.ref)
         self.cand.send(job)
         phase, limit = "import", self.cfg.compile_timeout_s
         corr: dict[str, list[checks.CheckResult]] = {w.uuid: [] for w in wls}

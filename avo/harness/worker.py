@@ -340,6 +340,8 @@ def main() -> None:
     a = ap.parse_args()
     conn = Connection(a.fd)
     w = Worker(conn, a.device, a.role, a.bulk)
+    if a.device == "cuda":
+        torch.cuda.init()  # before "ready": the runner starts both workers at once, so this overlaps
     channel.send(conn, ("ready", {"pid": os.getpid()}))
     while True:
         try:
