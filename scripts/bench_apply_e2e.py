@@ -15,12 +15,24 @@ the speed of each.
 
 Without --artifacts, the seed kernels are evaluated with the real harness on exactly the shapes
 used here and written as artifacts to a temporary folder. --artifacts takes `avo export`'s --out
-folder (or any folder of artifacts). The model runs in fp16 by default: in bf16, rounding-level
-differences between two correct attention kernels flip near-tied greedy choices of a random-init
-model (on CPU, an fp32-math attention instead of SDPA in this script's default model made 1 of 4
-prompts diverge within 32 greedy tokens in bf16, none in fp16). A GPU run's export covers bf16
-keys only: pass --dtype bfloat16 for it. Modes are interleaved over the repeats, timings are
-medians; exits 1 if tokens differ or avo served no call.
+folder (or any folder of artifacts). The model runs in fp16 by default (bf16 keeps 3 fewer
+mantissa bits: more flips); a GPU run's export covers bf16 keys only: pass --dtype bfloat16 for it.
+Modes are interleaved over the repeats, timings are medians; exits 1 if tokens differ or avo
+served no call.
+
+Near-ties. With an untied random LM head the logits, given the last hidden state, are i.i.d.
+Gaussian over the vocabulary: the top-1/top-2 margin is scale-free, about 1% of greedy decisions
+lie within ~0.004 sigma (one fp16 ulp of the top logit) whatever initializer_range, and any
+rounding-level difference in the hidden state moves the logits by about that much (H100, seed
+artifact, defaults: max diff 0.0073 at sigma 0.9; 2 of 16 rows flipped). A larger init_range
+does not help: scripts/llama_margin_proxy.py measures margins against emulated flash-vs-seed
+kernel numerics on CPU, and the ratio stays the same or gets worse from 0.02 to 0.2. So the
+script also makes untimed generations that keep every step's logits and prints sdpa's margin
+distribution, avo's step-logit diff and the near-ties (sdpa steps whose margin is at most twice
+that diff: the ones a diff that size can flip), and on cuda a yardstick: the same comparison for a
+second correct attention, SDPA's memory-efficient kernel in the prefill (decode on the default
+SDPA, as avo). Flips of avo with a diff of the yardstick's size are rounding at near-ties; a bug
+shows as a diff far above the yardstick's.
 """
 from __future__ import annotations
 
@@ -159,11 +171,78 @@ def bench_llama(args: argparse.Namespace, dev: str) -> dict[str, Any]:
         "last_logits_max_abs_diff": (logits["sdpa"] - logits["avo"]).abs().max().item(),  # prefill, last position
         "stats": stats, "tokens": ref,
     }
+    out.update(sensitivity(model, ids, mask, args, dev, avo_name))
+    avo.apply.stats(reset=True)  # the untimed runs' calls are not the benchmark's
     for m in modes:
         pre, gen = median(res[m]["prefill_ms"]), median(res[m]["generate_ms"])
         out[m] = {"prefill_ms": pre, "prefill_tokens_per_s": args.batch * args.prompt_len / pre * 1e3,
                   "generate_ms": gen, "tokens_per_s": n_new / gen * 1e3,
                   "prefill_ms_all": res[m]["prefill_ms"], "generate_ms_all": res[m]["generate_ms"]}
+    return out
+
+
+def sensitivity(model, ids: torch.Tensor, mask: torch.Tensor, args: argparse.Namespace, dev: str,
+                avo_name: str) -> dict[str, Any]:
+    """How close the greedy decisions are to ties, and what a second correct attention does.
+
+    Untimed generations that keep every step's logits: "sdpa" (the reference), "avo", and, on
+    cuda, a yardstick "sdpa_efficient": PyTorch's memory-efficient SDPA kernel instead of the
+    default (flash) one for the prefill, decode steps on the default SDPA, which is exactly how
+    avo's integration splits the work. Per comparison with sdpa: identical tokens, and the max
+    |logit diff| over the steps that see identical prefixes (every step up to and including a
+    row's first differing token). Of sdpa's steps: the top-1 minus top-2 logit margin (min and 1st
+    percentile), and how many steps have a margin at most twice the max diff (near-ties: a flip of
+    the top two needs them to move apart by the margin)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def efficient_prefill(module, query, key, value, attention_mask, **kw):
+        if query.shape[2] != key.shape[2]:  # a decode step with a cache: the default SDPA, like avo's
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+
+    AttentionInterface.register("sdpa_efficient", efficient_prefill)
+    AttentionMaskInterface.register("sdpa_efficient", sdpa_mask)
+    modes = {"sdpa": "sdpa", "avo": avo_name}
+    if dev == "cuda":
+        modes["sdpa_efficient"] = "sdpa_efficient"
+    runs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    with torch.no_grad():
+        for m, impl in modes.items():
+            model.set_attn_implementation(impl)
+            g = model.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False,
+                               output_logits=True, return_dict_in_generate=True)
+            runs[m] = g.sequences[:, ids.shape[1]:].cpu(), torch.stack(g.logits, 1).float().cpu()  # [b, steps, V]
+    model.set_attn_implementation("sdpa")
+    ref_tok, ref_lg = runs["sdpa"]
+    top2 = ref_lg.topk(2, dim=-1).values
+    margin = top2[..., 0] - top2[..., 1]  # [batch, steps]
+    gen = ref_tok.flatten()
+    out: dict[str, Any] = {
+        "sdpa_margin_min": margin.min().item(),
+        "sdpa_margin_p1": torch.quantile(margin.flatten().double(), 0.01).item(),
+        "sdpa_margin_median": margin.median().item(),
+        "sdpa_logits_max_abs": ref_lg.abs().max().item(),
+        "sdpa_logits_finite": bool(torch.isfinite(ref_lg).all()),
+        "distinct_generated_tokens": int(gen.unique().numel()),
+        "generated_tokens_in_prompt": int(sum(torch.isin(t, p).sum() for t, p in zip(ref_tok, ids.cpu()))),
+        "compare": {},
+    }
+    steps = torch.arange(args.new_tokens)
+    for m in modes:
+        if m == "sdpa":
+            continue
+        tok, lg = runs[m]
+        differs = tok != ref_tok
+        first = torch.where(differs.any(1), differs.int().argmax(1), torch.full((len(tok),), args.new_tokens))
+        comparable = steps[None, :] <= first[:, None]  # [batch, steps]: same prefix so far
+        diff = ((lg - ref_lg).abs().amax(-1) * comparable).max().item()
+        out["compare"][m] = {"tokens_identical": not bool(differs.any()), "tokens_differing": int(differs.sum()),
+                             "rows_diverged": int(differs.any(1).sum()), "steps_logits_max_abs_diff": diff,
+                             "near_ties": int((margin <= 2 * diff).sum())}
     return out
 
 
@@ -343,6 +422,21 @@ def main() -> None:
         print(f"  greedy tokens identical: {r['tokens_identical']} ({r['tokens_differing']} of "
               f"{c['batch'] * c['new_tokens']} differ, {r['rows_diverged']} rows); last-position prefill logits "
               f"max |diff| {r['last_logits_max_abs_diff']:.3g}")
+        print(f"  untimed generations keeping every step's logits ({c['batch']} rows x {c['new_tokens']} steps):")
+        print(f"    sdpa top-1 - top-2 margin: min {r['sdpa_margin_min']:.3g}, 1st percentile "
+              f"{r['sdpa_margin_p1']:.3g}, median {r['sdpa_margin_median']:.3g}; logits max |.| "
+              f"{r['sdpa_logits_max_abs']:.3g} "
+              f"(all finite: {r['sdpa_logits_finite']}); {r['distinct_generated_tokens']} distinct tokens generated, "
+              f"{r['generated_tokens_in_prompt']} found in their row's prompt")
+        for m, x in r["compare"].items():
+            d = x["steps_logits_max_abs_diff"]
+            print(f"    sdpa vs {m + ':':<15} tokens identical: {x['tokens_identical']} "
+                  f"({x['tokens_differing']} differ, {x['rows_diverged']} rows); step logits max |diff| {d:.3g} "
+                  f"(min margin / diff "
+                  f"{r['sdpa_margin_min'] / d if d else float('inf'):.3g}); near-ties (margin <= 2 x diff): "
+                  f"{x['near_ties']}")
+        if "sdpa_efficient" not in r["compare"]:
+            print("    (yardstick sdpa vs sdpa_efficient: cuda only)")
         print(stats_line(r["stats"]))
         if not r["tokens_identical"]:
             errors.append(f"Llama greedy tokens differ with avo ({r['tokens_differing']} tokens)")

@@ -247,3 +247,7 @@ def test_bench_apply_e2e_script_interpret(tmp_path):
     assert llama["stats"]["exact"] == llama["stats"]["hits"] == 8 and llama["stats"]["errors"] == 0
     assert xg["stats"]["exact"] == xg["stats"]["calls"] == 20  # 20 steps x 1 repeat (warmup not counted)
     assert llama["avo"]["tokens_per_s"] > 0 and xg["avo"]["apply_ms"] > 0
+    # the untimed runs that keep every step's logits: avo's agree, margins reported, no yardstick on CPU
+    assert llama["compare"]["avo"]["tokens_identical"] and list(llama["compare"]) == ["avo"]
+    assert llama["sdpa_margin_min"] > llama["compare"]["avo"]["steps_logits_max_abs_diff"]
+    assert llama["sdpa_logits_finite"] and llama["distinct_generated_tokens"] > 1
