@@ -189,11 +189,14 @@ def test_real_recipes_apply_first(tmp_path):
 def test_attention_recipes_fit_the_attention_seed(tmp_path):
     src = ATTN.read_text()
     out = op(recipes=True).propose(view(src, task="attention_mha_fwd"), ctx(tmp_path))
-    assert out.note.startswith("recipe attention-large-tiles: ")
+    # the highest-priority recipe: the H100 lineage's winning point, all six knobs at once
+    assert out.note.startswith("recipe attention-h100-lineage: ")
     cfg = parse_knobs(out.source).config
     assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]) == (128, 64, 8, 3)
+    assert cfg["EXP2"] is True and cfg["CAUSAL_SKIP"] is True
     names = {r.name for r in load_recipes(REPO_ROOT / "knowledge_base/recipes")}
-    assert {"bitmask-wide-blocks", "bitmask-xgrammar-shape", "attention-large-tiles", "attention-exp2"} <= names
+    assert {"bitmask-wide-blocks", "bitmask-xgrammar-shape", "attention-large-tiles", "attention-exp2",
+            "attention-h100-lineage"} <= names
 
 
 def test_recipe_errors_name_the_file(tmp_path):
