@@ -4,7 +4,12 @@
 #   bash scripts/gpu_verify.sh evals     # avo eval of seeds and peers + GPU tests
 #   bash scripts/gpu_verify.sh grammar   # 8-min avo evolve of grammar_bitmask + report + export
 #   bash scripts/gpu_verify.sh attention # 8-min avo evolve of attention_mha_fwd + report + export
+#   bash scripts/gpu_verify.sh layout    # avo evolve of the four layout tasks
+#   bash scripts/gpu_verify.sh agentic   # agentic islands driven by the scripted LLM server, real GPU evals
+#   bash scripts/gpu_verify.sh e2e       # avo.apply in transformers + xgrammar: tokens and tokens/s
 #   bash scripts/gpu_verify.sh bench     # peer benchmark scripts (attention, memory-bound)
+# MINUTES is the run's total wall budget: a resumed run (lineages/<run> carried along) counts the
+# minutes it already ran, so pass the old total plus what you want to add.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -33,8 +38,12 @@ case "${1:-evals}" in
     timeout 240 python3 -m pytest -q -m gpu -o addopts="" -p no:cacheprovider tests/adversarial tests/test_check.py 2>&1 | tail -15 ;;
   grammar) evolve_part gpu-grammar configs/gpu_grammar.yaml "${MINUTES:-8}" ;;
   attention) evolve_part gpu-attention configs/gpu_attention.yaml "${MINUTES:-8}" ;;
+  layout) evolve_part gpu-layout configs/gpu_layout.yaml "${MINUTES:-8}" ;;
+  agentic) timeout 540 python3 scripts/agentic_scripted_run.py --device cuda --out "$OUT/agentic-lineage" \
+             --json "$OUT/agentic.json" 2>&1 | tail -c 4000 ;;
+  e2e) python3 scripts/bench_apply_e2e.py --device cuda --json "$OUT/e2e.json" 2>&1 | tail -c 4000 ;;
   bench)
     python3 scripts/bench_attention.py 2>&1 | tail -40
     python3 scripts/bench_memory_bound.py 2>&1 | tail -40 ;;
-  *) echo "usage: $0 evals|grammar|attention|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|agentic|e2e|bench" >&2; exit 2 ;;
 esac
