@@ -92,7 +92,8 @@ def eval_cmd(target: str = typer.Argument(..., help="task name or problem direct
         sol = load_solution(task, candidate)
     except TaskError as e:
         die(str(e))
-    from avo.harness.runner import EvalConfig, Evaluator, HarnessError  # torch: after the cheap checks
+    from avo.harness.runner import EvalConfig, Evaluator  # torch: after the cheap checks
+    from avo.harness.workerproc import HarnessError
     try:
         with Evaluator(EvalConfig(device=device, peer=peer)) as ev:
             if ev.device == "cuda":
@@ -147,7 +148,8 @@ def evolve(config: Path = typer.Option(Path("configs/quickstart.yaml"), "--confi
 def report(run: str = typer.Argument(..., help="run name under lineages/ or a lineage path"),
            out: Optional[Path] = typer.Option(None, help="output folder (default: <lineage>/report)")) -> None:
     """Write an HTML + PNG report of a run."""
-    from avo.lineage import LineageError, resolve_run
+    from avo.lineage import resolve_run
+    from avo.lineage_durable import LineageError
     from avo.report import write_report
     try:
         path = write_report(resolve_run(run), out)
@@ -159,7 +161,8 @@ def report(run: str = typer.Argument(..., help="run name under lineages/ or a li
 @lineage_app.command("log")
 def lineage_log(run: str, task: Optional[str] = None, attempts: bool = typer.Option(False, help="every attempt, not only commits")) -> None:
     """Accepted versions (or every attempt) of a run."""
-    from avo.lineage import LineageError, lineage_log_cmd
+    from avo.lineage import lineage_log_cmd
+    from avo.lineage_durable import LineageError
     try:
         lineage_log_cmd(run, task=task, attempts=attempts, console=console)
     except LineageError as e:
@@ -169,7 +172,8 @@ def lineage_log(run: str, task: Optional[str] = None, attempts: bool = typer.Opt
 @lineage_app.command("show")
 def lineage_show(run: str, ref: str) -> None:
     """One version: meta, per-workload traces, kernel source."""
-    from avo.lineage import LineageError, lineage_show_cmd
+    from avo.lineage import lineage_show_cmd
+    from avo.lineage_durable import LineageError
     try:
         lineage_show_cmd(run, ref, console=console)
     except LineageError as e:
@@ -179,7 +183,8 @@ def lineage_show(run: str, ref: str) -> None:
 @lineage_app.command("diff")
 def lineage_diff(run: str, a: str, b: str) -> None:
     """Kernel diff between two versions."""
-    from avo.lineage import LineageError, lineage_diff_cmd
+    from avo.lineage import lineage_diff_cmd
+    from avo.lineage_durable import LineageError
     try:
         lineage_diff_cmd(run, a, b, console=console)
     except LineageError as e:
@@ -189,7 +194,8 @@ def lineage_diff(run: str, a: str, b: str) -> None:
 @lineage_app.command("best")
 def lineage_best(run: str, task: Optional[str] = None) -> None:
     """The best version per task (commit, speedups, % SOL)."""
-    from avo.lineage import LineageError, lineage_best_cmd
+    from avo.lineage import lineage_best_cmd
+    from avo.lineage_durable import LineageError
     try:
         lineage_best_cmd(run, task=task, console=console)
     except LineageError as e:

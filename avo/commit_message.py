@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from avo.lineage import VersionMeta
+from avo.lineage_records import VersionMeta
 from avo.schema import Trace
 
 

@@ -21,12 +21,13 @@ from rich.console import Console
 
 from avo.config import ConfigError, RunConfig
 from avo.evolve import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, GIVE_UPS_TO_STOP, INTERPRETER_BANNER,
-                        Evolution, StopSignal)
+                        Evolution)
 from avo.distributed_actors import NAMESPACE
 from avo.distributed_cluster import ClusterError, ClusterPlan, connect, plan_cluster
 from avo.lineage import Lineage
 from avo.progress import Progress, RunStats
 from avo.run_setup import resolve_islands, resolve_tasks
+from avo.stop_signal import StopSignal
 
 EVAL_START_S = 180.0  # evaluator actors that cannot be placed by then: the cluster lacks what they ask for
 
@@ -121,7 +122,7 @@ class RayRun:
         self.store = ray.remote(LineageStore).options(
             name=self._name("store"), namespace=NAMESPACE, num_cpus=0, max_restarts=cfg.ray.max_restarts,
             max_task_retries=3, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-            runtime_env=fault,  # the crash-test hook of avo.evolve.fault_point, for the store's commits
+            runtime_env=fault,  # the crash-test hook of avo.stop_signal.fault_point, for the store's commits
         ).remote(cfg, plan.device, self.session, self.started, self.operators, names)
         self.actors.append(self.store)
         Op = ray.remote(OperatorActor)  # started now: their imports overlap the seed evaluation

@@ -26,7 +26,8 @@ from typing import Any, Optional
 
 from avo.config import GateConfig
 from avo.gate import GateDecision, measure_gate
-from avo.harness.runner import ABResult, EvalConfig, EvalReport, Evaluator, HarnessError
+from avo.harness.runner import ABResult, EvalConfig, EvalReport, Evaluator
+from avo.harness.workerproc import HarnessError
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
 from avo.run_setup import TaskSetup, kernel_solution
 from avo.schema import Solution, Workload
@@ -150,7 +151,7 @@ class EvaluatorActor:
 
     def judge(self, job: JudgeJob) -> JudgeResult:
         """Evaluate a proposal and run the commit gate (or, for a re-gate, only the A/B)."""
-        from avo.evolve import judge
+        from avo.attempt_verdict import judge
         setup = self.tasks[job.ticket.task]
         out = job.outcome.proposal
         b0 = self.ev.busy_s

@@ -21,13 +21,17 @@ from typing import Any, Optional, Union
 
 from rich.console import Console
 
+from avo.attempt_verdict import accepted_meta, record_verdict
 from avo.commit_message import version_message
 from avo.config import ConfigError, RunConfig
 from avo.distributed_actors import JudgeJob, JudgeResult, RemoteEvaluator, StepOutcome, StepTicket
 from avo.gate import GateDecision
-from avo.evolve import Evolution, EvolveError, accepted_meta, fault_point, record_verdict
-from avo.lineage import AttemptRecord, LineageError, now_iso, source_hash
+from avo.evolve import Evolution, EvolveError
+from avo.lineage import source_hash
+from avo.lineage_durable import LineageError
+from avo.lineage_records import AttemptRecord, now_iso
 from avo.progress import Progress, RunStats
+from avo.stop_signal import fault_point
 
 MAX_REGATES = 3  # re-measurements against a moved island head before the candidate counts as rejected
 LOCK_WAIT_S = 30.0  # a killed driver's store may take a moment to die and release run.lock

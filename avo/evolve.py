@@ -1,13 +1,11 @@
 """The orchestrator of `avo evolve` (local backend): one evaluator (one GPU, or the CPU
 interpreter) shared by islands that take turns round-robin. Per step: build the island's
 lineage view, ask its operator for a proposal, evaluate it, pass it through the commit gate,
-commit or log it; then let the supervisor look at the island. Resumes a killed or stopped run
-from its lineage; SIGINT/SIGTERM end the current step cleanly and exit 130."""
+commit or log it; then let the supervisor look at the island (avo/island_supervision.py).
+Resumes a killed or stopped run from its lineage; SIGINT/SIGTERM end the current step cleanly
+and exit 130."""
 from __future__ import annotations
 
-import os
-import signal
-import statistics
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -15,23 +13,27 @@ from typing import Optional
 import yaml
 from rich.console import Console
 
-from avo.config import ConfigError, GateConfig, RunConfig
-from avo.gate import GateDecision, commit_gate, measure_gate
-from avo.harness.runner import EvalReport, Evaluator, HarnessError, resolve_device
-from avo.lineage import AttemptRecord, Lineage, LineageError, Scores, Version, VersionMeta, now_iso, source_hash
+from avo.attempt_verdict import accepted_meta, judge, record_verdict, scores_from
+from avo.config import ConfigError, RunConfig
+from avo.harness.runner import Evaluator, resolve_device
+from avo.harness.workerproc import HarnessError
+from avo.island_supervision import IslandSupervision, elite_versions
+from avo.lineage import Lineage, source_hash
+from avo.lineage_durable import LineageError
+from avo.lineage_records import AttemptRecord, Version, VersionMeta, now_iso
 from avo.operators.base import AttemptView, GiveUp, LineageView, Operator, Proposal, StepContext, VersionView
 from avo.operators.factory import make_meter, make_operators, make_review
 from avo.operators.recipes import RecipeError
-from avo.operators.supervisor import Intervention, Supervisor
+from avo.operators.supervisor import Supervisor
 from avo.progress import IslandLine, Progress, RunStats, TaskLine
 from avo.run_setup import (IslandRef, TaskSetup, identity_mismatch, kernel_solution, resolve_islands, resolve_tasks,
                            run_identity)
 from avo.commit_message import version_message
+from avo.stop_signal import StopSignal, fault_point, with_phase
 from avo.tasks import REPO_ROOT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RECENT_ATTEMPTS = 24  # attempts of the island an operator sees
-ELITES = 5
 GIVE_UPS_TO_STOP = 3  # consecutive give-ups on every island end the run (search space exhausted)
 INTERPRETER_BANNER = ("No GPU: kernels run in Triton's interpreter on the CPU. Timings rank candidates "
                       "for this demo only; they are not GPU performance.")
@@ -43,50 +45,6 @@ class EvolveError(Exception):
         self.code = code
 
 
-class StopSignal:
-    """SIGINT/SIGTERM: stop after the current step. An operator step (LLM calls) is abandoned
-    at once; an evaluation finishes (it is time-limited) unless a second signal comes; a
-    commit and its log line are never interrupted."""
-
-    def __init__(self):
-        self.count, self.phase, self._old = 0, "idle", {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handler)
-
-    def restore(self) -> None:
-        for sig, h in self._old.items():
-            signal.signal(sig, h)
-
-    def _handler(self, signum, frame) -> None:
-        self.count += 1
-        if self.phase == "commit":
-            return
-        if self.phase in ("operator", "report") or self.count >= 2:
-            raise KeyboardInterrupt
-
-
-def scores_from(rep: EvalReport, speedup_vs_seed: Optional[float]) -> Scores:
-    perf = [t.evaluation.performance for t in rep.traces if t.passed and t.evaluation.performance]
-    sol_scores = [p.sol_score for p in perf if p.sol_score is not None]
-    return Scores(speedup_vs_seed=speedup_vs_seed, speedup_vs_baseline=rep.speedup_geomean(),
-                  sol_fraction=rep.sol_fraction_mean(),
-                  sol_score=statistics.fmean(sol_scores) if sol_scores else None, latency_ms=rep.latencies(),
-                  baseline_ms={t.workload.uuid: t.evaluation.performance.reference_latency_ms for t in rep.traces
-                               if t.passed and t.evaluation.performance})
-
-
-def elite_versions(versions: list[Version]) -> list[Version]:
-    """The best few distinct kernels (a seed or a migrated copy lives on several islands)."""
-    out, seen = [], set()
-    for v in sorted(versions, key=lambda v: -v.speedup):
-        if v.meta.source_hash not in seen:
-            seen.add(v.meta.source_hash)
-            out.append(v)
-    return out[:ELITES]
-
-
 def version_view(v: Version) -> VersionView:
     s = v.meta.scores
     return VersionView(commit=v.sha, source=v.source, note=v.meta.note, speedup_vs_seed=s.speedup_vs_seed,
@@ -94,19 +52,7 @@ def version_view(v: Version) -> VersionView:
                        latencies_ms=dict(s.latency_ms))
 
 
-def fault_point(name: str) -> None:
-    """Crash-test hook: AVO_FAULT=<name>:<marker file> kills this process with SIGKILL here,
-    once (the marker records that it happened). tests/test_resume.py uses it to land a kill
-    inside the few milliseconds between a commit and its log line."""
-    spec = os.environ.get("AVO_FAULT", "")
-    if spec.startswith(name + ":"):
-        marker = Path(spec.split(":", 1)[1])
-        if not marker.exists():
-            marker.write_text(name)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-class Evolution:
+class Evolution(IslandSupervision):
     def __init__(self, cfg: RunConfig, console: Console, live: bool, operators: Optional[dict[str, Operator]] = None,
                  device: Optional[str] = None):
         self.cfg, self.console, self.live = cfg, console, live
@@ -356,67 +302,6 @@ class Evolution:
             self.progress.event(f"{rec.id} {isl.label} {rec.status}{why}{gain}: {rec.note[:80]}{err}",
                                 "yellow" if rec.status in ("REJECTED", "GAVE_UP", "DUPLICATE") else "red")
 
-    # ---- supervisor ----
-    def supervise(self, ev: Evaluator, isl: IslandRef) -> None:
-        if not self.supervisor.stagnant(isl.task, isl.island):
-            return
-        lin = self.lineage
-        head = lin.head(isl.task, isl.island)
-        versions = lin.versions(isl.task)
-        others = [v for v in versions if v.meta.island != isl.island]
-        other = max(others, key=lambda v: v.speedup) if others else None
-        elites = [v.sha for v in elite_versions(versions)]
-        iv = self.supervisor.plan(isl.task, isl.island, (other.sha, other.speedup) if other else None,
-                                  head.speedup, elites, head.sha)
-        iv.attempt = self.attempts[-1].id if self.attempts else None
-        if iv.kind == "migrate":
-            iv.detail += self.migrate(ev, isl, head, other)
-        self.supervisor.apply(iv)
-        with_phase(self.stop, "commit", lambda: lin.append_intervention(iv.model_dump(mode="json", exclude_none=True)))
-        self.progress.event(f"supervisor {isl.label}: {iv.detail}", "cyan")
-        if self.supervisor.review is not None:
-            self.review(ev, isl)
-        self._refresh_bests()
-
-    def migrate(self, ev: Evaluator, isl: IslandRef, head: Version, other: Version) -> str:
-        setup = self.tasks[isl.task]
-        best = kernel_solution(isl.task, head.source, f"{isl.task}-{head.sha[:10]}")
-        cand = kernel_solution(isl.task, other.source, f"{isl.task}-{other.sha[:10]}")
-        self.stop.phase = "evaluate"
-        dec = measure_gate(ev, setup.task, best, head.sha, cand, setup.workloads, self.cfg.gate)
-        self.stop.phase = "idle"
-        if not dec.accepted:
-            return f": not taken, {dec.reason}"
-        meta = VersionMeta(run=self.cfg.run, task=isl.task, island=isl.island, kind="migration", parent=other.sha,
-                           operator="supervisor", note=f"migrate {other.meta.task} island-{other.meta.island} "
-                           f"{other.sha[:8]}: {other.meta.note}", source_hash=other.meta.source_hash,
-                           scores=other.meta.scores, gate=dec.record, device_mode=other.meta.device_mode,
-                           hardware=other.meta.hardware, migrated_from=other.sha, run_elapsed_s=round(self.stats.elapsed_s, 3))
-        sha = with_phase(self.stop, "commit", lambda: self.lineage.commit_version(
-            meta, other.source, other.traces_jsonl, version_message(meta, other.traces)))
-        return f": committed {sha[:8]} ({dec.reason})"
-
-    def review(self, ev: Evaluator, isl: IslandRef) -> None:
-        lin = self.lineage
-        head = lin.head(isl.task, isl.island)
-        aid = f"review-{self.next_n:05d}"
-        self.stop.phase = "operator"
-        try:
-            rr = self.supervisor.run_review(self.view_for(isl, head, head), self.step_context(isl, aid, self.next_n, ev))
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:
-            self.stop.phase = "idle"
-            self.progress.event(f"supervisor {isl.label}: trajectory review failed: {type(e).__name__}: {e}", "red")
-            return
-        self.stop.phase = "idle"
-        iv = Intervention(kind="review", task=isl.task, island=isl.island, widen=self.supervisor.state(isl.task, isl.island).widen,
-                          detail=f"trajectory review: {len(rr.directions)} directions", directions=rr.directions,
-                          cost_usd=rr.cost_usd, attempt=self.attempts[-1].id if self.attempts else None)
-        self.supervisor.apply(iv)
-        with_phase(self.stop, "commit", lambda: lin.append_intervention(iv.model_dump(mode="json", exclude_none=True)))
-        self.progress.event(f"supervisor {isl.label}: {iv.detail}: " + " | ".join(d[:80] for d in rr.directions), "cyan")
-
     # ---- the run ----
     def exhausted(self) -> bool:
         return all(self.give_ups.get(i.label, 0) >= GIVE_UPS_TO_STOP for i in self.islands)
@@ -436,46 +321,6 @@ class Evolution:
             k += 1
             self.step(ev, isl)
             self.supervise(ev, isl)
-
-
-# ---- the pieces of one attempt that the Ray backend (avo/distributed*.py) shares ----
-def judge(ev: Evaluator, setup: TaskSetup, name: str, head_sha: str, head_source: str, out: Proposal,
-          gate: GateConfig) -> tuple[EvalReport, GateDecision]:
-    """Evaluate a proposal and pass it through the commit gate against the island best."""
-    task = setup.task.name
-    cand = kernel_solution(task, out.source, name, author=f"avo:{out.operator}")
-    rep = ev.evaluate(setup.task, cand, setup.workloads)
-    best = kernel_solution(task, head_source, f"{task}-{head_sha[:10]}")
-    return rep, commit_gate(ev, setup.task, best, head_sha, cand, rep, setup.workloads, gate)
-
-
-def record_verdict(rec: AttemptRecord, rep: EvalReport, dec: GateDecision) -> None:
-    rec.status, rec.accepted = dec.status, dec.accepted
-    rec.hack_check = rep.hack_check
-    rec.error = "" if dec.accepted else (rep.message[-1500:] if not rep.passed else dec.reason)
-    if dec.record:
-        rec.gate, rec.gain, rec.noise = dec.record, dec.record.gain, dec.record.noise
-
-
-def accepted_meta(cfg: RunConfig, rec: AttemptRecord, out: Proposal, rep: EvalReport, dec: GateDecision,
-                  head: Version, elapsed_s: float) -> VersionMeta:
-    """The meta.json of an accepted attempt's commit (sets rec.speedup_vs_seed)."""
-    speedup = (head.meta.scores.speedup_vs_seed or 1.0) * (1.0 + dec.record.gain)
-    rec.speedup_vs_seed = speedup
-    return VersionMeta(run=cfg.run, task=rec.task, island=rec.island, kind="version", attempt=rec.id,
-                       parent=rec.parent, operator=out.operator, note=out.note, source_hash=rec.source_hash,
-                       scores=scores_from(rep, speedup), gate=dec.record, device_mode=rep.device_mode,
-                       hardware=rep.hardware, transcript=out.transcript, cost_usd=out.cost_usd,
-                       run_elapsed_s=round(elapsed_s, 3))
-
-
-def with_phase(stop: StopSignal, phase: str, fn):
-    """Run fn with signals deferred (phase 'commit') and restore the previous phase."""
-    prev, stop.phase = stop.phase, phase
-    try:
-        return fn()
-    finally:
-        stop.phase = prev
 
 
 def evolve_local(cfg: RunConfig, live: bool, operators: Optional[dict[str, Operator]] = None) -> int:

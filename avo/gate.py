@@ -9,8 +9,9 @@ from typing import Optional
 from pydantic import BaseModel
 
 from avo.config import GateConfig
-from avo.harness.runner import EvalReport, Evaluator, HarnessError
-from avo.lineage import GateRecord
+from avo.harness.runner import EvalReport, Evaluator
+from avo.harness.workerproc import HarnessError
+from avo.lineage_records import GateRecord
 from avo.schema import Solution, Workload
 from avo.tasks import Task
 

@@ -5,27 +5,23 @@ the append-only log of every attempt (attempts.jsonl). Format: docs/lineage.md.
 Crash safety: commits are written with git plumbing (objects, then one atomic ref update), never
 through the index; an accepted attempt is committed first and logged second, and `reconcile()`
 re-logs a commit whose log line was lost. A run lock (flock + pid) keeps two writers apart and
-lets a new writer remove lock files that a killed run left in .git."""
+lets a new writer remove lock files that a killed run left in .git (avo/lineage_durable.py).
+The records themselves (meta.json, attempts.jsonl lines) are models in avo/lineage_records.py."""
 from __future__ import annotations
 
-import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterator, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from avo.schema import Trace
+from avo.lineage_durable import (LineageError, RunLock, append_jsonl_durable, read_jsonl_tolerant,
+                                 repair_after_kill)
+from avo.lineage_records import AttemptRecord, Version, VersionMeta, attempt_number
 from avo.tasks import REPO_ROOT
 
-LINEAGE_FORMAT = 1
 ROOT_BRANCH = "main"
 KERNEL_FILE, TRACES_FILE, META_FILE = "kernel.py", "traces.jsonl", "meta.json"
 ATTEMPTS_FILE, INTERVENTIONS_FILE, LOCK_FILE = "attempts.jsonl", "interventions.jsonl", "run.lock"
@@ -37,184 +33,12 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "avo", "GIT_AUTHOR_EMAIL": "avo@localhost",
            "GIT_TERMINAL_PROMPT": "0"}
 
 
-class LineageError(Exception):
-    """A lineage that cannot be read or written; the message is one line for the user."""
-
-
 def source_hash(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
 def branch_name(task: str, island: int) -> str:
     return f"{task}/island-{island}"
-
-
-class GateRecord(BaseModel):
-    """The commit gate's A/B re-measurement of the island best (A) and the candidate (B)."""
-    model_config = ConfigDict(extra="allow")
-    accepted: bool
-    gain: float  # geomean speedup of B over A, minus 1
-    noise: float
-    threshold: float  # max(min_gain, noise)
-    min_gain: float
-    rounds: int
-    against: str  # commit of A
-    per_workload: dict[str, float] = Field(default_factory=dict)  # median speedup of B over A
-    best_ms: dict[str, float] = Field(default_factory=dict)  # median A latency per workload
-    cand_ms: dict[str, float] = Field(default_factory=dict)  # median B latency per workload
-
-
-class Scores(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    speedup_vs_seed: Optional[float] = None  # chained gate gains from the seed (paired A/B)
-    speedup_vs_baseline: Optional[float] = None  # geomean over workloads, from the evaluation
-    sol_fraction: Optional[float] = None  # mean T_SOL / T_k over workloads (None on CPU)
-    sol_score: Optional[float] = None
-    latency_ms: dict[str, float] = Field(default_factory=dict)
-    baseline_ms: dict[str, float] = Field(default_factory=dict)
-
-
-class VersionMeta(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    format: int = LINEAGE_FORMAT
-    run: str
-    task: str
-    island: int
-    kind: Literal["seed", "version", "migration"]
-    attempt: Optional[str] = None  # attempt id (versions); the key that makes commits idempotent
-    parent: Optional[str] = None  # the commit the edit started from (may be on another island)
-    operator: str
-    note: str = ""
-    source_hash: str
-    scores: Scores = Field(default_factory=Scores)
-    gate: Optional[GateRecord] = None
-    device_mode: str = ""
-    hardware: str = ""
-    timestamp: str = Field(default_factory=now_iso)
-    transcript: Optional[str] = None
-    cost_usd: float = 0.0
-    run_elapsed_s: float = 0.0  # run time (all sessions) at the commit
-    migrated_from: Optional[str] = None  # kind "migration": the commit copied from another island
-
-
-class AttemptRecord(BaseModel):
-    """One line of attempts.jsonl: every variation step, accepted or not."""
-    model_config = ConfigDict(extra="allow")
-    id: str
-    task: str
-    island: int
-    operator: str
-    status: str  # EvaluationStatus, REJECTED (passed, not faster), GAVE_UP, DUPLICATE, GATE_ERROR
-    accepted: bool = False
-    commit: Optional[str] = None
-    parent: Optional[str] = None
-    hack_check: Optional[str] = None
-    error: str = ""
-    gain: Optional[float] = None
-    noise: Optional[float] = None
-    gate: Optional[GateRecord] = None
-    source_hash: str = ""
-    note: str = ""
-    transcript: Optional[str] = None
-    started: str = ""
-    finished: str = ""
-    eval_s: float = 0.0
-    cost_usd: float = 0.0
-    tokens: int = 0
-    speedup_vs_seed: Optional[float] = None
-    run_elapsed_s: float = 0.0  # run time (all sessions) when the attempt finished
-    recovered: bool = False  # re-logged from its commit after a crash
-
-
-def attempt_number(attempt_id: str) -> int:
-    try:
-        return int(attempt_id.lstrip("a"))
-    except ValueError:
-        return -1
-
-
-@dataclass
-class Version:
-    """One accepted version (a commit on an island branch)."""
-    sha: str
-    source: str
-    meta: VersionMeta
-    traces_jsonl: str = field(repr=False, default="")
-    committed: str = ""  # commit time, ISO (meta.timestamp)
-
-    @property
-    def traces(self) -> list[Trace]:
-        return [Trace.model_validate_json(line) for line in self.traces_jsonl.splitlines() if line.strip()]
-
-    @property
-    def speedup(self) -> float:
-        return self.meta.scores.speedup_vs_seed or 0.0
-
-
-def read_jsonl_tolerant(path: Path) -> list[dict]:
-    """Rows of a JSONL log; a torn line (a writer killed mid-append) is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
-def append_jsonl_durable(path: Path, row: dict) -> None:
-    """One line, flushed and fsynced: what the log says survives a kill or a power cut."""
-    data = (json.dumps(row, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _trim_torn_tail(path: Path) -> None:
-    """Cut a partial last line so the next append starts on a fresh line."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    with open(path, "r+b") as f:
-        f.truncate(data.rfind(b"\n") + 1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class RunLock:
-    """flock on run.lock (released by the kernel when the holder dies, even by kill -9)."""
-
-    def __init__(self, path: Path):
-        self.path, self.fd = path, None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise LineageError(f"run {self.path.parent.name} is in use ({holder}); stop that run or use another --run") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}\n".encode())
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class Lineage:
@@ -302,14 +126,7 @@ class Lineage:
     def _take_lock(self, lock: RunLock) -> None:
         """Hold the run lock, then repair what a killed writer may have left behind."""
         self._lock = lock
-        gitdir = self.path / ".git"
-        stale = [gitdir / "index.lock", gitdir / "HEAD.lock", gitdir / "packed-refs.lock",
-                 *(gitdir / "refs").rglob("*.lock")]
-        for p in stale:
-            if p.exists():
-                p.unlink()
-        _trim_torn_tail(self.path / ATTEMPTS_FILE)
-        _trim_torn_tail(self.path / INTERVENTIONS_FILE)
+        repair_after_kill(self.path, [ATTEMPTS_FILE, INTERVENTIONS_FILE])
 
     def close(self) -> None:
         self.repo.close()

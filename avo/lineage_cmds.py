@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from avo.lineage import Lineage, LineageError, Version
+from avo.lineage import Lineage
+from avo.lineage_durable import LineageError
+from avo.lineage_records import Version
 
 
 def _f(x: Optional[float], spec: str = ".2f", suffix: str = "x") -> str:

@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from avo.lineage import AttemptRecord, Lineage, Version, attempt_number
+from avo.lineage import Lineage
+from avo.lineage_records import AttemptRecord, Version, attempt_number
 
 STATUS_COLORS = {"PASSED": "#2e7d32", "REJECTED": "#9e9e9e", "COMPILE_ERROR": "#c62828", "RUNTIME_ERROR": "#e53935",
                  "INCORRECT_NUMERICAL": "#ef6c00", "INCORRECT_SHAPE": "#f57c00", "INCORRECT_DTYPE": "#fb8c00",

@@ -6,7 +6,9 @@ import html
 import json
 from collections import Counter
 
-from avo.lineage import AttemptRecord, Lineage, LineageError
+from avo.lineage import Lineage
+from avo.lineage_durable import LineageError
+from avo.lineage_records import AttemptRecord
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:24px auto;color:#222;padding:0 12px}
 table{border-collapse:collapse;margin:8px 0 18px;font-size:13px}td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}

@@ -19,7 +19,8 @@ import pytest
 from avo.apply import read_artifact
 from avo.apply.export import ExportError, export_run
 from avo.harness.runner import EvalConfig, Evaluator
-from avo.lineage import Lineage, Scores, VersionMeta, source_hash
+from avo.lineage import Lineage, source_hash
+from avo.lineage_records import Scores, VersionMeta
 from avo.schema import EvaluationStatus, Trace
 from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
 

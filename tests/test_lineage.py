@@ -11,9 +11,10 @@ import pytest
 from rich.console import Console
 
 from avo.commit_message import version_message
-from avo.lineage import (ATTEMPTS_FILE, AttemptRecord, GateRecord, Lineage, LineageError, Scores, VersionMeta,
-                         lineage_best_cmd, lineage_diff_cmd, lineage_log_cmd, lineage_show_cmd, read_jsonl_tolerant,
+from avo.lineage import (ATTEMPTS_FILE, Lineage, lineage_best_cmd, lineage_diff_cmd, lineage_log_cmd, lineage_show_cmd,
                          resolve_run, source_hash)
+from avo.lineage_durable import LineageError, read_jsonl_tolerant
+from avo.lineage_records import AttemptRecord, GateRecord, Scores, VersionMeta
 from avo.tasks import REPO_ROOT
 
 TASK = "grammar_bitmask"

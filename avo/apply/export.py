@@ -106,7 +106,7 @@ def winners(d: Definition, best, versions: list) -> dict[str, list[str]]:
 
 
 def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
-    from avo.lineage import LineageError
+    from avo.lineage_durable import LineageError
     d = _definition_for(lin, task)
     try:
         best = lin.best(task)
@@ -146,7 +146,8 @@ def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
 
 def export_run(run: str, out_dir: Path, task: Optional[str] = None) -> list[Path]:
     """Export the best version per task (and per-key winners) of a run; returns artifact folders."""
-    from avo.lineage import Lineage, LineageError, resolve_run
+    from avo.lineage import Lineage, resolve_run
+    from avo.lineage_durable import LineageError
     try:
         path = resolve_run(str(run))
         lin = Lineage.open(path)

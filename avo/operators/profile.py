@@ -84,7 +84,7 @@ def make_profiler(task_name: str) -> Optional[Callable[[str, Optional[str]], str
     if not ncu_available():
         return None
     from avo.harness import sol
-    from avo.harness.runner import scrubbed_env
+    from avo.harness.workerproc import scrubbed_env
     from avo.tasks import REPO_ROOT, load_task
     task = load_task(task_name)
     wls = task.select("gpu") or list(task.workloads)

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Union
 from pydantic import BaseModel, Field
 
 from avo.config import SupervisorConfig
-from avo.lineage import AttemptRecord, now_iso
+from avo.lineage_records import AttemptRecord, now_iso
 from avo.operators.base import LineageView, StepContext
 
 

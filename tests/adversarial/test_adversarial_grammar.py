@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from avo.harness import sol
-from avo.harness.runner import HarnessError
+from avo.harness.workerproc import HarnessError
 from avo.schema import EvaluationStatus
 
 from conftest import assert_verdict, grammar_solution

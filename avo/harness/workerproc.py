@@ -1,0 +1,117 @@
+"""The worker processes as the runner drives them: spawn with a scrubbed environment (no API keys)
+and a private socket, wait for "ready", receive with a time limit, kill the whole process group.
+Kept apart from runner.py, which decides what to send and how to judge the replies."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Optional
+
+from avo.harness import channel
+from avo.schema import EvaluationStatus
+
+S = EvaluationStatus
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
+
+
+class HarnessError(Exception):
+    pass
+
+
+def scrubbed_env(device: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not any(m in k.upper() for m in SECRET_MARKERS)}
+    if device == "interpret":
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class WorkerProc:
+    """A worker subprocess and its private channel; killed (whole process group) on timeout."""
+
+    def __init__(self, device: str, role: str):
+        self.device, self.role = device, role
+        self.proc: Optional[subprocess.Popen] = None
+        self.conn: Optional[Connection] = None
+        self.bulk: Optional[Path] = None  # scratch folder for bulk tensors from this worker
+        self.log_path = Path(tempfile.gettempdir()) / f"avo-worker-{role}-{os.getpid()}-{secrets.token_hex(3)}.log"
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        log = open(self.log_path, "ab")
+        self.bulk = channel.bulk_dir(self.role)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "avo.harness.worker", "--fd", str(theirs.fileno()),
+             "--device", self.device, "--role", self.role, "--bulk", str(self.bulk)],
+            pass_fds=(theirs.fileno(),), env=scrubbed_env(self.device), stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        theirs.close()
+        log.close()
+        self.conn = Connection(os.dup(ours.fileno()))
+        ours.close()
+
+    def wait_ready(self) -> None:
+        msg = self.recv(120.0)
+        if msg is None or msg[0] != "ready":
+            self.kill()
+            raise HarnessError(f"{self.role} worker did not start: {self.log_tail()}")
+
+    def ensure(self) -> None:
+        ensure_workers(self)
+
+    def send(self, obj: Any) -> None:
+        channel.send(self.conn, obj)
+
+    def recv(self, timeout: float):
+        """A message, None on timeout, ('dead', code) when the process died."""
+        try:
+            if self.conn.poll(timeout):
+                return channel.recv(self.conn, self.bulk)
+        except (EOFError, OSError):
+            pass
+        except Exception as e:  # bytes that are no harness message (e.g. a tensor subclass): never trust them
+            return ("fail", S.REWARD_HACK.value, "channel", f"unreadable message from the worker: {type(e).__name__}")
+        else:
+            return None
+        code = self.proc.wait(timeout=10) if self.proc else None
+        return ("dead", code)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+        if self.conn:
+            self.conn.close()
+        channel.remove_bulk_dir(self.bulk)
+        self.proc, self.conn, self.bulk = None, None, None
+
+    def log_tail(self, n: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def ensure_workers(*procs: WorkerProc) -> None:
+    """Start the ones not running, together: their imports and CUDA initialisation overlap."""
+    todo = [p for p in procs if p.proc is None or p.proc.poll() is not None]
+    for p in todo:
+        p.spawn()
+    for p in todo:
+        p.wait_ready()
