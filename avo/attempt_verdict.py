@@ -37,6 +37,7 @@ def judge(ev: Evaluator, setup: TaskSetup, name: str, head_sha: str, head_source
 def record_verdict(rec: AttemptRecord, rep: EvalReport, dec: GateDecision) -> None:
     rec.status, rec.accepted = dec.status, dec.accepted
     rec.hack_check = rep.hack_check
+    rec.eval_phases = dict(rep.phase_s)  # eval_s minus these is the gate's A/B (and the operator)
     rec.error = "" if dec.accepted else (rep.message[-1500:] if not rep.passed else dec.reason)
     if dec.record:
         rec.gate, rec.gain, rec.noise = dec.record, dec.record.gain, dec.record.noise

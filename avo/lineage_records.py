@@ -89,6 +89,7 @@ class AttemptRecord(BaseModel):
     started: str = ""
     finished: str = ""
     eval_s: float = 0.0
+    eval_phases: dict[str, float] = {}  # the candidate evaluation's harness seconds per phase (EvalReport.phase_s)
     cost_usd: float = 0.0
     tokens: int = 0
     speedup_vs_seed: Optional[float] = None

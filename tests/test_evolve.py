@@ -58,6 +58,9 @@ def test_evolve_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert lin.best("grammar_bitmask").speedup > 1.05
     for a in attempts:
         assert a.status in ("PASSED", "REJECTED") and a.source_hash and a.started and a.finished
+        # where the evaluation's time went, and the rest (gate A/B, operator) is what remains of eval_s
+        assert {"import", "check", "time", "reference"} <= set(a.eval_phases), a.eval_phases
+        assert 0 < sum(v for k, v in a.eval_phases.items() if k not in ("reference", "compare")) <= a.eval_s
         assert (a.status == "PASSED") == a.accepted
     report = tmp_path / "e2e" / "report"
     for f in ("report.html", "progress.png", "workloads.png", "tree.png", "outcomes.png"):
