@@ -31,6 +31,19 @@ def _table(head: list[str], rows: list[list[str]], num: set[int] = frozenset()) 
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def _eval_time(attempts: list[AttemptRecord], elapsed_s: float) -> str:
+    """Attempts per hour and where an attempt's evaluator time went (the tracked throughput)."""
+    per_hour = len(attempts) / (elapsed_s / 3600)
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
+    text = f"{per_hour:.0f} attempts per hour of run time; evaluator {mean([a.eval_s for a in attempts]):.1f} s per attempt"
+    timed = [a.eval_phases for a in attempts if a.eval_phases]
+    if timed:
+        keys = [k for k in ("import", "compile", "check", "time", "reference", "compare") if any(k in p for p in timed)]
+        split = ", ".join(f"{k} {mean([p.get(k, 0.0) for p in timed]):.1f} s" for k in keys)
+        text += f" (candidate evaluation: {split}; the gate's A/B and the operator take the rest)"
+    return e(text) + "."
+
+
 def render_html(lin: Lineage, attempts: list[AttemptRecord], images: list[str]) -> str:
     try:
         ident = lin.identity()
@@ -46,6 +59,8 @@ def render_html(lin: Lineage, attempts: list[AttemptRecord], images: list[str]) 
     parts.append(f"<p>{len(attempts)} attempts, {accepted} accepted, {elapsed / 60:.1f} minutes of run time, "
                  f"LLM spend ${cost:.2f}. Device: <b>{e(device)}</b>. Lineage: <code>{e(lin.path)}</code> "
                  f"(<code>git -C {e(lin.path)} log --all --graph</code>).</p>")
+    if attempts and elapsed > 0:
+        parts.append(f"<p>{_eval_time(attempts, elapsed)}</p>")
     if device == "interpret":
         parts.append("<p class=warn>Triton interpreter on a CPU: timings rank candidates in the interpreter; "
                      "they are not GPU performance, and % of SOL is not defined here (speedups over the "

@@ -65,7 +65,9 @@ def test_evolve_end_to_end_resume_and_mismatch(tmp_path, capsys):
     report = tmp_path / "e2e" / "report"
     for f in ("report.html", "progress.png", "workloads.png", "tree.png", "outcomes.png"):
         assert (report / f).stat().st_size > 1000, f
-    assert "Triton interpreter" in (report / "report.html").read_text()
+    html = (report / "report.html").read_text()
+    assert "Triton interpreter" in html
+    assert "attempts per hour of run time; evaluator " in html and "(candidate evaluation: import " in html
     assert git(tmp_path / "e2e", "fsck", "--strict").returncode == 0
     lin.close()
 
