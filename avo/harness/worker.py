@@ -158,8 +158,10 @@ class Worker:
             raise Fail(S.REWARD_HACK, f"input {mutated[0]!r} was modified", "input-mutation")
 
     def _results(self, d: Definition, args: dict, outs: dict) -> dict:
-        res = {n: t.detach().cpu().clone() for n, t in outs.items()}
-        res.update({n: args[n].detach().cpu().clone() for n in d.inplace})
+        # A copy the candidate can no longer touch: .cpu() of a CUDA tensor already is one.
+        own = lambda t: t.detach().cpu() if t.is_cuda else t.detach().clone()
+        res = {n: own(t) for n, t in outs.items()}
+        res.update({n: own(args[n]) for n in d.inplace})
         return res
 
     def evaluate(self, job: dict) -> None:
