@@ -5,6 +5,7 @@
 #   bash scripts/gpu_verify.sh grammar   # 8-min avo evolve of grammar_bitmask + report + export
 #   bash scripts/gpu_verify.sh attention # 8-min avo evolve of attention_mha_fwd + report + export
 #   bash scripts/gpu_verify.sh layout    # avo evolve of the four layout tasks
+#   bash scripts/gpu_verify.sh gqa|decode|megakernel   # avo evolve of GQA prefill / GQA decode / the decode layer
 #   bash scripts/gpu_verify.sh agentic   # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e       # avo.apply in transformers + xgrammar: tokens and tokens/s
 #   bash scripts/gpu_verify.sh bench     # peer benchmark scripts (attention, memory-bound)
@@ -39,11 +40,14 @@ case "${1:-evals}" in
   grammar) evolve_part gpu-grammar configs/gpu_grammar.yaml "${MINUTES:-8}" ;;
   attention) evolve_part gpu-attention configs/gpu_attention.yaml "${MINUTES:-8}" ;;
   layout) evolve_part gpu-layout configs/gpu_layout.yaml "${MINUTES:-8}" ;;
+  gqa) evolve_part gpu-attention-gqa configs/gpu_attention_gqa.yaml "${MINUTES:-8}" ;;
+  decode) evolve_part gpu-gqa-decode configs/gpu_gqa_decode.yaml "${MINUTES:-8}" ;;
+  megakernel) evolve_part gpu-megakernel configs/gpu_megakernel.yaml "${MINUTES:-8}" ;;
   agentic) timeout 540 python3 scripts/agentic_scripted_run.py --device cuda --out "$OUT/agentic-lineage" \
              --json "$OUT/agentic.json" 2>&1 | tail -c 4000 ;;
   e2e) python3 scripts/bench_apply_e2e.py --device cuda --json "$OUT/e2e.json" 2>&1 | tail -c 4000 ;;
   bench)
     python3 scripts/bench_attention.py 2>&1 | tail -40
     python3 scripts/bench_memory_bound.py 2>&1 | tail -40 ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|agentic|e2e|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench" >&2; exit 2 ;;
 esac
