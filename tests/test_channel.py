@@ -42,3 +42,17 @@ def test_forged_bulk_header_is_refused(bulk, forge):
     channel.send(b, ("outputs", "w", 1, {"y": header}))
     with pytest.raises(channel.ChannelError):
         channel.recv(a, bulk)
+
+
+def test_scratch_folders_of_dead_runners_are_swept():
+    import subprocess, sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    live = channel.bulk_dir("test")
+    stale = live.parent / f"avo-bulk-{pid}-candidate-abc123"
+    stale.mkdir()
+    (stale / "0123456789abcdef.bin").write_bytes(b"x" * 10)
+    again = channel.bulk_dir("test")
+    assert not stale.exists() and live.exists() and again.exists()
+    channel.remove_bulk_dir(live)
+    channel.remove_bulk_dir(again)

@@ -42,7 +42,20 @@ def bulk_dir(role: str) -> Path:
             root = "/dev/shm"
     except OSError:
         pass
-    return Path(tempfile.mkdtemp(prefix=f"avo-bulk-{role}-", dir=root))
+    _sweep(Path(root or tempfile.gettempdir()))
+    return Path(tempfile.mkdtemp(prefix=f"avo-bulk-{os.getpid()}-{role}-", dir=root))
+
+
+def _sweep(root: Path) -> None:
+    """Remove scratch folders left by runners that died (kill -9): on tmpfs they hold RAM."""
+    for d in root.glob("avo-bulk-*-*-*"):
+        try:
+            pid = int(d.name.split("-")[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            pass
 
 
 def remove_bulk_dir(d: Optional[Path]) -> None:
