@@ -18,6 +18,8 @@ TUNABLES = dict(
     PERSISTENT=[False, True],  # a fixed grid of PROGRAMS_PER_SM x #SMs programs loops over the blocks
     PROGRAMS_PER_SM=[1, 2, 4, 8],  # persistent grid size per SM (CPU: per one of 4 pretend SMs)
     SKIP_ONES=[False, True],  # a block whose words are all -1 (every token allowed) issues no store
+    BROADCAST_WORDS=[False, True],  # load each 32-bit word once and expand it to 32 lanes (xgrammar's
+    # kernel does this), instead of one gathered word load per token
 )
 
 
@@ -37,13 +39,20 @@ def _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE: tl.constexpr, RMW: tl.co
 
 @triton.jit
 def _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, i, n_blocks,
-                   BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, SKIP_ONES: tl.constexpr):
+                   BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, SKIP_ONES: tl.constexpr,
+                   BROADCAST_WORDS: tl.constexpr):
     """Mask block i = (index row i // n_blocks, token block i % n_blocks)."""
     row = tl.load(indices_ptr + i // n_blocks).to(tl.int64)
     offs = (i % n_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     in_vocab = offs < vocab
-    words = tl.load(bitmask_ptr + row * bitmask_stride + offs // 32, mask=in_vocab, other=-1)
-    blocked = ((words >> (offs % 32)) & 1) == 0
+    if BROADCAST_WORDS:
+        w_offs = (i % n_blocks) * (BLOCK_SIZE // 32) + tl.arange(0, BLOCK_SIZE // 32)
+        words = tl.load(bitmask_ptr + row * bitmask_stride + w_offs, mask=w_offs < tl.cdiv(vocab, 32), other=-1)
+        bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1
+        blocked = tl.reshape(bits == 0, [BLOCK_SIZE])  # order-preserving: token w*32+b is word w, bit b
+    else:
+        words = tl.load(bitmask_ptr + row * bitmask_stride + offs // 32, mask=in_vocab, other=-1)
+        blocked = ((words >> (offs % 32)) & 1) == 0
     ptrs = logits_ptr + row * logits_stride + offs
     # SKIP_ONES: grammars allow most of the vocabulary, so many blocks are all -1 words.
     if SKIP_ONES:
@@ -55,14 +64,15 @@ def _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, b
 
 @triton.jit
 def _bitmask_kernel(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, n_blocks, n_tiles,
-                    BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, PERSISTENT: tl.constexpr, SKIP_ONES: tl.constexpr):
+                    BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, PERSISTENT: tl.constexpr, SKIP_ONES: tl.constexpr,
+                    BROADCAST_WORDS: tl.constexpr):
     if PERSISTENT:
         for i in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
             _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, i, n_blocks,
-                           BLOCK_SIZE, RMW, SKIP_ONES)
+                           BLOCK_SIZE, RMW, SKIP_ONES, BROADCAST_WORDS)
     else:
         _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride,
-                       tl.program_id(0), n_blocks, BLOCK_SIZE, RMW, SKIP_ONES)
+                       tl.program_id(0), n_blocks, BLOCK_SIZE, RMW, SKIP_ONES, BROADCAST_WORDS)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -81,4 +91,5 @@ def run(logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor) -> N
     grid = (min(n_tiles, _knob("PROGRAMS_PER_SM") * _num_sms(logits.device)) if _knob("PERSISTENT") else n_tiles,)
     _bitmask_kernel[grid](logits, bitmask, indices, vocab, logits.stride(0), bitmask.stride(0), n_blocks, n_tiles,
                           BLOCK_SIZE=CONFIG["BLOCK_SIZE"], RMW=CONFIG["RMW"], PERSISTENT=_knob("PERSISTENT"),
-                          SKIP_ONES=_knob("SKIP_ONES"), num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
+                          SKIP_ONES=_knob("SKIP_ONES"), BROADCAST_WORDS=_knob("BROADCAST_WORDS"),
+                          num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
