@@ -63,54 +63,60 @@ def remove_bulk_dir(d: Optional[Path]) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+_KEEP = object()
+
+
+def _map(obj: Any, leaf) -> Any:
+    """`obj` with `leaf(x)` in place of every x for which leaf does not return _KEEP, looking
+    through tuples, lists and dicts (the shapes of harness messages)."""
+    out = leaf(obj)
+    if out is not _KEEP:
+        return out
+    if isinstance(obj, tuple):
+        return tuple(_map(x, leaf) for x in obj)
+    if isinstance(obj, list):
+        return [_map(x, leaf) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _map(v, leaf) for k, v in obj.items()}
+    return obj
+
+
 def _spill(obj: Any, d: Path) -> Any:
     if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and str(obj.dtype) in _BULK_DTYPES \
             and obj.numel() * obj.element_size() >= BULK_MIN_BYTES:
         name = secrets.token_hex(8) + ".bin"
         obj.detach().contiguous().view(-1).view(torch.uint8).numpy().tofile(d / name)
         return (BULK_MARK, name, str(obj.dtype), tuple(obj.shape))
-    if isinstance(obj, tuple):
-        return tuple(_spill(x, d) for x in obj)
-    if isinstance(obj, list):
-        return [_spill(x, d) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _spill(v, d) for k, v in obj.items()}
-    return obj
+    return _KEEP
 
 
 def _fill(obj: Any, d: Path) -> Any:
-    if isinstance(obj, tuple) and len(obj) == 4 and obj[0] == BULK_MARK:
-        _, name, dtype, shape = obj
-        if not (isinstance(name, str) and _BULK_NAME.match(name) and dtype in _BULK_DTYPES
-                and isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
-            raise ChannelError("malformed bulk tensor header")
-        path = d / name
-        dt = _BULK_DTYPES[dtype]
-        nbytes = dt.itemsize
-        for s in shape:
-            nbytes *= s
-        try:
-            if path.stat().st_size != nbytes:
-                raise ChannelError(f"bulk tensor {name}: {path.stat().st_size} bytes, header says {nbytes}")
-            raw = torch.from_file(str(path), shared=False, size=nbytes, dtype=torch.uint8)
-        finally:
-            path.unlink(missing_ok=True)
-        return raw.view(dt).reshape(shape)
-    if isinstance(obj, tuple):
-        return tuple(_fill(x, d) for x in obj)
-    if isinstance(obj, list):
-        return [_fill(x, d) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _fill(v, d) for k, v in obj.items()}
-    return obj
+    if not (isinstance(obj, tuple) and len(obj) == 4 and obj[0] == BULK_MARK):
+        return _KEEP
+    _, name, dtype, shape = obj
+    if not (isinstance(name, str) and _BULK_NAME.match(name) and dtype in _BULK_DTYPES
+            and isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
+        raise ChannelError("malformed bulk tensor header")
+    path = d / name
+    dt = _BULK_DTYPES[dtype]
+    nbytes = dt.itemsize
+    for s in shape:
+        nbytes *= s
+    try:
+        if path.stat().st_size != nbytes:
+            raise ChannelError(f"bulk tensor {name}: {path.stat().st_size} bytes, header says {nbytes}")
+        raw = torch.from_file(str(path), shared=False, size=nbytes, dtype=torch.uint8)
+    finally:
+        path.unlink(missing_ok=True)
+    return raw.view(dt).reshape(shape)
 
 
 def send(conn: Connection, obj: Any, bulk: Optional[Path] = None) -> None:
     buf = io.BytesIO()
-    torch.save(_spill(obj, bulk) if bulk is not None else obj, buf)
+    torch.save(_map(obj, lambda x: _spill(x, bulk)) if bulk is not None else obj, buf)
     conn.send_bytes(buf.getvalue())
 
 
 def recv(conn: Connection, bulk: Optional[Path] = None) -> Any:
     obj = torch.load(io.BytesIO(conn.recv_bytes()), weights_only=True)
-    return _fill(obj, bulk) if bulk is not None else obj
+    return _map(obj, lambda x: _fill(x, bulk)) if bulk is not None else obj

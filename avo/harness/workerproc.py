@@ -112,6 +112,7 @@ def ensure_workers(*procs: WorkerProc) -> None:
     """Start the ones not running, together: their imports and CUDA initialisation overlap."""
     todo = [p for p in procs if p.proc is None or p.proc.poll() is not None]
     for p in todo:
+        p.kill()  # one that died on its own still holds its socket and scratch folder
         p.spawn()
     for p in todo:
         p.wait_ready()
