@@ -2,7 +2,6 @@
 line on stderr and exit code 2 (bad usage) or 1 (evaluation failed)."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -65,8 +64,9 @@ def print_report(rep, console: Console = console) -> None:
     if rep.message:
         console.print(f"[bold]{rep.status.value}[/]: {rep.message[:1500]}", highlight=False)
     if rep.phase_s:
-        main = [f"{k} {v:.1f}" for k, v in rep.phase_s.items() if k not in ("reference", "compare")]
-        sub = [f"{k} {rep.phase_s[k]:.1f}" for k in ("reference", "compare") if k in rep.phase_s]
+        from avo.harness import RUNNER_WORK
+        main = [f"{k} {v:.1f}" for k, v in rep.phase_s.items() if k not in RUNNER_WORK]
+        sub = [f"{k} {rep.phase_s[k]:.1f}" for k in RUNNER_WORK if k in rep.phase_s]
         console.print(f"harness seconds: {' · '.join(main)}" + (f" (of which {', '.join(sub)})" if sub else ""),
                       highlight=False)
 

@@ -6,6 +6,7 @@ import html
 import json
 from collections import Counter
 
+from avo.harness import HARNESS_PHASES, RUNNER_WORK
 from avo.lineage import Lineage
 from avo.lineage_durable import LineageError
 from avo.lineage_records import AttemptRecord
@@ -38,7 +39,7 @@ def _eval_time(attempts: list[AttemptRecord], elapsed_s: float) -> str:
     text = f"{per_hour:.0f} attempts per hour of run time; evaluator {mean([a.eval_s for a in attempts]):.1f} s per attempt"
     timed = [a.eval_phases for a in attempts if a.eval_phases]
     if timed:
-        keys = [k for k in ("import", "compile", "check", "time", "reference", "compare") if any(k in p for p in timed)]
+        keys = [k for k in HARNESS_PHASES + RUNNER_WORK if any(k in p for p in timed)]
         split = ", ".join(f"{k} {mean([p.get(k, 0.0) for p in timed]):.1f} s" for k in keys)
         text += f" (candidate evaluation: {split}; the gate's A/B and the operator take the rest)"
     return e(text) + "."
