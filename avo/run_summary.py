@@ -77,5 +77,5 @@ def print_summary(evo: "Evolution", why: str, write: bool) -> None:
     if why == "interrupted" or evo.stop.count:
         c.print("stopped cleanly; run the same command again to resume", highlight=False)
     elif why.startswith("budget") and evo.stats.evals_session == 0 and s.attempts:
-        c.print(f"this run's budget was already spent: extend it with --attempts/--minutes, "
-                f"or start a fresh run with --run NAME", highlight=False)
+        c.print("this run's budget was already spent: extend it with --attempts/--minutes, "
+                "or start a fresh run with --run NAME", highlight=False)

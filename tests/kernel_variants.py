@@ -1,6 +1,14 @@
-"""Test helpers: copies of a seed kernel with one edit or another CONFIG line, written to tmp_path."""
+"""Test helpers: a kernel or reference source run into a namespace; copies of a seed kernel with one
+edit or another CONFIG line, written to tmp_path."""
 import re
 from pathlib import Path
+
+
+def namespace(code: str, filename: str = "module") -> dict:
+    """The globals after running `code`; give a kernel its real path: @triton.jit reads the source."""
+    ns: dict = {}
+    exec(compile(code, filename, "exec"), ns)
+    return ns
 
 
 def variant(seed: Path, tmp_path: Path, name: str, old: str, new: str) -> Path:

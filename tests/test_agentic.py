@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from avo.harness.runner import EvalConfig, Evaluator
 from avo.operators.agentic import AgenticOperator, compact, estimate_tokens
 from avo.operators.base import AttemptView, GiveUp, LineageView, Proposal, StepContext, VersionView
 from avo.operators.llm import CostMeter, Message, ToolCall
@@ -36,12 +35,6 @@ class Spec:
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
     monkeypatch.setenv("AVO_TEST_AGENT_KEY", KEY)
-
-
-@pytest.fixture(scope="module")
-def evaluator():
-    with Evaluator(EvalConfig(device="interpret")) as ev:
-        yield ev
 
 
 def step_ctx(tmp_path: Path, evaluator=None) -> StepContext:

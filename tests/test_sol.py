@@ -7,7 +7,7 @@ import math
 import pytest
 
 from avo.harness import sol
-from avo.schema import Definition, ScalarInput, Workload
+from avo.schema import Definition, Workload
 from avo.tasks import load_task
 
 MATMUL_REF = "import torch\n\n\ndef run(a, b):\n    return torch.matmul(a, b)\n"

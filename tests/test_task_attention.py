@@ -5,16 +5,14 @@ come back INCORRECT_NUMERICAL and a library call comes back REWARD_HACK."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from avo.harness import sol
-from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus, ScalarInput
 from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
-from kernel_variants import variant, with_config
+from kernel_variants import namespace, variant, with_config
 
 SEED_PATH = REPO_ROOT / "kernels" / "attention" / "mha_fwd_seed.py"
 S = EvaluationStatus
@@ -25,23 +23,8 @@ def task():
     return load_task("attention_mha_fwd")
 
 
-@pytest.fixture(scope="module")
-def evaluator():
-    with Evaluator(EvalConfig(device="interpret")) as ev:
-        yield ev
-
-
-@pytest.fixture(scope="module")
-def quick_evaluator():
-    # Same cascade with two timed calls instead of five: these tests are about correctness.
-    with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
-        yield ev
-
-
 def _seed_module_namespace() -> dict:
-    ns: dict = {}
-    exec(compile(SEED_PATH.read_text(), str(SEED_PATH), "exec"), ns)
-    return ns
+    return namespace(SEED_PATH.read_text(), str(SEED_PATH))
 
 
 def test_attention_task_loads_with_gpu_and_cpu_workloads(task):
@@ -83,8 +66,7 @@ def test_attention_sol_model_is_flash_attention_flops_and_io_bytes(task):
 
 
 def test_attention_reference_matches_explicit_softmax_loop(task):
-    ns: dict = {}
-    exec(compile(task.definition.reference, "reference", "exec"), ns)
+    ns = namespace(task.definition.reference, "reference")
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 7, 4, generator=g, dtype=torch.float64) for _ in range(3))
     for causal in (False, True):

@@ -6,16 +6,14 @@ the wrong KV head or combine splits wrongly come back INCORRECT_NUMERICAL."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from avo.harness import sol
-from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus
 from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
-from kernel_variants import variant, with_config
+from kernel_variants import namespace, variant, with_config
 
 FWD_SEED = REPO_ROOT / "kernels" / "attention" / "gqa_fwd_seed.py"
 DECODE_SEED = REPO_ROOT / "kernels" / "attention" / "gqa_decode_seed.py"
@@ -30,25 +28,6 @@ def fwd_task():
 @pytest.fixture(scope="module")
 def decode_task():
     return load_task("attention_gqa_decode")
-
-
-@pytest.fixture(scope="module")
-def evaluator():
-    with Evaluator(EvalConfig(device="interpret")) as ev:
-        yield ev
-
-
-@pytest.fixture(scope="module")
-def quick_evaluator():
-    # Same cascade with two timed calls: these tests are about correctness.
-    with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
-        yield ev
-
-
-def _namespace(code: str, name: str) -> dict:
-    ns: dict = {}
-    exec(compile(code, name, "exec"), ns)
-    return ns
 
 
 def _explicit_gqa(q, k, v, causal):
@@ -125,7 +104,7 @@ def test_gqa_sol_models(fwd_task, decode_task):
 
 
 def test_gqa_fwd_reference_is_grouped_attention(fwd_task):
-    ref = _namespace(fwd_task.definition.reference, "reference")["run"]
+    ref = namespace(fwd_task.definition.reference, "reference")["run"]
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 6, 7, 4, generator=g, dtype=torch.float64)
     k, v = (torch.randn(2, 2, 7, 4, generator=g, dtype=torch.float64) for _ in range(2))
@@ -134,7 +113,7 @@ def test_gqa_fwd_reference_is_grouped_attention(fwd_task):
 
 
 def test_gqa_decode_reference_is_grouped_attention(decode_task):
-    ref = _namespace(decode_task.definition.reference, "reference")["run"]
+    ref = namespace(decode_task.definition.reference, "reference")["run"]
     g = torch.Generator().manual_seed(1)
     q = torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
     k, v = (torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64) for _ in range(2))
@@ -144,7 +123,7 @@ def test_gqa_decode_reference_is_grouped_attention(decode_task):
 
 @pytest.mark.parametrize("seed", [FWD_SEED, DECODE_SEED], ids=["fwd", "decode"])
 def test_gqa_seed_config_is_within_tunables(seed):
-    ns = _namespace(seed.read_text(), str(seed))
+    ns = namespace(seed.read_text(), str(seed))
     cfg, tun = ns["CONFIG"], ns["TUNABLES"]
     assert set(cfg) == set(tun)
     assert all(cfg[k] in tun[k] for k in cfg)

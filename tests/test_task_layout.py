@@ -1,20 +1,18 @@
 """Layout tasks (layout_bshd_to_bhsd, layout_transpose2d, layout_bshd_to_bhds): they load with the
 anchor shapes, their SOL model is one read + one write, the references are the permutations, the
-seeds (and a sample of their TUNABLES) pass the real evaluator in the Triton interpreter, wrong
+seeds (and a sample of their TUNABLES) pass the real quick_evaluator in the Triton interpreter, wrong
 index arithmetic comes back INCORRECT_NUMERICAL and a torch permute comes back REWARD_HACK."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from avo.config import default_seed_path
 from avo.harness import sol
-from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus
 from avo.tasks import load_task, solution_from_kernel_file
-from kernel_variants import variant, with_config
+from kernel_variants import namespace, variant, with_config
 
 S = EvaluationStatus
 # task -> (permutation, GPU anchor shape in bf16)
@@ -23,18 +21,6 @@ LAYOUT_TASKS = {
     "layout_transpose2d": ((1, 0), (16384, 16384)),
     "layout_bshd_to_bhds": ((0, 2, 3, 1), (64, 1024, 8, 128)),
 }
-
-
-@pytest.fixture(scope="module")
-def evaluator():
-    with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
-        yield ev
-
-
-def _ns(path: Path) -> dict:
-    ns: dict = {}
-    exec(compile(path.read_text(), str(path), "exec"), ns)
-    return ns
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUT_TASKS))
@@ -62,8 +48,7 @@ def test_layout_task_loads_with_anchor_and_awkward_cpu_workloads(name):
 def test_layout_reference_is_the_permutation(name):
     task = load_task(name)
     perm, _ = LAYOUT_TASKS[name]
-    ns: dict = {}
-    exec(compile(task.definition.reference, "reference", "exec"), ns)
+    ns = namespace(task.definition.reference, "reference")
     x = torch.arange(2 * 3 * 5 * 7).reshape((2, 3, 5, 7)[:len(perm)] if len(perm) == 4 else (6, 35))
     y = ns["run"](x)
     assert y.is_contiguous()
@@ -73,15 +58,15 @@ def test_layout_reference_is_the_permutation(name):
 
 @pytest.mark.parametrize("name", sorted(LAYOUT_TASKS))
 def test_layout_seed_config_is_within_tunables(name):
-    ns = _ns(default_seed_path(name))
+    ns = namespace(default_seed_path(name).read_text(), str(default_seed_path(name)))
     cfg, tun = ns["CONFIG"], ns["TUNABLES"]
     assert set(cfg) == set(tun) and all(cfg[k] in tun[k] for k in cfg)
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUT_TASKS))
-def test_layout_seed_passes_interpreter_evaluation(name, evaluator):
+def test_layout_seed_passes_interpreter_evaluation(name, quick_evaluator):
     task = load_task(name)
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, default_seed_path(name)))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, default_seed_path(name)))
     assert rep.status == S.PASSED, rep.message
     assert {t.workload.uuid for t in rep.traces} == {w.uuid for w in task.select("cpu")}
     assert all(t.evaluation.correctness.max_absolute_error == 0.0 for t in rep.traces)
@@ -96,10 +81,10 @@ TUNABLE_SAMPLE = {
 
 
 @pytest.mark.parametrize("name", sorted(TUNABLE_SAMPLE))
-def test_layout_tunable_combination_passes(name, evaluator, tmp_path):
+def test_layout_tunable_combination_passes(name, quick_evaluator, tmp_path):
     task = load_task(name)
     path = with_config(default_seed_path(name), tmp_path, name, TUNABLE_SAMPLE[name])
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, rep.message
 
 
@@ -112,19 +97,19 @@ WRONG_VARIANTS = {  # name -> (task, old, new)
 
 
 @pytest.mark.parametrize("case", sorted(WRONG_VARIANTS))
-def test_layout_wrong_variant_is_incorrect(case, evaluator, tmp_path):
+def test_layout_wrong_variant_is_incorrect(case, quick_evaluator, tmp_path):
     name, old, new = WRONG_VARIANTS[case]
     task = load_task(name)
     path = variant(default_seed_path(name), tmp_path, case, old, new)
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (case, rep.status, rep.message)
 
 
-def test_layout_torch_permute_is_reward_hack(evaluator, tmp_path):
+def test_layout_torch_permute_is_reward_hack(quick_evaluator, tmp_path):
     task = load_task("layout_bshd_to_bhsd")
     path = variant(default_seed_path("layout_bshd_to_bhsd"), tmp_path, "torch_permute",
                     "    batch, seq, heads, dim = x.shape\n", "    y.copy_(x.permute(0, 2, 1, 3))\n    return\n")
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and rep.hack_check == "static:library-call", rep.message
 
 
@@ -159,8 +144,7 @@ def test_kv_paged_task_loads_and_sol_is_read_plus_write():
 
 def test_kv_paged_reference_places_tokens_and_keeps_other_blocks():
     task = load_task("layout_kv_paged")
-    ns: dict = {}
-    exec(compile(task.definition.reference, "reference", "exec"), ns)
+    ns = namespace(task.definition.reference, "reference")
     axes = dict(batch=2, seq=5, kv_heads=1, head_dim=2, block_size=2, blocks_per_seq=3, num_blocks=8)
     a = ns["make_inputs"](axes, {n: torch.float32 for n in ("k", "v", "k_cache", "v_cache")},
                           torch.Generator().manual_seed(0), "cpu")
@@ -182,24 +166,24 @@ def test_kv_paged_reference_places_tokens_and_keeps_other_blocks():
 KV_SEED = default_seed_path("layout_kv_paged")
 
 
-def test_kv_paged_seed_and_split_kv_variant_pass(evaluator, tmp_path):
+def test_kv_paged_seed_and_split_kv_variant_pass(quick_evaluator, tmp_path):
     task = load_task("layout_kv_paged")
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, KV_SEED))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, KV_SEED))
     assert rep.status == S.PASSED, rep.message
     path = with_config(KV_SEED, tmp_path, "kv_split", dict(BLOCK=256, KV_TOGETHER=False, num_warps=2, num_stages=2))
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, rep.message
 
 
-def test_kv_paged_ignoring_the_block_table_is_incorrect(evaluator, tmp_path):
+def test_kv_paged_ignoring_the_block_table_is_incorrect(quick_evaluator, tmp_path):
     task = load_task("layout_kv_paged")
     path = variant(KV_SEED, tmp_path, "no_table", "phys = tl.load(table_ptr + b * blocks_per_seq + j).to(tl.int64)",
                     "phys = b * blocks_per_seq + j")
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
 
 
-def test_kv_paged_torch_index_put_is_reward_hack(evaluator, tmp_path):
+def test_kv_paged_torch_index_put_is_reward_hack(quick_evaluator, tmp_path):
     task = load_task("layout_kv_paged")
     path = variant(KV_SEED, tmp_path, "index_put", "    if batch * seq == 0:\n",
                     "    pos = torch.arange(seq, device=k.device)\n"
@@ -207,5 +191,5 @@ def test_kv_paged_torch_index_put_is_reward_hack(evaluator, tmp_path):
                     "    k_cache[blk, (pos % block_size).expand(batch, seq)] = k\n"
                     "    v_cache[blk, (pos % block_size).expand(batch, seq)] = v\n"
                     "    return\n    if batch * seq == 0:\n")
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)

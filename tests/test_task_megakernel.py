@@ -1,22 +1,19 @@
 """megakernel_decode_layer: the task loads with Llama-3-8B GPU workloads and tiny CPU layers, its SOL
 model counts every weight and the used cache once, the reference is the layer, and the seed (and a
-TUNABLES sample) passes the real evaluator in the Triton interpreter while a wrong cache length,
+TUNABLES sample) passes the real quick_evaluator in the Triton interpreter while a wrong cache length,
 a missing residual or a flipped RoPE come back INCORRECT_NUMERICAL and a torch matmul REWARD_HACK.
 Also: grammar_bitmask's persistent-grid and skip-all-ones TUNABLES stay correct."""
 from __future__ import annotations
 
-import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from avo.config import default_seed_path
 from avo.harness import sol
-from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus
 from avo.tasks import load_task, solution_from_kernel_file
-from kernel_variants import variant, with_config
+from kernel_variants import namespace, variant, with_config
 
 S = EvaluationStatus
 SEED_PATH = default_seed_path("megakernel_decode_layer")
@@ -27,18 +24,6 @@ LLAMA3_8B = dict(hidden=4096, q_dim=4096, kv_heads=8, kv_dim=1024, head_dim=128,
 @pytest.fixture(scope="module")
 def task():
     return load_task("megakernel_decode_layer")
-
-
-@pytest.fixture(scope="module")
-def evaluator():
-    with Evaluator(EvalConfig(device="interpret", warmup=0, iters=2)) as ev:
-        yield ev
-
-
-def _ns(code: str, filename: str = "module") -> dict:
-    ns: dict = {}
-    exec(compile(code, filename, "exec"), ns)  # a real filename: @triton.jit reads the source
-    return ns
 
 
 def test_megakernel_task_loads_with_llama_gpu_and_tiny_cpu_workloads(task):
@@ -66,7 +51,7 @@ def test_megakernel_sol_counts_weights_cache_and_flops(task):
 
 
 def test_megakernel_reference_matches_explicit_per_head_loop(task):
-    ns = _ns(task.definition.reference)
+    ns = namespace(task.definition.reference)
     axes = dict(batch=2, hidden=12, q_dim=12, kv_heads=1, kv_dim=4, head_dim=4, mlp=10, max_kv=6)
     names = ["x", "attn_norm_w", "wq", "wk", "wv", "wo", "mlp_norm_w", "w_gate", "w_up", "w_down",
              "k_cache", "v_cache", "rope_cos", "rope_sin"]
@@ -95,13 +80,13 @@ def test_megakernel_reference_matches_explicit_per_head_loop(task):
 
 
 def test_megakernel_seed_config_is_within_tunables():
-    ns = _ns(SEED_PATH.read_text(), str(SEED_PATH))
+    ns = namespace(SEED_PATH.read_text(), str(SEED_PATH))
     assert set(ns["CONFIG"]) == set(ns["TUNABLES"])
     assert all(ns["CONFIG"][k] in ns["TUNABLES"][k] for k in ns["CONFIG"])
 
 
-def test_megakernel_seed_passes_interpreter_evaluation(task, evaluator):
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, SEED_PATH))
+def test_megakernel_seed_passes_interpreter_evaluation(task, quick_evaluator):
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, SEED_PATH))
     assert rep.status == S.PASSED, rep.message
     assert {t.workload.uuid for t in rep.traces} == {w.uuid for w in task.select("cpu")}
     for t in rep.traces:  # fp32 scratch: well inside the bf16-sized tolerance
@@ -109,9 +94,9 @@ def test_megakernel_seed_passes_interpreter_evaluation(task, evaluator):
         assert t.evaluation.correctness.max_absolute_error < 5e-3
 
 
-def test_megakernel_tunable_combination_passes(task, evaluator, tmp_path):
+def test_megakernel_tunable_combination_passes(task, quick_evaluator, tmp_path):
     cfg = dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2)
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, with_config(SEED_PATH, tmp_path, "mk", cfg)))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, with_config(SEED_PATH, tmp_path, "mk", cfg)))
     assert rep.status == S.PASSED, rep.message
 
 
@@ -123,15 +108,15 @@ WRONG = {
 
 
 @pytest.mark.parametrize("name", sorted(WRONG))
-def test_megakernel_wrong_variant_is_incorrect_numerical(task, evaluator, tmp_path, name):
+def test_megakernel_wrong_variant_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
     path = variant(SEED_PATH, tmp_path, name, *WRONG[name])
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
-def test_megakernel_torch_matmul_is_reward_hack(task, evaluator, tmp_path):
+def test_megakernel_torch_matmul_is_reward_hack(task, quick_evaluator, tmp_path):
     path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(xn, wq, q)\n", "    q.copy_(xn @ wq.float().T)\n")
-    rep = evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)
 
 
@@ -150,7 +135,7 @@ BITMASK_SAMPLE = [
 
 
 def test_bitmask_seed_config_is_unchanged_and_new_knobs_default_off():
-    ns = _ns(BITMASK_SEED.read_text(), str(BITMASK_SEED))
+    ns = namespace(BITMASK_SEED.read_text(), str(BITMASK_SEED))
     assert ns["CONFIG"] == dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=False)
     assert {k: ns["TUNABLES"][k][0] for k in ("PERSISTENT", "SKIP_ONES", "BROADCAST_WORDS")} == \
         {"PERSISTENT": False, "SKIP_ONES": False, "BROADCAST_WORDS": False}
@@ -160,28 +145,28 @@ def test_bitmask_seed_config_is_unchanged_and_new_knobs_default_off():
 
 
 @pytest.mark.parametrize("idx", range(len(BITMASK_SAMPLE)))
-def test_bitmask_tunable_combination_passes(evaluator, tmp_path, idx):
+def test_bitmask_tunable_combination_passes(quick_evaluator, tmp_path, idx):
     bt = load_task("grammar_bitmask")
     path = with_config(BITMASK_SEED, tmp_path, f"bm{idx}", BITMASK_SAMPLE[idx])
-    rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
+    rep = quick_evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
     assert rep.status == S.PASSED, (BITMASK_SAMPLE[idx], rep.message)
 
 
-def test_bitmask_skip_ones_with_inverted_test_is_incorrect(evaluator, tmp_path):
+def test_bitmask_skip_ones_with_inverted_test_is_incorrect(quick_evaluator, tmp_path):
     bt = load_task("grammar_bitmask")
     path = with_config(BITMASK_SEED, tmp_path, "bm_cfg", BITMASK_SAMPLE[1])
     path = variant(path, tmp_path, "bm_wrong", "tl.sum((words != -1).to(tl.int32), 0) > 0",
                   "tl.sum((words != -1).to(tl.int32), 0) == 0")
-    rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
+    rep = quick_evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
 
 
-def test_bitmask_persistent_grid_that_skips_blocks_is_incorrect(evaluator, tmp_path):
+def test_bitmask_persistent_grid_that_skips_blocks_is_incorrect(quick_evaluator, tmp_path):
     bt = load_task("grammar_bitmask")
     path = with_config(BITMASK_SEED, tmp_path, "bm_cfg", BITMASK_SAMPLE[0])
     path = variant(path, tmp_path, "bm_stride", "range(tl.program_id(0), n_tiles, tl.num_programs(0))",
                   "range(tl.program_id(0), n_tiles, tl.num_programs(0) + 1)")
-    rep = evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
+    rep = quick_evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
 
 
