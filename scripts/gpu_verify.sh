@@ -9,6 +9,7 @@
 #   bash scripts/gpu_verify.sh agentic   # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e       # avo.apply in transformers + xgrammar: tokens and tokens/s
 #   bash scripts/gpu_verify.sh bench     # peer benchmark scripts (attention, memory-bound)
+#   bash scripts/gpu_verify.sh sweep     # scripts/sweep_knobs.py over the seeds' newer knobs (design-space map)
 # MINUTES is the run's total wall budget: a resumed run (lineages/<run> carried along) counts the
 # minutes it already ran, so pass the old total plus what you want to add.
 set -uo pipefail
@@ -49,5 +50,27 @@ case "${1:-evals}" in
   bench)
     python3 scripts/bench_attention.py 2>&1 | tail -40
     python3 scripts/bench_memory_bound.py 2>&1 | tail -40 ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench" >&2; exit 2 ;;
+  sweep)  # the knobs added after the first H100 runs, each next to the seed's point and the old winner
+    sw() { timeout "$1" python3 scripts/sweep_knobs.py "${@:2}" 2>&1 | grep -v "^| ---\|^| task" | tee -a "$OUT/sweep.log" | tail -n 14; }
+    D='"GEMV_DOT":true,"num_stages":3,"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":128'
+    F="$D"',"FUSE_NORM":true,"FUSE_QKV":true'
+    sw 200 megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads 'b1_kv4000|b8_kv8191' '{}' "{$D}" \
+      "{$F}" "{$F,\"ATTN_SPLITS\":16}" "{$F,\"ATTN_SPLITS\":16,\"GEMV_BLOCK_N\":16}" \
+      "{$F,\"ATTN_SPLITS\":16,\"GEMV_BLOCK_N\":64}" "{$F,\"ATTN_SPLITS\":16,\"GEMV_BLOCK_K\":256}" \
+      "{$F,\"ATTN_SPLITS\":16,\"num_stages\":4}" "{$F,\"ATTN_SPLITS\":16,\"GEMV_WARPS\":8}" \
+      "{$F,\"ATTN_SPLITS\":32,\"ATTN_BLOCK_KV\":32}"
+    sw 100 attention_gqa_decode kernels/attention/gqa_decode_seed.py '{}' '{"AUTO_SPLITS":true}' \
+      '{"AUTO_SPLITS":true,"CTAS_PER_SM":2}' '{"AUTO_SPLITS":true,"CTAS_PER_SM":4}' \
+      '{"AUTO_SPLITS":true,"CTAS_PER_SM":2,"BLOCK_N":128}' '{"AUTO_SPLITS":true,"CTAS_PER_SM":2,"num_stages":3}'
+    sw 100 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' '{"BROADCAST_WORDS":true}' \
+      '{"BROADCAST_WORDS":true,"BLOCK_SIZE":1024}' '{"BROADCAST_WORDS":true,"BLOCK_SIZE":4096,"num_warps":8}' \
+      '{"BROADCAST_WORDS":true,"PERSISTENT":true,"PROGRAMS_PER_SM":2,"BLOCK_SIZE":4096,"num_warps":8}' \
+      '{"PERSISTENT":true,"PROGRAMS_PER_SM":4,"BLOCK_SIZE":2048,"num_warps":8}' --peers 'xgrammar triton'
+    E='"BLOCK_M":128,"BLOCK_N":64,"num_warps":8,"num_stages":3,"EXP2":true,"CAUSAL_SKIP":true'
+    sw 150 attention_mha_fwd kernels/attention/mha_fwd_seed.py --workloads 'b4_h32_s4096_d128' "{$E}" \
+      "{$E,\"PEEL_TAIL\":true}" "{$E,\"WARP_SPEC\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" \
+      "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
+    sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
+      "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep" >&2; exit 2 ;;
 esac

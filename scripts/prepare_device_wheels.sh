@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Download the wheels the lent GPU machines lack (Python 3.12, x86_64, no network there) into .whl/.
 # On the device: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site
-# Ray (~79 MB) does not fit in one 64 MiB carry: `RAY=1` downloads it into .whl-ray/ for a separate call.
+# `RAY=1` also fills .whl-ray/ with a slimmed ray wheel (~79 MB -> ~40 MiB: no java jars, dashboard web build,
+# rllib, llm) plus the ray deps the device image lacks, so .whl/ + .whl-ray/ fit one 64 MiB carry; on the device:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl-ray/*.whl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64
       --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux_2_35_x86_64)
-dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" -d "$1" "${@:2}"; }
+dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${PYV:-3.12}" --implementation cp "${PLAT[@]}" -d "$1" "${@:2}"; }
 mkdir -p .whl
 # pydantic 2 + GitPython + the LLM SDKs (missing on the device image); xgrammar for the bitmask peer.
 dl .whl pydantic pydantic-core annotated-types typing-inspection gitpython gitdb smmap \
@@ -15,5 +17,24 @@ dl .whl pydantic pydantic-core annotated-types typing-inspection gitpython gitdb
    xgrammar apache-tvm-ffi
 # flashinfer-bench is pure Python; no deps needed for its data models.
 dl .whl flashinfer-bench
-if [ "${RAY:-0}" = 1 ]; then mkdir -p .whl-ray && dl .whl-ray ray; fi
+if [ "${RAY:-0}" = 1 ]; then
+  mkdir -p .whl-ray && rm -f .whl-ray/ray-*.whl  # a slimmed one would only fail pip's hash check
+  # ray + its deps the device lacks (it has click, filelock, packaging, pyyaml, requests).
+  dl .whl-ray ray msgpack protobuf jsonschema jsonschema-specifications referencing rpds-py attrs
+  # Rewrite the ray wheel without the dropped trees; RECORD is filtered to match (kept files' hashes stay valid).
+  python3 - .whl-ray/ray-*.whl <<'EOF'
+import os, sys, zipfile
+drop = tuple(f"ray/{d}/" for d in ("jars", "dashboard/client/build", "rllib", "llm"))
+for src in sys.argv[1:]:
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(src + ".tmp", "w", zipfile.ZIP_DEFLATED) as zo:
+        for i in zi.infolist():
+            if i.filename.startswith(drop): continue
+            data = zi.read(i)
+            if i.filename.endswith(".dist-info/RECORD"):
+                data = b"".join(l for l in data.splitlines(True) if not l.decode().startswith(drop))
+            zo.writestr(i, data, zipfile.ZIP_DEFLATED, 9)  # keeps external_attr (exec bits of raylet/gcs_server)
+    os.replace(src + ".tmp", src)
+EOF
+  du -sh .whl-ray
+fi
 du -sh .whl

@@ -147,10 +147,12 @@ def test_gqa_decode_seed_passes_interpreter_evaluation(decode_task, evaluator):
         assert t.evaluation.correctness.max_absolute_error < 5e-3
 
 
-# No split (phase 1 writes o) and many splits of few blocks (empty trailing splits at kv_len 77).
+# No split (phase 1 writes o), many splits of few blocks (empty trailing splits at kv_len 77), and
+# splits chosen per call (interpreter: 4 pretend SMs, so batch 1 and 2 split and larger ones not).
 DECODE_SAMPLE = [
     dict(BLOCK_N=16, NUM_SPLITS=1, num_warps=2, num_stages=1),
     dict(BLOCK_N=32, NUM_SPLITS=32, num_warps=8, num_stages=3),
+    dict(BLOCK_N=16, NUM_SPLITS=1, num_warps=4, num_stages=2, AUTO_SPLITS=True, CTAS_PER_SM=4),
 ]
 
 
@@ -195,7 +197,7 @@ def test_gqa_decode_wrong_variant_is_incorrect_numerical(decode_task, quick_eval
     wls = [w for w in decode_task.select("cpu") if w.uuid == "cpu_b2_hq8_hkv2_kv77_d64_float16"]
     assert len(wls) == 1
     if name == "combine_no_rescale":  # 77 keys over splits of 16: five non-empty splits
-        path = with_config(path, tmp_path, name + "_split", dict(BLOCK_N=16, NUM_SPLITS=8, num_warps=4, num_stages=2))
+        path = with_config(path, tmp_path, name + "_split", dict(BLOCK_N=16, NUM_SPLITS=8, num_warps=4, num_stages=2, AUTO_SPLITS=False, CTAS_PER_SM=1))
     rep = quick_evaluator.evaluate(decode_task, solution_from_kernel_file(decode_task, path), wls)
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 

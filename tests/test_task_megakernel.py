@@ -5,6 +5,7 @@ a missing residual or a flipped RoPE come back INCORRECT_NUMERICAL and a torch m
 Also: grammar_bitmask's persistent-grid and skip-all-ones TUNABLES stay correct."""
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,14 +95,28 @@ def test_megakernel_seed_passes_interpreter_evaluation(task, quick_evaluator):
         assert t.evaluation.correctness.max_absolute_error < 5e-3
 
 
-def test_megakernel_tunable_combination_passes(task, quick_evaluator, tmp_path):
-    cfg = dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2)
-    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, with_config(SEED_PATH, tmp_path, "mk", cfg)))
+MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles, more splits than KV rows
+    dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2),
+    dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=32, GEMV_WARPS=4, ATTN_BLOCK_KV=8, ATTN_WARPS=2, NORM_BLOCK=256, num_stages=3,
+         GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4),
+    dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=512, num_stages=1,
+         GEMV_DOT=False, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32),
+    dict(GEMV_BLOCK_N=4, GEMV_BLOCK_K=64, GEMV_WARPS=1, ATTN_BLOCK_KV=32, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=2,
+         GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=2),
+]
+
+
+@pytest.mark.parametrize("i", range(len(MEGAKERNEL_SAMPLE)))
+def test_megakernel_tunable_combination_passes(task, quick_evaluator, tmp_path, i):
+    path = with_config(SEED_PATH, tmp_path, f"mk{i}", MEGAKERNEL_SAMPLE[i])
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, rep.message
+    for t in rep.traces:  # fp16 dot operands on the fp16 workload; fp32 elsewhere
+        assert t.evaluation.correctness.extra["matched_ratio"] == 1.0
 
 
 WRONG = {
-    "kv_len_off_by_one": ("nmask = offs_n < kv_len", "nmask = offs_n < kv_len - 1"),
+    "kv_len_off_by_one": ("nmask = offs_n < end", "nmask = offs_n < end - 1"),
     "no_down_residual": ("_gemv(act, w_down, out, mode=1, res=h)", "_gemv(act, w_down, out)"),
     "rope_sign_flipped": ("sign = tl.where(offs_d < half, -1.0, 1.0)", "sign = tl.where(offs_d < half, 1.0, -1.0)"),
 }
@@ -115,7 +130,8 @@ def test_megakernel_wrong_variant_is_incorrect_numerical(task, quick_evaluator, 
 
 
 def test_megakernel_torch_matmul_is_reward_hack(task, quick_evaluator, tmp_path):
-    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(xn, wq, q)\n", "    q.copy_(xn @ wq.float().T)\n")
+    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(attn, wo, h, mode=1, res=x)\n",
+                   "    h.copy_(attn @ wo.float().T + x)\n")
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)
 
@@ -181,9 +197,9 @@ def test_gpu_megakernel_config_names_existing_seed_and_workloads(task):
 
 # ---- every kernel of this family also compiles for sm_90 (frontend + ptxas, no GPU needed) ----
 # The interpreter accepts code that Triton's compiler refuses (Python `or` on tensors, some
-# control flow); compiling for a GPU target catches it on a CPU machine. A subprocess, because
-# TRITON_INTERPRET must be unset before triton is imported.
-GPU_COMPILE_SCRIPT = '"""Compile the Triton kernels for sm_90 without a GPU (frontend + ptxas), to catch what the interpreter accepts but the compiler refuses."""\nimport importlib.util, sys, itertools\nimport triton\nfrom triton.backends.compiler import GPUTarget\nfrom triton.compiler import ASTSource\ntarget = GPUTarget("cuda", 90, 32)\n\ndef load(path):\n    spec = importlib.util.spec_from_file_location("m_" + path.replace("/", "_").replace(".", "_"), path)\n    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); return m\n\ndef comp(fn, sig, consts, warps=4, stages=1):\n    src = ASTSource(fn=fn, signature=sig, constexprs=consts)\n    k = triton.compile(src, target=target, options=dict(num_warps=warps, num_stages=stages))\n    return k.metadata.shared, k.n_regs if hasattr(k, "n_regs") else None\n\njobs = []\nm = load("kernels/grammar/bitmask_seed.py")\nfor P, SK, RMW, BW in itertools.product([False, True], [False, True], [False, True], [False, True]):\n    jobs.append(("bitmask P%d S%d R%d B%d" % (P, SK, RMW, BW), m._bitmask_kernel,\n                 {"logits_ptr": "*fp32", "bitmask_ptr": "*i32", "indices_ptr": "*i32", "vocab": "i32", "logits_stride": "i32",\n                  "bitmask_stride": "i32", "n_blocks": "i32", "n_tiles": "i32", "BLOCK_SIZE": "constexpr", "RMW": "constexpr",\n                  "PERSISTENT": "constexpr", "SKIP_ONES": "constexpr", "BROADCAST_WORDS": "constexpr"},\n                 {"BLOCK_SIZE": 1024, "RMW": RMW, "PERSISTENT": P, "SKIP_ONES": SK, "BROADCAST_WORDS": BW}))\nt = load("kernels/layout/transpose2d_seed.py")\nfor TR in (True, False):\n    jobs.append(("transpose TRANS=%s" % TR, t._batched_transpose_kernel,\n                 {"x_ptr": "*bf16", "y_ptr": "*bf16", "R": "i32", "C": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr", "GROUP": "constexpr", "TRANS": "constexpr"},\n                 {"BLOCK_R": 64, "BLOCK_C": 64, "GROUP": 8, "TRANS": TR}))\nb = load("kernels/layout/bshd_to_bhsd_seed.py")\nfor HF in (True, False):\n    jobs.append(("bhsd H_FAST=%s" % HF, b._bshd_to_bhsd_kernel,\n                 {"x_ptr": "*bf16", "y_ptr": "*bf16", "S": "i32", "H": "i32", "D": "i32", "BLOCK_S": "constexpr", "BLOCK_D": "constexpr", "H_FAST": "constexpr"},\n                 {"BLOCK_S": 16, "BLOCK_D": 128, "H_FAST": HF}))\nkv = load("kernels/layout/kv_paged_seed.py")\nfor KT in (True, False):\n    jobs.append(("kv_paged KV_TOGETHER=%s" % KT, kv._kv_paged_kernel,\n                 {"k_ptr": "*bf16", "v_ptr": "*bf16", "table_ptr": "*i32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "seq": "i32", "block_size": "i32",\n                  "blocks_per_seq": "i32", "row_elems": "i32", "BLOCK": "constexpr", "KV_TOGETHER": "constexpr"}, {"BLOCK": 1024, "KV_TOGETHER": KT}))\nmk = load("kernels/megakernel/decode_layer_seed.py")\njobs.append(("mk rmsnorm", mk._rmsnorm_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*fp32", "N": "i32", "eps": "fp32", "BLOCK": "constexpr"}, {"BLOCK": 1024}))\nfor MODE in (0, 1, 2):\n    jobs.append(("mk gemv MODE=%d" % MODE, mk._gemv_kernel,\n                 {"x_ptr": "*fp32", "w_ptr": "*bf16", "w2_ptr": "*bf16", "res_ptr": "*bf16", "out_ptr": "*bf16", "B": "i32", "N": "i32", "K": "i32",\n                  "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "MODE": "constexpr"},\n                 {"BLOCK_B": 8, "BLOCK_N": 16, "BLOCK_K": 64, "MODE": MODE}))\njobs.append(("mk rope_attn", mk._rope_attn_kernel,\n             {"q_ptr": "*fp32", "k_ptr": "*fp32", "v_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "kc_ptr": "*bf16", "vc_ptr": "*bf16",\n              "k_new_ptr": "*bf16", "v_new_ptr": "*bf16", "o_ptr": "*fp32", "kv_len": "i32", "max_kv": "i32", "KVH": "i32", "D": "i32", "GROUP": "i32",\n              "scale": "fp32", "BLOCK_G": "constexpr", "BLOCK_D": "constexpr", "BLOCK_KV": "constexpr"},\n             {"BLOCK_G": 4, "BLOCK_D": 128, "BLOCK_KV": 16}))\nbad = 0\nfor name, fn, sig, consts in jobs:\n    try:\n        print("OK  ", name, comp(fn, sig, consts))\n    except Exception as e:\n        bad += 1\n        print("FAIL", name, type(e).__name__, str(e).splitlines()[-1][:300] if str(e) else "")\nsys.exit(1 if bad else 0)\n'
+# control flow); compiling for a GPU target catches it on a CPU machine. A subprocess
+# (tests/compile_sm90.py), because TRITON_INTERPRET must be unset before triton is imported.
+
 
 
 def test_memory_bound_kernels_compile_for_sm90(tmp_path):
@@ -191,9 +207,8 @@ def test_memory_bound_kernels_compile_for_sm90(tmp_path):
     import subprocess
     import sys
     from avo.tasks import REPO_ROOT
-    script = tmp_path / "gpu_compile.py"
-    script.write_text(GPU_COMPILE_SCRIPT)
+    script = Path(__file__).with_name("compile_sm90.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("OK  ") == 27 and "FAIL" not in r.stdout
+    assert r.stdout.count("OK  ") == 38 and "FAIL" not in r.stdout

@@ -15,14 +15,36 @@ import triton
 import triton.language as tl
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_N=64, NUM_SPLITS=8, num_warps=4, num_stages=2)
+CONFIG = dict(BLOCK_N=64, NUM_SPLITS=8, num_warps=4, num_stages=2, AUTO_SPLITS=False, CTAS_PER_SM=1)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK_N=[16, 32, 64, 128, 256],  # cached keys per inner step
     NUM_SPLITS=[1, 2, 4, 8, 16, 32],  # KV splits per (batch, KV head); 1 = no split, no combine pass
     num_warps=[2, 4, 8],
     num_stages=[1, 2, 3, 4],  # software-pipelining depth of the K/V loads
+    # AUTO_SPLITS: pick the split count per call so batch * kv_heads * splits ~ CTAS_PER_SM x #SMs
+    # (B1 wants 32+ splits, B64 none); NUM_SPLITS is then ignored.
+    AUTO_SPLITS=[False, True],
+    CTAS_PER_SM=[1, 2, 4],
 )
+
+
+def _knob(name):
+    return CONFIG.get(name, TUNABLES[name][0])  # a knob missing from CONFIG takes its first value
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: pretend 4 SMs so small grids still split
+
+
+def _splits(batch: int, kv_heads: int, kv_len: int, device: torch.device) -> int:
+    if not _knob("AUTO_SPLITS"):
+        return CONFIG["NUM_SPLITS"]
+    want = triton.cdiv(_knob("CTAS_PER_SM") * _num_sms(device), batch * kv_heads)
+    most = triton.next_power_of_2(triton.cdiv(kv_len, CONFIG["BLOCK_N"]))  # no split shorter than a block
+    return min(triton.next_power_of_2(want), most, 64)
 
 
 @triton.jit
@@ -106,13 +128,13 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor) -> N
     # The kernels assume the head dim is contiguous (vector loads along D).
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     group = q_heads // kv_heads
-    block_n, splits = CONFIG["BLOCK_N"], CONFIG["NUM_SPLITS"]
+    block_n, splits = CONFIG["BLOCK_N"], _splits(batch, kv_heads, kv_len, q.device)
     # Each split covers a whole number of blocks; trailing splits may be empty (combine skips them).
     split_len = triton.cdiv(triton.cdiv(kv_len, splits), block_n) * block_n
-    if splits > 1:
-        m = torch.empty(batch, q_heads, splits, device=q.device, dtype=torch.float32)
-        l = torch.empty_like(m)
-        acc = torch.empty(batch, q_heads, splits, dim, device=q.device, dtype=torch.float32)
+    if splits > 1:  # one allocation for the partials: (m, l, acc) per (batch, q head, split)
+        part = torch.empty(batch * q_heads * splits * (dim + 2), device=q.device, dtype=torch.float32)
+        rows = batch * q_heads * splits
+        m, l, acc = part[:rows], part[rows:2 * rows], part[2 * rows:]
     else:
         m = l = acc = o  # unused: phase 1 writes o directly
     _gqa_decode_split_kernel[(splits, batch * kv_heads)](

@@ -1,0 +1,94 @@
+"""Time knob settings of one kernel file on the GPU, next to the task's eager reference, in one process.
+
+    python scripts/sweep_knobs.py megakernel_decode_layer kernels/megakernel/decode_layer_seed.py \\
+        '{}' '{"GEMV_DOT": true}' '{"GEMV_DOT": true, "FUSE_NORM": true}' --workloads 'b1_kv4000|b8'
+
+Each JSON object is merged into the file's CONFIG (the file is not changed; `{}` = as written).
+Every setting is checked against the eager reference (task tolerance) before do_bench times it;
+rows come from scripts/bench_memory_bound.py's bench_workload (same timing, GB/s, % SOL). A quick
+map of the design space before a run, or of where a lineage's winner sits in it; the evaluator
+and `avo evolve` stay the judges of what gets accepted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+HERE = Path(__file__).resolve().parent
+spec = importlib.util.spec_from_file_location("bench_memory_bound", HERE / "bench_memory_bound.py")
+bmb = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bmb)
+
+
+def parse_settings(items: list[str], tunables: dict) -> list[dict]:
+    out = []
+    for item in items:
+        try:
+            cfg = json.loads(item)
+        except json.JSONDecodeError as e:
+            raise bmb.BenchError(f"setting {item!r} is not JSON: {e.msg}") from None
+        if not isinstance(cfg, dict):
+            raise bmb.BenchError(f"setting {item!r} is not a JSON object")
+        bad = [f"{k}={v!r}" for k, v in cfg.items() if k not in tunables or v not in tunables[k]]
+        if bad:
+            raise bmb.BenchError(f"setting {item!r}: {', '.join(bad)} not in the kernel's TUNABLES")
+        out.append(cfg)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("task")
+    ap.add_argument("kernel", type=Path)
+    ap.add_argument("settings", nargs="+", help="JSON objects merged into CONFIG")
+    ap.add_argument("--workloads", default=None, help="regex on GPU workload uuids")
+    ap.add_argument("--peers", nargs="*", default=[], help="peer rows from bench_memory_bound (e.g. 'xgrammar triton')")
+    a = ap.parse_args(argv)
+    try:
+        task = bmb.load_task(a.task)
+        if not a.kernel.is_file():
+            raise bmb.BenchError(f"no such kernel file {a.kernel}")
+        mods = []
+        for i in range(len(a.settings)):
+            spec = importlib.util.spec_from_file_location(f"sweep_{i}", a.kernel)
+            mods.append(importlib.util.module_from_spec(spec))
+            spec.loader.exec_module(mods[-1])
+        settings = parse_settings(a.settings, mods[0].TUNABLES)
+        wls = [w for w in task.select("gpu") if not a.workloads or bmb.re.search(a.workloads, w.uuid)]
+        if not wls:
+            raise bmb.BenchError(f"no GPU workload of {a.task} matches {a.workloads!r}")
+    except (bmb.BenchError, bmb.TaskError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import torch
+    if not torch.cuda.is_available():
+        print("error: no CUDA device", file=sys.stderr)
+        return 2
+    runs = {}
+    for mod, cfg in zip(mods, settings):
+        mod.CONFIG.update(cfg)
+        runs[json.dumps(cfg, separators=(",", ":")) if cfg else "as written"] = mod.run
+    rows = []
+    for w in wls:
+        part = bmb.bench_workload(task, w, ["torch eager"] + a.peers + list(runs), runs)
+        print(bmb.table(part), flush=True)
+        rows += part
+        torch.cuda.empty_cache()
+    best = {}
+    for r in rows:
+        if r["impl"] in runs and r["ms"] == r["ms"]:
+            best.setdefault(r["impl"], []).append(r["ms"])
+    print("\ngeomean µs over workloads (settings that passed everywhere):")
+    for name, ms in sorted(best.items(), key=lambda kv: sum(kv[1])):
+        if len(ms) == len(wls):
+            print(f"  {math.exp(sum(math.log(m * 1e3) for m in ms) / len(ms)):9.1f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
