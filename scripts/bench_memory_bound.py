@@ -172,7 +172,7 @@ def bench_workload(task: Task, w, impls: list[str], runs: dict[str, Callable], s
         ms = triton.testing.do_bench(fn, return_mode="median") if status in ("ok", "reference") else float("nan")
         rows.append(dict(task=task.name, workload=w.uuid, impl=impl, ms=ms, gbps=nbytes / (ms * 1e-3) / 1e9,
                          sol=t_sol / (ms * 1e-3), check=status, hw=hw.name))
-    eager = next(r["ms"] for r in rows if r["impl"] == "torch eager")
+    eager = next((r["ms"] for r in rows if r["impl"] == "torch eager"), float("nan"))
     for r in rows:
         r["vs_eager"] = eager / r["ms"] if r["ms"] == r["ms"] else float("nan")
     return rows

@@ -5,7 +5,8 @@
 #   bash scripts/gpu_verify.sh grammar   # 8-min avo evolve of grammar_bitmask + report + export
 #   bash scripts/gpu_verify.sh attention # 8-min avo evolve of attention_mha_fwd + report + export
 #   bash scripts/gpu_verify.sh layout    # avo evolve of the four layout tasks
-#   bash scripts/gpu_verify.sh gqa|decode|megakernel   # avo evolve of GQA prefill / GQA decode / the decode layer
+#   bash scripts/gpu_verify.sh gqa|decode|megakernel|mha-decode   # avo evolve of GQA prefill / GQA decode / the decode layer
+#   bash scripts/gpu_verify.sh ray1      # avo evolve --backend ray on this one GPU (RAY=1 prepare_device_wheels.sh; carry .whl-ray)
 #   bash scripts/gpu_verify.sh agentic   # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e       # avo.apply in transformers + xgrammar: tokens and tokens/s
 #   bash scripts/gpu_verify.sh bench     # peer benchmark scripts (attention, memory-bound)
@@ -15,19 +16,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
+if [ -d .whl ]; then  # .whl-ray (the slim ray wheel + deps) when carried along
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    $(ls .whl-ray/*.whl 2>/dev/null) >/dev/null 2>&1
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export COLUMNS=160 PYTHONUNBUFFERED=1
 avo() { python3 -m avo.cli "$@"; }
-evolve_part() {  # run name, config, minutes
-  timeout $(( ${3%.*} * 60 + 120 )) python3 -m avo.cli evolve --config "$2" --minutes "$3" --no-live > "$OUT/evolve_$1.log" 2>&1
+evolve_part() {  # run name, config, minutes, extra `avo evolve` arguments
+  timeout $(( ${3%.*} * 60 + 120 )) python3 -m avo.cli evolve --config "$2" --minutes "$3" --no-live "${@:4}" > "$OUT/evolve_$1.log" 2>&1
   avo report "$1" > /dev/null 2>&1
   avo lineage best "$1" > "$OUT/best_$1.txt" 2>&1
   avo export "$1" --out "artifacts/$1" > /dev/null 2>&1
   tar czf "$OUT/lineage_$1.tgz" "lineages/$1" "artifacts/$1" 2>/dev/null
   tail -c 3000 "$OUT/evolve_$1.log"
+}
+sw() {  # seconds, then scripts/sweep_knobs.py arguments; the table rows go to $OUT/sweep.log
+  timeout "$1" python3 scripts/sweep_knobs.py "${@:2}" 2>&1 | grep -v "^| ---\|^| task" | tee -a "$OUT/sweep.log" | tail -n 14
 }
 case "${1:-evals}" in
   evals)
@@ -44,14 +49,30 @@ case "${1:-evals}" in
   gqa) evolve_part gpu-attention-gqa configs/gpu_attention_gqa.yaml "${MINUTES:-8}" ;;
   decode) evolve_part gpu-gqa-decode configs/gpu_gqa_decode.yaml "${MINUTES:-8}" ;;
   megakernel) evolve_part gpu-megakernel configs/gpu_megakernel.yaml "${MINUTES:-8}" ;;
+  mha-decode) evolve_part gpu-mha-decode configs/gpu_mha_decode.yaml "${MINUTES:-8}" ;;
+  ray1)  # Ray backend, one evaluator actor on this GPU (carry .whl-ray too); multicast off as the device README asks
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    evolve_part gpu-ray-one-gpu configs/gpu_ray_one_gpu.yaml "${MINUTES:-8}" --backend ray ;;
   agentic) timeout 540 python3 scripts/agentic_scripted_run.py --device cuda --out "$OUT/agentic-lineage" \
              --json "$OUT/agentic.json" 2>&1 | tail -c 4000 ;;
   e2e) python3 scripts/bench_apply_e2e.py --device cuda --json "$OUT/e2e.json" 2>&1 | tail -c 4000 ;;
   bench)
     python3 scripts/bench_attention.py 2>&1 | tail -40
     python3 scripts/bench_memory_bound.py 2>&1 | tail -40 ;;
+  sweep2)  # the best points of `sweep` combined, the megakernel's tensor-core attention, causal REVERSE_M
+    F='"GEMV_DOT":true,"num_stages":4,"GEMV_BLOCK_K":128,"FUSE_NORM":true,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_BLOCK_KV":32'
+    sw 240 megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads 'b1_kv4000|b8_kv8191|b4' \
+      "{$F,\"GEMV_BLOCK_N\":32}" "{$F,\"GEMV_BLOCK_N\":64}" "{$F,\"GEMV_BLOCK_N\":32,\"ATTN_DOT\":true}" \
+      "{$F,\"GEMV_BLOCK_N\":64,\"ATTN_DOT\":true}" "{$F,\"GEMV_BLOCK_N\":64,\"ATTN_DOT\":true,\"ATTN_SPLITS\":16}" \
+      "{$F,\"GEMV_BLOCK_N\":64,\"ATTN_DOT\":true,\"GEMV_BLOCK_K\":256,\"num_stages\":3}" \
+      "{$F,\"GEMV_BLOCK_N\":32,\"ATTN_DOT\":true,\"ATTN_WARPS\":8}" "{$F,\"GEMV_BLOCK_N\":64,\"ATTN_DOT\":true,\"GEMV_WARPS\":2}"
+    E='"BLOCK_M":128,"BLOCK_N":64,"num_warps":8,"num_stages":3,"EXP2":true,"CAUSAL_SKIP":true,"PEEL_TAIL":true'
+    for t in mha gqa; do
+      [ $t = mha ] && W='b4_h32_s4096_d128' || W='b4_hq32_hkv8_s4096|b16_hq32_hkv4_s1024_d128_causal'
+      sw 150 attention_${t}_fwd kernels/attention/${t}_fwd_seed.py --workloads "$W" "{$E}" "{$E,\"REVERSE_M\":true}" \
+        "{$E,\"REVERSE_M\":true,\"WARP_SPEC\":true}" "{$E,\"REVERSE_M\":true,\"BLOCK_N\":128,\"num_stages\":2}" --fp32-reference
+    done ;;
   sweep)  # the knobs added after the first H100 runs, each next to the seed's point and the old winner
-    sw() { timeout "$1" python3 scripts/sweep_knobs.py "${@:2}" 2>&1 | grep -v "^| ---\|^| task" | tee -a "$OUT/sweep.log" | tail -n 14; }
     D='"GEMV_DOT":true,"num_stages":3,"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":128'
     F="$D"',"FUSE_NORM":true,"FUSE_QKV":true'
     sw 200 megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads 'b1_kv4000|b8_kv8191' '{}' "{$D}" \
@@ -72,5 +93,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|mha-decode|ray1" >&2; exit 2 ;;
 esac

@@ -41,6 +41,19 @@ def parse_settings(items: list[str], tunables: dict) -> list[dict]:
     return out
 
 
+def fp32_reference(task) -> callable:
+    """The task's reference as a DPS kernel on fp32 copies of the inputs (outputs cast back)."""
+    import torch
+    ref = bmb.reference_ns(task)["run"]
+    n_in = len(task.definition.inputs)
+    def run(*args):
+        ins = [t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in args[:n_in]]
+        res = ref(*ins)
+        for out, r in zip(args[n_in:], res if isinstance(res, tuple) else (res,)):
+            out.copy_(r)
+    return run
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task")
@@ -48,6 +61,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("settings", nargs="+", help="JSON objects merged into CONFIG")
     ap.add_argument("--workloads", default=None, help="regex on GPU workload uuids")
     ap.add_argument("--peers", nargs="*", default=[], help="peer rows from bench_memory_bound (e.g. 'xgrammar triton')")
+    ap.add_argument("--fp32-reference", action="store_true",
+                    help="check against the reference run on fp32 copies (as the evaluator does) instead of eager "
+                         "in the input dtype, whose own rounding fails bf16 attention at the task's tolerance")
     a = ap.parse_args(argv)
     try:
         task = bmb.load_task(a.task)
@@ -75,7 +91,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         runs[json.dumps(cfg, separators=(",", ":")) if cfg else "as written"] = mod.run
     rows = []
     for w in wls:
-        part = bmb.bench_workload(task, w, ["torch eager"] + a.peers + list(runs), runs)
+        first = ["fp32 reference"] if a.fp32_reference else []
+        part = bmb.bench_workload(task, w, first + ["torch eager"] + a.peers + list(runs),
+                                  dict(runs, **{"fp32 reference": fp32_reference(task)}))
         print(bmb.table(part), flush=True)
         rows += part
         torch.cuda.empty_cache()

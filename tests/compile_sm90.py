@@ -46,13 +46,13 @@ for MODE, NORM, DOT in itertools.product((0, 1, 2), (False, True), (False, True)
                   "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "MODE": "constexpr", "NORM": "constexpr",
                   "DOT": "constexpr"},
                  {"BLOCK_B": 16 if DOT else 8, "BLOCK_N": 32, "BLOCK_K": 128, "MODE": MODE, "NORM": NORM, "DOT": DOT}))
-for SPLITS in (1, 8):
-    jobs.append(("mk rope_attn SPLITS=%d" % SPLITS, mk._rope_attn_kernel,
+for SPLITS, DOT in itertools.product((1, 8), (False, True)):
+    jobs.append(("mk rope_attn SPLITS=%d DOT=%d" % (SPLITS, DOT), mk._rope_attn_kernel,
                  {"qkv_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "k_new_ptr": "*bf16",
                   "v_new_ptr": "*bf16", "o_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "kv_len": "i32", "split_len": "i32",
                   "max_kv": "i32", "KVH": "i32", "D": "i32", "GROUP": "i32", "scale": "fp32", "QKV_STRIDE": "i32", "Q_DIM": "i32",
-                  "BLOCK_G": "constexpr", "BLOCK_D": "constexpr", "BLOCK_KV": "constexpr", "SPLITS": "constexpr"},
-                 {"BLOCK_G": 4, "BLOCK_D": 128, "BLOCK_KV": 16, "SPLITS": SPLITS}))
+                  "BLOCK_G": "constexpr", "BLOCK_D": "constexpr", "BLOCK_KV": "constexpr", "SPLITS": "constexpr", "DOT": "constexpr"},
+                 {"BLOCK_G": 16 if DOT else 4, "BLOCK_D": 128, "BLOCK_KV": 32, "SPLITS": SPLITS, "DOT": DOT}))
 jobs.append(("mk attn_combine", mk._attn_combine_kernel,
              {"part_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "ROWS": "i32", "D": "i32",
               "SPLITS": "constexpr", "BLOCK_D": "constexpr"}, {"SPLITS": 8, "BLOCK_D": 128}))

@@ -103,11 +103,11 @@ def test_attention_seed_passes_interpreter_evaluation(task, evaluator):
 # skipping (the diagonal starts mid-block) and BLOCK_M > BLOCK_N (several diagonal blocks).
 TUNABLE_SAMPLE = [
     dict(BLOCK_M=16, BLOCK_N=64, num_warps=2, num_stages=1, EXP2=True, CAUSAL_SKIP=True, PEEL_TAIL=True,
-         WARP_SPEC=False),
+         WARP_SPEC=False, REVERSE_M=True),
     dict(BLOCK_M=128, BLOCK_N=16, num_warps=8, num_stages=3, EXP2=False, CAUSAL_SKIP=True, PEEL_TAIL=False,
-         WARP_SPEC=True),
+         WARP_SPEC=True, REVERSE_M=True),
     dict(BLOCK_M=32, BLOCK_N=128, num_warps=4, num_stages=2, EXP2=True, CAUSAL_SKIP=False, PEEL_TAIL=True,
-         WARP_SPEC=True),
+         WARP_SPEC=True, REVERSE_M=False),
 ]
 
 

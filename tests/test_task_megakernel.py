@@ -98,11 +98,11 @@ def test_megakernel_seed_passes_interpreter_evaluation(task, quick_evaluator):
 MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles, more splits than KV rows
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2),
     dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=32, GEMV_WARPS=4, ATTN_BLOCK_KV=8, ATTN_WARPS=2, NORM_BLOCK=256, num_stages=3,
-         GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4),
+         GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4, ATTN_DOT=True),
     dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=512, num_stages=1,
          GEMV_DOT=False, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32),
     dict(GEMV_BLOCK_N=4, GEMV_BLOCK_K=64, GEMV_WARPS=1, ATTN_BLOCK_KV=32, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=2,
-         GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=2),
+         GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=2, ATTN_DOT=True),
 ]
 
 
@@ -211,4 +211,4 @@ def test_memory_bound_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("OK  ") == 38 and "FAIL" not in r.stdout
+    assert r.stdout.count("OK  ") == 40 and "FAIL" not in r.stdout

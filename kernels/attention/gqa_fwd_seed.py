@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2, EXP2=False, CAUSAL_SKIP=False, PEEL_TAIL=False, WARP_SPEC=False)
+CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2, EXP2=False, CAUSAL_SKIP=False, PEEL_TAIL=False, WARP_SPEC=False, REVERSE_M=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK_M=[16, 32, 64, 128],  # query rows per program
@@ -26,6 +26,7 @@ TUNABLES = dict(
     CAUSAL_SKIP=[False, True],  # causal: skip KV blocks above the diagonal, mask only the diagonal ones
     PEEL_TAIL=[False, True],  # non-causal: no bounds mask on the full KV blocks, only on the last partial one
     WARP_SPEC=[False, True],  # Triton's automatic warp specialisation of the main KV loop (producer/consumer warps)
+    REVERSE_M=[False, True],  # causal: launch the longest (last) query blocks first, so the short ones fill the tail
 )
 
 LOG2E = 1.4426950408889634
@@ -68,8 +69,10 @@ def _gqa_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, seq, heads, group, qk_scale,
                     sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, so_b, so_h, so_s,
                     DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, EXP2: tl.constexpr,
-                    PEEL_TAIL: tl.constexpr, WARP_SPEC: tl.constexpr):
+                    PEEL_TAIL: tl.constexpr, WARP_SPEC: tl.constexpr, REVERSE_M: tl.constexpr):
     start_m = tl.program_id(0)
+    if REVERSE_M:
+        start_m = tl.num_programs(0) - 1 - start_m
     bh = tl.program_id(1)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
@@ -133,5 +136,5 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, o: torc
                           v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                           DIM=dim, BLOCK_M=CONFIG["BLOCK_M"], BLOCK_N=CONFIG["BLOCK_N"], CAUSAL=bool(causal),
                           CAUSAL_SKIP=CONFIG["CAUSAL_SKIP"], EXP2=CONFIG["EXP2"],
-                          PEEL_TAIL=_knob("PEEL_TAIL"), WARP_SPEC=_knob("WARP_SPEC"),
+                          PEEL_TAIL=_knob("PEEL_TAIL"), WARP_SPEC=_knob("WARP_SPEC"), REVERSE_M=_knob("REVERSE_M"),
                           num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])

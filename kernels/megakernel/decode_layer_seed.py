@@ -14,7 +14,8 @@ whole batch in one program so each weight tile is read once. The knobs past the 
 the fused design space: GEMV_DOT (tensor-core tiles: the batch padded to 16 rows, so the weight
 loads feed tl.dot and Triton software-pipelines them num_stages deep), FUSE_NORM (each GEMV program
 computes its rows' RMS itself: no norm launches), FUSE_QKV (one launch over q|k|v rows instead of
-three), ATTN_SPLITS (split-KV: more programs than batch * kv_heads, plus a combine pass).
+three), ATTN_SPLITS (split-KV: more programs than batch * kv_heads, plus a combine pass), ATTN_DOT (the
+group's scores and P @ V on tensor cores).
 """
 import math
 
@@ -25,7 +26,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -39,6 +40,7 @@ TUNABLES = dict(
     FUSE_NORM=[False, True],  # RMSNorm inside the GEMV that consumes it
     FUSE_QKV=[False, True],  # q, k and v projections in one launch (when GEMV_BLOCK_N divides q_dim and kv_dim)
     ATTN_SPLITS=[1, 2, 4, 8, 16, 32],  # KV splits per (sequence, kv head); > 1 adds a combine launch
+    ATTN_DOT=[False, True],  # attention scores and P @ V on tensor cores (group padded to 16 rows, >= 16 keys per step)
 )
 
 
@@ -129,7 +131,8 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, B, N, 
 @triton.jit
 def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_new_ptr, o_ptr, m_ptr, l_ptr,
                       kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE, Q_DIM,
-                      BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr):
+                      BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
+                      DOT: tl.constexpr):
     """One program per (sequence, kv head, KV split): its GROUP q heads attend to the split's cache
     rows; split 0 also takes the new token (and writes it out). SPLITS == 1 writes the normalised
     output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel."""
@@ -174,14 +177,20 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
         offs_n = n0 + tl.arange(0, BLOCK_KV)
         nmask = offs_n < end
         tmask = nmask[:, None] & dmask[None, :]
-        kt = tl.load(kc_ptr + cache + offs_n[:, None] * D + offs_d[None, :], mask=tmask, other=0.0).to(tl.float32)
-        s = tl.sum(q[:, None, :] * kt[None, :, :], axis=2)
+        kt = tl.load(kc_ptr + cache + offs_n[:, None] * D + offs_d[None, :], mask=tmask, other=0.0)
+        if DOT:
+            s = tl.dot(q.to(kt.dtype), tl.trans(kt))
+        else:
+            s = tl.sum(q[:, None, :] * kt.to(tl.float32)[None, :, :], axis=2)
         s = tl.where(nmask[None, :], s, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
-        vt = tl.load(vc_ptr + cache + offs_n[:, None] * D + offs_d[None, :], mask=tmask, other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt[None, :, :], axis=1)
+        vt = tl.load(vc_ptr + cache + offs_n[:, None] * D + offs_d[None, :], mask=tmask, other=0.0)
+        if DOT:
+            acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])
+        else:
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt.to(tl.float32)[None, :, :], axis=1)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
     o_rows = (b * KVH * GROUP + heads[:, None]) * D
@@ -264,7 +273,8 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
             _gemv(x_in, w, qkv[:, lo:hi], norm_w=nw)
     attn = buf["attn"].view(batch, q_dim)
     group = q_heads // kv_heads
-    block_kv = _knob("ATTN_BLOCK_KV")
+    attn_dot = _knob("ATTN_DOT")
+    block_kv = max(_knob("ATTN_BLOCK_KV"), 16) if attn_dot else _knob("ATTN_BLOCK_KV")
     split_len = triton.cdiv(triton.cdiv(int(kv_len), splits), block_kv) * block_kv
     ml = buf["ml"]
     part = buf["part"] if splits > 1 else attn
@@ -272,8 +282,8 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     _rope_attn_kernel[(batch, kv_heads, splits)](
         qkv, rope_cos, rope_sin, k_cache, v_cache, k_new, v_new, part, m_buf, l_buf,
         int(kv_len), split_len, max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
-        BLOCK_G=triton.next_power_of_2(group), BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_KV=block_kv,
-        SPLITS=splits, num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"))
+        BLOCK_G=max(triton.next_power_of_2(group), 16 if attn_dot else 1), BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"))
     if splits > 1:
         _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
                                                  BLOCK_D=triton.next_power_of_2(head_dim), num_warps=4)
