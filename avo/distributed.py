@@ -58,6 +58,7 @@ class SessionStats:
     regates: int = 0
     actor_errors: int = 0  # steps or evaluations lost with an actor after Ray's retries
     evaluator_restarts: int = 0
+    dropped_at_stop: int = 0  # proposals still queued for an evaluator when the run stopped
 
     @property
     def busy_fraction(self) -> float:
@@ -173,10 +174,10 @@ class RayRun:
         free = deque(range(len(self.evals)))
         pending: dict = {}  # object ref -> ("step", lane, ticket) | ("judge", evaluator, job)
         busy0 = ray.get([e.busy.remote() for e in self.evals])
-        stopping, k, t0, dead = None, 0, time.monotonic(), set()
+        stopping, drop, k, t0, dead = None, False, 0, time.monotonic(), set()
         while True:
             if stopping is None and self.loop_limit_s is not None and time.monotonic() - t0 >= self.loop_limit_s:
-                stopping = f"{self.loop_limit_s:g} s of steps (loop_s)"
+                stopping, drop = f"{self.loop_limit_s:g} s of steps (loop_s)", True
             if stopping is None and not self.interrupted:
                 for lane in self.lanes:
                     if lane.stepping or lane.inflight >= depth or lane.dead:
@@ -184,13 +185,18 @@ class RayRun:
                     k += 1
                     t = self.call("begin", lane.label, f"t{self.session}-{k:05d}", sum(x.inflight for x in self.lanes))
                     if isinstance(t, Stop):
-                        stopping = t.reason
+                        stopping, drop = t.reason, t.drop_queued
                         break
                     lane.inflight, lane.stepping = lane.inflight + 1, True
                     pending[lane.actor.step.remote(t, self.evals[lane.evaluator])] = ("step", lane, t)
-            if self.interrupted:  # abandon operator steps and queued proposals; evaluations finish
+            if self.interrupted or drop:
+                # Abandon operator steps and queued proposals; evaluations already running finish.
+                # Without this a time budget would still evaluate every queued proposal (up to
+                # inflight_per_island per island, one evaluation each) past its end. An attempts
+                # budget counts what is in flight, so that work is inside the budget and finishes.
                 for ref in [r for r, v in pending.items() if v[0] == "step"]:
                     pending.pop(ref)[1].stepping = False
+                ss.dropped_at_stop += len(queue)
                 queue.clear()
             while queue and free:
                 job, i = queue.popleft(), free.popleft()
@@ -354,7 +360,7 @@ def evolve_ray(cfg: RunConfig, address: Optional[str] = None, live: bool = True,
             console.print(f"ray: {ss.attempts} attempts this session, evaluators busy {100 * ss.busy_fraction:.0f}% "
                           f"of the loop's {ss.loop_s:.0f} s (idle {100 * (1 - ss.busy_fraction):.0f}%), "
                           f"{ss.regates} re-gates, {ss.evaluator_restarts} evaluator restarts, {ss.actor_errors} tasks lost "
-                          f"with an actor", highlight=False)
+                          f"with an actor, {ss.dropped_at_stop} queued proposals not evaluated at the stop", highlight=False)
             view.lineage.close()
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED

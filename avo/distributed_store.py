@@ -59,6 +59,7 @@ class StoreReply:
 @dataclass
 class Stop:
     reason: str
+    drop_queued: bool = False  # a time or spend budget: proposals not yet evaluated are dropped
 
 
 @dataclass
@@ -145,7 +146,7 @@ class LineageStore:
             return Stop(f"{n + inflight} attempts of {b.attempts}" + (f" ({inflight} in flight)" if inflight else ""))
         reason = evo.budget_reason()
         if reason:
-            return Stop(reason)
+            return Stop(reason, drop_queued=True)
         if evo.exhausted():
             return Stop("exhausted")
         isl = next(i for i in evo.islands if i.label == label)

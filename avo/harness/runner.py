@@ -289,6 +289,11 @@ class Evaluator:
                                                     extra={"matched_ratio": r.matched}), None)
         return (r.status, r.detail, None, None)
 
+    def _slow_wall(self, tm: dict, key: str) -> bool:
+        """The synced wall time per call is well above tm[key] (the event median or the host issue time)."""
+        return self.device == "cuda" and bool(tm.get("wall_ms")) and tm.get(key) is not None and \
+            tm["wall_ms"] > self.cfg.side_stream_factor * tm[key] + self.cfg.side_stream_slack_ms
+
     def _finish(self, task, wls, corr, post, timings, report) -> EvalReport:
         d = task.definition
         per_wl = {}
@@ -302,13 +307,16 @@ class Evaluator:
             if stale:
                 status, check = S.REWARD_HACK, "timed-output"
                 log = f"output of a timed or refreshed call was wrong: {stale[0].detail}"
-            elif self.device == "cuda" and tm.get("wall_ms") and \
-                    tm["wall_ms"] > self.cfg.side_stream_factor * tm["median_ms"] + self.cfg.side_stream_slack_ms:
+            elif self._slow_wall(tm, "median_ms") and self._slow_wall(tm, "issue_ms"):
                 status, check = S.REWARD_HACK, "side-stream"
-                log = f"events saw {tm['median_ms']:.4f} ms but a synced call takes {tm['wall_ms']:.4f} ms: work off the timed stream"
+                log = f"events saw {tm['median_ms']:.4f} ms but a synced call takes {tm['wall_ms']:.4f} ms " \
+                      f"(issued in {tm.get('issue_ms') or 0:.4f} ms): work off the timed stream"
             elif t_sol is not None and tm["median_ms"] < t_sol:
                 status, check = S.REWARD_HACK, "below-sol"
                 log = f"{tm['median_ms']:.4f} ms is below the speed-of-light bound {t_sol:.4f} ms"
+            elif self._slow_wall(tm, "median_ms"):  # the host, not the GPU, sets the pace: say so
+                log = f"launch-bound: issuing a call takes {tm['issue_ms']:.4f} ms on the host against " \
+                      f"{tm['median_ms']:.4f} ms on the GPU (the timed figure assumes a CUDA graph or a faster host)"
             worst = checks.worst(corr[w.uuid])
             c = Correctness(max_absolute_error=worst.max_abs, max_relative_error=worst.max_rel,
                             extra={"matched_ratio": worst.matched, "trials": len(corr[w.uuid])})

@@ -88,17 +88,21 @@ def gpu_spin(seconds: float) -> None:
     torch.cuda._sleep(cycles)
 
 
-def wall_per_call_ms(call: Callable[[int], None], n_sets: int, reps: int, device: str) -> float:
-    """Host wall time per call with a device-wide sync at the end: it includes work on any stream,
-    so events that saw far less than this mean the work ran outside the timed stream."""
+def wall_per_call_ms(call: Callable[[int], None], n_sets: int, reps: int, device: str) -> tuple[float, float]:
+    """(wall, issue) ms per call over `reps` back-to-back calls: wall ends with a device-wide sync,
+    so it includes work on any stream; issue is the host time to make the calls (no sync). Events
+    that saw far less than wall mean work outside the timed stream, unless the host itself takes
+    that long to issue the calls (a launch-bound candidate: wall ~ issue)."""
     if device == "cuda":
         _synchronize()
     t0 = _perf_counter()
     for i in range(reps):
         call(i % n_sets)
+    t1 = _perf_counter()
     if device == "cuda":
         _synchronize()
-    return (_perf_counter() - t0) * 1e3 / reps
+    t2 = _perf_counter()
+    return (t2 - t0) * 1e3 / reps, (t1 - t0) * 1e3 / reps
 
 
 def median_iqr(xs: list[float]) -> tuple[float, float]:

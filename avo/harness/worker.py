@@ -270,13 +270,13 @@ class Worker:
                 inputs.poison_(o)
             self._call_checked(fn, d, sets[i], outs[i], monitor=True, peer=job.get("peer", False))
             self.send("outputs", w.uuid, s, self._results(d, sets[i], outs[i]))
-        wall = None
+        wall = issue = None
         if self.mode == "cuda":
-            wall = timing.wall_per_call_ms(cand, n, cfg.get("wall_reps", 20), self.mode)
+            wall, issue = timing.wall_per_call_ms(cand, n, cfg.get("wall_reps", 20), self.mode)
         med, iqr = timing.median_iqr(samples[0])
         bmed, biqr = timing.median_iqr(samples[1])
         return dict(median_ms=med, iqr_ms=iqr, base_median_ms=bmed, base_iqr_ms=biqr, iters=len(samples[0]),
-                    wall_ms=wall, n_sets=n, clock_before=clk0, clock_after=clk1,
+                    wall_ms=wall, issue_ms=issue, n_sets=n, clock_before=clk0, clock_after=clk1,
                     throttle=sorted(set(why0) | set(why1)))
 
     def _results_dev(self, d: Definition, args: dict, outs: dict) -> dict:
