@@ -10,6 +10,7 @@
 #   bash scripts/gpu_verify.sh agentic   # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e       # avo.apply in transformers + xgrammar: tokens and tokens/s
 #   bash scripts/gpu_verify.sh bench     # peer benchmark scripts (attention, memory-bound)
+#   bash scripts/gpu_verify.sh bench-attention|bench-megakernel  # the evolved artifacts vs seeds and peers
 #   bash scripts/gpu_verify.sh sweep     # scripts/sweep_knobs.py over the seeds' newer knobs (design-space map)
 # MINUTES is the run's total wall budget: a resumed run (lineages/<run> carried along) counts the
 # minutes it already ran, so pass the old total plus what you want to add.
@@ -50,6 +51,19 @@ case "${1:-evals}" in
   decode) evolve_part gpu-gqa-decode configs/gpu_gqa_decode.yaml "${MINUTES:-8}" ;;
   megakernel) evolve_part gpu-megakernel configs/gpu_megakernel.yaml "${MINUTES:-8}" ;;
   mha-decode) evolve_part gpu-mha-decode configs/gpu_mha_decode.yaml "${MINUTES:-8}" ;;
+  bench-attention)  # the evolved attention kernels (MHA/decode from lineages/gpu-mha-decode if it ran here) vs seeds and SDPA
+    K=(--kernel attention_gqa_fwd=kernels/attention/evolved/gqa_fwd_h100/sources/kernel.py)
+    for t in attention_mha_fwd attention_gqa_decode; do
+      f=$(ls artifacts/gpu-mha-decode/$t/best-*/sources/kernel.py 2>/dev/null | head -1)
+      [ -n "$f" ] && K+=(--kernel "$t=$f")
+    done
+    timeout "${BENCH_S:-300}" python3 scripts/bench_attention.py --repeats 3 "${K[@]}" 2>&1 | tee "$OUT/bench_attention.log" | tail -45
+    cp docs/benchmarks.md "$OUT/" ;;
+  bench-megakernel)
+    timeout "${BENCH_S:-400}" python3 scripts/bench_memory_bound.py --tasks megakernel_decode_layer \
+      --kernel megakernel_decode_layer=kernels/megakernel/evolved/decode_layer_h100/sources/kernel.py 2>&1 \
+      | tee "$OUT/bench_megakernel.log" | tail -45
+    cp docs/benchmarks.md "$OUT/" ;;
   ray1)  # Ray backend, one evaluator actor on this GPU (carry .whl-ray too); multicast off as the device README asks
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     evolve_part gpu-ray-one-gpu configs/gpu_ray_one_gpu.yaml "${MINUTES:-8}" --backend ray ;;
@@ -93,5 +107,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|mha-decode|ray1" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
 esac

@@ -1,0 +1,299 @@
+"""Seed x0 for megakernel_decode_layer: one Llama decoder layer at decode as a sequence of Triton
+kernels (the evolution's job is to fuse them and to fill the GPU at batch 1):
+
+  1. RMSNorm(x)                                  -> xn   (fp32 scratch)
+  2. GEMV xn @ [wq; wk; wv]^T                    -> qkv  (fp32 scratch, one row of q|k|v per sequence)
+  3. RoPE(q, k) + GQA decode attention over the cache + the new token (online softmax), writes
+     k_new / v_new                                -> attn (fp32 scratch)
+  4. GEMV attn @ wo^T + x                         -> h
+  5. RMSNorm(h)                                   -> hn
+  6. dual GEMV silu(hn @ w_gate^T) * (hn @ w_up^T) -> act; GEMV act @ w_down^T + h -> out
+
+Activations stay fp32 between kernels (they are tiny next to the weights); every GEMV keeps the
+whole batch in one program so each weight tile is read once. The knobs past the seed's point open
+the fused design space: GEMV_DOT (tensor-core tiles: the batch padded to 16 rows, so the weight
+loads feed tl.dot and Triton software-pipelines them num_stages deep), FUSE_NORM (each GEMV program
+computes its rows' RMS itself: no norm launches), FUSE_QKV (one launch over q|k|v rows instead of
+three), ATTN_SPLITS (split-KV: more programs than batch * kv_heads, plus a combine pass), ATTN_DOT (the
+group's scores and P @ V on tensor cores).
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+RMS_EPS = 1e-5
+
+# Current choice of every knob; the heuristic operator rewrites this line.
+CONFIG = dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=128, GEMV_WARPS=4, ATTN_BLOCK_KV=32, ATTN_WARPS=8, NORM_BLOCK=1024, num_stages=4, GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32, ATTN_DOT=True)
+# Allowed values per knob: the search space the heuristic operator explores.
+TUNABLES = dict(
+    GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
+    GEMV_BLOCK_K=[32, 64, 128, 256],
+    GEMV_WARPS=[1, 2, 4, 8],
+    ATTN_BLOCK_KV=[8, 16, 32, 64],
+    ATTN_WARPS=[1, 2, 4, 8],
+    NORM_BLOCK=[256, 512, 1024, 2048],
+    num_stages=[1, 2, 3, 4],
+    GEMV_DOT=[False, True],  # tensor-core GEMV tiles (pipelined weight loads) instead of FMA reductions
+    FUSE_NORM=[False, True],  # RMSNorm inside the GEMV that consumes it
+    FUSE_QKV=[False, True],  # q, k and v projections in one launch (when GEMV_BLOCK_N divides q_dim and kv_dim)
+    ATTN_SPLITS=[1, 2, 4, 8, 16, 32],  # KV splits per (sequence, kv head); > 1 adds a combine launch
+    ATTN_DOT=[False, True],  # attention scores and P @ V on tensor cores (group padded to 16 rows, >= 16 keys per step)
+)
+
+
+def _knob(name):
+    return CONFIG.get(name, TUNABLES[name][0])  # a knob missing from CONFIG takes its first value
+
+
+@triton.jit
+def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    sq = tl.zeros([BLOCK], tl.float32)
+    for n0 in range(0, N, BLOCK):
+        offs = n0 + tl.arange(0, BLOCK)
+        v = tl.load(x_ptr + row * N + offs, mask=offs < N, other=0.0).to(tl.float32)
+        sq += v * v
+    inv = 1.0 / tl.sqrt(tl.sum(sq, 0) / N + eps)
+    for n0 in range(0, N, BLOCK):
+        offs = n0 + tl.arange(0, BLOCK)
+        v = tl.load(x_ptr + row * N + offs, mask=offs < N, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs, mask=offs < N, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * N + offs, v * inv * w, mask=offs < N)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, B, N, NA, NB, K, out_stride, eps,
+                 BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
+                 NORM: tl.constexpr, DOT: tl.constexpr):
+    """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
+    MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
+    of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
+    silu(x' wa^T) * (x' wb^T). The accumulator is [BLOCK_N, BLOCK_B] so DOT can put the weight tile
+    in tl.dot's first operand."""
+    n0 = tl.program_id(0) * BLOCK_N
+    w_ptr = wa_ptr
+    row0 = n0
+    if MODE == 0:
+        if n0 >= NA + NB:
+            w_ptr = wc_ptr
+            row0 = n0 - NA - NB
+        elif n0 >= NA:
+            w_ptr = wb_ptr
+            row0 = n0 - NA
+    offs_n = tl.arange(0, BLOCK_N)
+    rows = (row0 + offs_n).to(tl.int64)
+    n_ok = n0 + offs_n < N
+    offs_b = tl.arange(0, BLOCK_B)
+    b_ok = offs_b < B
+    inv = tl.full([BLOCK_B], 1.0, tl.float32)
+    if NORM:
+        sq = tl.zeros([BLOCK_B], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_ptr + offs_b[:, None] * K + offs_k[None, :],
+                         mask=b_ok[:, None] & (offs_k[None, :] < K), other=0.0).to(tl.float32)
+            sq += tl.sum(xt * xt, axis=1)
+        inv = 1.0 / tl.sqrt(sq / K + eps)
+    acc = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        xt = tl.load(x_ptr + offs_b[:, None] * K + offs_k[None, :], mask=b_ok[:, None] & k_ok[None, :],
+                     other=0.0).to(tl.float32)
+        if NORM:
+            xt = xt * inv[:, None] * tl.load(nw_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        wmask = n_ok[:, None] & k_ok[None, :]
+        wt = tl.load(w_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
+        if DOT:
+            xd = tl.trans(xt.to(wt.dtype))
+            acc += tl.dot(wt, xd)
+        else:
+            acc += tl.sum(wt.to(tl.float32)[:, None, :] * xt[None, :, :], axis=2)
+        if MODE == 2:
+            wt2 = tl.load(wb_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
+            if DOT:
+                acc2 += tl.dot(wt2, xd)
+            else:
+                acc2 += tl.sum(wt2.to(tl.float32)[:, None, :] * xt[None, :, :], axis=2)
+    omask = n_ok[:, None] & b_ok[None, :]
+    optrs = offs_b[None, :] * out_stride + (n0 + offs_n)[:, None]
+    if MODE == 1:
+        acc += tl.load(res_ptr + optrs, mask=omask, other=0.0).to(tl.float32)
+    if MODE == 2:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc2
+    tl.store(out_ptr + optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_new_ptr, o_ptr, m_ptr, l_ptr,
+                      kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE, Q_DIM,
+                      BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
+                      DOT: tl.constexpr):
+    """One program per (sequence, kv head, KV split): its GROUP q heads attend to the split's cache
+    rows; split 0 also takes the new token (and writes it out). SPLITS == 1 writes the normalised
+    output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel."""
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    half = D // 2
+    rot = tl.where(offs_d < half, offs_d + half, offs_d - half)  # rotate-half partner
+    sign = tl.where(offs_d < half, -1.0, 1.0)
+    cos = tl.load(cos_ptr + offs_d, mask=dmask, other=0.0)
+    sin = tl.load(sin_ptr + offs_d, mask=dmask, other=0.0)
+    k_row = qkv_ptr + b * QKV_STRIDE + Q_DIM + kvh * D
+    v_row = k_row + KVH * D
+    k = tl.load(k_row + offs_d, mask=dmask, other=0.0)
+    k = k * cos + sign * tl.load(k_row + rot, mask=dmask, other=0.0) * sin
+    v = tl.load(v_row + offs_d, mask=dmask, other=0.0)
+    offs_g = tl.arange(0, BLOCK_G)
+    qmask = (offs_g[:, None] < GROUP) & dmask[None, :]
+    heads = kvh * GROUP + offs_g
+    q_rows = qkv_ptr + b * QKV_STRIDE + heads[:, None] * D
+    q = tl.load(q_rows + offs_d[None, :], mask=qmask, other=0.0)
+    q = q * cos[None, :] + sign[None, :] * tl.load(q_rows + rot[None, :], mask=qmask, other=0.0) * sin[None, :]
+    q = q * scale
+    if split == 0:
+        # The new token first: it is always attended to, so the running max starts finite.
+        new_row = (b * KVH + kvh) * D
+        tl.store(k_new_ptr + new_row + offs_d, k.to(k_new_ptr.dtype.element_ty), mask=dmask)
+        tl.store(v_new_ptr + new_row + offs_d, v.to(v_new_ptr.dtype.element_ty), mask=dmask)
+        m_i = tl.sum(q * k[None, :], axis=1)
+        l_i = tl.full([BLOCK_G], 1.0, tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + v[None, :]
+    else:
+        m_i = tl.full([BLOCK_G], -float("inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    cache = (b * KVH + kvh) * max_kv * D
+    start = split * split_len
+    end = tl.minimum(start + split_len, kv_len)
+    for n0 in range(start, end, BLOCK_KV):
+        offs_n = n0 + tl.arange(0, BLOCK_KV)
+        nmask = offs_n < end
+        tmask = nmask[:, None] & dmask[None, :]
+        kt = tl.load(kc_ptr + cache + offs_n[:, None] * D + offs_d[None, :], mask=tmask, other=0.0)
+        if DOT:
+            s = tl.dot(q.to(kt.dtype), tl.trans(kt))
+        else:
+            s = tl.sum(q[:, None, :] * kt.to(tl.float32)[None, :, :], axis=2)
+        s = tl.where(nmask[None, :], s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        vt = tl.load(vc_ptr + cache + offs_n[:, None] * D + offs_d[None, :], mask=tmask, other=0.0)
+        if DOT:
+            acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])
+        else:
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt.to(tl.float32)[None, :, :], axis=1)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+    o_rows = (b * KVH * GROUP + heads[:, None]) * D
+    if SPLITS == 1:
+        tl.store(o_ptr + o_rows + offs_d[None, :], acc / l_i[:, None], mask=qmask)
+    else:
+        # Partials laid out [split, sequence * q_heads (, D)].
+        part = split * tl.num_programs(0) * KVH * GROUP
+        tl.store(o_ptr + part * D + o_rows + offs_d[None, :], acc, mask=qmask)
+        gmask = offs_g < GROUP
+        tl.store(m_ptr + part + b * KVH * GROUP + heads, m_i, mask=gmask)
+        tl.store(l_ptr + part + b * KVH * GROUP + heads, l_i, mask=gmask)
+
+
+@triton.jit
+def _attn_combine_kernel(part_ptr, m_ptr, l_ptr, o_ptr, ROWS, D, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One program per (sequence, q head): rescale the splits' partials to their common max and
+    normalise. Split 0 holds the new token, so the max is finite; empty splits have m = -inf."""
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.arange(0, SPLITS)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    m = tl.load(m_ptr + offs_s * ROWS + row)
+    l = tl.load(l_ptr + offs_s * ROWS + row)
+    w = tl.exp(m - tl.max(m, 0))
+    acc = tl.load(part_ptr + (offs_s[:, None] * ROWS + row) * D + offs_d[None, :], mask=dmask[None, :], other=0.0)
+    tl.store(o_ptr + row * D + offs_d, tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0), mask=dmask)
+
+
+def _block_n():
+    return max(_knob("GEMV_BLOCK_N"), 16) if _knob("GEMV_DOT") else _knob("GEMV_BLOCK_N")  # tl.dot: >= 16
+
+
+def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0):
+    """out = x @ w^T (see _gemv_kernel); w2/w3 with na/nb: the q|k|v segments (MODE 0) or the up
+    weight (MODE 2)."""
+    batch, k = x.shape
+    n, bn = out.shape[1], _block_n()
+    block_b = max(triton.next_power_of_2(batch), 16 if _knob("GEMV_DOT") else 1)
+    _gemv_kernel[(triton.cdiv(n, bn),)](
+        x, x if norm_w is None else norm_w, w, w if w2 is None else w2, w if w3 is None else w3,
+        out if res is None else res, out, batch, n, n if na is None else na, nb, k, out.stride(0), RMS_EPS,
+        BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=_knob("GEMV_BLOCK_K"), MODE=mode, NORM=norm_w is not None,
+        DOT=_knob("GEMV_DOT"), num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"))
+
+
+def _rmsnorm(x, w, out):
+    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), num_warps=4)
+
+
+def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache,
+        rope_cos, rope_sin, kv_len, out, k_new, v_new):
+    batch, hidden = x.shape
+    _, kv_heads, max_kv, head_dim = k_cache.shape
+    q_dim, kv_dim, mlp = wq.shape[0], wk.shape[0], w_gate.shape[0]
+    q_heads = q_dim // head_dim
+    splits = _knob("ATTN_SPLITS")
+    fuse_norm = _knob("FUSE_NORM")
+    qkv_dim = q_dim + 2 * kv_dim
+    # One fp32 scratch allocation for every intermediate (one allocator call per layer).
+    sizes = dict(xn=0 if fuse_norm else batch * hidden, qkv=batch * qkv_dim, attn=batch * q_dim, h=batch * hidden,
+                 hn=0 if fuse_norm else batch * hidden, act=batch * mlp,
+                 part=batch * q_dim * splits if splits > 1 else 0, ml=2 * batch * q_heads * splits if splits > 1 else 0)
+    scratch = torch.empty(sum(sizes.values()), device=x.device, dtype=torch.float32)
+    buf, at = {}, 0
+    for name, size in sizes.items():
+        buf[name] = scratch[at:at + size]
+        at += size
+    qkv = buf["qkv"].view(batch, qkv_dim)
+    if fuse_norm:
+        x_in, nw = x, attn_norm_w
+    else:
+        x_in, nw = buf["xn"].view(batch, hidden), None
+        _rmsnorm(x, attn_norm_w, x_in)
+    bn = _block_n()
+    if _knob("FUSE_QKV") and q_dim % bn == 0 and kv_dim % bn == 0:
+        _gemv(x_in, wq, qkv, w2=wk, w3=wv, norm_w=nw, na=q_dim, nb=kv_dim)
+    else:
+        for w, lo, hi in ((wq, 0, q_dim), (wk, q_dim, q_dim + kv_dim), (wv, q_dim + kv_dim, qkv_dim)):
+            _gemv(x_in, w, qkv[:, lo:hi], norm_w=nw)
+    attn = buf["attn"].view(batch, q_dim)
+    group = q_heads // kv_heads
+    attn_dot = _knob("ATTN_DOT")
+    block_kv = max(_knob("ATTN_BLOCK_KV"), 16) if attn_dot else _knob("ATTN_BLOCK_KV")
+    split_len = triton.cdiv(triton.cdiv(int(kv_len), splits), block_kv) * block_kv
+    ml = buf["ml"]
+    part = buf["part"] if splits > 1 else attn
+    m_buf, l_buf = (ml[:ml.numel() // 2], ml[ml.numel() // 2:]) if splits > 1 else (attn, attn)
+    _rope_attn_kernel[(batch, kv_heads, splits)](
+        qkv, rope_cos, rope_sin, k_cache, v_cache, k_new, v_new, part, m_buf, l_buf,
+        int(kv_len), split_len, max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
+        BLOCK_G=max(triton.next_power_of_2(group), 16 if attn_dot else 1), BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"))
+    if splits > 1:
+        _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
+                                                 BLOCK_D=triton.next_power_of_2(head_dim), num_warps=4)
+    h = buf["h"].view(batch, hidden)
+    _gemv(attn, wo, h, mode=1, res=x)
+    if fuse_norm:
+        h_in, nw = h, mlp_norm_w
+    else:
+        h_in, nw = buf["hn"].view(batch, hidden), None
+        _rmsnorm(h, mlp_norm_w, h_in)
+    act = buf["act"].view(batch, mlp)
+    _gemv(h_in, w_gate, act, mode=2, w2=w_up, norm_w=nw)
+    _gemv(act, w_down, out, mode=1, res=h)
