@@ -75,7 +75,7 @@ def main() -> None:
                 runs: list = []
                 with open(root / f"{name}.log", "w") as log, contextlib.redirect_stdout(log):
                     code = evolve_ray(cfg, live=False, operators={"heuristic": ThinkingHeuristic(think)}, run_out=runs,
-                                      loop_s=a.seconds)  # steps start for `seconds`; those in flight finish
+                                      loop_s=a.seconds)  # steps start for `seconds`; running evaluations finish, queued ones are dropped
                 ss = runs[0].session_stats
                 if code != 0:
                     raise SystemExit(f"{name}: exit {code}; log:\n{(root / f'{name}.log').read_text()[-2000:]}")

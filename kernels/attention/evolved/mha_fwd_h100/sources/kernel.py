@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, EXP2=True, CAUSAL_SKIP=True)
+CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, EXP2=True, CAUSAL_SKIP=True, PEEL_TAIL=True, WARP_SPEC=False, REVERSE_M=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK_M=[16, 32, 64, 128],  # query rows per program
@@ -22,9 +22,16 @@ TUNABLES = dict(
     num_stages=[1, 2, 3],  # software-pipelining depth of the K/V loads
     EXP2=[False, True],  # exp2 with log2(e) folded into the scale, instead of exp
     CAUSAL_SKIP=[False, True],  # causal: skip KV blocks above the diagonal, mask only the diagonal ones
+    PEEL_TAIL=[False, True],  # non-causal: no bounds mask on the full KV blocks, only on the last partial one
+    WARP_SPEC=[False, True],  # Triton's automatic warp specialisation of the main KV loop (producer/consumer warps)
+    REVERSE_M=[False, True],  # causal: launch the longest (last) query blocks first, so the short ones fill the tail
 )
 
 LOG2E = 1.4426950408889634
+
+
+def _knob(name):
+    return CONFIG.get(name, TUNABLES[name][0])  # a knob missing from CONFIG (an older lineage's) takes its first value
 
 
 @triton.jit
@@ -59,8 +66,11 @@ def _mha_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, off
 def _mha_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, seq, heads, qk_scale,
                     sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, so_b, so_h, so_s,
                     DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, EXP2: tl.constexpr):
+                    CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, EXP2: tl.constexpr,
+                    PEEL_TAIL: tl.constexpr, WARP_SPEC: tl.constexpr, REVERSE_M: tl.constexpr):
     start_m = tl.program_id(0)
+    if REVERSE_M:
+        start_m = tl.num_programs(0) - 1 - start_m
     bh = tl.program_id(1)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
@@ -80,15 +90,23 @@ def _mha_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, seq, heads, qk_scale,
         # cross the diagonal (up to the last row, or the sequence end) get both masks; the rest
         # of the row is never loaded.
         diag = (start_m * BLOCK_M) // BLOCK_N * BLOCK_N
-        for start_n in range(0, diag, BLOCK_N):
+        for start_n in tl.range(0, diag, BLOCK_N, warp_specialize=WARP_SPEC):
             acc, l_i, m_i = _mha_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                           seq, sk_s, sv_s, qk_scale, False, False, EXP2)
         end = tl.minimum((start_m + 1) * BLOCK_M, seq)
         for start_n in range(diag, end, BLOCK_N):
             acc, l_i, m_i = _mha_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                           seq, sk_s, sv_s, qk_scale, True, True, EXP2)
+    elif PEEL_TAIL and not CAUSAL:
+        full = seq // BLOCK_N * BLOCK_N
+        for start_n in tl.range(0, full, BLOCK_N, warp_specialize=WARP_SPEC):
+            acc, l_i, m_i = _mha_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
+                                          seq, sk_s, sv_s, qk_scale, False, False, EXP2)
+        for start_n in range(full, seq, BLOCK_N):
+            acc, l_i, m_i = _mha_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
+                                          seq, sk_s, sv_s, qk_scale, False, True, EXP2)
     else:
-        for start_n in range(0, seq, BLOCK_N):
+        for start_n in tl.range(0, seq, BLOCK_N, warp_specialize=WARP_SPEC):
             acc, l_i, m_i = _mha_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                           seq, sk_s, sv_s, qk_scale, CAUSAL, True, EXP2)
     acc = acc / l_i[:, None]
@@ -112,4 +130,5 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, o: torc
                           v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                           DIM=dim, BLOCK_M=CONFIG["BLOCK_M"], BLOCK_N=CONFIG["BLOCK_N"], CAUSAL=bool(causal),
                           CAUSAL_SKIP=CONFIG["CAUSAL_SKIP"], EXP2=CONFIG["EXP2"],
+                          PEEL_TAIL=_knob("PEEL_TAIL"), WARP_SPEC=_knob("WARP_SPEC"), REVERSE_M=_knob("REVERSE_M"),
                           num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
