@@ -42,14 +42,14 @@ def parse_settings(items: list[str], tunables: dict) -> list[dict]:
 
 
 def fp32_reference(task) -> callable:
-    """The task's reference as a DPS kernel on fp32 copies of the inputs (outputs cast back)."""
-    import torch
+    """The task's reference as a DPS kernel on fp32 copies of the inputs (the evaluator's
+    avo.harness.inputs.upcast), its results copied into the candidate-dtype outputs."""
+    from avo.harness.inputs import upcast
     ref = bmb.reference_ns(task)["run"]
-    n_in = len(task.definition.inputs)
+    names = list(task.definition.inputs)
     def run(*args):
-        ins = [t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in args[:n_in]]
-        res = ref(*ins)
-        for out, r in zip(args[n_in:], res if isinstance(res, tuple) else (res,)):
+        res = ref(*upcast(dict(zip(names, args[:len(names)]))).values())
+        for out, r in zip(args[len(names):], res if isinstance(res, tuple) else (res,)):
             out.copy_(r)
     return run
 
