@@ -95,6 +95,8 @@ def test_megakernel_seed_passes_interpreter_evaluation(task, quick_evaluator):
         assert t.evaluation.correctness.max_absolute_error < 5e-3
 
 
+SPLIT_K_POINT = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=32, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=256,
+                     num_stages=2, GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4, ATTN_DOT=True, SPLIT_K=2)
 MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles, more splits than KV rows
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2),
     dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=32, GEMV_WARPS=4, ATTN_BLOCK_KV=8, ATTN_WARPS=2, NORM_BLOCK=256, num_stages=3,
@@ -103,6 +105,10 @@ MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles,
          GEMV_DOT=False, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32),
     dict(GEMV_BLOCK_N=4, GEMV_BLOCK_K=64, GEMV_WARPS=1, ATTN_BLOCK_KV=32, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=2,
          GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=2, ATTN_DOT=True),
+    # split-K (K 48..96 in 32-wide chunks: 2-3 splits, fewer than asked) with and without the fused path
+    dict(SPLIT_K_POINT, SPLIT_K=4, MLP_BLOCK_N=32),
+    dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=1,
+         GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, SPLIT_K=2, MLP_BLOCK_N=8),
 ]
 
 
@@ -117,7 +123,7 @@ def test_megakernel_tunable_combination_passes(task, quick_evaluator, tmp_path, 
 
 WRONG = {
     "kv_len_off_by_one": ("nmask = offs_n < end", "nmask = offs_n < end - 1"),
-    "no_down_residual": ("_gemv(act, w_down, out, mode=1, res=h)", "_gemv(act, w_down, out)"),
+    "no_down_residual": ("w_down, out, mode=1, res=h,", "w_down, out, mode=0, res=h,"),
     "rope_sign_flipped": ("sign = tl.where(offs_d < half, -1.0, 1.0)", "sign = tl.where(offs_d < half, 1.0, -1.0)"),
 }
 
@@ -129,8 +135,22 @@ def test_megakernel_wrong_variant_is_incorrect_numerical(task, quick_evaluator, 
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
+SPLIT_WRONG = {  # need split-K on: SPLIT_K_POINT's config
+    "residual_in_every_split": ("if tl.program_id(1) == 0:", "if tl.program_id(1) >= 0:"),
+    "first_split_casts": ("== tl.num_programs(1) - 1:", "== 0:"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_WRONG))
+def test_megakernel_split_k_wrong_variant_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
+    broken = variant(SEED_PATH, tmp_path, name + "_src", *SPLIT_WRONG[name])
+    path = with_config(broken, tmp_path, name, SPLIT_K_POINT)
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
+
+
 def test_megakernel_torch_matmul_is_reward_hack(task, quick_evaluator, tmp_path):
-    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(attn, wo, h, mode=1, res=x)\n",
+    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(attn, wo, h, mode=1, res=x, acc=h if split else None)\n",
                    "    h.copy_(attn @ wo.float().T + x)\n")
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)
@@ -211,4 +231,5 @@ def test_memory_bound_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("OK  ") == 40 and "FAIL" not in r.stdout
+    assert "FAIL" not in r.stdout and r.stdout.count("OK  ") >= 48  # other families' kernels may join the list
+    assert all(f"OK   mk gemv MODE={m} NORM=1 DOT=1 SPLIT=1" in r.stdout for m in (0, 1))

@@ -105,6 +105,15 @@ def wall_per_call_ms(call: Callable[[int], None], n_sets: int, reps: int, device
     return (t2 - t0) * 1e3 / reps, (t1 - t0) * 1e3 / reps
 
 
+def device_ms(fns: list[Callable[[], object]], iters: int = 30, warmup: int = 5, device: str = "cuda") -> list[float]:
+    """Median device ms per call of each no-argument function, timed the way the evaluator times
+    candidates (L2 flushed, the GPU kept busy while the host enqueues, events, interleaved): kernel
+    time without the host's launch gaps, i.e. what a CUDA-graph replay in an engine sees. For the
+    benchmark scripts, next to do_bench, which counts those gaps once issuing outlasts its flush."""
+    samples = time_interleaved([lambda i, f=f: f() for f in fns], [None] * len(fns), 1, warmup, iters, device)
+    return [statistics.median(s) for s in samples]
+
+
 def median_iqr(xs: list[float]) -> tuple[float, float]:
     if not xs:
         return 0.0, 0.0
