@@ -52,10 +52,10 @@ case "${1:-evals}" in
   megakernel) evolve_part gpu-megakernel configs/gpu_megakernel.yaml "${MINUTES:-8}" ;;
   mha-decode) evolve_part gpu-mha-decode configs/gpu_mha_decode.yaml "${MINUTES:-8}" ;;
   bench-attention)  # the evolved attention kernels (MHA/decode from lineages/gpu-mha-decode if it ran here) vs seeds and SDPA
-    K=(--kernel attention_gqa_fwd=kernels/attention/evolved/gqa_fwd_h100/sources/kernel.py)
-    for t in attention_mha_fwd attention_gqa_decode; do
-      f=$(ls artifacts/gpu-mha-decode/$t/best-*/sources/kernel.py 2>/dev/null | head -1)
-      [ -n "$f" ] && K+=(--kernel "$t=$f")
+    K=()
+    for t in mha_fwd gqa_fwd gqa_decode; do  # a lineage run here first, else the exported winners
+      f=$(ls artifacts/gpu-mha-decode/attention_$t/best-*/sources/kernel.py 2>/dev/null | head -1)
+      K+=(--kernel "attention_$t=${f:-kernels/attention/evolved/${t}_h100/sources/kernel.py}")
     done
     timeout "${BENCH_S:-300}" python3 scripts/bench_attention.py --repeats 3 "${K[@]}" 2>&1 | tee "$OUT/bench_attention.log" | tail -45
     cp docs/benchmarks.md "$OUT/" ;;
@@ -73,6 +73,13 @@ case "${1:-evals}" in
   bench)
     python3 scripts/bench_attention.py 2>&1 | tail -40
     python3 scripts/bench_memory_bound.py 2>&1 | tail -40 ;;
+  sweep3)  # split-K and the gate/up block size around the session-3 winner, with per-kernel GPU time
+    E='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":128,"GEMV_WARPS":4,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"num_stages":4,"GEMV_DOT":true,"FUSE_NORM":true,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true'
+    sw "${SWEEP_S:-300}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads 'b1_kv4000|b8_kv8191' --profile \
+      "{$E}" "{$E,\"SPLIT_K\":2}" "{$E,\"SPLIT_K\":4}" "{$E,\"SPLIT_K\":8}" "{$E,\"MLP_BLOCK_N\":16}" \
+      "{$E,\"MLP_BLOCK_N\":64}" "{$E,\"SPLIT_K\":4,\"MLP_BLOCK_N\":16}" "{$E,\"SPLIT_K\":2,\"GEMV_BLOCK_N\":16}" \
+      "{$E,\"SPLIT_K\":4,\"GEMV_BLOCK_K\":256,\"num_stages\":3}" "{$E,\"SPLIT_K\":4,\"GEMV_WARPS\":8}"
+    cp "$OUT/sweep.log" "$OUT/sweep3.log" ;;
   sweep2)  # the best points of `sweep` combined, the megakernel's tensor-core attention, causal REVERSE_M
     F='"GEMV_DOT":true,"num_stages":4,"GEMV_BLOCK_K":128,"FUSE_NORM":true,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_BLOCK_KV":32'
     sw 240 megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads 'b1_kv4000|b8_kv8191|b4' \
@@ -107,5 +114,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
 esac

@@ -54,6 +54,27 @@ def fp32_reference(task) -> callable:
     return run
 
 
+def kernel_profile(task, w, run, calls: int = 20) -> str:
+    """GPU µs per call of each kernel `run` launches on workload w (torch.profiler, after warm-up):
+    where the time goes inside a multi-kernel candidate."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from avo.harness.inputs import make_inputs
+    ns = bmb.reference_ns(task)
+    args = list(make_inputs(task.definition, w, 0, "cuda", ns.get("make_inputs")).values())
+    fn = bmb.kernel_fn(task, w, run, args, "cuda")
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = [(e.device_time_total / calls, e.count // calls, e.key) for e in prof.key_averages() if e.device_time_total > 0]
+    lines = [f"  {us:8.1f} µs  x{n}  {key[:90]}" for us, n, key in sorted(rows, reverse=True)]
+    return "\n".join(lines + [f"  {sum(r[0] for r in rows):8.1f} µs  total"])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task")
@@ -64,6 +85,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--fp32-reference", action="store_true",
                     help="check against the reference run on fp32 copies (as the evaluator does) instead of eager "
                          "in the input dtype, whose own rounding fails bf16 attention at the task's tolerance")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print each setting's GPU time per kernel (torch.profiler, first workload)")
     a = ap.parse_args(argv)
     try:
         task = bmb.load_task(a.task)
@@ -97,6 +120,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(bmb.table(part), flush=True)
         rows += part
         torch.cuda.empty_cache()
+    if a.profile:
+        for name, run in runs.items():
+            print(f"\nkernels of {name} on {wls[0].uuid}:")
+            print(kernel_profile(task, wls[0], run))
     best = {}
     for r in rows:
         if r["impl"] in runs and r["ms"] == r["ms"]:
