@@ -55,8 +55,8 @@ def fp32_reference(task) -> callable:
 
 
 def kernel_profile(task, w, run, calls: int = 20) -> str:
-    """GPU µs per call of each kernel `run` launches on workload w (torch.profiler, after warm-up):
-    where the time goes inside a multi-kernel candidate."""
+    """GPU µs of each launch in one call of `run` on workload w, in launch order (torch.profiler,
+    mean over `calls` calls after warm-up): where the time goes inside a multi-kernel candidate."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     from avo.harness.inputs import make_inputs
@@ -70,9 +70,17 @@ def kernel_profile(task, w, run, calls: int = 20) -> str:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    rows = [(e.device_time_total / calls, e.count // calls, e.key) for e in prof.key_averages() if e.device_time_total > 0]
-    lines = [f"  {us:8.1f} µs  x{n}  {key[:90]}" for us, n, key in sorted(rows, reverse=True)]
-    return "\n".join(lines + [f"  {sum(r[0] for r in rows):8.1f} µs  total"])
+    kernels = sorted((e for e in prof.events() if e.device_type.name == "CUDA" and e.device_time > 0),
+                     key=lambda e: e.time_range.start)
+    per_call = len(kernels) // calls
+    if not per_call or len(kernels) % calls:
+        return f"  {len(kernels)} kernels in {calls} calls: not a fixed sequence per call"
+    lines, total = [], 0.0
+    for i in range(per_call):  # launch i of every call: its mean GPU time
+        us = sum(k.device_time for k in kernels[i::per_call]) / calls
+        total += us
+        lines.append(f"  {us:8.1f} µs  #{i} {kernels[i].name[:90]}")
+    return "\n".join(lines + [f"  {total:8.1f} µs  total"])
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -30,7 +30,7 @@ CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, 
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
-    GEMV_BLOCK_K=[32, 64, 128, 256],
+    GEMV_BLOCK_K=[32, 64, 128, 256, 512],
     GEMV_WARPS=[1, 2, 4, 8],
     ATTN_BLOCK_KV=[8, 16, 32, 64],
     ATTN_WARPS=[1, 2, 4, 8],
