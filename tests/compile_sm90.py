@@ -9,10 +9,21 @@ def load(path):
     spec = importlib.util.spec_from_file_location("m_" + path.replace("/", "_").replace(".", "_"), path)
     m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); return m
 
-def comp(fn, sig, consts, warps=4, stages=1):
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+def comp(fn, sig, consts, warps=4, stages=1, attrs=None):
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=target, options=dict(num_warps=warps, num_stages=stages))
-    return k.metadata.shared, k.n_regs if hasattr(k, "n_regs") else None
+    return k.metadata.shared, regs(k)
+
+def regs(k):
+    """Registers per thread, read from the cubin with the cuobjdump Triton ships (n_regs needs a GPU)."""
+    import os, re, subprocess, tempfile
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"]); f.flush()
+        m = re.search(r"REG:(\d+)", subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout)
+    return int(m.group(1)) if m else None
 
 jobs = []
 m = load("kernels/grammar/bitmask_seed.py")
@@ -56,10 +67,41 @@ for SPLITS, DOT in itertools.product((1, 8), (False, True)):
 jobs.append(("mk attn_combine", mk._attn_combine_kernel,
              {"part_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "ROWS": "i32", "D": "i32",
               "SPLITS": "constexpr", "BLOCK_D": "constexpr"}, {"SPLITS": 8, "BLOCK_D": 128}))
+
+# The attention prefill seeds (compute-bound) on request: `compile_sm90.py attention` compiles only
+# them, `compile_sm90.py all` everything; a plain run stays the memory-bound set above, whose OK
+# count tests/test_task_megakernel.py checks. Each point twice, pointer loads (TMA=False) and
+# device-side TMA descriptors (TMA=True), bf16 as on the GPU, with the divisibility-by-16 hints
+# the JIT gives pointers, strides, seq and heads of those shapes. Printed: (shared bytes, registers).
+want = set(sys.argv[1:]) or {"memory-bound"}
+if not want & {"memory-bound", "all"}:
+    jobs = []
+if want & {"attention", "all"}:
+    ATTN_POINTS = [  # (label, CAUSAL, DIM, knobs): the seed's point, the H100 lineage's point causal and not, the rest on
+        ("seed", False, 128, dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)),
+        ("lineage causal", True, 128, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, EXP2=True, CAUSAL_SKIP=True)),
+        ("lineage peel", False, 128, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, EXP2=True, PEEL_TAIL=True)),
+        ("ws+reverse d64", True, 64, dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, EXP2=True, CAUSAL_SKIP=True,
+                                          WARP_SPEC=True, REVERSE_M=True)),
+    ]
+    for path, kname, extra in (("kernels/attention/mha_fwd_seed.py", "_mha_fwd_kernel", []),
+                               ("kernels/attention/gqa_fwd_seed.py", "_gqa_fwd_kernel", ["group"])):
+        fn = getattr(load(path), kname)
+        ints = ["seq", "heads", *extra] + [f"s{t}_{a}" for t in "qkvo" for a in "bhs"]
+        sig = {**{n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}, **{n: "i32" for n in ints}, "qk_scale": "fp32"}
+        flags = ("CAUSAL_SKIP", "EXP2", "PEEL_TAIL", "WARP_SPEC", "REVERSE_M", "TMA")
+        sig.update({n: "constexpr" for n in ("DIM", "BLOCK_M", "BLOCK_N", "CAUSAL") + flags})
+        hinted = [n for n in sig if n.endswith("_ptr") or n in ints and n != "group"]
+        attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in hinted}
+        for (label, causal, dim, knobs), tma in itertools.product(ATTN_POINTS, (False, True)):
+            consts = {"DIM": dim, "CAUSAL": causal, **{f: False for f in flags}, **knobs, "TMA": tma}
+            warps, stages = consts.pop("num_warps"), consts.pop("num_stages")
+            jobs.append(("%s %s TMA=%d" % (kname.strip("_").split("_")[0], label, tma), fn, sig, consts,
+                         dict(warps=warps, stages=stages, attrs=attrs)))
 bad = 0
-for name, fn, sig, consts in jobs:
+for name, fn, sig, consts, *opts in jobs:
     try:
-        print("OK  ", name, comp(fn, sig, consts))
+        print("OK  ", name, comp(fn, sig, consts, **(opts[0] if opts else {})))
     except Exception as e:
         bad += 1
         print("FAIL", name, type(e).__name__, str(e).splitlines()[-1][:300] if str(e) else "")
