@@ -50,13 +50,17 @@ for KT in (True, False):
                   "blocks_per_seq": "i32", "row_elems": "i32", "BLOCK": "constexpr", "KV_TOGETHER": "constexpr"}, {"BLOCK": 1024, "KV_TOGETHER": KT}))
 mk = load("kernels/megakernel/decode_layer_seed.py")
 jobs.append(("mk rmsnorm", mk._rmsnorm_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*fp32", "N": "i32", "eps": "fp32", "BLOCK": "constexpr"}, {"BLOCK": 1024}))
-for MODE, NORM, DOT in itertools.product((0, 1, 2), (False, True), (False, True)):
-    jobs.append(("mk gemv MODE=%d NORM=%d DOT=%d" % (MODE, NORM, DOT), mk._gemv_kernel,
+for MODE, NORM, DOT, SPLIT in itertools.product((0, 1, 2), (False, True), (False, True), (False, True)):
+    if SPLIT and MODE == 2:
+        continue
+    jobs.append(("mk gemv MODE=%d NORM=%d DOT=%d SPLIT=%d" % (MODE, NORM, DOT, SPLIT), mk._gemv_kernel,
                  {"x_ptr": "*fp32", "nw_ptr": "*bf16", "wa_ptr": "*bf16", "wb_ptr": "*bf16", "wc_ptr": "*bf16", "res_ptr": "*bf16",
-                  "out_ptr": "*bf16", "B": "i32", "N": "i32", "NA": "i32", "NB": "i32", "K": "i32", "out_stride": "i32", "eps": "fp32",
+                  "out_ptr": "*bf16", "acc_ptr": "*fp32", "cnt_ptr": "*i32", "B": "i32", "N": "i32", "NA": "i32", "NB": "i32",
+                  "K": "i32", "K_SPLIT": "i32", "out_stride": "i32", "eps": "fp32",
                   "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "MODE": "constexpr", "NORM": "constexpr",
-                  "DOT": "constexpr"},
-                 {"BLOCK_B": 16 if DOT else 8, "BLOCK_N": 32, "BLOCK_K": 128, "MODE": MODE, "NORM": NORM, "DOT": DOT}))
+                  "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr"},
+                 {"BLOCK_B": 16 if DOT else 8, "BLOCK_N": 32, "BLOCK_K": 128, "MODE": MODE, "NORM": NORM, "DOT": DOT,
+                  "SPLIT": SPLIT, "CAST": SPLIT and MODE == 1}))
 for SPLITS, DOT in itertools.product((1, 8), (False, True)):
     jobs.append(("mk rope_attn SPLITS=%d DOT=%d" % (SPLITS, DOT), mk._rope_attn_kernel,
                  {"qkv_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "k_new_ptr": "*bf16",
