@@ -89,6 +89,15 @@ case "${1:-evals}" in
       "{$E,\"GEMV_DOT\":false,\"GEMV_BLOCK_N\":4,\"GEMV_BLOCK_K\":512}" "{$E,\"num_stages\":4,\"GEMV_WARPS\":8}" \
       "{$E,\"MLP_BLOCK_N\":64,\"GEMV_WARPS\":8}"
     cp "$OUT/sweep.log" "$OUT/sweep4.log" ;;
+  sweep5)  # FUSE_NORM's pre-pass in NORM_BLOCK chunks, FMA vs tensor-core GEMV at split-K 4 (per-launch profile)
+    F='"GEMV_BLOCK_N":8,"GEMV_BLOCK_K":512,"GEMV_WARPS":4,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"num_stages":3,"GEMV_DOT":false,"FUSE_NORM":true,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":4'
+    sw "${SWEEP_S:-300}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b8_kv8191}" --profile \
+      "{$F,\"NORM_BLOCK\":1024}" "{$F,\"NORM_BLOCK\":4096}" "{$F,\"NORM_BLOCK\":2048}" "{$F,\"FUSE_NORM\":false}" \
+      "{$F,\"NORM_BLOCK\":4096,\"GEMV_DOT\":true,\"GEMV_BLOCK_N\":32,\"GEMV_BLOCK_K\":256}" \
+      "{$F,\"NORM_BLOCK\":4096,\"GEMV_BLOCK_N\":16}" "{$F,\"NORM_BLOCK\":4096,\"num_stages\":4}" \
+      "{$F,\"NORM_BLOCK\":4096,\"GEMV_BLOCK_K\":256}" "{$F,\"NORM_BLOCK\":4096,\"SPLIT_K\":8}" \
+      "{$F,\"NORM_BLOCK\":4096,\"GEMV_WARPS\":8}"
+    cp "$OUT/sweep.log" "$OUT/sweep5.log" ;;
   sweep2)  # the best points of `sweep` combined, the megakernel's tensor-core attention, causal REVERSE_M
     F='"GEMV_DOT":true,"num_stages":4,"GEMV_BLOCK_K":128,"FUSE_NORM":true,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_BLOCK_KV":32'
     sw 240 megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads 'b1_kv4000|b8_kv8191|b4' \
@@ -123,5 +132,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
 esac

@@ -34,7 +34,7 @@ TUNABLES = dict(
     GEMV_WARPS=[1, 2, 4, 8],
     ATTN_BLOCK_KV=[8, 16, 32, 64],
     ATTN_WARPS=[1, 2, 4, 8],
-    NORM_BLOCK=[256, 512, 1024, 2048],
+    NORM_BLOCK=[256, 512, 1024, 2048, 4096],  # RMSNorm chunk (the norm kernel, or FUSE_NORM's per-program pre-pass)
     num_stages=[1, 2, 3, 4],
     GEMV_DOT=[False, True],  # tensor-core GEMV tiles (pipelined weight loads) instead of FMA reductions
     FUSE_NORM=[False, True],  # RMSNorm inside the GEMV that consumes it
@@ -70,7 +70,8 @@ def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr):
 def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_ptr, cnt_ptr, B, N, NA, NB, K,
                  K_SPLIT, out_stride, eps,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
-                 NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr):
+                 NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
+                 NORM_BLOCK: tl.constexpr):
     """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
     MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
     of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
@@ -97,12 +98,16 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     b_ok = offs_b < B
     inv = tl.full([BLOCK_B], 1.0, tl.float32)
     if NORM:
+        # Each program's own RMS over the real rows in NORM_BLOCK chunks (one chunk for a Llama
+        # row at 4096): a few long loads instead of K / BLOCK_K dependent ones before the weights.
         sq = tl.zeros([BLOCK_B], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            xt = tl.load(x_ptr + offs_b[:, None] * K + offs_k[None, :],
-                         mask=b_ok[:, None] & (offs_k[None, :] < K), other=0.0).to(tl.float32)
-            sq += tl.sum(xt * xt, axis=1)
+        for b in range(0, B):
+            part = tl.zeros([NORM_BLOCK], tl.float32)
+            for k0 in range(0, K, NORM_BLOCK):
+                offs_k = k0 + tl.arange(0, NORM_BLOCK)
+                xv = tl.load(x_ptr + b * K + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+                part += xv * xv
+            sq = tl.where(offs_b == b, tl.sum(part, axis=0), sq)
         inv = 1.0 / tl.sqrt(sq / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
     acc2 = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
@@ -257,7 +262,7 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
         out if res is None else res, out, out if acc is None else acc, out if cnt is None else cnt,
         batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
-        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"))
+        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"))
 
 
 def _rmsnorm(x, w, out):
