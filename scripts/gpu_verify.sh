@@ -98,6 +98,15 @@ case "${1:-evals}" in
       "{$F,\"NORM_BLOCK\":4096,\"GEMV_BLOCK_K\":256}" "{$F,\"NORM_BLOCK\":4096,\"SPLIT_K\":8}" \
       "{$F,\"NORM_BLOCK\":4096,\"GEMV_WARPS\":8}"
     cp "$OUT/sweep.log" "$OUT/sweep5.log" ;;
+  sweep6)  # attention prefill: the TMA knob (device-side descriptors) at the session-3 lineage point
+    E='"BLOCK_M":128,"BLOCK_N":64,"num_warps":8,"num_stages":3,"EXP2":true,"CAUSAL_SKIP":true,"PEEL_TAIL":true'
+    for t in mha gqa; do
+      [ $t = mha ] && W='b4_h32_s4096_d128' || W='b4_hq32_hkv8_s4096|b16_hq32_hkv4_s1024_d128_causal'
+      sw "${SWEEP_S:-200}" attention_${t}_fwd kernels/attention/${t}_fwd_seed.py --workloads "$W" --fp32-reference "{$E}" \
+        "{$E,\"TMA\":true}" "{$E,\"TMA\":true,\"WARP_SPEC\":true}" "{$E,\"TMA\":true,\"num_stages\":4}" \
+        "{$E,\"TMA\":true,\"BLOCK_N\":128,\"num_stages\":2}" "{$E,\"TMA\":true,\"REVERSE_M\":true}"
+    done
+    cp "$OUT/sweep.log" "$OUT/sweep6.log" ;;
   sweep2)  # the best points of `sweep` combined, the megakernel's tensor-core attention, causal REVERSE_M
     F='"GEMV_DOT":true,"num_stages":4,"GEMV_BLOCK_K":128,"FUSE_NORM":true,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_BLOCK_KV":32'
     sw 240 megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads 'b1_kv4000|b8_kv8191|b4' \
@@ -132,5 +141,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
 esac
