@@ -103,7 +103,7 @@ case "${1:-evals}" in
     for t in mha gqa; do
       [ $t = mha ] && W='b4_h32_s4096_d128' || W='b4_hq32_hkv8_s4096|b16_hq32_hkv4_s1024_d128_causal'
       sw "${SWEEP_S:-200}" attention_${t}_fwd kernels/attention/${t}_fwd_seed.py --workloads "$W" --fp32-reference "{$E}" \
-        "{$E,\"TMA\":true}" "{$E,\"TMA\":true,\"WARP_SPEC\":true}" "{$E,\"TMA\":true,\"num_stages\":4}" \
+        "{$E,\"TMA\":true}" "{$E,\"TMA\":true,\"WARP_SPEC\":true}" "{$E,\"TMA\":true,\"num_stages\":2}" \
         "{$E,\"TMA\":true,\"BLOCK_N\":128,\"num_stages\":2}" "{$E,\"TMA\":true,\"REVERSE_M\":true}"
     done
     cp "$OUT/sweep.log" "$OUT/sweep6.log" ;;
