@@ -12,7 +12,8 @@ eager torch, a CUDA graph of eager, torch.compile. Every candidate's output is c
 the eager peer (task tolerance) before it is timed. Times: triton.testing.do_bench medians, and
 "µs device" from avo.harness.timing.device_ms (the evaluator's method, which hides the host's launch
 gaps: at batch-1 decode do_bench measures the Python launcher); GB/s from the task's SOL byte model; % SOL against the detected GPU's datasheet bandwidth. The table
-is printed and written to docs/benchmarks.md between <!-- bench_memory_bound --> markers.
+is printed and written to docs/benchmarks.md between <!-- bench_memory_bound --> markers (a run on
+a subset of tasks: its own <!-- bench_memory_bound TASKS --> section).
 """
 from __future__ import annotations
 
@@ -151,11 +152,15 @@ def bench_workload(task: Task, w, impls: list[str], runs: dict[str, Callable], s
     hw = sol.match_gpu_name(torch.cuda.get_device_name()) or sol.hardware_by_name("H100 SXM")
     flops, nbytes = sol.work(d, w)
     t_sol = sol.sol_time_s(d, w, hw)
-    rows, expect, timed = [], None, {}
+    rows, expect, timed, peers = [], None, {}, None
     for impl in impls:
         args = [v.clone() if isinstance(v, torch.Tensor) else v for v in base.values()]
         try:  # a peer that is not installed (xgrammar) or fails to compile is a row, not a crash
-            fn = kernel_fn(task, w, runs[impl], args, "cuda") if impl in runs else peer_fns(task, ns, args)[impl]
+            if impl not in runs and peers is None:
+                # Once per workload: peer_fns resets dynamo, which would leave an earlier compiled
+                # or graphed peer recompiling (or replaying freed pools) in the device timing below.
+                peers = peer_fns(task, ns, args)
+            fn = kernel_fn(task, w, runs[impl], args, "cuda") if impl in runs else peers[impl]
             got = tuple(t.detach().clone() for t in fn())
             torch.cuda.synchronize()
         except Exception as e:
@@ -196,11 +201,15 @@ def table(rows: list[dict]) -> str:
     return head + body
 
 
-def write_doc(text: str, doc: Path = DOC) -> None:
-    block = f"{MARK_BEGIN}\n{text}{MARK_END}\n"
+def write_doc(text: str, doc: Path = DOC, tasks: Optional[list[str]] = None) -> None:
+    """Replace this run's section: one per task set, so a run on a subset (say the decode layer
+    alone) leaves the full table of the other families in place."""
+    tag = "" if tasks is None or sorted(tasks) == sorted(BENCH_TASKS) else " " + ",".join(sorted(tasks))
+    begin, end = MARK_BEGIN.replace(" -->", tag + " -->"), MARK_END.replace(" -->", tag + " -->")
+    block = f"{begin}\n{text}{end}\n"
     old = doc.read_text() if doc.exists() else "# Measured numbers\n"
-    if MARK_BEGIN in old and MARK_END in old:
-        i, j = old.index(MARK_BEGIN), old.index(MARK_END) + len(MARK_END)
+    if begin in old and end in old:
+        i, j = old.index(begin), old.index(end) + len(end)
         new = old[:i] + block.rstrip("\n") + old[j:]
     else:
         new = old.rstrip("\n") + "\n\n" + block
@@ -255,7 +264,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"% SOL against {rows[0]['hw'] if rows else '?'}.\n\n" + table(rows))
     print(text)
     if not a.no_doc:
-        write_doc(text)
+        write_doc(text, tasks=a.tasks)
     return 0
 
 

@@ -26,21 +26,23 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=128, GEMV_WARPS=4, ATTN_BLOCK_KV=32, ATTN_WARPS=8, NORM_BLOCK=1024, num_stages=4, GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32, ATTN_DOT=True)
+CONFIG = dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=256, GEMV_WARPS=2, ATTN_BLOCK_KV=32, ATTN_WARPS=8, NORM_BLOCK=4096, num_stages=3, GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=32, ATTN_DOT=True, SPLIT_K=8, MLP_BLOCK_N=0)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
-    GEMV_BLOCK_K=[32, 64, 128, 256],
+    GEMV_BLOCK_K=[32, 64, 128, 256, 512],
     GEMV_WARPS=[1, 2, 4, 8],
     ATTN_BLOCK_KV=[8, 16, 32, 64],
     ATTN_WARPS=[1, 2, 4, 8],
-    NORM_BLOCK=[256, 512, 1024, 2048],
+    NORM_BLOCK=[256, 512, 1024, 2048, 4096],  # RMSNorm chunk (the norm kernel, or FUSE_NORM's per-program pre-pass)
     num_stages=[1, 2, 3, 4],
     GEMV_DOT=[False, True],  # tensor-core GEMV tiles (pipelined weight loads) instead of FMA reductions
     FUSE_NORM=[False, True],  # RMSNorm inside the GEMV that consumes it
     FUSE_QKV=[False, True],  # q, k and v projections in one launch (when GEMV_BLOCK_N divides q_dim and kv_dim)
     ATTN_SPLITS=[1, 2, 4, 8, 16, 32],  # KV splits per (sequence, kv head); > 1 adds a combine launch
     ATTN_DOT=[False, True],  # attention scores and P @ V on tensor cores (group padded to 16 rows, >= 16 keys per step)
+    SPLIT_K=[1, 2, 4, 8],  # K splits of the q|k|v, O and down projections (fp32 atomics): more programs at batch 1
+    MLP_BLOCK_N=[0, 8, 16, 32, 64],  # rows per program of the gate/up GEMV (0: GEMV_BLOCK_N), for its own wave count
 )
 
 
@@ -65,15 +67,21 @@ def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, B, N, NA, NB, K, out_stride, eps,
+def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_ptr, cnt_ptr, B, N, NA, NB, K,
+                 K_SPLIT, out_stride, eps,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
-                 NORM: tl.constexpr, DOT: tl.constexpr):
+                 NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
+                 NORM_BLOCK: tl.constexpr):
     """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
     MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
     of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
     silu(x' wa^T) * (x' wb^T). The accumulator is [BLOCK_N, BLOCK_B] so DOT can put the weight tile
-    in tl.dot's first operand."""
-    n0 = tl.program_id(0) * BLOCK_N
+    in tl.dot's first operand. SPLIT (grid axis 1 over K in K_SPLIT chunks, MODE 0/1): each program
+    atomically adds its partial sums into the zeroed fp32 acc[b, n] (split 0 adds the residual);
+    with CAST the program that finishes a row block last (counter cnt[pid]) writes acc to out in
+    out's dtype."""
+    pid_n = tl.program_id(0)
+    n0 = pid_n * BLOCK_N
     w_ptr = wa_ptr
     row0 = n0
     if MODE == 0:
@@ -90,16 +98,21 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, B, N, 
     b_ok = offs_b < B
     inv = tl.full([BLOCK_B], 1.0, tl.float32)
     if NORM:
+        # Each program's own RMS over the real rows in NORM_BLOCK chunks (one chunk for a Llama
+        # row at 4096): a few long loads instead of K / BLOCK_K dependent ones before the weights.
         sq = tl.zeros([BLOCK_B], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            xt = tl.load(x_ptr + offs_b[:, None] * K + offs_k[None, :],
-                         mask=b_ok[:, None] & (offs_k[None, :] < K), other=0.0).to(tl.float32)
-            sq += tl.sum(xt * xt, axis=1)
+        for b in range(0, B):
+            part = tl.zeros([NORM_BLOCK], tl.float32)
+            for k0 in range(0, K, NORM_BLOCK):
+                offs_k = k0 + tl.arange(0, NORM_BLOCK)
+                xv = tl.load(x_ptr + b * K + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+                part += xv * xv
+            sq = tl.where(offs_b == b, tl.sum(part, axis=0), sq)
         inv = 1.0 / tl.sqrt(sq / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
     acc2 = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_lo = tl.program_id(1) * K_SPLIT
+    for k0 in range(k_lo, tl.minimum(k_lo + K_SPLIT, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
         xt = tl.load(x_ptr + offs_b[:, None] * K + offs_k[None, :], mask=b_ok[:, None] & k_ok[None, :],
@@ -122,10 +135,19 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, B, N, 
     omask = n_ok[:, None] & b_ok[None, :]
     optrs = offs_b[None, :] * out_stride + (n0 + offs_n)[:, None]
     if MODE == 1:
-        acc += tl.load(res_ptr + optrs, mask=omask, other=0.0).to(tl.float32)
+        if tl.program_id(1) == 0:
+            acc += tl.load(res_ptr + optrs, mask=omask, other=0.0).to(tl.float32)
     if MODE == 2:
         acc = acc / (1.0 + tl.exp(-acc)) * acc2
-    tl.store(out_ptr + optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+    if SPLIT:
+        tl.atomic_add(acc_ptr + optrs, acc, mask=omask)
+        if CAST:
+            tl.debug_barrier()  # every thread's adds are issued before the block's count goes up
+            if tl.atomic_add(cnt_ptr + pid_n, 1) == tl.num_programs(1) - 1:
+                total = tl.atomic_add(acc_ptr + optrs, tl.zeros_like(acc), mask=omask)  # read at L2, not a stale L1
+                tl.store(out_ptr + optrs, total.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        tl.store(out_ptr + optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
@@ -224,17 +246,23 @@ def _block_n():
     return max(_knob("GEMV_BLOCK_N"), 16) if _knob("GEMV_DOT") else _knob("GEMV_BLOCK_N")  # tl.dot: >= 16
 
 
-def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0):
+def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0, acc=None, cnt=None):
     """out = x @ w^T (see _gemv_kernel); w2/w3 with na/nb: the q|k|v segments (MODE 0) or the up
-    weight (MODE 2)."""
+    weight (MODE 2). acc (zeroed fp32, out's shape; out itself when out is fp32 scratch) turns on
+    split-K; with cnt (zeroed int32, one per row block) acc is a staging copy cast into out."""
     batch, k = x.shape
-    n, bn = out.shape[1], _block_n()
+    n = out.shape[1]
+    bn = max(_knob("MLP_BLOCK_N"), 16 if _knob("GEMV_DOT") else 1) if mode == 2 and _knob("MLP_BLOCK_N") else _block_n()
+    bk = _knob("GEMV_BLOCK_K")
+    k_split = triton.cdiv(triton.cdiv(k, _knob("SPLIT_K")), bk) * bk if acc is not None else k
+    splits = triton.cdiv(k, k_split)
     block_b = max(triton.next_power_of_2(batch), 16 if _knob("GEMV_DOT") else 1)
-    _gemv_kernel[(triton.cdiv(n, bn),)](
+    _gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, x if norm_w is None else norm_w, w, w if w2 is None else w2, w if w3 is None else w3,
-        out if res is None else res, out, batch, n, n if na is None else na, nb, k, out.stride(0), RMS_EPS,
-        BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=_knob("GEMV_BLOCK_K"), MODE=mode, NORM=norm_w is not None,
-        DOT=_knob("GEMV_DOT"), num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"))
+        out if res is None else res, out, out if acc is None else acc, out if cnt is None else cnt,
+        batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS,
+        BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
+        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"))
 
 
 def _rmsnorm(x, w, out):
@@ -254,12 +282,24 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     sizes = dict(xn=0 if fuse_norm else batch * hidden, qkv=batch * qkv_dim, attn=batch * q_dim, h=batch * hidden,
                  hn=0 if fuse_norm else batch * hidden, act=batch * mlp,
                  part=batch * q_dim * splits if splits > 1 else 0, ml=2 * batch * q_heads * splits if splits > 1 else 0)
+    split = _knob("SPLIT_K") > 1
+    # Split-K sums with atomics into zeroed fp32: q|k|v, h, the output's staging copy and the down
+    # projection's per-row-block counters (int32 bits in the same zeroed buffer).
+    zsizes = dict(qkv=batch * qkv_dim, h=batch * hidden, out=batch * hidden, cnt=triton.cdiv(hidden, _block_n())) if split else {}
+    if split:
+        sizes.update(qkv=0, h=0)
     scratch = torch.empty(sum(sizes.values()), device=x.device, dtype=torch.float32)
+    zeroed = torch.zeros(sum(zsizes.values()), device=x.device, dtype=torch.float32)
     buf, at = {}, 0
     for name, size in sizes.items():
         buf[name] = scratch[at:at + size]
         at += size
+    at = 0
+    for name, size in zsizes.items():
+        buf[name] = zeroed[at:at + size]
+        at += size
     qkv = buf["qkv"].view(batch, qkv_dim)
+    qkv_acc = qkv if split else None
     if fuse_norm:
         x_in, nw = x, attn_norm_w
     else:
@@ -267,10 +307,10 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
         _rmsnorm(x, attn_norm_w, x_in)
     bn = _block_n()
     if _knob("FUSE_QKV") and q_dim % bn == 0 and kv_dim % bn == 0:
-        _gemv(x_in, wq, qkv, w2=wk, w3=wv, norm_w=nw, na=q_dim, nb=kv_dim)
+        _gemv(x_in, wq, qkv, w2=wk, w3=wv, norm_w=nw, na=q_dim, nb=kv_dim, acc=qkv_acc)
     else:
         for w, lo, hi in ((wq, 0, q_dim), (wk, q_dim, q_dim + kv_dim), (wv, q_dim + kv_dim, qkv_dim)):
-            _gemv(x_in, w, qkv[:, lo:hi], norm_w=nw)
+            _gemv(x_in, w, qkv[:, lo:hi], norm_w=nw, acc=qkv[:, lo:hi] if split else None)
     attn = buf["attn"].view(batch, q_dim)
     group = q_heads // kv_heads
     attn_dot = _knob("ATTN_DOT")
@@ -288,7 +328,7 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
         _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
                                                  BLOCK_D=triton.next_power_of_2(head_dim), num_warps=4)
     h = buf["h"].view(batch, hidden)
-    _gemv(attn, wo, h, mode=1, res=x)
+    _gemv(attn, wo, h, mode=1, res=x, acc=h if split else None)
     if fuse_norm:
         h_in, nw = h, mlp_norm_w
     else:
@@ -296,4 +336,5 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
         _rmsnorm(h, mlp_norm_w, h_in)
     act = buf["act"].view(batch, mlp)
     _gemv(h_in, w_gate, act, mode=2, w2=w_up, norm_w=nw)
-    _gemv(act, w_down, out, mode=1, res=h)
+    _gemv(act, w_down, out, mode=1, res=h, acc=buf["out"].view(batch, hidden) if split else None,
+          cnt=buf["cnt"].view(torch.int32) if split else None)
