@@ -26,7 +26,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -43,6 +43,7 @@ TUNABLES = dict(
     ATTN_DOT=[False, True],  # attention scores and P @ V on tensor cores (group padded to 16 rows, >= 16 keys per step)
     SPLIT_K=[1, 2, 4, 8],  # K splits of the q|k|v, O and down projections (fp32 atomics): more programs at batch 1
     MLP_BLOCK_N=[0, 8, 16, 32, 64],  # rows per program of the gate/up GEMV (0: GEMV_BLOCK_N), for its own wave count
+    PDL=[False, True],  # programmatic dependent launch (sm90+): each launch starts while the previous drains (GPU only)
 )
 
 
@@ -50,8 +51,23 @@ def _knob(name):
     return CONFIG.get(name, TUNABLES[name][0])  # a knob missing from CONFIG takes its first value
 
 
+def _pdl(t):
+    return bool(_knob("PDL")) and t.is_cuda  # the interpreter has no grid dependency control
+
+
 @triton.jit
-def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr):
+def _pdl_enter(PDL: tl.constexpr):
+    """Under PDL a grid may be resident before its predecessor finishes: wait for it (its writes
+    become visible) before touching any activation, then let the next grid launch; its programs
+    wait the same way, so the chain stays ordered while launch latency overlaps the tail."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     sq = tl.zeros([BLOCK], tl.float32)
     for n0 in range(0, N, BLOCK):
@@ -71,7 +87,7 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
                  K_SPLIT, out_stride, eps,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
                  NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
-                 NORM_BLOCK: tl.constexpr):
+                 NORM_BLOCK: tl.constexpr, PDL: tl.constexpr):
     """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
     MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
     of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
@@ -80,6 +96,7 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     atomically adds its partial sums into the zeroed fp32 acc[b, n] (split 0 adds the residual);
     with CAST the program that finishes a row block last (counter cnt[pid]) writes acc to out in
     out's dtype."""
+    _pdl_enter(PDL)
     pid_n = tl.program_id(0)
     n0 = pid_n * BLOCK_N
     w_ptr = wa_ptr
@@ -154,10 +171,11 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
 def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_new_ptr, o_ptr, m_ptr, l_ptr,
                       kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE, Q_DIM,
                       BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
-                      DOT: tl.constexpr):
+                      DOT: tl.constexpr, PDL: tl.constexpr):
     """One program per (sequence, kv head, KV split): its GROUP q heads attend to the split's cache
     rows; split 0 also takes the new token (and writes it out). SPLITS == 1 writes the normalised
     output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel."""
+    _pdl_enter(PDL)
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -228,9 +246,11 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
 
 
 @triton.jit
-def _attn_combine_kernel(part_ptr, m_ptr, l_ptr, o_ptr, ROWS, D, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _attn_combine_kernel(part_ptr, m_ptr, l_ptr, o_ptr, ROWS, D, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr,
+                         PDL: tl.constexpr):
     """One program per (sequence, q head): rescale the splits' partials to their common max and
     normalise. Split 0 holds the new token, so the max is finite; empty splits have m = -inf."""
+    _pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, SPLITS)
     offs_d = tl.arange(0, BLOCK_D)
@@ -262,11 +282,13 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
         out if res is None else res, out, out if acc is None else acc, out if cnt is None else cnt,
         batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
-        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"))
+        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
+        num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
 
 
 def _rmsnorm(x, w, out):
-    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), num_warps=4)
+    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
+                               num_warps=4, launch_pdl=_pdl(x))
 
 
 def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache,
@@ -323,10 +345,12 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
         qkv, rope_cos, rope_sin, k_cache, v_cache, k_new, v_new, part, m_buf, l_buf,
         int(kv_len), split_len, max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
         BLOCK_G=max(triton.next_power_of_2(group), 16 if attn_dot else 1), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"))
+        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=_pdl(x), num_warps=_knob("ATTN_WARPS"),
+        num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
     if splits > 1:
         _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
-                                                 BLOCK_D=triton.next_power_of_2(head_dim), num_warps=4)
+                                                 BLOCK_D=triton.next_power_of_2(head_dim), PDL=_pdl(x), num_warps=4,
+                                                 launch_pdl=_pdl(x))
     h = buf["h"].view(batch, hidden)
     _gemv(attn, wo, h, mode=1, res=x, acc=h if split else None)
     if fuse_norm:
