@@ -98,6 +98,31 @@ case "${1:-evals}" in
       "{$F,\"NORM_BLOCK\":4096,\"GEMV_BLOCK_K\":256}" "{$F,\"NORM_BLOCK\":4096,\"SPLIT_K\":8}" \
       "{$F,\"NORM_BLOCK\":4096,\"GEMV_WARPS\":8}"
     cp "$OUT/sweep.log" "$OUT/sweep5.log" ;;
+  sweep7)  # the megakernel's PDL and PREFETCH knobs at the exported lineage point (per-launch profile)
+    E='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":8'
+    P="$E"',"PDL":true'
+    sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
+      "{$E}" "{$P}" "{$P,\"PREFETCH\":1}" "{$P,\"PREFETCH\":4}" "{$P,\"FUSE_NORM\":true}" "{$P,\"SPLIT_K\":4}" "{$P,\"GEMV_WARPS\":4}"
+    cp "$OUT/sweep.log" "$OUT/sweep7.log" ;;
+  sweep9)  # second PDL round: per-GEMV split-K (SPLIT_K_QO), norm fusion, tiles, attention splits at PDL + PREFETCH 1
+    P='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":8,"PDL":true,"PREFETCH":1'
+    sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
+      "{$P}" "{$P,\"SPLIT_K_QO\":1}" "{$P,\"SPLIT_K_QO\":2}" "{$P,\"SPLIT_K_QO\":4}" "{$P,\"FUSE_NORM\":true}" \
+      "{$P,\"GEMV_BLOCK_N\":16,\"MLP_BLOCK_N\":32,\"SPLIT_K_QO\":2}" "{$P,\"ATTN_BLOCK_KV\":64}" "{$P,\"ATTN_SPLITS\":16}"
+    cp "$OUT/sweep.log" "$OUT/sweep9.log" ;;
+  sweep10)  # ACT_NARROW (16-bit GEMV inputs) at sweep9's best point, with the tiles it frees up
+    P='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":8,"PDL":true,"PREFETCH":1,"SPLIT_K_QO":2'
+    A="$P"',"ACT_NARROW":true'
+    sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
+      "{$P}" "{$A}" "{$A,\"num_stages\":4}" "{$A,\"GEMV_BLOCK_K\":512}" "{$A,\"GEMV_WARPS\":4}" "{$A,\"FUSE_NORM\":true}" \
+      "{$A,\"MLP_BLOCK_N\":64}" "{$A,\"GEMV_BLOCK_N\":64}" "{$A,\"GEMV_BLOCK_K\":512,\"num_stages\":2}"
+    cp "$OUT/sweep.log" "$OUT/sweep10.log" ;;
+  sweep8)  # the layout seeds' STREAM cache hints (evict_first loads, .cs stores), bigger row tiles
+    for t in transpose2d bshd_to_bhsd bshd_to_bhds kv_paged; do
+      X=(); case $t in transpose2d|bshd_to_bhds) X=('{"BLOCK_R":128}' '{"BLOCK_R":128,"STREAM":true}' '{"BLOCK_R":128,"STREAM":true,"num_warps":8}') ;; esac
+      sw "${LAYOUT_S:-120}" layout_$t kernels/layout/${t}_seed.py '{}' '{"STREAM":true}' '{"STREAM":true,"num_warps":8}' "${X[@]}"
+    done
+    cp "$OUT/sweep.log" "$OUT/sweep8.log" ;;
   sweep6)  # attention prefill: the TMA knob (device-side descriptors) at the session-3 lineage point
     E='"BLOCK_M":128,"BLOCK_N":64,"num_warps":8,"num_stages":3,"EXP2":true,"CAUSAL_SKIP":true,"PEEL_TAIL":true'
     for t in mha gqa; do
@@ -141,5 +166,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
 esac

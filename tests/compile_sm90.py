@@ -9,9 +9,11 @@ def load(path):
     spec = importlib.util.spec_from_file_location("m_" + path.replace("/", "_").replace(".", "_"), path)
     m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); return m
 
-def comp(fn, sig, consts, warps=4, stages=1, attrs=None):
+def comp(fn, sig, consts, warps=4, stages=1, attrs=None, ptx=()):
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=target, options=dict(num_warps=warps, num_stages=stages))
+    missing = [p for p in ptx if p not in k.asm["ptx"]]  # instructions the point must emit (cache hints)
+    assert not missing, "PTX lacks %s" % missing
     return k.metadata.shared, regs(k)
 
 def regs(k):
@@ -33,53 +35,62 @@ for P, SK, RMW, BW in itertools.product([False, True], [False, True], [False, Tr
                   "bitmask_stride": "i32", "n_blocks": "i32", "n_tiles": "i32", "BLOCK_SIZE": "constexpr", "RMW": "constexpr",
                   "PERSISTENT": "constexpr", "SKIP_ONES": "constexpr", "BROADCAST_WORDS": "constexpr"},
                  {"BLOCK_SIZE": 1024, "RMW": RMW, "PERSISTENT": P, "SKIP_ONES": SK, "BROADCAST_WORDS": BW}))
-t = load("kernels/layout/transpose2d_seed.py")
-for TR in (True, False):
-    jobs.append(("transpose TRANS=%s" % TR, t._batched_transpose_kernel,
-                 {"x_ptr": "*bf16", "y_ptr": "*bf16", "R": "i32", "C": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr", "GROUP": "constexpr", "TRANS": "constexpr"},
-                 {"BLOCK_R": 64, "BLOCK_C": 64, "GROUP": 8, "TRANS": TR}))
+# The layout seeds, each branch with STREAM off and on (on: evict_first loads and .cs stores in the PTX).
+n_before_layout = len(jobs)
+STREAM_PTX = dict(ptx=("ld.global.L1::evict_first", "st.global.cs"))
+for path, tag in (("kernels/layout/transpose2d_seed.py", "transpose"), ("kernels/layout/bshd_to_bhds_seed.py", "bhds")):
+    t = load(path)
+    for TR, ST in itertools.product((True, False), (False, True)):
+        jobs.append(("%s TRANS=%s%s" % (tag, TR, " STREAM=True" * ST), t._batched_transpose_kernel,
+                     {"x_ptr": "*bf16", "y_ptr": "*bf16", "R": "i32", "C": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr", "GROUP": "constexpr", "TRANS": "constexpr",
+                      "STREAM": "constexpr"}, {"BLOCK_R": 64, "BLOCK_C": 64, "GROUP": 8, "TRANS": TR, "STREAM": ST}, STREAM_PTX if ST else {}))
 b = load("kernels/layout/bshd_to_bhsd_seed.py")
-for HF in (True, False):
-    jobs.append(("bhsd H_FAST=%s" % HF, b._bshd_to_bhsd_kernel,
-                 {"x_ptr": "*bf16", "y_ptr": "*bf16", "S": "i32", "H": "i32", "D": "i32", "BLOCK_S": "constexpr", "BLOCK_D": "constexpr", "H_FAST": "constexpr"},
-                 {"BLOCK_S": 16, "BLOCK_D": 128, "H_FAST": HF}))
+for HF, ST in itertools.product((True, False), (False, True)):
+    jobs.append(("bhsd H_FAST=%s%s" % (HF, " STREAM=True" * ST), b._bshd_to_bhsd_kernel,
+                 {"x_ptr": "*bf16", "y_ptr": "*bf16", "S": "i32", "H": "i32", "D": "i32", "BLOCK_S": "constexpr", "BLOCK_D": "constexpr", "H_FAST": "constexpr",
+                  "STREAM": "constexpr"}, {"BLOCK_S": 16, "BLOCK_D": 128, "H_FAST": HF, "STREAM": ST}, STREAM_PTX if ST else {}))
 kv = load("kernels/layout/kv_paged_seed.py")
-for KT in (True, False):
-    jobs.append(("kv_paged KV_TOGETHER=%s" % KT, kv._kv_paged_kernel,
+for KT, ST in itertools.product((True, False), (False, True)):
+    jobs.append(("kv_paged KV_TOGETHER=%s%s" % (KT, " STREAM=True" * ST), kv._kv_paged_kernel,
                  {"k_ptr": "*bf16", "v_ptr": "*bf16", "table_ptr": "*i32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "seq": "i32", "block_size": "i32",
-                  "blocks_per_seq": "i32", "row_elems": "i32", "BLOCK": "constexpr", "KV_TOGETHER": "constexpr"}, {"BLOCK": 1024, "KV_TOGETHER": KT}))
+                  "blocks_per_seq": "i32", "row_elems": "i32", "BLOCK": "constexpr", "KV_TOGETHER": "constexpr", "STREAM": "constexpr"},
+                 {"BLOCK": 1024, "KV_TOGETHER": KT, "STREAM": ST}, STREAM_PTX if ST else {}))
+layout_jobs = jobs[n_before_layout:]
 mk = load("kernels/megakernel/decode_layer_seed.py")
-jobs.append(("mk rmsnorm", mk._rmsnorm_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*fp32", "N": "i32", "eps": "fp32", "BLOCK": "constexpr"}, {"BLOCK": 1024}))
+jobs.append(("mk rmsnorm ACT_NARROW", mk._rmsnorm_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "N": "i32", "eps": "fp32", "BLOCK": "constexpr", "PDL": "constexpr"}, {"BLOCK": 1024, "PDL": True}))
+jobs.append(("mk rmsnorm", mk._rmsnorm_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*fp32", "N": "i32", "eps": "fp32", "BLOCK": "constexpr", "PDL": "constexpr"}, {"BLOCK": 1024, "PDL": True}))
 for MODE, NORM, DOT, SPLIT in itertools.product((0, 1, 2), (False, True), (False, True), (False, True)):
     if SPLIT and MODE == 2:
         continue
     jobs.append(("mk gemv MODE=%d NORM=%d DOT=%d SPLIT=%d" % (MODE, NORM, DOT, SPLIT), mk._gemv_kernel,
-                 {"x_ptr": "*fp32", "nw_ptr": "*bf16", "wa_ptr": "*bf16", "wb_ptr": "*bf16", "wc_ptr": "*bf16", "res_ptr": "*bf16",
+                 {"x_ptr": "*bf16" if DOT else "*fp32", "nw_ptr": "*bf16", "wa_ptr": "*bf16", "wb_ptr": "*bf16", "wc_ptr": "*bf16", "res_ptr": "*bf16",
                   "out_ptr": "*bf16", "acc_ptr": "*fp32", "cnt_ptr": "*i32", "B": "i32", "N": "i32", "NA": "i32", "NB": "i32",
                   "K": "i32", "K_SPLIT": "i32", "out_stride": "i32", "eps": "fp32",
                   "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "MODE": "constexpr", "NORM": "constexpr",
-                  "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr", "NORM_BLOCK": "constexpr"},
+                  "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr", "NORM_BLOCK": "constexpr", "PDL": "constexpr", "PF_LINES": "constexpr"},
                  {"BLOCK_B": 16 if DOT else 8, "BLOCK_N": 32, "BLOCK_K": 128, "MODE": MODE, "NORM": NORM, "DOT": DOT,
-                  "SPLIT": SPLIT, "CAST": SPLIT and MODE == 1, "NORM_BLOCK": 4096}))
+                  "SPLIT": SPLIT, "CAST": SPLIT and MODE == 1, "NORM_BLOCK": 4096, "PDL": DOT, "PF_LINES": 4 if DOT else 0},
+                 dict(ptx=("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2") if DOT else ())))
 for SPLITS, DOT in itertools.product((1, 8), (False, True)):
     jobs.append(("mk rope_attn SPLITS=%d DOT=%d" % (SPLITS, DOT), mk._rope_attn_kernel,
                  {"qkv_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "k_new_ptr": "*bf16",
-                  "v_new_ptr": "*bf16", "o_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "kv_len": "i32", "split_len": "i32",
+                  "v_new_ptr": "*bf16", "o_ptr": "*bf16" if SPLITS == 1 else "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "kv_len": "i32", "split_len": "i32",
                   "max_kv": "i32", "KVH": "i32", "D": "i32", "GROUP": "i32", "scale": "fp32", "QKV_STRIDE": "i32", "Q_DIM": "i32",
-                  "BLOCK_G": "constexpr", "BLOCK_D": "constexpr", "BLOCK_KV": "constexpr", "SPLITS": "constexpr", "DOT": "constexpr"},
-                 {"BLOCK_G": 16 if DOT else 4, "BLOCK_D": 128, "BLOCK_KV": 32, "SPLITS": SPLITS, "DOT": DOT}))
+                  "BLOCK_G": "constexpr", "BLOCK_D": "constexpr", "BLOCK_KV": "constexpr", "SPLITS": "constexpr", "DOT": "constexpr", "PDL": "constexpr"},
+                 {"BLOCK_G": 16 if DOT else 4, "BLOCK_D": 128, "BLOCK_KV": 32, "SPLITS": SPLITS, "DOT": DOT, "PDL": DOT}))
 jobs.append(("mk attn_combine", mk._attn_combine_kernel,
              {"part_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "ROWS": "i32", "D": "i32",
-              "SPLITS": "constexpr", "BLOCK_D": "constexpr"}, {"SPLITS": 8, "BLOCK_D": 128}))
+              "SPLITS": "constexpr", "BLOCK_D": "constexpr", "PDL": "constexpr"}, {"SPLITS": 8, "BLOCK_D": 128, "PDL": True}))
 
 # The attention prefill seeds (compute-bound) on request: `compile_sm90.py attention` compiles only
-# them, `compile_sm90.py all` everything; a plain run stays the memory-bound set above, whose OK
+# them, `compile_sm90.py all` everything (`layout`: only the layout seeds, tests/test_task_layout.py);
+# a plain run stays the memory-bound set above, whose OK
 # count tests/test_task_megakernel.py checks. Each point twice, pointer loads (TMA=False) and
 # device-side TMA descriptors (TMA=True), bf16 as on the GPU, with the divisibility-by-16 hints
 # the JIT gives pointers, strides, seq and heads of those shapes. Printed: (shared bytes, registers).
 want = set(sys.argv[1:]) or {"memory-bound"}
 if not want & {"memory-bound", "all"}:
-    jobs = []
+    jobs = layout_jobs if "layout" in want else []
 if want & {"attention", "all"}:
     ATTN_POINTS = [  # (label, CAUSAL, DIM, knobs): the seed's point, the H100 lineage's point causal and not, the rest on
         ("seed", False, 128, dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)),

@@ -74,9 +74,9 @@ def test_layout_seed_passes_interpreter_evaluation(name, quick_evaluator):
 
 # Small tiles (several tiles per awkward dimension, ragged edges) and the non-default branches.
 TUNABLE_SAMPLE = {
-    "layout_transpose2d": dict(BLOCK_R=16, BLOCK_C=32, GROUP=4, TRANS=False, num_warps=2, num_stages=2),
-    "layout_bshd_to_bhds": dict(BLOCK_R=32, BLOCK_C=16, GROUP=1, TRANS=True, num_warps=8, num_stages=3),
-    "layout_bshd_to_bhsd": dict(BLOCK_S=4, BLOCK_D=16, H_FAST=False, num_warps=1, num_stages=2),
+    "layout_transpose2d": dict(BLOCK_R=16, BLOCK_C=32, GROUP=4, TRANS=False, STREAM=True, num_warps=2, num_stages=2),
+    "layout_bshd_to_bhds": dict(BLOCK_R=32, BLOCK_C=16, GROUP=1, TRANS=True, STREAM=True, num_warps=8, num_stages=3),
+    "layout_bshd_to_bhsd": dict(BLOCK_S=4, BLOCK_D=16, H_FAST=False, STREAM=True, num_warps=1, num_stages=2),
 }
 
 
@@ -86,6 +86,37 @@ def test_layout_tunable_combination_passes(name, quick_evaluator, tmp_path):
     path = with_config(default_seed_path(name), tmp_path, name, TUNABLE_SAMPLE[name])
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, rep.message
+
+
+# STREAM (evict_first loads, .cs stores) changes cache hints only: each seed (kv_paged too) with it
+# on still copies exactly on every cpu workload, and its sm_90 PTX carries the hints.
+LAYOUT_SEEDS = sorted([*LAYOUT_TASKS, "layout_kv_paged"])
+
+
+@pytest.mark.parametrize("name", LAYOUT_SEEDS)
+def test_layout_stream_knob_passes_interpreter_evaluation(name, quick_evaluator, tmp_path):
+    task, seed = load_task(name), default_seed_path(name)
+    ns = namespace(seed.read_text(), str(seed))
+    assert ns["TUNABLES"]["STREAM"] == [False, True] and ns["CONFIG"]["STREAM"] is False  # off: the kernel as before
+    path = with_config(seed, tmp_path, name + "_stream", dict(ns["CONFIG"], STREAM=True))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.PASSED, rep.message
+    assert {t.workload.uuid for t in rep.traces} == {w.uuid for w in task.select("cpu")}
+    assert all(t.evaluation.correctness.max_absolute_error == 0.0 for t in rep.traces)
+
+
+def test_layout_stream_variants_compile_sm90():
+    # Every layout seed's branches with STREAM off and on (tests/compile_sm90.py layout; TRITON_INTERPRET
+    # unset, so a subprocess): STREAM=True points must emit ld.global.L1::evict_first and st.global.cs.
+    import os
+    import subprocess
+    import sys
+    from avo.tasks import REPO_ROOT
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "compile_sm90.py"), "layout"], cwd=REPO_ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("OK  ") == 16 and r.stdout.count("STREAM=True") == 8 and "FAIL" not in r.stdout, r.stdout
 
 
 WRONG_VARIANTS = {  # name -> (task, old, new)
@@ -170,7 +201,7 @@ def test_kv_paged_seed_and_split_kv_variant_pass(quick_evaluator, tmp_path):
     task = load_task("layout_kv_paged")
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, KV_SEED))
     assert rep.status == S.PASSED, rep.message
-    path = with_config(KV_SEED, tmp_path, "kv_split", dict(BLOCK=256, KV_TOGETHER=False, num_warps=2, num_stages=2))
+    path = with_config(KV_SEED, tmp_path, "kv_split", dict(BLOCK=256, KV_TOGETHER=False, STREAM=True, num_warps=2, num_stages=2))
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, rep.message
 

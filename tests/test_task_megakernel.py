@@ -151,7 +151,7 @@ def test_megakernel_split_k_wrong_variant_is_incorrect_numerical(task, quick_eva
 
 
 def test_megakernel_torch_matmul_is_reward_hack(task, quick_evaluator, tmp_path):
-    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(attn, wo, h, mode=1, res=x, acc=h if split else None)\n",
+    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo)\n",
                    "    h.copy_(attn @ wo.float().T + x)\n")
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)

@@ -9,11 +9,12 @@ import triton
 import triton.language as tl
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK=1024, KV_TOGETHER=True, num_warps=4, num_stages=1)
+CONFIG = dict(BLOCK=1024, KV_TOGETHER=True, STREAM=False, num_warps=4, num_stages=1)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK=[256, 512, 1024, 2048, 4096],
     KV_TOGETHER=[True, False],
+    STREAM=[False, True],  # k/v: evict_first loads, .cs stores: data touched once stays out of L2 (not the table)
     num_warps=[1, 2, 4, 8, 16],
     num_stages=[1, 2, 3],
 )
@@ -21,7 +22,7 @@ TUNABLES = dict(
 
 @triton.jit
 def _kv_paged_kernel(k_ptr, v_ptr, table_ptr, kc_ptr, vc_ptr, seq, block_size, blocks_per_seq, row_elems,
-                     BLOCK: tl.constexpr, KV_TOGETHER: tl.constexpr):
+                     BLOCK: tl.constexpr, KV_TOGETHER: tl.constexpr, STREAM: tl.constexpr):
     """program_id(0) = logical block, (1) = sequence, (2) = 0 for k / 1 for v unless KV_TOGETHER."""
     j = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -30,16 +31,22 @@ def _kv_paged_kernel(k_ptr, v_ptr, table_ptr, kc_ptr, vc_ptr, seq, block_size, b
     n = rows * row_elems
     src = (b * seq + j * block_size) * row_elems
     dst = phys * block_size * row_elems
+    EVICT: tl.constexpr = "evict_first" if STREAM else ""  # "" = the default: STREAM=False is the plain load/store
+    CACHE: tl.constexpr = ".cs" if STREAM else ""
     for e0 in range(0, n, BLOCK):
         offs = e0 + tl.arange(0, BLOCK)
         mask = offs < n
         if KV_TOGETHER:
-            tl.store(kc_ptr + dst + offs, tl.load(k_ptr + src + offs, mask=mask), mask=mask)
-            tl.store(vc_ptr + dst + offs, tl.load(v_ptr + src + offs, mask=mask), mask=mask)
+            tl.store(kc_ptr + dst + offs, tl.load(k_ptr + src + offs, mask=mask, eviction_policy=EVICT),
+                     mask=mask, cache_modifier=CACHE)
+            tl.store(vc_ptr + dst + offs, tl.load(v_ptr + src + offs, mask=mask, eviction_policy=EVICT),
+                     mask=mask, cache_modifier=CACHE)
         elif tl.program_id(2) == 0:
-            tl.store(kc_ptr + dst + offs, tl.load(k_ptr + src + offs, mask=mask), mask=mask)
+            tl.store(kc_ptr + dst + offs, tl.load(k_ptr + src + offs, mask=mask, eviction_policy=EVICT),
+                     mask=mask, cache_modifier=CACHE)
         else:
-            tl.store(vc_ptr + dst + offs, tl.load(v_ptr + src + offs, mask=mask), mask=mask)
+            tl.store(vc_ptr + dst + offs, tl.load(v_ptr + src + offs, mask=mask, eviction_policy=EVICT),
+                     mask=mask, cache_modifier=CACHE)
 
 
 def run(k: torch.Tensor, v: torch.Tensor, block_table: torch.Tensor, k_cache: torch.Tensor,
@@ -51,5 +58,5 @@ def run(k: torch.Tensor, v: torch.Tensor, block_table: torch.Tensor, k_cache: to
         return
     grid = (triton.cdiv(seq, block_size), batch, 1 if CONFIG["KV_TOGETHER"] else 2)
     _kv_paged_kernel[grid](k, v, block_table, k_cache, v_cache, seq, block_size, blocks_per_seq, kv_heads * head_dim,
-                           BLOCK=CONFIG["BLOCK"], KV_TOGETHER=CONFIG["KV_TOGETHER"],
+                           BLOCK=CONFIG["BLOCK"], KV_TOGETHER=CONFIG["KV_TOGETHER"], STREAM=CONFIG["STREAM"],
                            num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
