@@ -207,8 +207,10 @@ from avo.apply.flashinfer_trace import write_flashinfer_trace_set
 
 root = write_flashinfer_trace_set(sys.argv[1], sys.argv[2])
 # FlashInfer-Bench keeps a solution for a key only if its recorded errors are within the config;
-# its default max_rtol (1e-5) is stricter than the fp16 task's tolerance.
-fib.enable_apply(str(root), ApplyConfig(max_atol=1e-2, max_rtol=1.0))
+# its default max_rtol (1e-5) is stricter than the fp16 task's tolerance. The recorded max abs error
+# comes from unpredictable input seeds, so the bound is the task's (atol 1e-3 + rtol 0.02 x |out|
+# of a few units), not a tighter one that a lucky seed happens to meet (1e-2 failed now and then).
+fib.enable_apply(str(root), ApplyConfig(max_atol=0.1, max_rtol=1.0))
 fallbacks = []
 
 def reference(q, k, v, causal):

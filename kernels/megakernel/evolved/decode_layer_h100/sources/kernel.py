@@ -26,7 +26,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=256, GEMV_WARPS=2, ATTN_BLOCK_KV=32, ATTN_WARPS=8, NORM_BLOCK=4096, num_stages=3, GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=32, ATTN_DOT=True, SPLIT_K=8, MLP_BLOCK_N=0)
+CONFIG = dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=256, GEMV_WARPS=2, ATTN_BLOCK_KV=32, ATTN_WARPS=8, NORM_BLOCK=4096, num_stages=3, GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=32, ATTN_DOT=True, SPLIT_K=8, MLP_BLOCK_N=0, PDL=True, PREFETCH=1, SPLIT_K_QO=2, ACT_NARROW=True)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -43,6 +43,10 @@ TUNABLES = dict(
     ATTN_DOT=[False, True],  # attention scores and P @ V on tensor cores (group padded to 16 rows, >= 16 keys per step)
     SPLIT_K=[1, 2, 4, 8],  # K splits of the q|k|v, O and down projections (fp32 atomics): more programs at batch 1
     MLP_BLOCK_N=[0, 8, 16, 32, 64],  # rows per program of the gate/up GEMV (0: GEMV_BLOCK_N), for its own wave count
+    PDL=[False, True],  # programmatic dependent launch (sm90+): each launch starts while the previous drains (GPU only)
+    PREFETCH=[0, 1, 2, 4],  # with PDL: weight tiles per GEMV row hinted into L2 before the wait (weights never wait)
+    SPLIT_K_QO=[0, 1, 2, 4, 8],  # K splits of the q|k|v and O projections alone (0: SPLIT_K): K is 3.5x shorter than down's
+    ACT_NARROW=[False, True],  # GEMV inputs (normed x, attention out, SwiGLU act) in the model dtype, not fp32: half the pipelined x tile
 )
 
 
@@ -50,8 +54,30 @@ def _knob(name):
     return CONFIG.get(name, TUNABLES[name][0])  # a knob missing from CONFIG takes its first value
 
 
+def _pdl(t):
+    return bool(_knob("PDL")) and t.is_cuda  # the interpreter has no grid dependency control
+
+
 @triton.jit
-def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr):
+def _pdl_enter(PDL: tl.constexpr):
+    """Under PDL a grid may be resident before its predecessor finishes: wait for it (its writes
+    become visible) before touching any activation, then let the next grid launch; its programs
+    wait the same way, so the chain stays ordered while launch latency overlaps the tail."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """One L2 prefetch hint per pointer (a 128-byte line each); nothing waits on it."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     sq = tl.zeros([BLOCK], tl.float32)
     for n0 in range(0, N, BLOCK):
@@ -71,7 +97,7 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
                  K_SPLIT, out_stride, eps,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
                  NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
-                 NORM_BLOCK: tl.constexpr):
+                 NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr):
     """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
     MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
     of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
@@ -79,7 +105,8 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     in tl.dot's first operand. SPLIT (grid axis 1 over K in K_SPLIT chunks, MODE 0/1): each program
     atomically adds its partial sums into the zeroed fp32 acc[b, n] (split 0 adds the residual);
     with CAST the program that finishes a row block last (counter cnt[pid]) writes acc to out in
-    out's dtype."""
+    out's dtype. PF_LINES > 0 (PDL only): the program's first PF_LINES 128-byte lines of each weight
+    row are hinted into L2 before the grid-dependency wait, overlapping the predecessor's tail."""
     pid_n = tl.program_id(0)
     n0 = pid_n * BLOCK_N
     w_ptr = wa_ptr
@@ -94,6 +121,13 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     offs_n = tl.arange(0, BLOCK_N)
     rows = (row0 + offs_n).to(tl.int64)
     n_ok = n0 + offs_n < N
+    if PF_LINES > 0:
+        offs_pf = tl.program_id(1) * K_SPLIT + tl.arange(0, PF_LINES) * 64  # 64 16-bit weights per line
+        pf = tl.where(n_ok, rows, row0)[:, None] * K + tl.where(offs_pf < K, offs_pf, 0)[None, :]
+        _prefetch_l2(w_ptr + pf)
+        if MODE == 2:
+            _prefetch_l2(wb_ptr + pf)
+    _pdl_enter(PDL)
     offs_b = tl.arange(0, BLOCK_B)
     b_ok = offs_b < B
     inv = tl.full([BLOCK_B], 1.0, tl.float32)
@@ -154,10 +188,11 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
 def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_new_ptr, o_ptr, m_ptr, l_ptr,
                       kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE, Q_DIM,
                       BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
-                      DOT: tl.constexpr):
+                      DOT: tl.constexpr, PDL: tl.constexpr):
     """One program per (sequence, kv head, KV split): its GROUP q heads attend to the split's cache
     rows; split 0 also takes the new token (and writes it out). SPLITS == 1 writes the normalised
     output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel."""
+    _pdl_enter(PDL)
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -228,9 +263,11 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
 
 
 @triton.jit
-def _attn_combine_kernel(part_ptr, m_ptr, l_ptr, o_ptr, ROWS, D, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _attn_combine_kernel(part_ptr, m_ptr, l_ptr, o_ptr, ROWS, D, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr,
+                         PDL: tl.constexpr):
     """One program per (sequence, q head): rescale the splits' partials to their common max and
     normalise. Split 0 holds the new token, so the max is finite; empty splits have m = -inf."""
+    _pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, SPLITS)
     offs_d = tl.arange(0, BLOCK_D)
@@ -246,15 +283,15 @@ def _block_n():
     return max(_knob("GEMV_BLOCK_N"), 16) if _knob("GEMV_DOT") else _knob("GEMV_BLOCK_N")  # tl.dot: >= 16
 
 
-def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0, acc=None, cnt=None):
+def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0, acc=None, cnt=None, split_k=1):
     """out = x @ w^T (see _gemv_kernel); w2/w3 with na/nb: the q|k|v segments (MODE 0) or the up
     weight (MODE 2). acc (zeroed fp32, out's shape; out itself when out is fp32 scratch) turns on
-    split-K; with cnt (zeroed int32, one per row block) acc is a staging copy cast into out."""
+    split_k ways split-K; with cnt (zeroed int32, one per row block) acc is a staging copy cast into out."""
     batch, k = x.shape
     n = out.shape[1]
     bn = max(_knob("MLP_BLOCK_N"), 16 if _knob("GEMV_DOT") else 1) if mode == 2 and _knob("MLP_BLOCK_N") else _block_n()
     bk = _knob("GEMV_BLOCK_K")
-    k_split = triton.cdiv(triton.cdiv(k, _knob("SPLIT_K")), bk) * bk if acc is not None else k
+    k_split = triton.cdiv(triton.cdiv(k, split_k), bk) * bk if acc is not None else k
     splits = triton.cdiv(k, k_split)
     block_b = max(triton.next_power_of_2(batch), 16 if _knob("GEMV_DOT") else 1)
     _gemv_kernel[(triton.cdiv(n, bn), splits)](
@@ -262,11 +299,14 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
         out if res is None else res, out, out if acc is None else acc, out if cnt is None else cnt,
         batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
-        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"))
+        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
+        PF_LINES=_knob("PREFETCH") * bk // 64 if _pdl(x) else 0, num_warps=_knob("GEMV_WARPS"),
+        num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
 
 
 def _rmsnorm(x, w, out):
-    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), num_warps=4)
+    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
+                               num_warps=4, launch_pdl=_pdl(x))
 
 
 def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache,
@@ -278,28 +318,32 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     splits = _knob("ATTN_SPLITS")
     fuse_norm = _knob("FUSE_NORM")
     qkv_dim = q_dim + 2 * kv_dim
-    # One fp32 scratch allocation for every intermediate (one allocator call per layer).
-    sizes = dict(xn=0 if fuse_norm else batch * hidden, qkv=batch * qkv_dim, attn=batch * q_dim, h=batch * hidden,
-                 hn=0 if fuse_norm else batch * hidden, act=batch * mlp,
-                 part=batch * q_dim * splits if splits > 1 else 0, ml=2 * batch * q_heads * splits if splits > 1 else 0)
-    split = _knob("SPLIT_K") > 1
+    # One fp32 scratch allocation for every intermediate (one allocator call per layer); with
+    # ACT_NARROW the GEMV inputs get their own in x's dtype.
+    gemv_in = dict(xn=0 if fuse_norm else batch * hidden, attn=batch * q_dim, hn=0 if fuse_norm else batch * hidden,
+                   act=batch * mlp)
+    narrow = gemv_in if _knob("ACT_NARROW") else {}
+    sizes = dict(qkv=batch * qkv_dim, h=batch * hidden, part=batch * q_dim * splits if splits > 1 else 0,
+                 ml=2 * batch * q_heads * splits if splits > 1 else 0, **({} if narrow else gemv_in))
+    split, split_qo = _knob("SPLIT_K"), _knob("SPLIT_K_QO") or _knob("SPLIT_K")
     # Split-K sums with atomics into zeroed fp32: q|k|v, h, the output's staging copy and the down
     # projection's per-row-block counters (int32 bits in the same zeroed buffer).
-    zsizes = dict(qkv=batch * qkv_dim, h=batch * hidden, out=batch * hidden, cnt=triton.cdiv(hidden, _block_n())) if split else {}
-    if split:
+    zsizes = dict(qkv=batch * qkv_dim, h=batch * hidden) if split_qo > 1 else {}
+    if split > 1:
+        zsizes.update(out=batch * hidden, cnt=triton.cdiv(hidden, _block_n()))
+    if split_qo > 1:
         sizes.update(qkv=0, h=0)
     scratch = torch.empty(sum(sizes.values()), device=x.device, dtype=torch.float32)
     zeroed = torch.zeros(sum(zsizes.values()), device=x.device, dtype=torch.float32)
-    buf, at = {}, 0
-    for name, size in sizes.items():
-        buf[name] = scratch[at:at + size]
-        at += size
-    at = 0
-    for name, size in zsizes.items():
-        buf[name] = zeroed[at:at + size]
-        at += size
+    buf = {}
+    for sz, mem in ((sizes, scratch), (zsizes, zeroed),
+                    (narrow, torch.empty(sum(narrow.values()), device=x.device, dtype=x.dtype))):
+        at = 0
+        for name, size in sz.items():
+            buf[name] = mem[at:at + size]
+            at += size
     qkv = buf["qkv"].view(batch, qkv_dim)
-    qkv_acc = qkv if split else None
+    qkv_acc = qkv if split_qo > 1 else None
     if fuse_norm:
         x_in, nw = x, attn_norm_w
     else:
@@ -307,10 +351,10 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
         _rmsnorm(x, attn_norm_w, x_in)
     bn = _block_n()
     if _knob("FUSE_QKV") and q_dim % bn == 0 and kv_dim % bn == 0:
-        _gemv(x_in, wq, qkv, w2=wk, w3=wv, norm_w=nw, na=q_dim, nb=kv_dim, acc=qkv_acc)
+        _gemv(x_in, wq, qkv, w2=wk, w3=wv, norm_w=nw, na=q_dim, nb=kv_dim, acc=qkv_acc, split_k=split_qo)
     else:
         for w, lo, hi in ((wq, 0, q_dim), (wk, q_dim, q_dim + kv_dim), (wv, q_dim + kv_dim, qkv_dim)):
-            _gemv(x_in, w, qkv[:, lo:hi], norm_w=nw, acc=qkv[:, lo:hi] if split else None)
+            _gemv(x_in, w, qkv[:, lo:hi], norm_w=nw, acc=qkv[:, lo:hi] if qkv_acc is not None else None, split_k=split_qo)
     attn = buf["attn"].view(batch, q_dim)
     group = q_heads // kv_heads
     attn_dot = _knob("ATTN_DOT")
@@ -323,12 +367,14 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
         qkv, rope_cos, rope_sin, k_cache, v_cache, k_new, v_new, part, m_buf, l_buf,
         int(kv_len), split_len, max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
         BLOCK_G=max(triton.next_power_of_2(group), 16 if attn_dot else 1), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"))
+        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=_pdl(x), num_warps=_knob("ATTN_WARPS"),
+        num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
     if splits > 1:
         _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
-                                                 BLOCK_D=triton.next_power_of_2(head_dim), num_warps=4)
+                                                 BLOCK_D=triton.next_power_of_2(head_dim), PDL=_pdl(x), num_warps=4,
+                                                 launch_pdl=_pdl(x))
     h = buf["h"].view(batch, hidden)
-    _gemv(attn, wo, h, mode=1, res=x, acc=h if split else None)
+    _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo)
     if fuse_norm:
         h_in, nw = h, mlp_norm_w
     else:
@@ -336,5 +382,5 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
         _rmsnorm(h, mlp_norm_w, h_in)
     act = buf["act"].view(batch, mlp)
     _gemv(h_in, w_gate, act, mode=2, w2=w_up, norm_w=nw)
-    _gemv(act, w_down, out, mode=1, res=h, acc=buf["out"].view(batch, hidden) if split else None,
-          cnt=buf["cnt"].view(torch.int32) if split else None)
+    _gemv(act, w_down, out, mode=1, res=h, acc=buf["out"].view(batch, hidden) if split > 1 else None,
+          cnt=buf["cnt"].view(torch.int32) if split > 1 else None, split_k=split)
