@@ -117,6 +117,13 @@ case "${1:-evals}" in
       "{$P}" "{$A}" "{$A,\"num_stages\":4}" "{$A,\"GEMV_BLOCK_K\":512}" "{$A,\"GEMV_WARPS\":4}" "{$A,\"FUSE_NORM\":true}" \
       "{$A,\"MLP_BLOCK_N\":64}" "{$A,\"GEMV_BLOCK_N\":64}" "{$A,\"GEMV_BLOCK_K\":512,\"num_stages\":2}"
     cp "$OUT/sweep.log" "$OUT/sweep10.log" ;;
+  sweep11)  # FUSE_NORM_UPTO (fused norms at batch 1 only) and first-wave PREFETCH depth at the session-5 lineage point
+    A='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":8,"PDL":true,"SPLIT_K_QO":2,"ACT_NARROW":true'
+    U="$A"',"FUSE_NORM_UPTO":1'
+    sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
+      "{$A,\"PREFETCH\":1}" "{$U,\"PREFETCH\":1}" "{$U,\"PREFETCH\":0}" "{$U,\"PREFETCH\":2}" "{$U,\"PREFETCH\":4}" "{$U,\"PREFETCH\":8}" \
+      "{$A,\"PREFETCH\":8}"
+    cp "$OUT/sweep.log" "$OUT/sweep11.log" ;;
   sweep8)  # the layout seeds' STREAM cache hints (evict_first loads, .cs stores), bigger row tiles
     for t in transpose2d bshd_to_bhsd bshd_to_bhds kv_paged; do
       X=(); case $t in transpose2d|bshd_to_bhds) X=('{"BLOCK_R":128}' '{"BLOCK_R":128,"STREAM":true}' '{"BLOCK_R":128,"STREAM":true,"num_warps":8}') ;; esac
@@ -166,5 +173,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
 esac

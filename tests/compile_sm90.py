@@ -65,7 +65,7 @@ for MODE, NORM, DOT, SPLIT in itertools.product((0, 1, 2), (False, True), (False
     jobs.append(("mk gemv MODE=%d NORM=%d DOT=%d SPLIT=%d" % (MODE, NORM, DOT, SPLIT), mk._gemv_kernel,
                  {"x_ptr": "*bf16" if DOT else "*fp32", "nw_ptr": "*bf16", "wa_ptr": "*bf16", "wb_ptr": "*bf16", "wc_ptr": "*bf16", "res_ptr": "*bf16",
                   "out_ptr": "*bf16", "acc_ptr": "*fp32", "cnt_ptr": "*i32", "B": "i32", "N": "i32", "NA": "i32", "NB": "i32",
-                  "K": "i32", "K_SPLIT": "i32", "out_stride": "i32", "eps": "fp32",
+                  "K": "i32", "K_SPLIT": "i32", "out_stride": "i32", "eps": "fp32", "pf_programs": "i32",
                   "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "MODE": "constexpr", "NORM": "constexpr",
                   "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr", "NORM_BLOCK": "constexpr", "PDL": "constexpr", "PF_LINES": "constexpr"},
                  {"BLOCK_B": 16 if DOT else 8, "BLOCK_N": 32, "BLOCK_K": 128, "MODE": MODE, "NORM": NORM, "DOT": DOT,

@@ -104,7 +104,8 @@ MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles,
     dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=512, num_stages=1,
          GEMV_DOT=False, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32),
     dict(GEMV_BLOCK_N=4, GEMV_BLOCK_K=64, GEMV_WARPS=1, ATTN_BLOCK_KV=32, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=2,
-         GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=2, ATTN_DOT=True, ACT_NARROW=True),
+         GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=2, ATTN_DOT=True, ACT_NARROW=True,
+         FUSE_NORM_UPTO=2),  # batches 1 and 2 fuse the norms, batch 3 launches them
     # split-K (K 48..96 in 32-wide chunks: 2-3 splits, fewer than asked) with and without the fused path
     dict(SPLIT_K_POINT, SPLIT_K=4, MLP_BLOCK_N=32, PDL=True),  # PDL is GPU-only: here the guard sees tl.extra.cuda
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=1,

@@ -26,7 +26,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -44,9 +44,10 @@ TUNABLES = dict(
     SPLIT_K=[1, 2, 4, 8],  # K splits of the q|k|v, O and down projections (fp32 atomics): more programs at batch 1
     MLP_BLOCK_N=[0, 8, 16, 32, 64],  # rows per program of the gate/up GEMV (0: GEMV_BLOCK_N), for its own wave count
     PDL=[False, True],  # programmatic dependent launch (sm90+): each launch starts while the previous drains (GPU only)
-    PREFETCH=[0, 1, 2, 4],  # with PDL: weight tiles per GEMV row hinted into L2 before the wait (weights never wait)
+    PREFETCH=[0, 1, 2, 4, 8],  # with PDL: weight tiles per row the first wave's GEMV programs hint into L2 before the wait
     SPLIT_K_QO=[0, 1, 2, 4, 8],  # K splits of the q|k|v and O projections alone (0: SPLIT_K): K is 3.5x shorter than down's
     ACT_NARROW=[False, True],  # GEMV inputs (normed x, attention out, SwiGLU act) in the model dtype, not fp32: half the pipelined x tile
+    FUSE_NORM_UPTO=[0, 1, 2, 4],  # FUSE_NORM at batch <= this even when off: a norm launch costs more than B rows' RMS per program
 )
 
 
@@ -56,6 +57,16 @@ def _knob(name):
 
 def _pdl(t):
     return bool(_knob("PDL")) and t.is_cuda  # the interpreter has no grid dependency control
+
+
+_SMS = {}
+
+
+def _first_wave(t):
+    """Programs resident at launch (2 per SM at the GEMV's tiles): only they can prefetch while waiting."""
+    if t.device not in _SMS:
+        _SMS[t.device] = 2 * torch.cuda.get_device_properties(t.device).multi_processor_count
+    return _SMS[t.device]
 
 
 @triton.jit
@@ -94,7 +105,7 @@ def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr, PDL: tl.
 
 @triton.jit
 def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_ptr, cnt_ptr, B, N, NA, NB, K,
-                 K_SPLIT, out_stride, eps,
+                 K_SPLIT, out_stride, eps, pf_programs,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
                  NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
                  NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr):
@@ -105,8 +116,9 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     in tl.dot's first operand. SPLIT (grid axis 1 over K in K_SPLIT chunks, MODE 0/1): each program
     atomically adds its partial sums into the zeroed fp32 acc[b, n] (split 0 adds the residual);
     with CAST the program that finishes a row block last (counter cnt[pid]) writes acc to out in
-    out's dtype. PF_LINES > 0 (PDL only): the program's first PF_LINES 128-byte lines of each weight
-    row are hinted into L2 before the grid-dependency wait, overlapping the predecessor's tail."""
+    out's dtype. PF_LINES > 0 (PDL only): the first pf_programs programs (those resident while the
+    predecessor drains) hint their first PF_LINES 128-byte lines of each weight row into L2 before
+    the grid-dependency wait; later programs would only add instructions in front of their loads."""
     pid_n = tl.program_id(0)
     n0 = pid_n * BLOCK_N
     w_ptr = wa_ptr
@@ -121,9 +133,10 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     offs_n = tl.arange(0, BLOCK_N)
     rows = (row0 + offs_n).to(tl.int64)
     n_ok = n0 + offs_n < N
-    if PF_LINES > 0:
+    if PF_LINES > 0 and pid_n + tl.program_id(1) * tl.num_programs(0) < pf_programs:
         offs_pf = tl.program_id(1) * K_SPLIT + tl.arange(0, PF_LINES) * 64  # 64 16-bit weights per line
-        pf = tl.where(n_ok, rows, row0)[:, None] * K + tl.where(offs_pf < K, offs_pf, 0)[None, :]
+        k_end = tl.minimum(tl.program_id(1) * K_SPLIT + K_SPLIT, K)  # this program's K range only
+        pf = tl.where(n_ok, rows, row0)[:, None] * K + tl.where(offs_pf < k_end, offs_pf, 0)[None, :]
         _prefetch_l2(w_ptr + pf)
         if MODE == 2:
             _prefetch_l2(wb_ptr + pf)
@@ -297,7 +310,7 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
     _gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, x if norm_w is None else norm_w, w, w if w2 is None else w2, w if w3 is None else w3,
         out if res is None else res, out, out if acc is None else acc, out if cnt is None else cnt,
-        batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS,
+        batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS, _first_wave(x) if _pdl(x) else 0,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
         SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
         PF_LINES=_knob("PREFETCH") * bk // 64 if _pdl(x) else 0, num_warps=_knob("GEMV_WARPS"),
@@ -316,7 +329,7 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     q_dim, kv_dim, mlp = wq.shape[0], wk.shape[0], w_gate.shape[0]
     q_heads = q_dim // head_dim
     splits = _knob("ATTN_SPLITS")
-    fuse_norm = _knob("FUSE_NORM")
+    fuse_norm = _knob("FUSE_NORM") or batch <= _knob("FUSE_NORM_UPTO")
     qkv_dim = q_dim + 2 * kv_dim
     # One fp32 scratch allocation for every intermediate (one allocator call per layer); with
     # ACT_NARROW the GEMV inputs get their own in x's dtype.
