@@ -124,6 +124,12 @@ case "${1:-evals}" in
       "{$A,\"PREFETCH\":1}" "{$U,\"PREFETCH\":1}" "{$U,\"PREFETCH\":0}" "{$U,\"PREFETCH\":2}" "{$U,\"PREFETCH\":4}" "{$U,\"PREFETCH\":8}" \
       "{$A,\"PREFETCH\":8}"
     cp "$OUT/sweep.log" "$OUT/sweep11.log" ;;
+  sweep12)  # the GEMV tiles around sweep11's best (down keeps SPLIT_K; q|k|v and O SPLIT_K_QO 2)
+    U='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":8,"PDL":true,"SPLIT_K_QO":2,"ACT_NARROW":true,"FUSE_NORM_UPTO":1,"PREFETCH":1'
+    sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
+      "{$U}" "{$U,\"SPLIT_K\":4}" "{$U,\"SPLIT_K\":4,\"num_stages\":4}" "{$U,\"GEMV_BLOCK_N\":16,\"MLP_BLOCK_N\":32}" \
+      "{$U,\"GEMV_BLOCK_N\":64,\"MLP_BLOCK_N\":32}" "{$U,\"num_stages\":2}" "{$U,\"GEMV_BLOCK_K\":128,\"num_stages\":4}" "{$U,\"GEMV_WARPS\":1}"
+    cp "$OUT/sweep.log" "$OUT/sweep12.log" ;;
   sweep8)  # the layout seeds' STREAM cache hints (evict_first loads, .cs stores), bigger row tiles
     for t in transpose2d bshd_to_bhsd bshd_to_bhds kv_paged; do
       X=(); case $t in transpose2d|bshd_to_bhds) X=('{"BLOCK_R":128}' '{"BLOCK_R":128,"STREAM":true}' '{"BLOCK_R":128,"STREAM":true,"num_warps":8}') ;; esac
@@ -173,5 +179,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
 esac
