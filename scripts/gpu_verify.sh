@@ -59,6 +59,11 @@ case "${1:-evals}" in
     done
     timeout "${BENCH_S:-300}" python3 scripts/bench_attention.py --repeats 3 "${K[@]}" 2>&1 | tee "$OUT/bench_attention.log" | tail -45
     cp docs/benchmarks.md "$OUT/" ;;
+  bench-memory)  # bitmask and layout (device column) with the exported layout winner
+    timeout "${BENCH_S:-540}" python3 scripts/bench_memory_bound.py --tasks grammar_bitmask layout_transpose2d layout_bshd_to_bhsd \
+      layout_bshd_to_bhds layout_kv_paged --kernel layout_transpose2d=kernels/layout/evolved/transpose2d_h100/sources/kernel.py 2>&1 \
+      | tee "$OUT/bench_memory.log" | tail -70
+    cp docs/benchmarks.md "$OUT/" ;;
   bench-megakernel)
     timeout "${BENCH_S:-400}" python3 scripts/bench_memory_bound.py --tasks megakernel_decode_layer \
       --kernel megakernel_decode_layer=kernels/megakernel/evolved/decode_layer_h100/sources/kernel.py 2>&1 \
@@ -179,5 +184,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|mha-decode|ray1|bench-attention|bench-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory" >&2; exit 2 ;;
 esac
