@@ -135,6 +135,14 @@ case "${1:-evals}" in
       "{$U}" "{$U,\"SPLIT_K\":4}" "{$U,\"SPLIT_K\":4,\"num_stages\":4}" "{$U,\"GEMV_BLOCK_N\":16,\"MLP_BLOCK_N\":32}" \
       "{$U,\"GEMV_BLOCK_N\":64,\"MLP_BLOCK_N\":32}" "{$U,\"num_stages\":2}" "{$U,\"GEMV_BLOCK_K\":128,\"num_stages\":4}" "{$U,\"GEMV_WARPS\":1}"
     cp "$OUT/sweep.log" "$OUT/sweep12.log" ;;
+  sweep13)  # layout tiles on the workloads where torch.compile matched or beat the seed in device time (bench-memory)
+    sw 150 layout_kv_paged kernels/layout/kv_paged_seed.py --workloads 'float32|b64' '{}' '{"BLOCK":2048}' '{"BLOCK":4096}' \
+      '{"BLOCK":2048,"num_warps":8}' '{"BLOCK":4096,"num_warps":8}' '{"BLOCK":4096,"num_warps":16}' '{"BLOCK":2048,"KV_TOGETHER":false}'
+    sw 150 layout_bshd_to_bhds kernels/layout/bshd_to_bhds_seed.py --workloads '5x1000|8x1024x32' '{}' '{"BLOCK_R":32}' '{"BLOCK_C":32}' \
+      '{"BLOCK_R":32,"BLOCK_C":32}' '{"BLOCK_R":32,"BLOCK_C":128}' '{"BLOCK_R":128,"BLOCK_C":32}' '{"BLOCK_R":128,"BLOCK_C":128,"num_warps":8}' '{"num_warps":2}'
+    sw 150 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py --workloads 'float32|3x1999' '{}' '{"BLOCK_S":32}' '{"BLOCK_S":8}' \
+      '{"BLOCK_S":32,"num_warps":8}' '{"H_FAST":false}' '{"BLOCK_S":64,"num_warps":8}' '{"BLOCK_S":4,"num_warps":2}'
+    cp "$OUT/sweep.log" "$OUT/sweep13.log" ;;
   sweep8)  # the layout seeds' STREAM cache hints (evict_first loads, .cs stores), bigger row tiles
     for t in transpose2d bshd_to_bhsd bshd_to_bhds kv_paged; do
       X=(); case $t in transpose2d|bshd_to_bhds) X=('{"BLOCK_R":128}' '{"BLOCK_R":128,"STREAM":true}' '{"BLOCK_R":128,"STREAM":true,"num_warps":8}') ;; esac
@@ -184,5 +192,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory" >&2; exit 2 ;;
 esac
