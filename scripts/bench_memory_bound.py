@@ -67,7 +67,9 @@ def plan(tasks: list[str], kernels: dict[str, Path], workload_filter: Optional[s
     for name in tasks:
         task = load_task(name)
         wls = [w for w in task.select("gpu") if not workload_filter or re.search(workload_filter, w.uuid)]
-        impls = (["evolved"] if name in kernels else []) + ["seed"] + PEERS[family(name)]
+        # The decode layer as an engine runs it: its decode step captured in a CUDA graph.
+        graphed = ["evolved (CUDA graph)"] if name in kernels and family(name) == "megakernel" else []
+        impls = (["evolved"] if name in kernels else []) + graphed + ["seed"] + PEERS[family(name)]
         rows.append((task, wls, impls))
     return rows
 
@@ -111,20 +113,27 @@ def peer_fns(task: Task, ns: dict, args: list) -> dict[str, Callable[[], Any]]:
         graphed = torch.compile(ref, mode="reduce-overhead", dynamic=False)
         peers["torch.compile reduce-overhead"] = lambda: as_tuple(graphed(*args))
     if fam == "megakernel":
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                ref(*args)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = ref(*args)
-        def replay():
-            graph.replay()
-            return static_out
-        peers["CUDA graph (eager)"] = replay
+        peers["CUDA graph (eager)"] = cuda_graphed(lambda: as_tuple(ref(*args)))
     return peers
+
+
+def cuda_graphed(fn: Callable[[], tuple]) -> Callable[[], tuple]:
+    """fn captured once in a CUDA graph (warmed up on a side stream first, as torch asks); each
+    replay rewrites the same output tensors, which it returns."""
+    import torch
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    def replay():
+        graph.replay()
+        return out
+    return replay
 
 
 def kernel_fn(task: Task, w, run: Callable, args: list, device: str) -> Callable[[], tuple]:
@@ -160,7 +169,12 @@ def bench_workload(task: Task, w, impls: list[str], runs: dict[str, Callable], s
                 # Once per workload: peer_fns resets dynamo, which would leave an earlier compiled
                 # or graphed peer recompiling (or replaying freed pools) in the device timing below.
                 peers = peer_fns(task, ns, args)
-            fn = kernel_fn(task, w, runs[impl], args, "cuda") if impl in runs else peers[impl]
+            base_impl = impl.removesuffix(" (CUDA graph)")
+            if base_impl in runs:
+                fn = kernel_fn(task, w, runs[base_impl], args, "cuda")
+                fn = cuda_graphed(fn) if base_impl != impl else fn
+            else:
+                fn = peers[impl]
             got = tuple(t.detach().clone() for t in fn())
             torch.cuda.synchronize()
         except Exception as e:

@@ -35,3 +35,21 @@ def test_bench_memory_bound_subset_run_keeps_the_full_table(tmp_path):
     assert "all families v2" in text and "decode layer v2" in text
     assert "v1" not in text and text.count("<!-- bench_memory_bound -->") == 1
     assert text.count("<!-- bench_memory_bound megakernel_decode_layer -->") == 1
+
+
+def test_bench_memory_bound_plans_the_evolved_decode_layer_under_a_cuda_graph():
+    """With an evolved decode layer the plan adds its CUDA-graph replay (what an engine that graphs
+    its decode step runs); layout tasks and a run without an evolved kernel do not get one."""
+    import subprocess
+    import sys
+    from avo.tasks import REPO_ROOT
+    bench = REPO_ROOT / "scripts" / "bench_memory_bound.py"
+    evolved = REPO_ROOT / "kernels" / "megakernel" / "evolved" / "decode_layer_h100" / "sources" / "kernel.py"
+    cmd = [sys.executable, str(bench), "--dry-run", "--tasks", "megakernel_decode_layer", "layout_transpose2d"]
+    r = subprocess.run(cmd + ["--kernel", f"megakernel_decode_layer={evolved}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    mk = [line for line in r.stdout.splitlines() if "gpu_b1_kv4000" in line]
+    assert mk and "evolved | evolved (CUDA graph) | seed" in mk[0]
+    assert "CUDA graph" not in "".join(line for line in r.stdout.splitlines() if "16384x16384" in line)
+    plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and "evolved (CUDA graph)" not in plain.stdout
