@@ -143,6 +143,12 @@ case "${1:-evals}" in
     sw 150 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py --workloads 'float32|3x1999' '{}' '{"BLOCK_S":32}' '{"BLOCK_S":8}' \
       '{"BLOCK_S":32,"num_warps":8}' '{"H_FAST":false}' '{"BLOCK_S":64,"num_warps":8}' '{"BLOCK_S":4,"num_warps":2}'
     cp "$OUT/sweep.log" "$OUT/sweep13.log" ;;
+  ncu-megakernel)  # Nsight Compute per launch of the exported decode layer at B1·KV4000: DRAM throughput, occupancy, stalls
+    K=kernels/megakernel/evolved/decode_layer_h100/sources/kernel.py
+    timeout "${NCU_S:-400}" ncu --target-processes all --kernel-name regex:"_(gemv|rmsnorm|rope_attn|attn_combine)_kernel" --launch-skip "${SKIP:-8}" --launch-count "${COUNT:-8}" \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+      python3 scripts/call_kernel.py megakernel_decode_layer $K "${WL:-gpu_b1_kv4000_bfloat16}" --calls 2 > "$OUT/ncu_megakernel.txt" 2>&1
+    grep -E "^  [a-z_]+kernel|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Warp Cycles Per Issued|matches|MISMATCH" "$OUT/ncu_megakernel.txt" | head -120 ;;
   sweep8)  # the layout seeds' STREAM cache hints (evict_first loads, .cs stores), bigger row tiles
     for t in transpose2d bshd_to_bhsd bshd_to_bhds kv_paged; do
       X=(); case $t in transpose2d|bshd_to_bhds) X=('{"BLOCK_R":128}' '{"BLOCK_R":128,"STREAM":true}' '{"BLOCK_R":128,"STREAM":true,"num_warps":8}') ;; esac
@@ -192,5 +198,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory|ncu-megakernel" >&2; exit 2 ;;
 esac

@@ -53,3 +53,27 @@ def test_bench_memory_bound_plans_the_evolved_decode_layer_under_a_cuda_graph():
     assert "CUDA graph" not in "".join(line for line in r.stdout.splitlines() if "16384x16384" in line)
     plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and "evolved (CUDA graph)" not in plain.stdout
+
+
+def test_call_kernel_script_checks_the_output_it_profiles(tmp_path):
+    """scripts/call_kernel.py (the ncu/nsys target) on the interpreter: the seed matches the
+    reference (exit 0); a seed whose down projection drops the residual does not (exit 1); an
+    unknown workload is a one-line error (exit 2)."""
+    import os
+    import subprocess
+    import sys
+    from avo.tasks import REPO_ROOT
+    script = REPO_ROOT / "scripts" / "call_kernel.py"
+    seed = REPO_ROOT / "kernels" / "megakernel" / "decode_layer_seed.py"
+    broken = tmp_path / "broken.py"
+    text = seed.read_text()
+    assert "w_down, out, mode=1, res=h," in text
+    broken.write_text(text.replace("w_down, out, mode=1, res=h,", "w_down, out, mode=0, res=h,"))
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    def call(kernel, wl="cpu_b3_kv37_float32_g3"):
+        return subprocess.run([sys.executable, str(script), "megakernel_decode_layer", str(kernel), wl, "--device", "cpu",
+                               "--calls", "1"], capture_output=True, text=True, timeout=300, env=env, cwd=REPO_ROOT)
+    ok, bad, missing = call(seed), call(broken), call(seed, "gpu_b1_kv4000_bfloat16")
+    assert ok.returncode == 0 and "matches the reference" in ok.stdout, ok.stdout + ok.stderr
+    assert bad.returncode == 1 and "MISMATCH" in bad.stdout, bad.stdout + bad.stderr
+    assert missing.returncode == 2 and "no cpu workload" in missing.stderr
