@@ -149,6 +149,13 @@ case "${1:-evals}" in
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
       python3 scripts/call_kernel.py megakernel_decode_layer $K "${WL:-gpu_b1_kv4000_bfloat16}" --calls 2 > "$OUT/ncu_megakernel.txt" 2>&1
     grep -E "^  [a-z_]+kernel|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Warp Cycles Per Issued|matches|MISMATCH" "$OUT/ncu_megakernel.txt" | head -120 ;;
+  sweep14)  # GEMV_TMA (weight tiles through TMA descriptors) at sweep12's best point, with the deeper pipelines it allows
+    U='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":4,"PDL":true,"SPLIT_K_QO":2,"ACT_NARROW":true,"FUSE_NORM_UPTO":1,"PREFETCH":1'
+    T="$U"',"GEMV_TMA":true'
+    sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
+      "{$U}" "{$T}" "{$T,\"num_stages\":4}" "{$T,\"GEMV_WARPS\":4}" "{$T,\"GEMV_BLOCK_N\":64}" "{$T,\"GEMV_BLOCK_K\":128,\"num_stages\":4}" \
+      "{$T,\"SPLIT_K\":8}" "{$T,\"GEMV_WARPS\":4,\"num_stages\":4}"
+    cp "$OUT/sweep.log" "$OUT/sweep14.log" ;;
   sweep8)  # the layout seeds' STREAM cache hints (evict_first loads, .cs stores), bigger row tiles
     for t in transpose2d bshd_to_bhsd bshd_to_bhds kv_paged; do
       X=(); case $t in transpose2d|bshd_to_bhds) X=('{"BLOCK_R":128}' '{"BLOCK_R":128,"STREAM":true}' '{"BLOCK_R":128,"STREAM":true,"num_warps":8}') ;; esac
@@ -198,5 +205,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory|ncu-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|sweep14|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory|ncu-megakernel" >&2; exit 2 ;;
 esac

@@ -67,10 +67,11 @@ for MODE, NORM, DOT, SPLIT in itertools.product((0, 1, 2), (False, True), (False
                   "out_ptr": "*bf16", "acc_ptr": "*fp32", "cnt_ptr": "*i32", "B": "i32", "N": "i32", "NA": "i32", "NB": "i32",
                   "K": "i32", "K_SPLIT": "i32", "out_stride": "i32", "eps": "fp32", "pf_programs": "i32",
                   "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "MODE": "constexpr", "NORM": "constexpr",
-                  "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr", "NORM_BLOCK": "constexpr", "PDL": "constexpr", "PF_LINES": "constexpr"},
+                  "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr", "NORM_BLOCK": "constexpr", "PDL": "constexpr", "PF_LINES": "constexpr", "TMA": "constexpr"},
                  {"BLOCK_B": 16 if DOT else 8, "BLOCK_N": 32, "BLOCK_K": 128, "MODE": MODE, "NORM": NORM, "DOT": DOT,
-                  "SPLIT": SPLIT, "CAST": SPLIT and MODE == 1, "NORM_BLOCK": 4096, "PDL": DOT, "PF_LINES": 4 if DOT else 0},
-                 dict(ptx=("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2") if DOT else ())))
+                  "SPLIT": SPLIT, "CAST": SPLIT and MODE == 1, "NORM_BLOCK": 4096, "PDL": DOT, "PF_LINES": 4 if DOT else 0, "TMA": DOT and not NORM},
+                 dict(ptx=("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2")
+                      + (("cp.async.bulk.tensor",) if not NORM else ()) if DOT else ())))
 for SPLITS, DOT in itertools.product((1, 8), (False, True)):
     jobs.append(("mk rope_attn SPLITS=%d DOT=%d" % (SPLITS, DOT), mk._rope_attn_kernel,
                  {"qkv_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "k_new_ptr": "*bf16",

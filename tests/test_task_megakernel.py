@@ -100,7 +100,7 @@ SPLIT_K_POINT = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=32, GEMV_WARPS=4, ATTN_BLOCK_
 MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles, more splits than KV rows
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2),
     dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=32, GEMV_WARPS=4, ATTN_BLOCK_KV=8, ATTN_WARPS=2, NORM_BLOCK=256, num_stages=3,
-         GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4, ATTN_DOT=True),
+         GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4, ATTN_DOT=True, GEMV_TMA=True),
     dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=512, num_stages=1,
          GEMV_DOT=False, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32),
     dict(GEMV_BLOCK_N=4, GEMV_BLOCK_K=64, GEMV_WARPS=1, ATTN_BLOCK_KV=32, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=2,
@@ -110,7 +110,7 @@ MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles,
     dict(SPLIT_K_POINT, SPLIT_K=4, MLP_BLOCK_N=32, PDL=True),  # PDL is GPU-only: here the guard sees tl.extra.cuda
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=1,
          GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, SPLIT_K=2, MLP_BLOCK_N=8, SPLIT_K_QO=1),  # down alone
-    dict(SPLIT_K_POINT, SPLIT_K=1, SPLIT_K_QO=2, PREFETCH=2, ACT_NARROW=True, ATTN_SPLITS=1),  # q|k|v and O alone
+    dict(SPLIT_K_POINT, SPLIT_K=1, SPLIT_K_QO=2, PREFETCH=2, ACT_NARROW=True, ATTN_SPLITS=1, GEMV_TMA=True),  # q|k|v and O alone
 ]
 
 

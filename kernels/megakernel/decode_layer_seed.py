@@ -26,7 +26,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -48,6 +48,7 @@ TUNABLES = dict(
     SPLIT_K_QO=[0, 1, 2, 4, 8],  # K splits of the q|k|v and O projections alone (0: SPLIT_K): K is 3.5x shorter than down's
     ACT_NARROW=[False, True],  # GEMV inputs (normed x, attention out, SwiGLU act) in the model dtype, not fp32: half the pipelined x tile
     FUSE_NORM_UPTO=[0, 1, 2, 4],  # FUSE_NORM at batch <= this even when off: a norm launch costs more than B rows' RMS per program
+    GEMV_TMA=[False, True],  # weight tiles through Hopper TMA descriptors (no per-thread addresses; rows and K past the end load 0)
 )
 
 
@@ -60,6 +61,17 @@ def _pdl(t):
 
 
 _SMS = {}
+
+
+def _tma_ok(*ws):
+    """TMA's rules for a [rows, K] weight: contiguous, 16-byte aligned start and row stride."""
+    return all(w.is_contiguous() and w.storage_offset() * w.element_size() % 16 == 0
+               and w.shape[1] * w.element_size() % 16 == 0 for w in ws)
+
+
+def _tma_scratch(device):
+    """Device-side descriptors live in global scratch that Triton asks this allocator for."""
+    return lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device)
 
 
 def _first_wave(t):
@@ -108,7 +120,7 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
                  K_SPLIT, out_stride, eps, pf_programs,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
                  NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
-                 NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr):
+                 NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr, TMA: tl.constexpr):
     """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
     MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
     of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
@@ -118,18 +130,24 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     with CAST the program that finishes a row block last (counter cnt[pid]) writes acc to out in
     out's dtype. PF_LINES > 0 (PDL only): the first pf_programs programs (those resident while the
     predecessor drains) hint their first PF_LINES 128-byte lines of each weight row into L2 before
-    the grid-dependency wait; later programs would only add instructions in front of their loads."""
+    the grid-dependency wait; later programs would only add instructions in front of their loads.
+    TMA: the weight tiles come through tensor descriptors of each weight's own [rows, K] (made before
+    the wait: they depend on nothing the predecessor writes)."""
     pid_n = tl.program_id(0)
     n0 = pid_n * BLOCK_N
     w_ptr = wa_ptr
     row0 = n0
+    seg_rows = N  # rows of the weight this program reads (its q, k or v segment in MODE 0)
     if MODE == 0:
+        seg_rows = NA
         if n0 >= NA + NB:
             w_ptr = wc_ptr
             row0 = n0 - NA - NB
+            seg_rows = N - NA - NB
         elif n0 >= NA:
             w_ptr = wb_ptr
             row0 = n0 - NA
+            seg_rows = NB
     offs_n = tl.arange(0, BLOCK_N)
     rows = (row0 + offs_n).to(tl.int64)
     n_ok = n0 + offs_n < N
@@ -140,6 +158,10 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
         _prefetch_l2(w_ptr + pf)
         if MODE == 2:
             _prefetch_l2(wb_ptr + pf)
+    if TMA:
+        w_desc = tl.make_tensor_descriptor(w_ptr, [seg_rows, K], [K, 1], [BLOCK_N, BLOCK_K])
+        if MODE == 2:
+            w2_desc = tl.make_tensor_descriptor(wb_ptr, [N, K], [K, 1], [BLOCK_N, BLOCK_K])
     _pdl_enter(PDL)
     offs_b = tl.arange(0, BLOCK_B)
     b_ok = offs_b < B
@@ -167,14 +189,20 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
         if NORM:
             xt = xt * inv[:, None] * tl.load(nw_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
         wmask = n_ok[:, None] & k_ok[None, :]
-        wt = tl.load(w_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
+        if TMA:
+            wt = w_desc.load([row0, k0])
+        else:
+            wt = tl.load(w_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
         if DOT:
             xd = tl.trans(xt.to(wt.dtype))
             acc += tl.dot(wt, xd)
         else:
             acc += tl.sum(wt.to(tl.float32)[:, None, :] * xt[None, :, :], axis=2)
         if MODE == 2:
-            wt2 = tl.load(wb_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
+            if TMA:
+                wt2 = w2_desc.load([row0, k0])
+            else:
+                wt2 = tl.load(wb_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
             if DOT:
                 acc2 += tl.dot(wt2, xd)
             else:
@@ -307,13 +335,17 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
     k_split = triton.cdiv(triton.cdiv(k, split_k), bk) * bk if acc is not None else k
     splits = triton.cdiv(k, k_split)
     block_b = max(triton.next_power_of_2(batch), 16 if _knob("GEMV_DOT") else 1)
+    ws = [t for t in (w, w2, w3) if t is not None]
+    tma = _knob("GEMV_TMA") and bk <= 256 and bn <= 256 and _tma_ok(*ws)  # a TMA box is at most 256 per dim
+    if tma:
+        triton.set_allocator(_tma_scratch(x.device))
     _gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, x if norm_w is None else norm_w, w, w if w2 is None else w2, w if w3 is None else w3,
         out if res is None else res, out, out if acc is None else acc, out if cnt is None else cnt,
         batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS, _first_wave(x) if _pdl(x) else 0,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
         SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
-        PF_LINES=_knob("PREFETCH") * bk // 64 if _pdl(x) else 0, num_warps=_knob("GEMV_WARPS"),
+        PF_LINES=_knob("PREFETCH") * bk // 64 if _pdl(x) else 0, TMA=tma, num_warps=_knob("GEMV_WARPS"),
         num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
 
 
