@@ -156,6 +156,14 @@ case "${1:-evals}" in
       "{$U}" "{$T}" "{$T,\"num_stages\":4}" "{$T,\"GEMV_WARPS\":4}" "{$T,\"GEMV_BLOCK_N\":64}" "{$T,\"GEMV_BLOCK_K\":128,\"num_stages\":4}" \
       "{$T,\"SPLIT_K\":8}" "{$T,\"GEMV_WARPS\":4,\"num_stages\":4}"
     cp "$OUT/sweep.log" "$OUT/sweep14.log" ;;
+  sweep15)  # attention prefill: FMA_SCALE (raw-score max, one FMA for scale and subtract) at the session-3 lineage point
+    E='"BLOCK_M":128,"BLOCK_N":64,"num_warps":8,"num_stages":3,"EXP2":true,"CAUSAL_SKIP":true,"PEEL_TAIL":true'
+    for t in mha gqa; do
+      [ $t = mha ] && W='b4_h32_s4096_d128' || W='b4_hq32_hkv8_s4096|b16_hq32_hkv4_s1024_d128_causal'
+      sw "${SWEEP_S:-200}" attention_${t}_fwd kernels/attention/${t}_fwd_seed.py --workloads "$W" --fp32-reference "{$E}" \
+        "{$E,\"FMA_SCALE\":true}" "{$E}" "{$E,\"FMA_SCALE\":true}" "{$E,\"FMA_SCALE\":true,\"BLOCK_N\":128,\"num_stages\":2}"
+    done
+    cp "$OUT/sweep.log" "$OUT/sweep15.log" ;;
   sweep8)  # the layout seeds' STREAM cache hints (evict_first loads, .cs stores), bigger row tiles
     for t in transpose2d bshd_to_bhsd bshd_to_bhds kv_paged; do
       X=(); case $t in transpose2d|bshd_to_bhds) X=('{"BLOCK_R":128}' '{"BLOCK_R":128,"STREAM":true}' '{"BLOCK_R":128,"STREAM":true,"num_warps":8}') ;; esac
@@ -205,5 +213,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|sweep14|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory|ncu-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|sweep14|sweep15|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory|ncu-megakernel" >&2; exit 2 ;;
 esac

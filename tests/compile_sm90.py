@@ -97,6 +97,8 @@ if want & {"attention", "all"}:
         ("seed", False, 128, dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)),
         ("lineage causal", True, 128, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, EXP2=True, CAUSAL_SKIP=True)),
         ("lineage peel", False, 128, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, EXP2=True, PEEL_TAIL=True)),
+        ("lineage causal fma", True, 128, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, EXP2=True, CAUSAL_SKIP=True,
+                                               FMA_SCALE=True)),
         ("ws+reverse d64", True, 64, dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, EXP2=True, CAUSAL_SKIP=True,
                                           WARP_SPEC=True, REVERSE_M=True)),
     ]
@@ -105,7 +107,7 @@ if want & {"attention", "all"}:
         fn = getattr(load(path), kname)
         ints = ["seq", "heads", *extra] + [f"s{t}_{a}" for t in "qkvo" for a in "bhs"]
         sig = {**{n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}, **{n: "i32" for n in ints}, "qk_scale": "fp32"}
-        flags = ("CAUSAL_SKIP", "EXP2", "PEEL_TAIL", "WARP_SPEC", "REVERSE_M", "TMA")
+        flags = ("CAUSAL_SKIP", "EXP2", "PEEL_TAIL", "WARP_SPEC", "REVERSE_M", "TMA", "FMA_SCALE")
         sig.update({n: "constexpr" for n in ("DIM", "BLOCK_M", "BLOCK_N", "CAUSAL") + flags})
         hinted = [n for n in sig if n.endswith("_ptr") or n in ints and n != "group"]
         attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in hinted}

@@ -166,7 +166,7 @@ def test_gqa_decode_tunable_combinations_pass(decode_task, quick_evaluator, tmp_
 
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 def test_gqa_fwd_tunable_combination_passes(fwd_task, quick_evaluator, tmp_path, tma):
-    cfg = dict(BLOCK_M=16, BLOCK_N=64, num_warps=2, num_stages=1, EXP2=True, CAUSAL_SKIP=True, TMA=tma)
+    cfg = dict(BLOCK_M=16, BLOCK_N=64, num_warps=2, num_stages=1, EXP2=True, CAUSAL_SKIP=True, TMA=tma, FMA_SCALE=tma)
     path = with_config(FWD_SEED, tmp_path, "fwd_cfg", cfg)
     wls = [w for w in fwd_task.select("cpu") if w.axes["q_heads"] != w.axes["kv_heads"]]
     rep = quick_evaluator.evaluate(fwd_task, solution_from_kernel_file(fwd_task, path), wls)

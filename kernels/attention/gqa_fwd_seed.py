@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2, EXP2=False, CAUSAL_SKIP=False, PEEL_TAIL=False, WARP_SPEC=False, REVERSE_M=False, TMA=False)
+CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2, EXP2=False, CAUSAL_SKIP=False, PEEL_TAIL=False, WARP_SPEC=False, REVERSE_M=False, TMA=False, FMA_SCALE=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK_M=[16, 32, 64, 128],  # query rows per program
@@ -31,6 +31,7 @@ TUNABLES = dict(
     WARP_SPEC=[False, True],  # Triton's automatic warp specialisation of the main KV loop (producer/consumer warps)
     REVERSE_M=[False, True],  # causal: launch the longest (last) query blocks first, so the short ones fill the tail
     TMA=[False, True],  # Q, K, V tiles and the O store through TMA tensor descriptors (Hopper+), not pointer loads
+    FMA_SCALE=[False, True],  # the max on raw scores, then scale and subtract in one FMA per score (not a mul and a sub)
 )
 
 LOG2E = 1.4426950408889634
@@ -61,7 +62,8 @@ def _tma_scratch(device):
 @triton.jit
 def _gqa_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d, seq,
                   stride_ks, stride_vs, qk_scale,
-                  MASK_CAUSAL: tl.constexpr, MASK_TAIL: tl.constexpr, EXP2: tl.constexpr, TMA: tl.constexpr):
+                  MASK_CAUSAL: tl.constexpr, MASK_TAIL: tl.constexpr, EXP2: tl.constexpr, TMA: tl.constexpr,
+                  FMA_SCALE: tl.constexpr):
     """One KV block: scores, online-softmax update, P @ V into the fp32 accumulator. With TMA,
     k_base and v_base are this head's [seq, DIM] tensor descriptors (rows past seq read as zeros)."""
     cols = start_n + offs_n
@@ -70,19 +72,26 @@ def _gqa_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, off
         kt = tl.trans(k_base.load([start_n, 0]))
     else:
         kt = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=col_ok[None, :], other=0.0)
-    qk = tl.dot(q, kt) * qk_scale  # [BLOCK_M, BLOCK_N], fp32; in log2 units when EXP2
+    qk = tl.dot(q, kt)  # [BLOCK_M, BLOCK_N], fp32
+    if not FMA_SCALE:
+        qk = qk * qk_scale  # in log2 units when EXP2
     if MASK_TAIL:
         qk = tl.where(col_ok[None, :], qk, float("-inf"))
     if MASK_CAUSAL:
         qk = tl.where(offs_m[:, None] >= cols[None, :], qk, float("-inf"))
     # Every row sees at least one unmasked key in its first block, so m_new is finite from then on.
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    if FMA_SCALE:  # scale > 0: the max commutes with it, and masked -inf stays -inf
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        s = qk * qk_scale - m_new[:, None]
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        s = qk - m_new[:, None]
     if EXP2:
         alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(qk - m_new[:, None])
+        p = tl.math.exp2(s)
     else:
         alpha = tl.exp(m_i - m_new)
-        p = tl.exp(qk - m_new[:, None])
+        p = tl.exp(s)
     l_i = l_i * alpha + tl.sum(p, 1)
     if TMA:
         v = v_base.load([start_n, 0])
@@ -99,7 +108,7 @@ def _gqa_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, seq, heads, group, qk_scale,
                     DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, EXP2: tl.constexpr,
                     PEEL_TAIL: tl.constexpr, WARP_SPEC: tl.constexpr, REVERSE_M: tl.constexpr,
-                    TMA: tl.constexpr):
+                    TMA: tl.constexpr, FMA_SCALE: tl.constexpr):
     start_m = tl.program_id(0)
     if REVERSE_M:
         start_m = tl.num_programs(0) - 1 - start_m
@@ -134,23 +143,23 @@ def _gqa_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, seq, heads, group, qk_scale,
         diag = (start_m * BLOCK_M) // BLOCK_N * BLOCK_N
         for start_n in tl.range(0, diag, BLOCK_N, warp_specialize=WARP_SPEC):
             acc, l_i, m_i = _gqa_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
-                                          seq, sk_s, sv_s, qk_scale, False, False, EXP2, TMA)
+                                          seq, sk_s, sv_s, qk_scale, False, False, EXP2, TMA, FMA_SCALE)
         end = tl.minimum((start_m + 1) * BLOCK_M, seq)
         for start_n in range(diag, end, BLOCK_N):
             acc, l_i, m_i = _gqa_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
-                                          seq, sk_s, sv_s, qk_scale, True, True, EXP2, TMA)
+                                          seq, sk_s, sv_s, qk_scale, True, True, EXP2, TMA, FMA_SCALE)
     elif PEEL_TAIL and not CAUSAL:
         full = seq // BLOCK_N * BLOCK_N
         for start_n in tl.range(0, full, BLOCK_N, warp_specialize=WARP_SPEC):
             acc, l_i, m_i = _gqa_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
-                                          seq, sk_s, sv_s, qk_scale, False, False, EXP2, TMA)
+                                          seq, sk_s, sv_s, qk_scale, False, False, EXP2, TMA, FMA_SCALE)
         for start_n in range(full, seq, BLOCK_N):
             acc, l_i, m_i = _gqa_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
-                                          seq, sk_s, sv_s, qk_scale, False, True, EXP2, TMA)
+                                          seq, sk_s, sv_s, qk_scale, False, True, EXP2, TMA, FMA_SCALE)
     else:
         for start_n in tl.range(0, seq, BLOCK_N, warp_specialize=WARP_SPEC):
             acc, l_i, m_i = _gqa_fwd_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
-                                          seq, sk_s, sv_s, qk_scale, CAUSAL, True, EXP2, TMA)
+                                          seq, sk_s, sv_s, qk_scale, CAUSAL, True, EXP2, TMA, FMA_SCALE)
     acc = acc / l_i[:, None]
     if TMA:
         tl.make_tensor_descriptor(o_ptr + b * so_b + h * so_h, [seq, DIM], [so_s, 1],
@@ -183,5 +192,5 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, o: torc
                           DIM=dim, BLOCK_M=CONFIG["BLOCK_M"], BLOCK_N=CONFIG["BLOCK_N"], CAUSAL=bool(causal),
                           CAUSAL_SKIP=CONFIG["CAUSAL_SKIP"], EXP2=CONFIG["EXP2"],
                           PEEL_TAIL=_knob("PEEL_TAIL"), WARP_SPEC=_knob("WARP_SPEC"), REVERSE_M=_knob("REVERSE_M"),
-                          TMA=tma,
+                          TMA=tma, FMA_SCALE=_knob("FMA_SCALE"),
                           num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
