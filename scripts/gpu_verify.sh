@@ -161,7 +161,7 @@ case "${1:-evals}" in
     for t in mha gqa; do
       [ $t = mha ] && W='b4_h32_s4096_d128' || W='b4_hq32_hkv8_s4096|b16_hq32_hkv4_s1024_d128_causal'
       sw "${SWEEP_S:-200}" attention_${t}_fwd kernels/attention/${t}_fwd_seed.py --workloads "$W" --fp32-reference "{$E}" \
-        "{$E,\"FMA_SCALE\":true}" "{$E}" "{$E,\"FMA_SCALE\":true}" "{$E,\"FMA_SCALE\":true,\"BLOCK_N\":128,\"num_stages\":2}"
+        "{$E,\"FMA_SCALE\":true}" "{$E,\"FMA_SCALE\":true,\"BLOCK_N\":128,\"num_stages\":2}" "{$E,\"FMA_SCALE\":true,\"REVERSE_M\":true}"
     done
     cp "$OUT/sweep.log" "$OUT/sweep15.log" ;;
   sweep8)  # the layout seeds' STREAM cache hints (evict_first loads, .cs stores), bigger row tiles
