@@ -51,6 +51,7 @@ case "${1:-evals}" in
   decode) evolve_part gpu-gqa-decode configs/gpu_gqa_decode.yaml "${MINUTES:-8}" ;;
   megakernel) evolve_part gpu-megakernel configs/gpu_megakernel.yaml "${MINUTES:-8}" ;;
   mha-decode) evolve_part gpu-mha-decode configs/gpu_mha_decode.yaml "${MINUTES:-8}" ;;
+  prefill) evolve_part gpu-attention-prefill configs/gpu_attention_prefill.yaml "${MINUTES:-7}" ;;
   bench-attention)  # the evolved attention kernels (MHA/decode from lineages/gpu-mha-decode if it ran here) vs seeds and SDPA
     K=()
     for t in mha_fwd gqa_fwd gqa_decode; do  # a lineage run here first, else the exported winners
@@ -213,5 +214,5 @@ case "${1:-evals}" in
       "{$E,\"PEEL_TAIL\":true,\"BLOCK_N\":128,\"num_stages\":2}"
     sw 100 attention_gqa_fwd kernels/attention/gqa_fwd_seed.py --workloads 'b4_hq32_hkv8_s4096' '{}' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" ;;
-  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|sweep14|sweep15|mha-decode|ray1|bench-attention|bench-megakernel|bench-memory|ncu-megakernel" >&2; exit 2 ;;
+  *) echo "usage: $0 evals|grammar|attention|layout|gqa|decode|megakernel|agentic|e2e|bench|sweep|sweep2|sweep3|sweep4|sweep5|sweep6|sweep7|sweep8|sweep9|sweep10|sweep11|sweep12|sweep13|sweep14|sweep15|mha-decode|prefill|ray1|bench-attention|bench-megakernel|bench-memory|ncu-megakernel" >&2; exit 2 ;;
 esac
