@@ -15,7 +15,9 @@ the fused design space: GEMV_DOT (tensor-core tiles: the batch padded to 16 rows
 loads feed tl.dot and Triton software-pipelines them num_stages deep), FUSE_NORM (each GEMV program
 computes its rows' RMS itself: no norm launches), FUSE_QKV (one launch over q|k|v rows instead of
 three), ATTN_SPLITS (split-KV: more programs than batch * kv_heads, plus a combine pass), ATTN_DOT (the
-group's scores and P @ V on tensor cores).
+group's scores and P @ V on tensor cores), SPLIT_K / SPLIT_K_QO (K-split GEMVs with fp32 atomics), PDL
+(programmatic dependent launch, with PREFETCH: weight tiles hinted into L2 before the grid waits),
+ACT_NARROW (16-bit GEMV inputs), GEMV_TMA (weight tiles through TMA descriptors).
 """
 import math
 
