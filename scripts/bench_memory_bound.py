@@ -110,6 +110,12 @@ def peer_fns(task: Task, ns: dict, args: list) -> dict[str, Callable[[], Any]]:
     compiled = torch.compile(ref, dynamic=False)
     peers = {"torch eager": lambda: as_tuple(ref(*args)), "torch.compile": lambda: as_tuple(compiled(*args))}
     if fam == "megakernel":  # what an engine deploys: compiled and replayed as a CUDA graph
+        # cudagraph trees copy every input whose address is not static into the graph's own buffers
+        # on each replay: ~440 MB of weights and cache per call here (612 µs at B1 on the H100,
+        # session 5). An engine's weights and cache are static; say so, as its model parameters would.
+        for t in args:
+            if isinstance(t, torch.Tensor):
+                torch._dynamo.mark_static_address(t)
         graphed = torch.compile(ref, mode="reduce-overhead", dynamic=False)
         peers["torch.compile reduce-overhead"] = lambda: as_tuple(graphed(*args))
     if fam == "megakernel":
