@@ -88,16 +88,10 @@ def candidate_names(task: str, evolved: dict[str, Path]) -> list[str]:
 
 def update_doc_section(doc: Path, body: str) -> None:
     """Replace the marked section of `doc` (append it when absent; create the file when missing)."""
-    section = f"{DOC_START}\n{body.rstrip()}\n{DOC_END}"
+    from avo.doc_section import replace_marked_section
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\nMeasured by scripts under scripts/; each section is written by its script.\n"
-    if DOC_START in text and DOC_END in text and text.index(DOC_START) < text.index(DOC_END):
-        head, rest = text.split(DOC_START, 1)
-        tail = rest.split(DOC_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    doc.write_text(replace_marked_section(text, DOC_START, DOC_END, body))
 
 
 # ---- GPU side ----

@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from avo.config import default_seed_path  # noqa: E402
+from avo.doc_section import replace_marked_section  # noqa: E402
 from avo.tasks import Task, TaskError, load_task  # noqa: E402
 
 BENCH_TASKS = ["grammar_bitmask", "layout_bshd_to_bhsd", "layout_transpose2d", "layout_bshd_to_bhds",
@@ -226,14 +227,8 @@ def write_doc(text: str, doc: Path = DOC, tasks: Optional[list[str]] = None) -> 
     alone) leaves the full table of the other families in place."""
     tag = "" if tasks is None or sorted(tasks) == sorted(BENCH_TASKS) else " " + ",".join(sorted(tasks))
     begin, end = MARK_BEGIN.replace(" -->", tag + " -->"), MARK_END.replace(" -->", tag + " -->")
-    block = f"{begin}\n{text}{end}\n"
     old = doc.read_text() if doc.exists() else "# Measured numbers\n"
-    if begin in old and end in old:
-        i, j = old.index(begin), old.index(end) + len(end)
-        new = old[:i] + block.rstrip("\n") + old[j:]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    doc.write_text(new)
+    doc.write_text(replace_marked_section(old, begin, end, text))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -37,6 +37,19 @@ def test_bench_memory_bound_subset_run_keeps_the_full_table(tmp_path):
     assert text.count("<!-- bench_memory_bound megakernel_decode_layer -->") == 1
 
 
+def test_doc_section_markers_count_only_on_their_own_line():
+    """Prose that names a section's marker inline (the session notes in docs/benchmarks.md do) is
+    not taken for it: a bench run once replaced everything from such a sentence to the end marker."""
+    from avo.doc_section import replace_marked_section
+    begin, end = "<!-- bench_memory_bound megakernel_decode_layer -->", "<!-- /bench_memory_bound megakernel_decode_layer -->"
+    text = (f"# Notes\n\nthe full table is in the `{begin}` section below.\n\n## Session notes\nkept\n\n"
+            f"{begin}\nold table\n{end}\n\n## after\nalso kept\n")
+    new = replace_marked_section(text, begin, end, "new table\n")
+    assert "old table" not in new and "new table" in new
+    assert f"in the `{begin}` section below" in new and "## Session notes\nkept" in new and new.endswith("## after\nalso kept\n")
+    assert replace_marked_section("# Notes\n", begin, end, "t").endswith(f"\n\n{begin}\nt\n{end}\n")  # absent: appended
+
+
 def test_bench_memory_bound_plans_the_evolved_decode_layer_under_a_cuda_graph():
     """With an evolved decode layer the plan adds its CUDA-graph replay (what an engine that graphs
     its decode step runs); layout tasks and a run without an evolved kernel do not get one."""
