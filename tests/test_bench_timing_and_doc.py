@@ -90,3 +90,25 @@ def test_call_kernel_script_checks_the_output_it_profiles(tmp_path):
     assert ok.returncode == 0 and "matches the reference" in ok.stdout, ok.stdout + ok.stderr
     assert bad.returncode == 1 and "MISMATCH" in bad.stdout, bad.stdout + bad.stderr
     assert missing.returncode == 2 and "no cpu workload" in missing.stderr
+
+
+def test_engine_decode_layer_peer_matches_the_task_reference():
+    """bench_memory_bound's engine-style peer (fused weights, F.rms_norm, its own cache slot, SDPA
+    with enable_gqa) computes the task's layer: same out, k_new and v_new on the CPU workloads,
+    including an empty cache and a GQA group of 3."""
+    import importlib.util
+    import torch
+    from avo.harness.check import compare
+    from avo.harness.inputs import make_inputs
+    from avo.tasks import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("bmb_engine", REPO_ROOT / "scripts" / "bench_memory_bound.py")
+    bmb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bmb)
+    task = bmb.load_task("megakernel_decode_layer")
+    ns, d = bmb.reference_ns(task), task.definition
+    for w in task.select("cpu"):
+        args = list(make_inputs(d, w, 0, "cpu", ns.get("make_inputs")).values())
+        want = ns["run"](*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        got = bmb.engine_decode_layer(*args)()
+        for name, g, e in zip(d.result_names, got, want):
+            assert compare(name, g, e, e.dtype, d.tolerance, device="cpu").status.value == "PASSED", (w.uuid, name)
