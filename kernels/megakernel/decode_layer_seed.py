@@ -62,9 +62,6 @@ def _pdl(t):
     return bool(_knob("PDL")) and t.is_cuda  # the interpreter has no grid dependency control
 
 
-_SMS = {}
-
-
 def _tma_ok(*ws):
     """TMA's rules for a [rows, K] weight: contiguous, 16-byte aligned start and row stride."""
     return all(w.is_contiguous() and w.storage_offset() * w.element_size() % 16 == 0
@@ -74,6 +71,9 @@ def _tma_ok(*ws):
 def _tma_scratch(device):
     """Device-side descriptors live in global scratch that Triton asks this allocator for."""
     return lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device)
+
+
+_SMS = {}  # device -> first-wave program count
 
 
 def _first_wave(t):
@@ -353,7 +353,7 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
 
 def _rmsnorm(x, w, out):
     _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
-                               num_warps=4, launch_pdl=_pdl(x))
+                                   num_warps=4, launch_pdl=_pdl(x))
 
 
 def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache,
