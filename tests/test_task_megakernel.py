@@ -96,13 +96,14 @@ def test_megakernel_seed_passes_interpreter_evaluation(task, quick_evaluator):
 
 
 SPLIT_K_POINT = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=32, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=256,
-                     num_stages=2, GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4, ATTN_DOT=True, SPLIT_K=2)
+                     num_stages=2, GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4, ATTN_DOT=True, SPLIT_K=2,
+                     ATTN_LAST_COMBINES=True)
 MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles, more splits than KV rows
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2),
     dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=32, GEMV_WARPS=4, ATTN_BLOCK_KV=8, ATTN_WARPS=2, NORM_BLOCK=256, num_stages=3,
-         GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4, ATTN_DOT=True, GEMV_TMA=True),
+         GEMV_DOT=True, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=4, ATTN_DOT=True, GEMV_TMA=True, ATTN_LAST_COMBINES=True),
     dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=512, num_stages=1,
-         GEMV_DOT=False, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32),
+         GEMV_DOT=False, FUSE_NORM=True, FUSE_QKV=True, ATTN_SPLITS=32, ATTN_LAST_COMBINES=True),  # empty splits
     dict(GEMV_BLOCK_N=4, GEMV_BLOCK_K=64, GEMV_WARPS=1, ATTN_BLOCK_KV=32, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=2,
          GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=2, ATTN_DOT=True, ACT_NARROW=True,
          FUSE_NORM_UPTO=2),  # batches 1 and 2 fuse the norms, batch 3 launches them
@@ -137,9 +138,10 @@ def test_megakernel_wrong_variant_is_incorrect_numerical(task, quick_evaluator, 
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
-SPLIT_WRONG = {  # need split-K on: SPLIT_K_POINT's config
+SPLIT_WRONG = {  # need split-K (and the attention's last-split combine) on: SPLIT_K_POINT's config
     "residual_in_every_split": ("if tl.program_id(1) == 0:", "if tl.program_id(1) >= 0:"),
     "first_split_casts": ("== tl.num_programs(1) - 1:", "== 0:"),
+    "attention_combines_before_the_last_split": ("== SPLITS - 1:", "== SPLITS - 2:"),
 }
 
 

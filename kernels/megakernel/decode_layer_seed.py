@@ -28,7 +28,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -51,6 +51,7 @@ TUNABLES = dict(
     ACT_NARROW=[False, True],  # GEMV inputs (normed x, attention out, SwiGLU act) in the model dtype, not fp32: half the pipelined x tile
     FUSE_NORM_UPTO=[0, 1, 2, 4],  # FUSE_NORM at batch <= this even when off: a norm launch costs more than B rows' RMS per program
     GEMV_TMA=[False, True],  # weight tiles through Hopper TMA descriptors (no per-thread addresses; rows and K past the end load 0)
+    ATTN_LAST_COMBINES=[False, True],  # ATTN_SPLITS > 1: the last split of each (sequence, kv head) combines, no combine launch
 )
 
 
@@ -229,12 +230,14 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
 
 @triton.jit
 def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_new_ptr, o_ptr, m_ptr, l_ptr,
-                      kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE, Q_DIM,
+                      attn_ptr, cnt_ptr, kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE, Q_DIM,
                       BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
-                      DOT: tl.constexpr, PDL: tl.constexpr):
+                      DOT: tl.constexpr, PDL: tl.constexpr, LAST_COMBINES: tl.constexpr):
     """One program per (sequence, kv head, KV split): its GROUP q heads attend to the split's cache
     rows; split 0 also takes the new token (and writes it out). SPLITS == 1 writes the normalised
-    output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel."""
+    output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel,
+    or with LAST_COMBINES for the split that finishes last (counter cnt[b, kvh]), which combines the
+    group's partials into attn itself."""
     _pdl_enter(PDL)
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
@@ -303,6 +306,24 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
         gmask = offs_g < GROUP
         tl.store(m_ptr + part + b * KVH * GROUP + heads, m_i, mask=gmask)
         tl.store(l_ptr + part + b * KVH * GROUP + heads, l_i, mask=gmask)
+        if LAST_COMBINES:
+            tl.debug_barrier()  # every thread's partial stores are issued before the count goes up
+            if tl.atomic_add(cnt_ptr + b * KVH + kvh, 1) == SPLITS - 1:
+                rows_total = tl.num_programs(0) * KVH * GROUP
+                rows_g = b * KVH * GROUP + heads
+                offs_s = tl.arange(0, SPLITS)
+                sg = offs_s[:, None] * rows_total + rows_g[None, :]
+                # .cg: the other splits' partials are read at L2, never from a stale L1 line
+                ms = tl.load(m_ptr + sg, mask=gmask[None, :], other=0.0, cache_modifier=".cg")
+                ls = tl.load(l_ptr + sg, mask=gmask[None, :], other=0.0, cache_modifier=".cg")
+                ws = tl.exp(ms - tl.max(ms, 0)[None, :])  # split 0 holds the new token: the max is finite
+                out = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+                for s in tl.static_range(SPLITS):
+                    w_s = tl.sum(tl.where(offs_s[:, None] == s, ws, 0.0), 0)
+                    p_s = tl.load(o_ptr + (s * rows_total + rows_g)[:, None] * D + offs_d[None, :], mask=qmask,
+                                  other=0.0, cache_modifier=".cg")
+                    out += p_s * w_s[:, None]
+                tl.store(attn_ptr + rows_g[:, None] * D + offs_d[None, :], out / tl.sum(ls * ws, 0)[:, None], mask=qmask)
 
 
 @triton.jit
@@ -378,6 +399,8 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     zsizes = dict(qkv=batch * qkv_dim, h=batch * hidden) if split_qo > 1 else {}
     if split > 1:
         zsizes.update(out=batch * hidden, cnt=triton.cdiv(hidden, _block_n()))
+    if splits > 1 and _knob("ATTN_LAST_COMBINES"):
+        zsizes.update(acnt=batch * kv_heads)  # int32 arrival counters of the attention splits
     if split_qo > 1:
         sizes.update(qkv=0, h=0)
     scratch = torch.empty(sum(sizes.values()), device=x.device, dtype=torch.float32)
@@ -410,13 +433,14 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     ml = buf["ml"]
     part = buf["part"] if splits > 1 else attn
     m_buf, l_buf = (ml[:ml.numel() // 2], ml[ml.numel() // 2:]) if splits > 1 else (attn, attn)
+    last_combines = splits > 1 and _knob("ATTN_LAST_COMBINES")
     _rope_attn_kernel[(batch, kv_heads, splits)](
         qkv, rope_cos, rope_sin, k_cache, v_cache, k_new, v_new, part, m_buf, l_buf,
-        int(kv_len), split_len, max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
+        attn, buf["acnt"].view(torch.int32) if last_combines else attn, int(kv_len), split_len, max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
         BLOCK_G=max(triton.next_power_of_2(group), 16 if attn_dot else 1), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=_pdl(x), num_warps=_knob("ATTN_WARPS"),
-        num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
-    if splits > 1:
+        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=_pdl(x), LAST_COMBINES=last_combines,
+        num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
+    if splits > 1 and not last_combines:
         _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
                                                  BLOCK_D=triton.next_power_of_2(head_dim), PDL=_pdl(x), num_warps=4,
                                                  launch_pdl=_pdl(x))
