@@ -17,7 +17,8 @@ computes its rows' RMS itself: no norm launches), FUSE_QKV (one launch over q|k|
 three), ATTN_SPLITS (split-KV: more programs than batch * kv_heads, plus a combine pass), ATTN_DOT (the
 group's scores and P @ V on tensor cores), SPLIT_K / SPLIT_K_QO (K-split GEMVs with fp32 atomics), PDL
 (programmatic dependent launch, with PREFETCH: weight tiles hinted into L2 before the grid waits),
-ACT_NARROW (16-bit GEMV inputs), GEMV_TMA (weight tiles through TMA descriptors).
+ACT_NARROW (16-bit GEMV inputs), GEMV_TMA (weight tiles through TMA descriptors), ATTN_LAST_COMBINES (the
+last KV split combines, no combine launch).
 """
 import math
 
