@@ -89,6 +89,15 @@ def reference_ns(task: Task) -> dict:
     return ns
 
 
+def results_of(task: Task, args: list, res) -> tuple:
+    """The reference's return value as the task's result tuple (an in-place task's reference returns
+    None: its results are the mutated inputs)."""
+    if res is None:
+        names = list(task.definition.inputs)
+        return tuple(args[names.index(n)] for n in task.definition.inplace)
+    return res if isinstance(res, tuple) else (res,)
+
+
 def peer_fns(task: Task, ns: dict, args: list) -> dict[str, Callable[[], Any]]:
     """Peer callables on fixed inputs; each returns the task's results (a tuple of tensors)."""
     import torch
@@ -103,9 +112,7 @@ def peer_fns(task: Task, ns: dict, args: list) -> dict[str, Callable[[], Any]]:
             apply_token_bitmask_inplace_triton(logits, bitmask, indices=indices)
             return (logits,)
         return {"torch eager": eager, "xgrammar triton": xg}
-    names = list(task.definition.inputs)
-    inplace = [args[names.index(n)] for n in task.definition.inplace]
-    as_tuple = lambda r: tuple(inplace) if r is None else r if isinstance(r, tuple) else (r,)
+    as_tuple = lambda r: results_of(task, args, r)
     # A fresh compile per workload: one compiled `ref` shared across shapes and tasks hits dynamo's
     # recompile limit and silently runs eager (seen on the H100: torch.compile rows at eager speed).
     torch._dynamo.reset()
@@ -120,7 +127,6 @@ def peer_fns(task: Task, ns: dict, args: list) -> dict[str, Callable[[], Any]]:
                 torch._dynamo.mark_static_address(t)
         graphed = torch.compile(ref, mode="reduce-overhead", dynamic=False)
         peers["torch.compile reduce-overhead"] = lambda: as_tuple(graphed(*args))
-    if fam == "megakernel":
         peers["CUDA graph (eager)"] = cuda_graphed(lambda: as_tuple(ref(*args)))
         peers["engine eager"] = engine_decode_layer(*args)
         peers["engine CUDA graph"] = cuda_graphed(peers["engine eager"])

@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(make_inputs(task.definition, w, 0, a.device, ns.get("make_inputs")).values())
     d = task.definition
     ref_args = [v.clone() if isinstance(v, torch.Tensor) else v for v in args]
-    res = ns["run"](*ref_args)  # in-place tasks return None: their results are the mutated inputs
-    want = tuple(ref_args[list(d.inputs).index(n)] for n in d.inplace) if res is None else \
-        res if isinstance(res, tuple) else (res,)
+    want = bmb.results_of(task, ref_args, ns["run"](*ref_args))
     fn = bmb.kernel_fn(task, w, bmb.load_kernel(a.kernel, "called"), args, a.device)
     for _ in range(a.calls):
         got = fn()

@@ -359,6 +359,7 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
     k_split = triton.cdiv(triton.cdiv(k, split_k), bk) * bk if acc is not None else k
     splits = triton.cdiv(k, k_split)
     block_b = max(triton.next_power_of_2(batch), 16 if _knob("GEMV_DOT") else 1)
+    pdl = _pdl(x)
     ws = [t for t in (w, w2, w3) if t is not None]
     tma = _knob("GEMV_TMA") and bk <= 256 and bn <= 256 and _tma_ok(*ws)  # a TMA box is at most 256 per dim
     if tma:
@@ -366,16 +367,17 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
     _gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, x if norm_w is None else norm_w, w, w if w2 is None else w2, w if w3 is None else w3,
         out if res is None else res, out, out if acc is None else acc, out if cnt is None else cnt,
-        batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS, _first_wave(x) if _pdl(x) else 0,
+        batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS, _first_wave(x) if pdl else 0,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
-        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
-        PF_LINES=_knob("PREFETCH") * bk // 64 if _pdl(x) else 0, TMA=tma, num_warps=_knob("GEMV_WARPS"),
-        num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
+        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=pdl,
+        PF_LINES=_knob("PREFETCH") * bk // 64 if pdl else 0, TMA=tma, num_warps=_knob("GEMV_WARPS"),
+        num_stages=_knob("num_stages"), launch_pdl=pdl)
 
 
 def _rmsnorm(x, w, out):
-    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
-                                   num_warps=4, launch_pdl=_pdl(x))
+    pdl = _pdl(x)
+    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), PDL=pdl,
+                                   num_warps=4, launch_pdl=pdl)
 
 
 def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache,
@@ -385,6 +387,8 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     q_dim, kv_dim, mlp = wq.shape[0], wk.shape[0], w_gate.shape[0]
     q_heads = q_dim // head_dim
     splits = _knob("ATTN_SPLITS")
+    last_combines = splits > 1 and _knob("ATTN_LAST_COMBINES")
+    pdl = _pdl(x)
     fuse_norm = _knob("FUSE_NORM") or batch <= _knob("FUSE_NORM_UPTO")
     qkv_dim = q_dim + 2 * kv_dim
     # One fp32 scratch allocation for every intermediate (one allocator call per layer); with
@@ -400,7 +404,7 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     zsizes = dict(qkv=batch * qkv_dim, h=batch * hidden) if split_qo > 1 else {}
     if split > 1:
         zsizes.update(out=batch * hidden, cnt=triton.cdiv(hidden, _block_n()))
-    if splits > 1 and _knob("ATTN_LAST_COMBINES"):
+    if last_combines:
         zsizes.update(acnt=batch * kv_heads)  # int32 arrival counters of the attention splits
     if split_qo > 1:
         sizes.update(qkv=0, h=0)
@@ -434,17 +438,17 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     ml = buf["ml"]
     part = buf["part"] if splits > 1 else attn
     m_buf, l_buf = (ml[:ml.numel() // 2], ml[ml.numel() // 2:]) if splits > 1 else (attn, attn)
-    last_combines = splits > 1 and _knob("ATTN_LAST_COMBINES")
     _rope_attn_kernel[(batch, kv_heads, splits)](
         qkv, rope_cos, rope_sin, k_cache, v_cache, k_new, v_new, part, m_buf, l_buf,
-        attn, buf["acnt"].view(torch.int32) if last_combines else attn, int(kv_len), split_len, max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
+        attn, buf["acnt"].view(torch.int32) if last_combines else attn, int(kv_len), split_len, max_kv, kv_heads,
+        head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
         BLOCK_G=max(triton.next_power_of_2(group), 16 if attn_dot else 1), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=_pdl(x), LAST_COMBINES=last_combines,
-        num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
+        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=pdl, LAST_COMBINES=last_combines,
+        num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"), launch_pdl=pdl)
     if splits > 1 and not last_combines:
         _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
-                                                 BLOCK_D=triton.next_power_of_2(head_dim), PDL=_pdl(x), num_warps=4,
-                                                 launch_pdl=_pdl(x))
+                                                 BLOCK_D=triton.next_power_of_2(head_dim), PDL=pdl, num_warps=4,
+                                                 launch_pdl=pdl)
     h = buf["h"].view(batch, hidden)
     _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo)
     if fuse_norm:
