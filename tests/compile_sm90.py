@@ -29,12 +29,14 @@ def regs(k):
 
 jobs = []
 m = load("kernels/grammar/bitmask_seed.py")
-for P, SK, RMW, BW in itertools.product([False, True], [False, True], [False, True], [False, True]):
-    jobs.append(("bitmask P%d S%d R%d B%d" % (P, SK, RMW, BW), m._bitmask_kernel,
+for P, SK, RMW, BW, WT in itertools.product([False, True], [False, True], [False, True], [False, True], [False, True]):
+    if WT and BW:
+        continue  # WORD_TILE ignores BROADCAST_WORDS
+    jobs.append(("bitmask P%d S%d R%d B%d W%d" % (P, SK, RMW, BW, WT), m._bitmask_kernel,
                  {"logits_ptr": "*fp32", "bitmask_ptr": "*i32", "indices_ptr": "*i32", "vocab": "i32", "logits_stride": "i32",
                   "bitmask_stride": "i32", "n_blocks": "i32", "n_tiles": "i32", "BLOCK_SIZE": "constexpr", "RMW": "constexpr",
-                  "PERSISTENT": "constexpr", "SKIP_ONES": "constexpr", "BROADCAST_WORDS": "constexpr"},
-                 {"BLOCK_SIZE": 1024, "RMW": RMW, "PERSISTENT": P, "SKIP_ONES": SK, "BROADCAST_WORDS": BW}))
+                  "PERSISTENT": "constexpr", "SKIP_ONES": "constexpr", "BROADCAST_WORDS": "constexpr", "WORD_TILE": "constexpr"},
+                 {"BLOCK_SIZE": 1024, "RMW": RMW, "PERSISTENT": P, "SKIP_ONES": SK, "BROADCAST_WORDS": BW, "WORD_TILE": WT}))
 # The layout seeds, each branch with STREAM off and on (on: evict_first loads and .cs stores in the PTX).
 n_before_layout = len(jobs)
 STREAM_PTX = dict(ptx=("ld.global.L1::evict_first", "st.global.cs"))

@@ -45,7 +45,8 @@ def test_parse_real_seed():
     k = parse_knobs(SEED)
     # Knobs in TUNABLES but absent from CONFIG take their first allowed value, and are movable.
     assert k.config == {"BLOCK_SIZE": 256, "num_warps": 4, "num_stages": 1, "RMW": False,
-                        "PERSISTENT": False, "PROGRAMS_PER_SM": 1, "SKIP_ONES": False, "BROADCAST_WORDS": False}
+                        "PERSISTENT": False, "PROGRAMS_PER_SM": 1, "SKIP_ONES": False, "BROADCAST_WORDS": False,
+                        "WORD_TILE": False}
     assert k.tunables["BLOCK_SIZE"][-1] == 8192 and k.mutable == list(k.tunables)
 
 
@@ -56,7 +57,8 @@ def test_rewrite_changes_only_the_config_line():
     assert len(a) == len(b)
     diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
     assert len(diff) == 1 and b[diff[0]] == ("CONFIG = dict(BLOCK_SIZE=1024, num_warps=4, num_stages=1, RMW=True, "
-                                             "PERSISTENT=False, PROGRAMS_PER_SM=1, SKIP_ONES=False, BROADCAST_WORDS=False)\n")
+                                             "PERSISTENT=False, PROGRAMS_PER_SM=1, SKIP_ONES=False, BROADCAST_WORDS=False, "
+                                             "WORD_TILE=False)\n")
     assert parse_knobs(new).config["BLOCK_SIZE"] == 1024
 
 
@@ -132,8 +134,8 @@ def test_neighbours_first_then_wider(tmp_path):
     k = parse_knobs(SEED)
     n1 = sum((k.index(name, k.config[name]) > 0) + (k.index(name, k.config[name]) < len(k.tunables[name]) - 1)
              for name in k.mutable)
-    assert n1 == 10  # BLOCK_SIZE 128/512, num_warps 2/8, num_stages 2, RMW, PERSISTENT, PROGRAMS_PER_SM 2, SKIP_ONES,
-    # BROADCAST_WORDS
+    assert n1 == 11  # BLOCK_SIZE 128/512, num_warps 2/8, num_stages 2, RMW, PERSISTENT, PROGRAMS_PER_SM 2, SKIP_ONES,
+    # BROADCAST_WORDS, WORD_TILE
     for i in range(8, n1 + 2):
         out = h.propose(view(seen_hashes=set(seen)), ctx(tmp_path, i))
         seen.add(source_hash(out.source))
@@ -169,7 +171,8 @@ def test_learns_from_history(tmp_path):
         out = op().propose(view(recent=lost + broke), ctx(tmp_path, seed))
         # untried one-step moves only: not the rejected ones, not the one that broke the build
         assert out.note in ("BLOCK_SIZE 256->512", "num_warps 4->2", "PERSISTENT False->True",
-                            "PROGRAMS_PER_SM 1->2", "SKIP_ONES False->True", "BROADCAST_WORDS False->True"), out.note
+                            "PROGRAMS_PER_SM 1->2", "SKIP_ONES False->True", "BROADCAST_WORDS False->True",
+                            "WORD_TILE False->True"), out.note
 
 
 def test_directions_are_followed(tmp_path):

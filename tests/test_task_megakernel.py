@@ -171,17 +171,24 @@ BITMASK_SAMPLE = [
          BROADCAST_WORDS=True),
     dict(BLOCK_SIZE=1024, num_warps=8, num_stages=3, RMW=False, PERSISTENT=True, PROGRAMS_PER_SM=4, SKIP_ONES=True,
          BROADCAST_WORDS=True),
+    # WORD_TILE: the RMW read of mixed words only, and the two-store path; one of them persistent
+    dict(BLOCK_SIZE=128, num_warps=4, num_stages=1, RMW=True, PERSISTENT=False, PROGRAMS_PER_SM=1, SKIP_ONES=False,
+         BROADCAST_WORDS=False, WORD_TILE=True),
+    dict(BLOCK_SIZE=1024, num_warps=8, num_stages=2, RMW=False, PERSISTENT=True, PROGRAMS_PER_SM=2, SKIP_ONES=True,
+         BROADCAST_WORDS=False, WORD_TILE=True),
+    dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=True, PERSISTENT=True, PROGRAMS_PER_SM=4, SKIP_ONES=True,
+         BROADCAST_WORDS=False, WORD_TILE=True),
 ]
 
 
 def test_bitmask_seed_config_is_unchanged_and_new_knobs_default_off():
     ns = namespace(BITMASK_SEED.read_text(), str(BITMASK_SEED))
     assert ns["CONFIG"] == dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=False)
-    assert {k: ns["TUNABLES"][k][0] for k in ("PERSISTENT", "SKIP_ONES", "BROADCAST_WORDS")} == \
-        {"PERSISTENT": False, "SKIP_ONES": False, "BROADCAST_WORDS": False}
-    for knob in ("RMW", "PERSISTENT", "PROGRAMS_PER_SM", "SKIP_ONES", "BROADCAST_WORDS"):  # every value of the new knobs
+    assert {k: ns["TUNABLES"][k][0] for k in ("PERSISTENT", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE")} == \
+        {"PERSISTENT": False, "SKIP_ONES": False, "BROADCAST_WORDS": False, "WORD_TILE": False}
+    for knob in ("RMW", "PERSISTENT", "PROGRAMS_PER_SM", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE"):  # every value
         values = ns["TUNABLES"][knob]
-        assert {c[knob] for c in BITMASK_SAMPLE} | {ns["CONFIG"].get(knob, values[0])} == set(values), knob
+        assert {c.get(knob, values[0]) for c in BITMASK_SAMPLE} | {ns["CONFIG"].get(knob, values[0])} == set(values), knob
 
 
 @pytest.mark.parametrize("idx", range(len(BITMASK_SAMPLE)))
@@ -199,6 +206,23 @@ def test_bitmask_skip_ones_with_inverted_test_is_incorrect(quick_evaluator, tmp_
                   "tl.sum((words != -1).to(tl.int32), 0) == 0")
     rep = quick_evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
+
+
+# WORD_TILE's per-word predicates, each broken the way a plausible edit would break it.
+WORD_TILE_WRONG = {
+    "rmw_reads_nothing": ("vals = tl.load(ptrs, mask=mixed)", "vals = tl.load(ptrs, mask=mixed & blocked, other=0.0)"),
+    "zero_words_skipped": ("mask=touched & (words == 0)[:, None])", "mask=touched & (words == 1)[:, None])"),
+    "mixed_word_whole": ("tl.store(ptrs, inf, mask=mixed & blocked)", "tl.store(ptrs, inf, mask=mixed)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WORD_TILE_WRONG))
+def test_bitmask_word_tile_wrong_predicate_is_incorrect(quick_evaluator, tmp_path, name):
+    bt = load_task("grammar_bitmask")
+    cfg = BITMASK_SAMPLE[4] if name == "rmw_reads_nothing" else BITMASK_SAMPLE[5]
+    path = variant(with_config(BITMASK_SEED, tmp_path, "bm_cfg", cfg), tmp_path, "bm_" + name, *WORD_TILE_WRONG[name])
+    rep = quick_evaluator.evaluate(bt, solution_from_kernel_file(bt, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
 def test_bitmask_persistent_grid_that_skips_blocks_is_incorrect(quick_evaluator, tmp_path):

@@ -20,6 +20,9 @@ TUNABLES = dict(
     SKIP_ONES=[False, True],  # a block whose words are all -1 (every token allowed) issues no store
     BROADCAST_WORDS=[False, True],  # load each 32-bit word once and expand it to 32 lanes (xgrammar's
     # kernel does this), instead of one gathered word load per token
+    WORD_TILE=[False, True],  # a [words, 32] tile with one predicate per word: all-ones words issue nothing,
+    # all-zeros words one full-width -inf store, mixed words per RMW (read + full store) or a masked store.
+    # Per-word predicates keep 16-byte vector stores where a per-token mask forces one store per logit.
 )
 
 
@@ -38,41 +41,75 @@ def _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE: tl.constexpr, RMW: tl.co
 
 
 @triton.jit
+def _bitmask_word_tile(logits_ptr, bitmask_ptr, row, vocab, logits_stride, bitmask_stride, tile,
+                       BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, SKIP_ONES: tl.constexpr):
+    """WORD_TILE: tokens [tile*BLOCK_SIZE, +BLOCK_SIZE) as BLOCK_SIZE//32 words x 32 bits."""
+    w_offs = tile * (BLOCK_SIZE // 32) + tl.arange(0, BLOCK_SIZE // 32)
+    words = tl.load(bitmask_ptr + row * bitmask_stride + w_offs, mask=w_offs < tl.cdiv(vocab, 32), other=-1)
+    offs = w_offs[:, None] * 32 + tl.arange(0, 32)[None, :]
+    in_vocab = offs < vocab
+    ptrs = logits_ptr + row * logits_stride + offs
+    blocked = ((words[:, None] >> tl.arange(0, 32)[None, :]) & 1) == 0
+    touched = in_vocab & (words != -1)[:, None]  # constant along a word: the stores stay vectorised
+    mixed = touched & (words != 0)[:, None]
+    if SKIP_ONES:
+        if tl.max((words != -1).to(tl.int32), 0) > 0:
+            _word_tile_store(ptrs, words, blocked, touched, mixed, BLOCK_SIZE, RMW)
+    else:
+        _word_tile_store(ptrs, words, blocked, touched, mixed, BLOCK_SIZE, RMW)
+
+
+@triton.jit
+def _word_tile_store(ptrs, words, blocked, touched, mixed, BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr):
+    if RMW:
+        vals = tl.load(ptrs, mask=mixed)  # only mixed words are read; all-zeros words need no data
+        tl.store(ptrs, tl.where(blocked, -float("inf"), vals), mask=touched)
+    else:
+        inf = tl.full([BLOCK_SIZE // 32, 32], -float("inf"), ptrs.dtype.element_ty)
+        tl.store(ptrs, inf, mask=touched & (words == 0)[:, None])
+        tl.store(ptrs, inf, mask=mixed & blocked)
+
+
+@triton.jit
 def _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, i, n_blocks,
                    BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, SKIP_ONES: tl.constexpr,
-                   BROADCAST_WORDS: tl.constexpr):
+                   BROADCAST_WORDS: tl.constexpr, WORD_TILE: tl.constexpr):
     """Mask block i = (index row i // n_blocks, token block i % n_blocks)."""
     row = tl.load(indices_ptr + i // n_blocks).to(tl.int64)
-    offs = (i % n_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    in_vocab = offs < vocab
-    if BROADCAST_WORDS:
-        w_offs = (i % n_blocks) * (BLOCK_SIZE // 32) + tl.arange(0, BLOCK_SIZE // 32)
-        words = tl.load(bitmask_ptr + row * bitmask_stride + w_offs, mask=w_offs < tl.cdiv(vocab, 32), other=-1)
-        bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1
-        blocked = tl.reshape(bits == 0, [BLOCK_SIZE])  # order-preserving: token w*32+b is word w, bit b
+    if WORD_TILE:
+        _bitmask_word_tile(logits_ptr, bitmask_ptr, row, vocab, logits_stride, bitmask_stride, i % n_blocks,
+                           BLOCK_SIZE, RMW, SKIP_ONES)
     else:
-        words = tl.load(bitmask_ptr + row * bitmask_stride + offs // 32, mask=in_vocab, other=-1)
-        blocked = ((words >> (offs % 32)) & 1) == 0
-    ptrs = logits_ptr + row * logits_stride + offs
-    # SKIP_ONES: grammars allow most of the vocabulary, so many blocks are all -1 words.
-    if SKIP_ONES:
-        if tl.sum((words != -1).to(tl.int32), 0) > 0:
+        offs = (i % n_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        in_vocab = offs < vocab
+        if BROADCAST_WORDS:
+            w_offs = (i % n_blocks) * (BLOCK_SIZE // 32) + tl.arange(0, BLOCK_SIZE // 32)
+            words = tl.load(bitmask_ptr + row * bitmask_stride + w_offs, mask=w_offs < tl.cdiv(vocab, 32), other=-1)
+            bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1
+            blocked = tl.reshape(bits == 0, [BLOCK_SIZE])  # order-preserving: token w*32+b is word w, bit b
+        else:
+            words = tl.load(bitmask_ptr + row * bitmask_stride + offs // 32, mask=in_vocab, other=-1)
+            blocked = ((words >> (offs % 32)) & 1) == 0
+        ptrs = logits_ptr + row * logits_stride + offs
+        # SKIP_ONES: grammars allow most of the vocabulary, so many blocks are all -1 words.
+        if SKIP_ONES:
+            if tl.sum((words != -1).to(tl.int32), 0) > 0:
+                _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE, RMW)
+        else:
             _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE, RMW)
-    else:
-        _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE, RMW)
 
 
 @triton.jit
 def _bitmask_kernel(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, n_blocks, n_tiles,
                     BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, PERSISTENT: tl.constexpr, SKIP_ONES: tl.constexpr,
-                    BROADCAST_WORDS: tl.constexpr):
+                    BROADCAST_WORDS: tl.constexpr, WORD_TILE: tl.constexpr):
     if PERSISTENT:
         for i in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
             _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride, i, n_blocks,
-                           BLOCK_SIZE, RMW, SKIP_ONES, BROADCAST_WORDS)
+                           BLOCK_SIZE, RMW, SKIP_ONES, BROADCAST_WORDS, WORD_TILE)
     else:
         _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, bitmask_stride,
-                       tl.program_id(0), n_blocks, BLOCK_SIZE, RMW, SKIP_ONES, BROADCAST_WORDS)
+                       tl.program_id(0), n_blocks, BLOCK_SIZE, RMW, SKIP_ONES, BROADCAST_WORDS, WORD_TILE)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -91,5 +128,5 @@ def run(logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor) -> N
     grid = (min(n_tiles, _knob("PROGRAMS_PER_SM") * _num_sms(logits.device)) if _knob("PERSISTENT") else n_tiles,)
     _bitmask_kernel[grid](logits, bitmask, indices, vocab, logits.stride(0), bitmask.stride(0), n_blocks, n_tiles,
                           BLOCK_SIZE=CONFIG["BLOCK_SIZE"], RMW=CONFIG["RMW"], PERSISTENT=_knob("PERSISTENT"),
-                          SKIP_ONES=_knob("SKIP_ONES"), BROADCAST_WORDS=_knob("BROADCAST_WORDS"),
+                          SKIP_ONES=_knob("SKIP_ONES"), BROADCAST_WORDS=_knob("BROADCAST_WORDS"), WORD_TILE=_knob("WORD_TILE"),
                           num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
