@@ -51,6 +51,12 @@ for HF, ST in itertools.product((True, False), (False, True)):
     jobs.append(("bhsd H_FAST=%s%s" % (HF, " STREAM=True" * ST), b._bshd_to_bhsd_kernel,
                  {"x_ptr": "*bf16", "y_ptr": "*bf16", "S": "i32", "H": "i32", "D": "i32", "BLOCK_S": "constexpr", "BLOCK_D": "constexpr", "H_FAST": "constexpr",
                   "STREAM": "constexpr"}, {"BLOCK_S": 16, "BLOCK_D": 128, "H_FAST": HF, "STREAM": ST}, STREAM_PTX if ST else {}))
+for bs in (16, 128):  # TMA: boxes through host descriptors, the bulk tensor copies in the PTX
+    desc = "tensordesc<bf16[1, %d, 128]>" % bs
+    jobs.append(("bhsd TMA BLOCK_S=%d" % bs, b._bshd_to_bhsd_tma_kernel,
+                 {"x_desc": desc, "y_desc": desc, "S": "i32", "H": "i32", "D": "i32", "BLOCK_S": "constexpr",
+                  "BLOCK_D": "constexpr", "H_FAST": "constexpr"}, {"BLOCK_S": bs, "BLOCK_D": 128, "H_FAST": True},
+                 dict(ptx=("cp.async.bulk.tensor.3d.shared::cta.global", "cp.async.bulk.tensor.3d.global.shared::cta"))))
 kv = load("kernels/layout/kv_paged_seed.py")
 for KT, ST in itertools.product((True, False), (False, True)):
     jobs.append(("kv_paged KV_TOGETHER=%s%s" % (KT, " STREAM=True" * ST), kv._kv_paged_kernel,

@@ -80,6 +80,30 @@ TUNABLE_SAMPLE = {
 }
 
 
+# TMA: boxes through host tensor descriptors where TMA's 16-byte rules hold (three of the four cpu
+# workloads; D=130 fp32 takes the pointer path), each tile size with ragged seq tails.
+BHSD_TMA_SAMPLE = [dict(BLOCK_S=4, BLOCK_D=16, H_FAST=False, num_warps=1, TMA=True),
+                   dict(BLOCK_S=128, BLOCK_D=128, H_FAST=True, num_warps=4, TMA=True)]
+
+
+@pytest.mark.parametrize("idx", range(len(BHSD_TMA_SAMPLE)))
+def test_bhsd_tma_knob_passes(idx, quick_evaluator, tmp_path):
+    task = load_task("layout_bshd_to_bhsd")
+    cfg = dict(TUNABLE_SAMPLE["layout_bshd_to_bhsd"], STREAM=False, **BHSD_TMA_SAMPLE[idx])
+    path = with_config(default_seed_path(task.name), tmp_path, f"tma{idx}", cfg)
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.PASSED, rep.message
+
+
+def test_bhsd_tma_wrong_store_row_is_incorrect(quick_evaluator, tmp_path):
+    task = load_task("layout_bshd_to_bhsd")
+    cfg = dict(TUNABLE_SAMPLE["layout_bshd_to_bhsd"], STREAM=False, **BHSD_TMA_SAMPLE[1])
+    path = variant(with_config(default_seed_path(task.name), tmp_path, "tma", cfg), tmp_path, "tma_wrong",
+                   "y_desc.store([b * H + h, s_tile", "y_desc.store([b * H + (h + 1) % H, s_tile")
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
+
+
 @pytest.mark.parametrize("name", sorted(TUNABLE_SAMPLE))
 def test_layout_tunable_combination_passes(name, quick_evaluator, tmp_path):
     task = load_task(name)
@@ -107,7 +131,8 @@ def test_layout_stream_knob_passes_interpreter_evaluation(name, quick_evaluator,
 
 def test_layout_stream_variants_compile_sm90():
     # Every layout seed's branches with STREAM off and on (tests/compile_sm90.py layout; TRITON_INTERPRET
-    # unset, so a subprocess): STREAM=True points must emit ld.global.L1::evict_first and st.global.cs.
+    # unset, so a subprocess): STREAM=True points must emit ld.global.L1::evict_first and st.global.cs, bhsd's
+    # TMA points the bulk tensor copies.
     import os
     import subprocess
     import sys
@@ -116,7 +141,8 @@ def test_layout_stream_variants_compile_sm90():
     r = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "compile_sm90.py"), "layout"], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("OK  ") == 16 and r.stdout.count("STREAM=True") == 8 and "FAIL" not in r.stdout, r.stdout
+    assert r.stdout.count("OK  ") == 18 and r.stdout.count("STREAM=True") == 8 and "FAIL" not in r.stdout, r.stdout
+    assert r.stdout.count("bhsd TMA") == 2, r.stdout
 
 
 WRONG_VARIANTS = {  # name -> (task, old, new)
