@@ -10,7 +10,7 @@
 #   bash scripts/gpu_verify.sh agentic   # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e       # avo.apply in transformers + xgrammar: tokens and tokens/s
 #   bash scripts/gpu_verify.sh bench     # peer benchmark scripts (attention, memory-bound)
-#   bash scripts/gpu_verify.sh bench-attention|bench-megakernel  # the evolved artifacts vs seeds and peers
+#   bash scripts/gpu_verify.sh bench-attention|bench-megakernel|bench-grammar  # the evolved artifacts vs seeds and peers
 #   bash scripts/gpu_verify.sh sweep     # scripts/sweep_knobs.py over the seeds' newer knobs (design-space map)
 # MINUTES is the run's total wall budget: a resumed run (lineages/<run> carried along) counts the
 # minutes it already ran, so pass the old total plus what you want to add.
@@ -64,6 +64,11 @@ case "${1:-evals}" in
     timeout "${BENCH_S:-540}" python3 scripts/bench_memory_bound.py --tasks grammar_bitmask layout_transpose2d layout_bshd_to_bhsd \
       layout_bshd_to_bhds layout_kv_paged --kernel layout_transpose2d=kernels/layout/evolved/transpose2d_h100/sources/kernel.py 2>&1 \
       | tee "$OUT/bench_memory.log" | tail -70
+    cp docs/benchmarks.md "$OUT/" ;;
+  bench-grammar)  # grammar_bitmask alone: the gpu-grammar lineage's winner if it ran here, else the seed, vs xgrammar
+    f=$(ls artifacts/gpu-grammar/grammar_bitmask/best-*/sources/kernel.py 2>/dev/null | head -1)
+    timeout "${BENCH_S:-200}" python3 scripts/bench_memory_bound.py --tasks grammar_bitmask \
+      ${f:+--kernel grammar_bitmask=$f} 2>&1 | tee "$OUT/bench_grammar.log" | tail -25
     cp docs/benchmarks.md "$OUT/" ;;
   bench-megakernel)
     timeout "${BENCH_S:-400}" python3 scripts/bench_memory_bound.py --tasks megakernel_decode_layer \
