@@ -118,7 +118,7 @@ def test_malformed_tool_calls_are_answered_and_the_loop_goes_on(tmp_path, provid
     assert "search text not found" in r2 and "Nearest line 11" in r2 and "CONFIG = dict(BLOCK_SIZE=256" in r2
     r3 = tool_results(srv, 3)
     lines = [i for i, l in enumerate(SEED.splitlines(), 1) if "tl.store(" in l]
-    assert "found 2 times" in r3 and f"lines {lines[0]}, {lines[1]}" in r3
+    assert len(lines) >= 2 and f"found {len(lines)} times" in r3 and f"lines {lines[0]}, {lines[1]}" in r3
     assert "without '..'" in tool_results(srv, 4)
     assert "Continue with the tools" in tool_results(srv, 5)
     assert (tmp_path / "step" / "workspace" / "kernel.py").read_text() == SEED  # no edit went through
