@@ -173,7 +173,7 @@ case "${1:-evals}" in
   sweep17)  # grammar bitmask: WORD_TILE (per-word predicates, vector stores; RMW reads mixed words only) next to xgrammar's
     # Triton kernel; layout bshd->bhsd through TMA descriptors
     B='"BLOCK_SIZE"'; W='"WORD_TILE":true'
-    sw 300 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' \
+    sw 240 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' \
       "{$B:4096,\"num_warps\":16,\"num_stages\":3,\"BROADCAST_WORDS\":true}" \
       "{$B:1024,\"num_warps\":4,\"RMW\":true,$W}" "{$B:2048,\"num_warps\":8,\"RMW\":true,$W}" \
       "{$B:4096,\"num_warps\":8,\"RMW\":true,$W}" "{$B:4096,\"num_warps\":16,\"RMW\":true,$W}" \
@@ -184,7 +184,7 @@ case "${1:-evals}" in
       --peers "xgrammar triton"  # last: --peers takes every argument after it
     # layout bshd->bhsd: [BLOCK_S, BLOCK_D] boxes through TMA descriptors (the copy engine, no per-thread addresses)
     T='"TMA":true'
-    sw 200 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py '{}' "{\"BLOCK_S\":16,$T}" "{\"BLOCK_S\":32,$T}" \
+    sw 120 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py '{}' "{\"BLOCK_S\":16,$T}" "{\"BLOCK_S\":32,$T}" \
       "{\"BLOCK_S\":64,$T}" "{\"BLOCK_S\":128,$T}" "{\"BLOCK_S\":256,$T}" "{\"BLOCK_S\":64,\"num_warps\":1,$T}" \
       "{\"BLOCK_S\":128,\"num_warps\":1,$T}" "{\"BLOCK_S\":64,\"H_FAST\":false,$T}" "{\"BLOCK_S\":32,\"num_warps\":8}"
     cp "$OUT/sweep.log" "$OUT/sweep17.log" ;;
