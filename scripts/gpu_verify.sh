@@ -171,7 +171,7 @@ case "${1:-evals}" in
     done
     cp "$OUT/sweep.log" "$OUT/sweep15.log" ;;
   sweep17)  # grammar bitmask: WORD_TILE (per-word predicates, vector stores; RMW reads mixed words only) next to xgrammar's
-    # Triton kernel; layout bshd->bhsd through TMA descriptors
+    # Triton kernel; layout bshd->bhsd and transpose2d through TMA descriptors
     B='"BLOCK_SIZE"'; W='"WORD_TILE":true'
     sw 240 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' \
       "{$B:4096,\"num_warps\":16,\"num_stages\":3,\"BROADCAST_WORDS\":true}" \
@@ -187,6 +187,9 @@ case "${1:-evals}" in
     sw 120 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py '{}' "{\"BLOCK_S\":16,$T}" "{\"BLOCK_S\":32,$T}" \
       "{\"BLOCK_S\":64,$T}" "{\"BLOCK_S\":128,$T}" "{\"BLOCK_S\":256,$T}" "{\"BLOCK_S\":64,\"num_warps\":1,$T}" \
       "{\"BLOCK_S\":128,\"num_warps\":1,$T}" "{\"BLOCK_S\":64,\"H_FAST\":false,$T}" "{\"BLOCK_S\":32,\"num_warps\":8}"
+    sw 120 layout_transpose2d kernels/layout/transpose2d_seed.py --workloads '16384|8192' '{}' '{"BLOCK_R":128}' \
+      "{\"BLOCK_R\":128,$T}" "{\"BLOCK_R\":64,\"BLOCK_C\":128,$T}" "{\"BLOCK_R\":128,\"BLOCK_C\":128,\"num_warps\":8,$T}" \
+      "{\"BLOCK_R\":32,\"BLOCK_C\":128,$T}"
     cp "$OUT/sweep.log" "$OUT/sweep17.log" ;;
   sweep16)  # ATTN_LAST_COMBINES (the last attention split combines: no combine launch) at the recipe's point
     U='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":4,"PDL":true,"SPLIT_K_QO":2,"ACT_NARROW":true,"FUSE_NORM_UPTO":1,"PREFETCH":1'

@@ -46,6 +46,12 @@ for path, tag in (("kernels/layout/transpose2d_seed.py", "transpose"), ("kernels
         jobs.append(("%s TRANS=%s%s" % (tag, TR, " STREAM=True" * ST), t._batched_transpose_kernel,
                      {"x_ptr": "*bf16", "y_ptr": "*bf16", "R": "i32", "C": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr", "GROUP": "constexpr", "TRANS": "constexpr",
                       "STREAM": "constexpr"}, {"BLOCK_R": 64, "BLOCK_C": 64, "GROUP": 8, "TRANS": TR, "STREAM": ST}, STREAM_PTX if ST else {}))
+    # TMA: the tile in and out through host descriptors (bulk tensor copies in the PTX)
+    desc_in, desc_out = "tensordesc<bf16[1, 64, 128]>", "tensordesc<bf16[1, 128, 64]>"
+    jobs.append(("%s transpose TMA" % tag, t._transpose_tma_kernel,
+                 {"x_desc": desc_in, "y_desc": desc_out, "R": "i32", "C": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr",
+                  "GROUP": "constexpr"}, {"BLOCK_R": 64, "BLOCK_C": 128, "GROUP": 8},
+                 dict(ptx=("cp.async.bulk.tensor.3d.shared::cta.global", "cp.async.bulk.tensor.3d.global.shared::cta"))))
 b = load("kernels/layout/bshd_to_bhsd_seed.py")
 for HF, ST in itertools.product((True, False), (False, True)):
     jobs.append(("bhsd H_FAST=%s%s" % (HF, " STREAM=True" * ST), b._bshd_to_bhsd_kernel,

@@ -95,6 +95,42 @@ def test_bhsd_tma_knob_passes(idx, quick_evaluator, tmp_path):
     assert rep.status == S.PASSED, rep.message
 
 
+# The transpose seeds' TMA path needs 16-byte rows on both sides, which no cpu workload has: run() on
+# such shapes in the interpreter (a subprocess: TRITON_INTERPRET must be set before triton loads).
+TRANSPOSE_TMA_CHECK = """
+import importlib.util, itertools, torch
+for path, kind in [("kernels/layout/transpose2d_seed.py", "2d"), ("kernels/layout/bshd_to_bhds_seed.py", "bhds")]:
+    spec = importlib.util.spec_from_file_location("m" + kind, path)
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    shapes = [((40, 72), torch.float32), ((24, 136), torch.float16)] if kind == "2d" else \
+             [((2, 40, 3, 24), torch.float32), ((1, 24, 5, 8), torch.float16)]
+    for (shp, dt), br, bc, g in itertools.product(shapes, [16, 32], [16, 64], [1, 4]):
+        m.CONFIG = dict(BLOCK_R=br, BLOCK_C=bc, GROUP=g, TRANS=True, STREAM=False, num_warps=4, num_stages=1, TMA=True)
+        x = torch.randn(*shp).to(dt)
+        y, want = ((torch.empty(shp[1], shp[0], dtype=dt), x.t()) if kind == "2d" else
+                   (torch.empty(shp[0], shp[2], shp[3], shp[1], dtype=dt), x.permute(0, 2, 3, 1)))
+        r, c = (shp if kind == "2d" else (shp[1], shp[2] * shp[3]))
+        assert m._tma_fits(x, y, r, c), (kind, shp)
+        m.run(x, y)
+        assert torch.equal(y, want), (kind, shp, br, bc, g)
+print("TMA OK")
+"""
+
+
+def test_transpose_seeds_tma_path_copies_exactly():
+    import os
+    import subprocess
+    import sys
+    from avo.tasks import REPO_ROOT
+    r = subprocess.run([sys.executable, "-c", TRANSPOSE_TMA_CHECK], cwd=REPO_ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, TRITON_INTERPRET="1"), timeout=300)
+    assert r.returncode == 0 and "TMA OK" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+    bad = TRANSPOSE_TMA_CHECK.replace("m.run(x, y)", "m.run(x, y); y.zero_()")
+    r = subprocess.run([sys.executable, "-c", bad], cwd=REPO_ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, TRITON_INTERPRET="1"), timeout=300)
+    assert r.returncode != 0 and "AssertionError" in r.stderr  # the check fails when the output is wrong
+
+
 def test_bhsd_tma_wrong_store_row_is_incorrect(quick_evaluator, tmp_path):
     task = load_task("layout_bshd_to_bhsd")
     cfg = dict(TUNABLE_SAMPLE["layout_bshd_to_bhsd"], STREAM=False, **BHSD_TMA_SAMPLE[1])
@@ -141,8 +177,8 @@ def test_layout_stream_variants_compile_sm90():
     r = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "compile_sm90.py"), "layout"], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("OK  ") == 18 and r.stdout.count("STREAM=True") == 8 and "FAIL" not in r.stdout, r.stdout
-    assert r.stdout.count("bhsd TMA") == 2, r.stdout
+    assert r.stdout.count("OK  ") == 20 and r.stdout.count("STREAM=True") == 8 and "FAIL" not in r.stdout, r.stdout
+    assert r.stdout.count("bhsd TMA") == 2 and r.stdout.count("transpose TMA") == 2, r.stdout
 
 
 WRONG_VARIANTS = {  # name -> (task, old, new)

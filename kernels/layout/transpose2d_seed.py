@@ -6,9 +6,10 @@ Each program loads a BLOCK_R x BLOCK_C tile (coalesced along cols), transposes i
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_R=64, BLOCK_C=64, GROUP=8, TRANS=True, STREAM=False, num_warps=4, num_stages=1)
+CONFIG = dict(BLOCK_R=64, BLOCK_C=64, GROUP=8, TRANS=True, STREAM=False, num_warps=4, num_stages=1, TMA=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK_R=[16, 32, 64, 128],
@@ -18,6 +19,7 @@ TUNABLES = dict(
     STREAM=[False, True],  # evict_first loads, .cs stores: data touched once stays out of L2
     num_warps=[1, 2, 4, 8],
     num_stages=[1, 2, 3],
+    TMA=[False, True],  # tiles in and out through TMA descriptors ([nb, R, C] -> [nb, C, R]); pointers where TMA can't
 )
 
 
@@ -48,10 +50,41 @@ def _batched_transpose_kernel(x_ptr, y_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C
         tl.store(y_ptr + base + offs_c[None, :] * R + offs_r[:, None], tile, mask=mask, cache_modifier=CACHE)
 
 
+@triton.jit
+def _transpose_tma_kernel(x_desc, y_desc, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GROUP: tl.constexpr):
+    """TMA: the tile comes in as a [1, BLOCK_R, BLOCK_C] box of x [nb, R, C] (zeros past the edges) and
+    leaves as a [1, BLOCK_C, BLOCK_R] box of y [nb, C, R] (clipped at the edges)."""
+    pid = tl.program_id(0)
+    n_c = tl.cdiv(C, BLOCK_C)
+    in_group = GROUP * n_c
+    first_r = (pid // in_group) * GROUP
+    size = tl.minimum(tl.cdiv(R, BLOCK_R) - first_r, GROUP)
+    pid_r = first_r + (pid % in_group) % size
+    pid_c = (pid % in_group) // size
+    b = tl.program_id(1)
+    box = tl.reshape(x_desc.load([b, pid_r * BLOCK_R, pid_c * BLOCK_C]), [BLOCK_R, BLOCK_C])
+    y_desc.store([b, pid_c * BLOCK_C, pid_r * BLOCK_R], tl.reshape(tl.trans(box), [1, BLOCK_C, BLOCK_R]))
+
+
+def _tma_fits(x: torch.Tensor, y: torch.Tensor, r: int, c: int) -> bool:
+    """TMA's rules for the [nb, r, c] and [nb, c, r] views (dense, as the pointer path assumes too):
+    16-byte aligned starts (storages are) and rows, boxes of at least 16 bytes along the inner dim."""
+    isz = x.element_size()
+    return (not (x.storage_offset() | y.storage_offset()) * isz % 16 and not (r * isz) % 16 and not (c * isz) % 16
+            and min(CONFIG["BLOCK_R"], CONFIG["BLOCK_C"]) * isz >= 16)
+
+
 def _launch(x: torch.Tensor, y: torch.Tensor, nb: int, r: int, c: int) -> None:
     if nb * r * c == 0:
         return
     grid = (triton.cdiv(r, CONFIG["BLOCK_R"]) * triton.cdiv(c, CONFIG["BLOCK_C"]), nb)
+    if CONFIG.get("TMA") and _tma_fits(x, y, r, c):  # absent in older lineages: off
+        br, bc = CONFIG["BLOCK_R"], CONFIG["BLOCK_C"]
+        x_desc = TensorDescriptor(x, [nb, r, c], [r * c, c, 1], [1, br, bc])
+        y_desc = TensorDescriptor(y, [nb, c, r], [r * c, r, 1], [1, bc, br])
+        _transpose_tma_kernel[grid](x_desc, y_desc, r, c, BLOCK_R=br, BLOCK_C=bc, GROUP=CONFIG["GROUP"],
+                                    num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
+        return
     _batched_transpose_kernel[grid](x, y, r, c, BLOCK_R=CONFIG["BLOCK_R"], BLOCK_C=CONFIG["BLOCK_C"],
                                     GROUP=CONFIG["GROUP"], TRANS=CONFIG["TRANS"], STREAM=CONFIG["STREAM"],
                                     num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
