@@ -181,7 +181,7 @@ case "${1:-evals}" in
       "{$B:4096,\"num_warps\":16,\"RMW\":false,$W}" "{$B:4096,\"num_warps\":16,\"RMW\":true,\"PERSISTENT\":true,\"PROGRAMS_PER_SM\":2,$W}" \
       "{$B:2048,\"num_warps\":8,\"RMW\":true,\"PERSISTENT\":true,\"PROGRAMS_PER_SM\":4,$W}" \
       "{$B:2048,\"num_warps\":8,\"RMW\":true,\"SKIP_ONES\":true,$W}" "{$B:4096,\"num_warps\":8,\"num_stages\":3,\"RMW\":true,$W}" \
-      --peers "xgrammar triton"  # last: --peers takes every argument after it
+      --peer "xgrammar triton"
     # layout bshd->bhsd: [BLOCK_S, BLOCK_D] boxes through TMA descriptors (the copy engine, no per-thread addresses)
     T='"TMA":true'
     sw 120 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py '{}' "{\"BLOCK_S\":16,$T}" "{\"BLOCK_S\":32,$T}" \
@@ -238,7 +238,7 @@ case "${1:-evals}" in
     sw 100 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' '{"BROADCAST_WORDS":true}' \
       '{"BROADCAST_WORDS":true,"BLOCK_SIZE":1024}' '{"BROADCAST_WORDS":true,"BLOCK_SIZE":4096,"num_warps":8}' \
       '{"BROADCAST_WORDS":true,"PERSISTENT":true,"PROGRAMS_PER_SM":2,"BLOCK_SIZE":4096,"num_warps":8}' \
-      '{"PERSISTENT":true,"PROGRAMS_PER_SM":4,"BLOCK_SIZE":2048,"num_warps":8}' --peers 'xgrammar triton'
+      '{"PERSISTENT":true,"PROGRAMS_PER_SM":4,"BLOCK_SIZE":2048,"num_warps":8}' --peer 'xgrammar triton'
     E='"BLOCK_M":128,"BLOCK_N":64,"num_warps":8,"num_stages":3,"EXP2":true,"CAUSAL_SKIP":true'
     sw 150 attention_mha_fwd kernels/attention/mha_fwd_seed.py --workloads 'b4_h32_s4096_d128' "{$E}" \
       "{$E,\"PEEL_TAIL\":true}" "{$E,\"WARP_SPEC\":true}" "{$E,\"PEEL_TAIL\":true,\"WARP_SPEC\":true}" \

@@ -89,7 +89,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("kernel", type=Path)
     ap.add_argument("settings", nargs="+", help="JSON objects merged into CONFIG")
     ap.add_argument("--workloads", default=None, help="regex on GPU workload uuids")
-    ap.add_argument("--peers", nargs="*", default=[], help="peer rows from bench_memory_bound (e.g. 'xgrammar triton')")
+    ap.add_argument("--peer", "--peers", dest="peers", action="append", default=[],
+                    help="a peer row from bench_memory_bound (e.g. 'xgrammar triton'); repeat for more")
     ap.add_argument("--fp32-reference", action="store_true",
                     help="check against the reference run on fp32 copies (as the evaluator does) instead of eager "
                          "in the input dtype, whose own rounding fails bf16 attention at the task's tolerance")
@@ -106,6 +107,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             mods.append(importlib.util.module_from_spec(spec))
             spec.loader.exec_module(mods[-1])
         settings = parse_settings(a.settings, mods[0].TUNABLES)
+        known = bmb.PEERS.get(bmb.family(a.task), [])
+        bad = [p for p in a.peers if p not in known or p == "torch eager"]
+        if bad:
+            raise bmb.BenchError(f"peer {bad[0]!r} is not one of {a.task}'s: {', '.join(known[1:]) or 'none'}")
         wls = [w for w in task.select("gpu") if not a.workloads or bmb.re.search(a.workloads, w.uuid)]
         if not wls:
             raise bmb.BenchError(f"no GPU workload of {a.task} matches {a.workloads!r}")

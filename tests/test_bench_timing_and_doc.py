@@ -112,3 +112,25 @@ def test_engine_decode_layer_peer_matches_the_task_reference():
         got = bmb.engine_decode_layer(*args)()
         for name, g, e in zip(d.result_names, got, want):
             assert compare(name, g, e, e.dtype, d.tolerance, device="cpu").status.value == "PASSED", (w.uuid, name)
+
+
+def test_sweep_knobs_peer_flag_takes_one_name_and_bad_input_is_one_line():
+    """scripts/sweep_knobs.py on a CPU stops at 'no CUDA device' once its arguments parse: a --peer
+    before the settings leaves them to the settings (it used to swallow every argument after it);
+    an unknown peer, a setting outside TUNABLES and bad JSON are one-line errors (exit 2)."""
+    import subprocess
+    import sys
+    from avo.tasks import REPO_ROOT
+    def sweep(*args):
+        r = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "sweep_knobs.py"), "grammar_bitmask",
+                            "kernels/grammar/bitmask_seed.py", *args], capture_output=True, text=True, timeout=120,
+                           cwd=REPO_ROOT)
+        return r.returncode, r.stderr.strip().splitlines()
+    assert sweep("--peer", "xgrammar triton", "{}", '{"WORD_TILE": true}') == (2, ["error: no CUDA device"])
+    assert sweep("{}", "--peers", "xgrammar triton") == (2, ["error: no CUDA device"])
+    rc, err = sweep("--peer", "bogus", "{}")
+    assert rc == 2 and err == ["error: peer 'bogus' is not one of grammar_bitmask's: xgrammar triton"]
+    rc, err = sweep('{"WORD_TILE": 3}')
+    assert rc == 2 and len(err) == 1 and "WORD_TILE=3 not in the kernel's TUNABLES" in err[0]
+    rc, err = sweep("{nope")
+    assert rc == 2 and len(err) == 1 and "is not JSON" in err[0]
