@@ -181,6 +181,7 @@ case "${1:-evals}" in
       "{$B:4096,\"num_warps\":16,\"RMW\":false,$W}" "{$B:4096,\"num_warps\":16,\"RMW\":true,\"PERSISTENT\":true,\"PROGRAMS_PER_SM\":2,$W}" \
       "{$B:2048,\"num_warps\":8,\"RMW\":true,\"PERSISTENT\":true,\"PROGRAMS_PER_SM\":4,$W}" \
       "{$B:2048,\"num_warps\":8,\"RMW\":true,\"SKIP_ONES\":true,$W}" "{$B:4096,\"num_warps\":8,\"num_stages\":3,\"RMW\":true,$W}" \
+      "{$B:4096,\"num_warps\":8,\"RMW\":true,\"AUTO_BLOCK\":true,$W}" \
       --peer "xgrammar triton"
     # layout bshd->bhsd: [BLOCK_S, BLOCK_D] boxes through TMA descriptors (the copy engine, no per-thread addresses)
     T='"TMA":true'

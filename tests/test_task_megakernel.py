@@ -178,15 +178,18 @@ BITMASK_SAMPLE = [
          BROADCAST_WORDS=False, WORD_TILE=True),
     dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=True, PERSISTENT=True, PROGRAMS_PER_SM=4, SKIP_ONES=True,
          BROADCAST_WORDS=False, WORD_TILE=True),
+    # AUTO_BLOCK: 8192 halves to 1024 on the cpu workloads (4 pretend SMs, a few short rows)
+    dict(BLOCK_SIZE=8192, num_warps=8, num_stages=1, RMW=True, PERSISTENT=False, PROGRAMS_PER_SM=1, SKIP_ONES=False,
+         BROADCAST_WORDS=False, WORD_TILE=True, AUTO_BLOCK=True),
 ]
 
 
 def test_bitmask_seed_config_is_unchanged_and_new_knobs_default_off():
     ns = namespace(BITMASK_SEED.read_text(), str(BITMASK_SEED))
     assert ns["CONFIG"] == dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=False)
-    assert {k: ns["TUNABLES"][k][0] for k in ("PERSISTENT", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE")} == \
-        {"PERSISTENT": False, "SKIP_ONES": False, "BROADCAST_WORDS": False, "WORD_TILE": False}
-    for knob in ("RMW", "PERSISTENT", "PROGRAMS_PER_SM", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE"):  # every value
+    assert {k: ns["TUNABLES"][k][0] for k in ("PERSISTENT", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE", "AUTO_BLOCK")} \
+        == {"PERSISTENT": False, "SKIP_ONES": False, "BROADCAST_WORDS": False, "WORD_TILE": False, "AUTO_BLOCK": False}
+    for knob in ("RMW", "PERSISTENT", "PROGRAMS_PER_SM", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE", "AUTO_BLOCK"):
         values = ns["TUNABLES"][knob]
         assert {c.get(knob, values[0]) for c in BITMASK_SAMPLE} | {ns["CONFIG"].get(knob, values[0])} == set(values), knob
 
@@ -214,6 +217,22 @@ WORD_TILE_WRONG = {
     "zero_words_skipped": ("mask=touched & (words == 0)[:, None])", "mask=touched & (words == 1)[:, None])"),
     "mixed_word_whole": ("tl.store(ptrs, inf, mask=mixed & blocked)", "tl.store(ptrs, inf, mask=mixed)"),
 }
+
+
+def test_bitmask_auto_block_sizes_the_grid_per_call():
+    # The block each call launches with: halved (not below 1024) until rows x blocks cover the SMs.
+    ns = namespace(BITMASK_SEED.read_text(), str(BITMASK_SEED))
+    seen = []
+    class Launcher:  # stands in for the Triton launch: records BLOCK_SIZE, runs nothing
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.append((grid[0], kw["BLOCK_SIZE"]))
+    ns["_bitmask_kernel"] = Launcher()
+    ns["_num_sms"] = lambda device: 132
+    ns["CONFIG"].update(BLOCK_SIZE=8192, AUTO_BLOCK=True)
+    for rows in (1, 4, 64):
+        logits = torch.empty(rows, 151936)
+        ns["run"](logits, torch.empty(rows, 4748, dtype=torch.int32), torch.arange(rows, dtype=torch.int32))
+    assert seen == [(149, 1024), (152, 4096), (1216, 8192)]  # 1 row: 149 blocks; 4 rows: 4 x 38; 64 rows: 64 x 19
 
 
 @pytest.mark.parametrize("name", sorted(WORD_TILE_WRONG))

@@ -23,6 +23,8 @@ TUNABLES = dict(
     WORD_TILE=[False, True],  # a [words, 32] tile with one predicate per word: all-ones words issue nothing,
     # all-zeros words one full-width -inf store, mixed words per RMW (read + full store) or a masked store.
     # Per-word predicates keep 16-byte vector stores where a per-token mask forces one store per logit.
+    AUTO_BLOCK=[False, True],  # halve BLOCK_SIZE per call (down to 1024) until the grid covers every SM once:
+    # wide blocks for big batches, enough programs at batch 1 (one 150k-vocab row is 38 blocks of 4096)
 )
 
 
@@ -123,10 +125,14 @@ def run(logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor) -> N
     n = indices.shape[0]
     if n == 0:
         return
-    n_blocks = triton.cdiv(vocab, CONFIG["BLOCK_SIZE"])
+    block = CONFIG["BLOCK_SIZE"]
+    if _knob("AUTO_BLOCK"):
+        while block > 1024 and n * triton.cdiv(vocab, block) < _num_sms(logits.device):
+            block //= 2
+    n_blocks = triton.cdiv(vocab, block)
     n_tiles = n * n_blocks
     grid = (min(n_tiles, _knob("PROGRAMS_PER_SM") * _num_sms(logits.device)) if _knob("PERSISTENT") else n_tiles,)
     _bitmask_kernel[grid](logits, bitmask, indices, vocab, logits.stride(0), bitmask.stride(0), n_blocks, n_tiles,
-                          BLOCK_SIZE=CONFIG["BLOCK_SIZE"], RMW=CONFIG["RMW"], PERSISTENT=_knob("PERSISTENT"),
+                          BLOCK_SIZE=block, RMW=CONFIG["RMW"], PERSISTENT=_knob("PERSISTENT"),
                           SKIP_ONES=_knob("SKIP_ONES"), BROADCAST_WORDS=_knob("BROADCAST_WORDS"), WORD_TILE=_knob("WORD_TILE"),
                           num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
