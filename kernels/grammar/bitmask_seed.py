@@ -2,6 +2,9 @@
 
 One program per (row, block of BLOCK_SIZE tokens): unpack the 32-bit words that cover the block
 and write -inf where a bit is 0. Masked store only: allowed logits are never read or rewritten.
+Past the seed's point (TUNABLES): RMW, a persistent grid, skipping all-ones blocks, word-wise
+unpacking, WORD_TILE (one predicate per word, so stores stay 16-byte vectors) and AUTO_BLOCK
+(the block size chosen per call so that small batches still fill the SMs).
 """
 import torch
 import triton
