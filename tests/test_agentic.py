@@ -115,7 +115,8 @@ def test_malformed_tool_calls_are_answered_and_the_loop_goes_on(tmp_path, provid
     assert "unknown tool 'frobnicate'" in r1 and "available: list_files, read_file, edit" in r1
     assert ("not valid JSON" in r1) if provider == "openai" else ("bad arguments" in r1 and "path" in r1)
     r2 = tool_results(srv, 2)
-    assert "search text not found" in r2 and "Nearest line 11" in r2 and "CONFIG = dict(BLOCK_SIZE=256" in r2
+    config_line = next(i for i, l in enumerate(SEED.splitlines(), 1) if l.startswith("CONFIG = dict("))
+    assert "search text not found" in r2 and f"Nearest line {config_line}" in r2 and "CONFIG = dict(BLOCK_SIZE=256" in r2
     r3 = tool_results(srv, 3)
     lines = [i for i, l in enumerate(SEED.splitlines(), 1) if "tl.store(" in l]
     assert len(lines) >= 2 and f"found {len(lines)} times" in r3 and f"lines {lines[0]}, {lines[1]}" in r3
