@@ -210,7 +210,9 @@ root = write_flashinfer_trace_set(sys.argv[1], sys.argv[2])
 # its default max_rtol (1e-5) is stricter than the fp16 task's tolerance. The recorded max abs error
 # comes from unpredictable input seeds, so the bound is the task's (atol 1e-3 + rtol 0.02 x |out|
 # of a few units), not a tighter one that a lucky seed happens to meet (1e-2 failed now and then).
-fib.enable_apply(str(root), ApplyConfig(max_atol=0.1, max_rtol=1.0))
+# The recorded max relative error divides by |ref| clamped at 1e-6, so one output near zero makes
+# it as large as it likes (max_rtol 1.0 failed now and then too): the bound is on atol alone.
+fib.enable_apply(str(root), ApplyConfig(max_atol=0.1, max_rtol=1e9))
 fallbacks = []
 
 def reference(q, k, v, causal):
