@@ -46,11 +46,23 @@ def _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE: tl.constexpr, RMW: tl.co
 
 
 @triton.jit
+def _block_words(bitmask_ptr, row, vocab, bitmask_stride, tile, BLOCK_SIZE: tl.constexpr):
+    """The BLOCK_SIZE // 32 bitmask words of token block `tile` (-1 past the last word) and their indices."""
+    w_offs = tile * (BLOCK_SIZE // 32) + tl.arange(0, BLOCK_SIZE // 32)
+    return tl.load(bitmask_ptr + row * bitmask_stride + w_offs, mask=w_offs < tl.cdiv(vocab, 32), other=-1), w_offs
+
+
+@triton.jit
+def _any_blocked(words):
+    """SKIP_ONES: grammars allow most of the vocabulary, so many blocks are all -1 words."""
+    return tl.sum((words != -1).to(tl.int32), 0) > 0
+
+
+@triton.jit
 def _bitmask_word_tile(logits_ptr, bitmask_ptr, row, vocab, logits_stride, bitmask_stride, tile,
                        BLOCK_SIZE: tl.constexpr, RMW: tl.constexpr, SKIP_ONES: tl.constexpr):
     """WORD_TILE: tokens [tile*BLOCK_SIZE, +BLOCK_SIZE) as BLOCK_SIZE//32 words x 32 bits."""
-    w_offs = tile * (BLOCK_SIZE // 32) + tl.arange(0, BLOCK_SIZE // 32)
-    words = tl.load(bitmask_ptr + row * bitmask_stride + w_offs, mask=w_offs < tl.cdiv(vocab, 32), other=-1)
+    words, w_offs = _block_words(bitmask_ptr, row, vocab, bitmask_stride, tile, BLOCK_SIZE)
     offs = w_offs[:, None] * 32 + tl.arange(0, 32)[None, :]
     in_vocab = offs < vocab
     ptrs = logits_ptr + row * logits_stride + offs
@@ -58,7 +70,7 @@ def _bitmask_word_tile(logits_ptr, bitmask_ptr, row, vocab, logits_stride, bitma
     touched = in_vocab & (words != -1)[:, None]  # constant along a word: the stores stay vectorised
     mixed = touched & (words != 0)[:, None]
     if SKIP_ONES:
-        if tl.max((words != -1).to(tl.int32), 0) > 0:
+        if _any_blocked(words):
             _word_tile_store(ptrs, words, blocked, touched, mixed, BLOCK_SIZE, RMW)
     else:
         _word_tile_store(ptrs, words, blocked, touched, mixed, BLOCK_SIZE, RMW)
@@ -88,17 +100,15 @@ def _bitmask_block(logits_ptr, bitmask_ptr, indices_ptr, vocab, logits_stride, b
         offs = (i % n_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         in_vocab = offs < vocab
         if BROADCAST_WORDS:
-            w_offs = (i % n_blocks) * (BLOCK_SIZE // 32) + tl.arange(0, BLOCK_SIZE // 32)
-            words = tl.load(bitmask_ptr + row * bitmask_stride + w_offs, mask=w_offs < tl.cdiv(vocab, 32), other=-1)
+            words, _ = _block_words(bitmask_ptr, row, vocab, bitmask_stride, i % n_blocks, BLOCK_SIZE)
             bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1
             blocked = tl.reshape(bits == 0, [BLOCK_SIZE])  # order-preserving: token w*32+b is word w, bit b
         else:
             words = tl.load(bitmask_ptr + row * bitmask_stride + offs // 32, mask=in_vocab, other=-1)
             blocked = ((words >> (offs % 32)) & 1) == 0
         ptrs = logits_ptr + row * logits_stride + offs
-        # SKIP_ONES: grammars allow most of the vocabulary, so many blocks are all -1 words.
         if SKIP_ONES:
-            if tl.sum((words != -1).to(tl.int32), 0) > 0:
+            if _any_blocked(words):
                 _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE, RMW)
         else:
             _bitmask_store(ptrs, blocked, in_vocab, BLOCK_SIZE, RMW)
@@ -128,13 +138,13 @@ def run(logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor) -> N
     n = indices.shape[0]
     if n == 0:
         return
-    block = CONFIG["BLOCK_SIZE"]
+    block, sms = CONFIG["BLOCK_SIZE"], _num_sms(logits.device)
     if _knob("AUTO_BLOCK"):
-        while block > 1024 and n * triton.cdiv(vocab, block) < _num_sms(logits.device):
+        while block > 1024 and n * triton.cdiv(vocab, block) < sms:
             block //= 2
     n_blocks = triton.cdiv(vocab, block)
     n_tiles = n * n_blocks
-    grid = (min(n_tiles, _knob("PROGRAMS_PER_SM") * _num_sms(logits.device)) if _knob("PERSISTENT") else n_tiles,)
+    grid = (min(n_tiles, _knob("PROGRAMS_PER_SM") * sms) if _knob("PERSISTENT") else n_tiles,)
     _bitmask_kernel[grid](logits, bitmask, indices, vocab, logits.stride(0), bitmask.stride(0), n_blocks, n_tiles,
                           BLOCK_SIZE=block, RMW=CONFIG["RMW"], PERSISTENT=_knob("PERSISTENT"),
                           SKIP_ONES=_knob("SKIP_ONES"), BROADCAST_WORDS=_knob("BROADCAST_WORDS"), WORD_TILE=_knob("WORD_TILE"),

@@ -27,16 +27,19 @@ TUNABLES = dict(
 
 
 @triton.jit
+def _head_and_tile(S, H, BLOCK_S: tl.constexpr, H_FAST: tl.constexpr):
+    """This program's (head, seq tile): head-fastest or seq-tile-fastest order."""
+    pid = tl.program_id(0)
+    if H_FAST:
+        return pid % H, pid // H
+    else:
+        return pid // tl.cdiv(S, BLOCK_S), pid % tl.cdiv(S, BLOCK_S)
+
+
+@triton.jit
 def _bshd_to_bhsd_kernel(x_ptr, y_ptr, S, H, D, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
                          H_FAST: tl.constexpr, STREAM: tl.constexpr):
-    pid = tl.program_id(0)
-    n_s = tl.cdiv(S, BLOCK_S)
-    if H_FAST:
-        h = pid % H
-        s_tile = pid // H
-    else:
-        h = pid // n_s
-        s_tile = pid % n_s
+    h, s_tile = _head_and_tile(S, H, BLOCK_S, H_FAST)
     b = tl.program_id(1).to(tl.int64)
     offs_s = (s_tile * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
     src = x_ptr + ((b * S + offs_s[:, None]) * H + h) * D
@@ -53,13 +56,7 @@ def _bshd_to_bhsd_kernel(x_ptr, y_ptr, S, H, D, BLOCK_S: tl.constexpr, BLOCK_D: 
 @triton.jit
 def _bshd_to_bhsd_tma_kernel(x_desc, y_desc, S, H, D, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
                              H_FAST: tl.constexpr):
-    pid = tl.program_id(0)
-    if H_FAST:
-        h = pid % H
-        s_tile = pid // H
-    else:
-        h = pid // tl.cdiv(S, BLOCK_S)
-        s_tile = pid % tl.cdiv(S, BLOCK_S)
+    h, s_tile = _head_and_tile(S, H, BLOCK_S, H_FAST)
     b = tl.program_id(1)
     for d0 in range(0, D, BLOCK_D):
         y_desc.store([b * H + h, s_tile * BLOCK_S, d0], x_desc.load([b, s_tile * BLOCK_S, h * D + d0]))

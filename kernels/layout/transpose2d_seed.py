@@ -24,18 +24,22 @@ TUNABLES = dict(
 
 
 @triton.jit
+def _grouped_tile(R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GROUP: tl.constexpr):
+    """This program's (row tile, column tile) in grouped order: GROUP consecutive row tiles sweep the
+    column tiles together, so programs of a group share source lines in L2."""
+    pid = tl.program_id(0)
+    n_c = tl.cdiv(C, BLOCK_C)
+    in_group = GROUP * n_c
+    first_r = (pid // in_group) * GROUP
+    size = tl.minimum(tl.cdiv(R, BLOCK_R) - first_r, GROUP)
+    return first_r + (pid % in_group) % size, (pid % in_group) // size
+
+
+@triton.jit
 def _batched_transpose_kernel(x_ptr, y_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                               GROUP: tl.constexpr, TRANS: tl.constexpr, STREAM: tl.constexpr):
     """y[b, c, r] = x[b, r, c] for one BLOCK_R x BLOCK_C tile; program_id(1) = b."""
-    pid = tl.program_id(0)
-    n_r = tl.cdiv(R, BLOCK_R)
-    n_c = tl.cdiv(C, BLOCK_C)
-    # Grouped order: GROUP consecutive row tiles sweep the column tiles together.
-    in_group = GROUP * n_c
-    first_r = (pid // in_group) * GROUP
-    size = tl.minimum(n_r - first_r, GROUP)
-    pid_r = first_r + (pid % in_group) % size
-    pid_c = (pid % in_group) // size
+    pid_r, pid_c = _grouped_tile(R, C, BLOCK_R, BLOCK_C, GROUP)
     base = tl.program_id(1).to(tl.int64) * R * C
     offs_r = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     offs_c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -54,13 +58,7 @@ def _batched_transpose_kernel(x_ptr, y_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C
 def _transpose_tma_kernel(x_desc, y_desc, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GROUP: tl.constexpr):
     """TMA: the tile comes in as a [1, BLOCK_R, BLOCK_C] box of x [nb, R, C] (zeros past the edges) and
     leaves as a [1, BLOCK_C, BLOCK_R] box of y [nb, C, R] (clipped at the edges)."""
-    pid = tl.program_id(0)
-    n_c = tl.cdiv(C, BLOCK_C)
-    in_group = GROUP * n_c
-    first_r = (pid // in_group) * GROUP
-    size = tl.minimum(tl.cdiv(R, BLOCK_R) - first_r, GROUP)
-    pid_r = first_r + (pid % in_group) % size
-    pid_c = (pid % in_group) // size
+    pid_r, pid_c = _grouped_tile(R, C, BLOCK_R, BLOCK_C, GROUP)
     b = tl.program_id(1)
     box = tl.reshape(x_desc.load([b, pid_r * BLOCK_R, pid_c * BLOCK_C]), [BLOCK_R, BLOCK_C])
     y_desc.store([b, pid_c * BLOCK_C, pid_r * BLOCK_R], tl.reshape(tl.trans(box), [1, BLOCK_C, BLOCK_R]))
