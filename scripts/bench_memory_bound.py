@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_memory_bound.py --dry-run             # CPU: print the plan only
 
 Per task and GPU workload: the evolved kernel (--kernel TASK=PATH; default the seed, then shown
-once), the seed, and the peers: grammar_bitmask -> xgrammar's Triton kernel and eager torch;
+once), the seed, and the peers: grammar_bitmask -> xgrammar's Triton and CUDA kernels (the CUDA one JIT-built on first use) and eager torch;
 layout_* -> the eager torch reference (`.permute().contiguous()`, index_put into the paged cache) and
 torch.compile of it; megakernel_decode_layer ->
 eager torch, a CUDA graph of eager, torch.compile. Every candidate's output is checked against
@@ -35,7 +35,7 @@ from avo.tasks import Task, TaskError, load_task  # noqa: E402
 BENCH_TASKS = ["grammar_bitmask", "layout_bshd_to_bhsd", "layout_transpose2d", "layout_bshd_to_bhds",
                "layout_kv_paged", "megakernel_decode_layer"]
 PEERS = {  # family -> peer names, the first one is the correctness reference
-    "grammar": ["torch eager", "xgrammar triton"],
+    "grammar": ["torch eager", "xgrammar triton", "xgrammar cuda"],
     "layout": ["torch eager", "torch.compile"],
     "megakernel": ["torch eager", "CUDA graph (eager)", "torch.compile", "torch.compile reduce-overhead", "engine eager",
                    "engine CUDA graph"],
@@ -111,7 +111,11 @@ def peer_fns(task: Task, ns: dict, args: list) -> dict[str, Callable[[], Any]]:
         def xg():
             apply_token_bitmask_inplace_triton(logits, bitmask, indices=indices)
             return (logits,)
-        return {"torch eager": eager, "xgrammar triton": xg}
+        def xg_cuda():  # xgrammar's float4 CUDA kernel; importing it JIT-builds it (nvcc + ninja) once per process
+            from xgrammar.kernels.apply_token_bitmask_inplace_cuda import apply_token_bitmask_inplace_cuda
+            apply_token_bitmask_inplace_cuda(logits, bitmask, indices=indices)
+            return (logits,)
+        return {"torch eager": eager, "xgrammar triton": xg, "xgrammar cuda": xg_cuda}
     as_tuple = lambda r: results_of(task, args, r)
     # A fresh compile per workload: one compiled `ref` shared across shapes and tasks hits dynamo's
     # recompile limit and silently runs eager (seen on the H100: torch.compile rows at eager speed).

@@ -20,7 +20,7 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 if [ -d .whl ]; then  # .whl-ray (the slim ray wheel + deps) when carried along
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     $(ls .whl-ray/*.whl 2>/dev/null) >/dev/null 2>&1
-  export PYTHONPATH=/tmp/site:$PWD
+  export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH  # bin: ninja, for xgrammar's CUDA JIT
 fi
 export COLUMNS=160 PYTHONUNBUFFERED=1
 avo() { python3 -m avo.cli "$@"; }
@@ -173,7 +173,7 @@ case "${1:-evals}" in
   sweep17)  # grammar bitmask: WORD_TILE (per-word predicates, vector stores; RMW reads mixed words only) next to xgrammar's
     # Triton kernel; layout bshd->bhsd and transpose2d through TMA descriptors
     B='"BLOCK_SIZE"'; W='"WORD_TILE":true'
-    sw 240 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' \
+    sw 320 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' \
       "{$B:4096,\"num_warps\":16,\"num_stages\":3,\"BROADCAST_WORDS\":true}" \
       "{$B:1024,\"num_warps\":4,\"RMW\":true,$W}" "{$B:2048,\"num_warps\":8,\"RMW\":true,$W}" \
       "{$B:4096,\"num_warps\":8,\"RMW\":true,$W}" "{$B:4096,\"num_warps\":16,\"RMW\":true,$W}" \
@@ -182,13 +182,13 @@ case "${1:-evals}" in
       "{$B:2048,\"num_warps\":8,\"RMW\":true,\"PERSISTENT\":true,\"PROGRAMS_PER_SM\":4,$W}" \
       "{$B:2048,\"num_warps\":8,\"RMW\":true,\"SKIP_ONES\":true,$W}" "{$B:4096,\"num_warps\":8,\"num_stages\":3,\"RMW\":true,$W}" \
       "{$B:4096,\"num_warps\":8,\"RMW\":true,\"AUTO_BLOCK\":true,$W}" \
-      --peer "xgrammar triton"
+      --peer "xgrammar triton" --peer "xgrammar cuda"
     # layout bshd->bhsd: [BLOCK_S, BLOCK_D] boxes through TMA descriptors (the copy engine, no per-thread addresses)
     T='"TMA":true'
-    sw 120 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py '{}' "{\"BLOCK_S\":16,$T}" "{\"BLOCK_S\":32,$T}" \
+    sw 110 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py '{}' "{\"BLOCK_S\":16,$T}" "{\"BLOCK_S\":32,$T}" \
       "{\"BLOCK_S\":64,$T}" "{\"BLOCK_S\":128,$T}" "{\"BLOCK_S\":256,$T}" "{\"BLOCK_S\":64,\"num_warps\":1,$T}" \
       "{\"BLOCK_S\":128,\"num_warps\":1,$T}" "{\"BLOCK_S\":64,\"H_FAST\":false,$T}" "{\"BLOCK_S\":32,\"num_warps\":8}"
-    sw 120 layout_transpose2d kernels/layout/transpose2d_seed.py --workloads '16384|8192' '{}' '{"BLOCK_R":128}' \
+    sw 110 layout_transpose2d kernels/layout/transpose2d_seed.py --workloads '16384|8192' '{}' '{"BLOCK_R":128}' \
       "{\"BLOCK_R\":128,$T}" "{\"BLOCK_R\":64,\"BLOCK_C\":128,$T}" "{\"BLOCK_R\":128,\"BLOCK_C\":128,\"num_warps\":8,$T}" \
       "{\"BLOCK_R\":32,\"BLOCK_C\":128,$T}"
     cp "$OUT/sweep.log" "$OUT/sweep17.log" ;;

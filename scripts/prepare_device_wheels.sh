@@ -11,10 +11,11 @@ PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platfo
       --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux_2_35_x86_64)
 dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${PYV:-3.12}" --implementation cp "${PLAT[@]}" -d "$1" "${@:2}"; }
 mkdir -p .whl
-# pydantic 2 + GitPython + the LLM SDKs (missing on the device image); xgrammar for the bitmask peer.
+# pydantic 2 + GitPython + the LLM SDKs (missing on the device image); xgrammar for the bitmask peer, ninja
+# for its CUDA kernel's JIT build (torch.utils.cpp_extension.load_inline needs the ninja binary).
 dl .whl pydantic pydantic-core annotated-types typing-inspection gitpython gitdb smmap \
    openai anthropic jiter distro sniffio docstring-parser httpx2 httpcore2 truststore opentelemetry-api \
-   xgrammar apache-tvm-ffi
+   xgrammar apache-tvm-ffi ninja
 # flashinfer-bench is pure Python; no deps needed for its data models.
 dl .whl flashinfer-bench
 if [ "${RAY:-0}" = 1 ]; then

@@ -129,7 +129,7 @@ def test_sweep_knobs_peer_flag_takes_one_name_and_bad_input_is_one_line():
     assert sweep("--peer", "xgrammar triton", "{}", '{"WORD_TILE": true}') == (2, ["error: no CUDA device"])
     assert sweep("{}", "--peers", "xgrammar triton") == (2, ["error: no CUDA device"])
     rc, err = sweep("--peer", "bogus", "{}")
-    assert rc == 2 and err == ["error: peer 'bogus' is not one of grammar_bitmask's: xgrammar triton"]
+    assert rc == 2 and err == ["error: peer 'bogus' is not one of grammar_bitmask's: xgrammar triton, xgrammar cuda"]
     rc, err = sweep('{"WORD_TILE": 3}')
     assert rc == 2 and len(err) == 1 and "WORD_TILE=3 not in the kernel's TUNABLES" in err[0]
     rc, err = sweep("{nope")
