@@ -134,3 +134,33 @@ def test_sweep_knobs_peer_flag_takes_one_name_and_bad_input_is_one_line():
     assert rc == 2 and len(err) == 1 and "WORD_TILE=3 not in the kernel's TUNABLES" in err[0]
     rc, err = sweep("{nope")
     assert rc == 2 and len(err) == 1 and "is not JSON" in err[0]
+
+
+def test_bitmask_floor_counts_sectors_and_reads_the_recorded_peer(tmp_path):
+    """scripts/bitmask_floor.py: a fully blocked sector is a write, a mixed one a read and a write,
+    an allowed one nothing (fp32: 8 tokens a sector); the tail sector past vocab counts as mixed; the
+    recorded xgrammar device µs comes from the doc's bench rows and sets the 1.3x column."""
+    import importlib.util
+    import torch
+    from avo.tasks import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("bitmask_floor", REPO_ROOT / "scripts" / "bitmask_floor.py")
+    bf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bf)
+    blocked = torch.zeros(2, 20, dtype=torch.bool)  # sectors per row: tokens 0-7, 8-15, 16-19 (+4 pad)
+    blocked[0, :8] = True  # row 0: sector 0 full
+    blocked[1, 9] = True  # row 1: sector 1 mixed
+    blocked[1, 16:20] = True  # row 1: tail sector blocked on every real token -> mixed
+    assert bf.sector_bytes(blocked, 4) == (32, 2 * 2 * 32)
+    assert bf.sector_bytes(blocked[:, :16], 2) == (0, 2 * 2 * 32)  # bf16: 16 a sector, both rows mixed
+    doc = tmp_path / "b.md"
+    doc.write_text("| grammar_bitmask | cpu_b3_v1000_float32 | xgrammar triton | 9.0 | 1 | 1% | 1.0 | 13.0 | 1.0 | ok |\n")
+    assert bf.recorded_xgrammar_us(doc) == {("cpu_b3_v1000_float32", "xgrammar triton"): 13.0}
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert bf.main(["--workloads", "cpu_b3", "--doc", str(doc)]) == 0
+    row = out.getvalue().strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "cpu_b3_v1000_float32" and row[8].strip() == "13.0" and row[9].strip() == "10.0"
+    assert row[10].strip() == "yes"
+    assert bf.main(["--workloads", "nope"]) == 2
