@@ -170,10 +170,11 @@ case "${1:-evals}" in
         "{$E,\"FMA_SCALE\":true}" "{$E,\"FMA_SCALE\":true,\"BLOCK_N\":128,\"num_stages\":2}" "{$E,\"FMA_SCALE\":true,\"REVERSE_M\":true}"
     done
     cp "$OUT/sweep.log" "$OUT/sweep15.log" ;;
-  sweep17)  # grammar bitmask: WORD_TILE (per-word predicates, vector stores; RMW reads mixed words only) next to xgrammar's
-    # Triton kernel; layout bshd->bhsd and transpose2d through TMA descriptors
+  sweep17|sweep17-bitmask|sweep17-layout)  # the halves are shorter calls (less lost if a lent machine is taken back)
+    # grammar bitmask: WORD_TILE (per-word predicates, vector stores; RMW reads mixed words only) next to xgrammar's
+    # Triton and CUDA kernels; layout bshd->bhsd and transpose2d through TMA descriptors
     B='"BLOCK_SIZE"'; W='"WORD_TILE":true'
-    sw 320 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' \
+    [ "$1" != sweep17-layout ] && sw 320 grammar_bitmask kernels/grammar/bitmask_seed.py '{}' \
       "{$B:4096,\"num_warps\":16,\"num_stages\":3,\"BROADCAST_WORDS\":true}" \
       "{$B:1024,\"num_warps\":4,\"RMW\":true,$W}" "{$B:2048,\"num_warps\":8,\"RMW\":true,$W}" \
       "{$B:4096,\"num_warps\":8,\"RMW\":true,$W}" "{$B:4096,\"num_warps\":16,\"RMW\":true,$W}" \
@@ -185,13 +186,13 @@ case "${1:-evals}" in
       --peer "xgrammar triton" --peer "xgrammar cuda"
     # layout bshd->bhsd: [BLOCK_S, BLOCK_D] boxes through TMA descriptors (the copy engine, no per-thread addresses)
     T='"TMA":true'
-    sw 110 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py '{}' "{\"BLOCK_S\":16,$T}" "{\"BLOCK_S\":32,$T}" \
+    [ "$1" != sweep17-bitmask ] && sw 110 layout_bshd_to_bhsd kernels/layout/bshd_to_bhsd_seed.py '{}' "{\"BLOCK_S\":16,$T}" "{\"BLOCK_S\":32,$T}" \
       "{\"BLOCK_S\":64,$T}" "{\"BLOCK_S\":128,$T}" "{\"BLOCK_S\":256,$T}" "{\"BLOCK_S\":64,\"num_warps\":1,$T}" \
       "{\"BLOCK_S\":128,\"num_warps\":1,$T}" "{\"BLOCK_S\":64,\"H_FAST\":false,$T}" "{\"BLOCK_S\":32,\"num_warps\":8}"
-    sw 110 layout_transpose2d kernels/layout/transpose2d_seed.py --workloads '16384|8192' '{}' '{"BLOCK_R":128}' \
+    [ "$1" != sweep17-bitmask ] && sw 110 layout_transpose2d kernels/layout/transpose2d_seed.py --workloads '16384|8192' '{}' '{"BLOCK_R":128}' \
       "{\"BLOCK_R\":128,$T}" "{\"BLOCK_R\":64,\"BLOCK_C\":128,$T}" "{\"BLOCK_R\":128,\"BLOCK_C\":128,\"num_warps\":8,$T}" \
       "{\"BLOCK_R\":32,\"BLOCK_C\":128,$T}"
-    cp "$OUT/sweep.log" "$OUT/sweep17.log" ;;
+    cp "$OUT/sweep.log" "$OUT/$1.log" ;;
   sweep16)  # ATTN_LAST_COMBINES (the last attention split combines: no combine launch) at the recipe's point
     U='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":4,"PDL":true,"SPLIT_K_QO":2,"ACT_NARROW":true,"FUSE_NORM_UPTO":1,"PREFETCH":1'
     sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
