@@ -35,6 +35,8 @@ evolve_part() {  # run name, config, minutes, extra `avo evolve` arguments
 sw() {  # seconds, then scripts/sweep_knobs.py arguments; the table rows go to $OUT/sweep.log
   timeout "$1" python3 scripts/sweep_knobs.py "${@:2}" 2>&1 | grep -v "^| ---\|^| task" | tee -a "$OUT/sweep.log" | tail -n 14
 }
+# The decode layer's recipe point (knowledge_base/recipes/megakernel-h100-fused.md), the base of its sweeps.
+MK_RECIPE='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":4,"PDL":true,"SPLIT_K_QO":2,"ACT_NARROW":true,"FUSE_NORM_UPTO":1,"PREFETCH":1'
 case "${1:-evals}" in
   evals)
     for k in kernels/grammar/bitmask_seed.py; do avo eval grammar_bitmask $k --device cuda --json "$OUT/grammar_seed.jsonl"; done
@@ -156,7 +158,7 @@ case "${1:-evals}" in
       python3 scripts/call_kernel.py megakernel_decode_layer $K "${WL:-gpu_b1_kv4000_bfloat16}" --calls 2 > "$OUT/ncu_megakernel.txt" 2>&1
     grep -E "^  [a-z_]+kernel|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Warp Cycles Per Issued|matches|MISMATCH" "$OUT/ncu_megakernel.txt" | head -120 ;;
   sweep14)  # GEMV_TMA (weight tiles through TMA descriptors) at sweep12's best point, with the deeper pipelines it allows
-    U='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":4,"PDL":true,"SPLIT_K_QO":2,"ACT_NARROW":true,"FUSE_NORM_UPTO":1,"PREFETCH":1'
+    U=$MK_RECIPE
     T="$U"',"GEMV_TMA":true'
     sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
       "{$U}" "{$T}" "{$T,\"num_stages\":4}" "{$T,\"GEMV_WARPS\":4}" "{$T,\"GEMV_BLOCK_N\":64}" "{$T,\"GEMV_BLOCK_K\":128,\"num_stages\":4}" \
@@ -193,8 +195,13 @@ case "${1:-evals}" in
       "{\"BLOCK_R\":128,$T}" "{\"BLOCK_R\":64,\"BLOCK_C\":128,$T}" "{\"BLOCK_R\":128,\"BLOCK_C\":128,\"num_warps\":8,$T}" \
       "{\"BLOCK_R\":32,\"BLOCK_C\":128,$T}"
     cp "$OUT/sweep.log" "$OUT/$1.log" ;;
+  sweep18)  # ATTN_PREFETCH at the recipe's point: the split's KV rows hinted into L2 before the PDL wait (1), + a share of wo (2)
+    U=$MK_RECIPE
+    sw "${SWEEP_S:-300}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
+      "{$U}" "{$U,\"ATTN_PREFETCH\":1}" "{$U,\"ATTN_PREFETCH\":2}" "{$U,\"ATTN_PREFETCH\":2,\"ATTN_SPLITS\":16}"
+    cp "$OUT/sweep.log" "$OUT/sweep18.log" ;;
   sweep16)  # ATTN_LAST_COMBINES (the last attention split combines: no combine launch) at the recipe's point
-    U='"GEMV_BLOCK_N":32,"GEMV_BLOCK_K":256,"GEMV_WARPS":2,"ATTN_BLOCK_KV":32,"ATTN_WARPS":8,"NORM_BLOCK":4096,"num_stages":3,"GEMV_DOT":true,"FUSE_NORM":false,"FUSE_QKV":true,"ATTN_SPLITS":32,"ATTN_DOT":true,"SPLIT_K":4,"PDL":true,"SPLIT_K_QO":2,"ACT_NARROW":true,"FUSE_NORM_UPTO":1,"PREFETCH":1'
+    U=$MK_RECIPE
     sw "${SWEEP_S:-420}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
       "{$U}" "{$U,\"ATTN_LAST_COMBINES\":true}" "{$U,\"ATTN_LAST_COMBINES\":true,\"ATTN_SPLITS\":16}" "{$U,\"ATTN_LAST_COMBINES\":true,\"ATTN_BLOCK_KV\":64}"
     cp "$OUT/sweep.log" "$OUT/sweep16.log" ;;

@@ -90,11 +90,13 @@ for SPLITS, DOT in itertools.product((1, 8), (False, True)):
     jobs.append(("mk rope_attn SPLITS=%d DOT=%d" % (SPLITS, DOT), mk._rope_attn_kernel,
                  {"qkv_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "k_new_ptr": "*bf16",
                   "v_new_ptr": "*bf16", "o_ptr": "*bf16" if SPLITS == 1 else "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32",
-                  "attn_ptr": "*bf16", "cnt_ptr": "*i32", "kv_len": "i32", "split_len": "i32",
+                  "attn_ptr": "*bf16", "cnt_ptr": "*i32", "wo_ptr": "*bf16", "wo_n": "i32", "wo_per": "i32", "kv_len": "i32", "split_len": "i32",
                   "max_kv": "i32", "KVH": "i32", "D": "i32", "GROUP": "i32", "scale": "fp32", "QKV_STRIDE": "i32", "Q_DIM": "i32",
-                  "BLOCK_G": "constexpr", "BLOCK_D": "constexpr", "BLOCK_KV": "constexpr", "SPLITS": "constexpr", "DOT": "constexpr", "PDL": "constexpr", "LAST_COMBINES": "constexpr"},
+                  "BLOCK_G": "constexpr", "BLOCK_D": "constexpr", "BLOCK_KV": "constexpr", "SPLITS": "constexpr", "DOT": "constexpr", "PDL": "constexpr", "LAST_COMBINES": "constexpr",
+                  "PREFETCH": "constexpr", "KV_LINE": "constexpr", "WO_LINE": "constexpr"},
                  {"BLOCK_G": 16 if DOT else 4, "BLOCK_D": 128, "BLOCK_KV": 32, "SPLITS": SPLITS, "DOT": DOT, "PDL": DOT,
-                  "LAST_COMBINES": SPLITS > 1}))
+                  "LAST_COMBINES": SPLITS > 1, "PREFETCH": 2 if DOT else 0, "KV_LINE": 64, "WO_LINE": 64},
+                 dict(ptx=("griddepcontrol.wait", "prefetch.global.L2") if DOT else ())))
 jobs.append(("mk attn_combine", mk._attn_combine_kernel,
              {"part_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "ROWS": "i32", "D": "i32",
               "SPLITS": "constexpr", "BLOCK_D": "constexpr", "PDL": "constexpr"}, {"SPLITS": 8, "BLOCK_D": 128, "PDL": True}))

@@ -18,7 +18,8 @@ three), ATTN_SPLITS (split-KV: more programs than batch * kv_heads, plus a combi
 group's scores and P @ V on tensor cores), SPLIT_K / SPLIT_K_QO (K-split GEMVs with fp32 atomics), PDL
 (programmatic dependent launch, with PREFETCH: weight tiles hinted into L2 before the grid waits),
 ACT_NARROW (16-bit GEMV inputs), GEMV_TMA (weight tiles through TMA descriptors), ATTN_LAST_COMBINES (the
-last KV split combines, no combine launch).
+last KV split combines, no combine launch), ATTN_PREFETCH (PDL: the attention hints its KV rows into L2
+before it waits on the QKV GEMV, and then wo, whose GEMV comes next, while its slower splits run).
 """
 import math
 
@@ -29,7 +30,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False, ATTN_PREFETCH=0)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -53,6 +54,7 @@ TUNABLES = dict(
     FUSE_NORM_UPTO=[0, 1, 2, 4],  # FUSE_NORM at batch <= this even when off: a norm launch costs more than B rows' RMS per program
     GEMV_TMA=[False, True],  # weight tiles through Hopper TMA descriptors (no per-thread addresses; rows and K past the end load 0)
     ATTN_LAST_COMBINES=[False, True],  # ATTN_SPLITS > 1: the last split of each (sequence, kv head) combines, no combine launch
+    ATTN_PREFETCH=[0, 1, 2],  # with PDL: attention hints its KV rows into L2 before the wait (1), + a share of wo (2)
 )
 
 
@@ -100,6 +102,15 @@ def _prefetch_l2(ptrs):
     """One L2 prefetch hint per pointer (a 128-byte line each); nothing waits on it."""
     tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
                               is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_span(ptr, n, PER_LINE: tl.constexpr):
+    """Hint n contiguous elements at ptr into L2, one prefetch per PER_LINE elements (a 128-byte line),
+    256 lines per step."""
+    for i0 in range(0, n, 256 * PER_LINE):
+        offs = i0 + tl.arange(0, 256) * PER_LINE
+        _prefetch_l2(ptr + tl.where(offs < n, offs, 0))
 
 
 @triton.jit
@@ -231,18 +242,28 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
 
 @triton.jit
 def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_new_ptr, o_ptr, m_ptr, l_ptr,
-                      attn_ptr, cnt_ptr, kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE, Q_DIM,
-                      BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
-                      DOT: tl.constexpr, PDL: tl.constexpr, LAST_COMBINES: tl.constexpr):
+                      attn_ptr, cnt_ptr, wo_ptr, wo_n, wo_per, kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE,
+                      Q_DIM, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
+                      DOT: tl.constexpr, PDL: tl.constexpr, LAST_COMBINES: tl.constexpr, PREFETCH: tl.constexpr,
+                      KV_LINE: tl.constexpr, WO_LINE: tl.constexpr):
     """One program per (sequence, kv head, KV split): its GROUP q heads attend to the split's cache
     rows; split 0 also takes the new token (and writes it out). SPLITS == 1 writes the normalised
     output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel,
     or with LAST_COMBINES for the split that finishes last (counter cnt[b, kvh]), which combines the
-    group's partials into attn itself."""
-    _pdl_enter(PDL)
+    group's partials into attn itself. PREFETCH >= 1 (PDL only): the cache rows do not depend on the
+    predecessor, so the split's K and V rows are hinted into L2 before the wait; 2: after its loop each
+    program also hints its wo_per elements of wo (the next GEMV's weight, wo_n in all) into L2 while
+    the slower splits still run, so the O projection reads L2 instead of HBM. *_LINE: elements a line."""
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    cache = (b * KVH + kvh) * max_kv * D
+    start = split * split_len
+    end = tl.minimum(start + split_len, kv_len)
+    if PREFETCH >= 1:
+        _prefetch_span(kc_ptr + cache + start * D, (end - start) * D, KV_LINE)
+        _prefetch_span(vc_ptr + cache + start * D, (end - start) * D, KV_LINE)
+    _pdl_enter(PDL)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     half = D // 2
@@ -274,9 +295,6 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
         m_i = tl.full([BLOCK_G], -float("inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    cache = (b * KVH + kvh) * max_kv * D
-    start = split * split_len
-    end = tl.minimum(start + split_len, kv_len)
     for n0 in range(start, end, BLOCK_KV):
         offs_n = n0 + tl.arange(0, BLOCK_KV)
         nmask = offs_n < end
@@ -297,6 +315,9 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
             acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt.to(tl.float32)[None, :, :], axis=1)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
+    if PREFETCH >= 2:
+        lo = ((b * KVH + kvh) * SPLITS + split) * wo_per
+        _prefetch_span(wo_ptr + lo, tl.minimum(wo_per, wo_n - lo), WO_LINE)
     o_rows = (b * KVH * GROUP + heads[:, None]) * D
     if SPLITS == 1:
         tl.store(o_ptr + o_rows + offs_d[None, :], acc / l_i[:, None], mask=qmask)
@@ -437,14 +458,20 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     split_len = triton.cdiv(triton.cdiv(int(kv_len), splits), block_kv) * block_kv
     ml = buf["ml"]
     part = buf["part"] if splits > 1 else attn
+    prefetch = _knob("ATTN_PREFETCH") if pdl else 0  # inline-asm hints: GPU only, like PREFETCH
+    wo_line = 128 // wo.element_size()
+    wo_per = triton.cdiv(triton.cdiv(wo.numel(), wo_line), batch * kv_heads * splits) * wo_line  # whole lines each
+    if prefetch >= 2 and not wo.is_contiguous():
+        prefetch = 1  # the share arithmetic assumes one dense span
     m_buf, l_buf = (ml[:ml.numel() // 2], ml[ml.numel() // 2:]) if splits > 1 else (attn, attn)
     _rope_attn_kernel[(batch, kv_heads, splits)](
         qkv, rope_cos, rope_sin, k_cache, v_cache, k_new, v_new, part, m_buf, l_buf,
-        attn, buf["acnt"].view(torch.int32) if last_combines else attn, int(kv_len), split_len, max_kv, kv_heads,
-        head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
+        attn, buf["acnt"].view(torch.int32) if last_combines else attn, wo, wo.numel(), wo_per, int(kv_len), split_len,
+        max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
         BLOCK_G=max(triton.next_power_of_2(group), 16 if attn_dot else 1), BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=pdl, LAST_COMBINES=last_combines,
-        num_warps=_knob("ATTN_WARPS"), num_stages=_knob("num_stages"), launch_pdl=pdl)
+        PREFETCH=prefetch, KV_LINE=128 // k_cache.element_size(), WO_LINE=wo_line, num_warps=_knob("ATTN_WARPS"),
+        num_stages=_knob("num_stages"), launch_pdl=pdl)
     if splits > 1 and not last_combines:
         _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
                                                  BLOCK_D=triton.next_power_of_2(head_dim), PDL=pdl, num_warps=4,
