@@ -194,6 +194,10 @@ case "${1:-evals}" in
     [ "$1" != sweep17-bitmask ] && sw 110 layout_transpose2d kernels/layout/transpose2d_seed.py --workloads '16384|8192' '{}' '{"BLOCK_R":128}' \
       "{\"BLOCK_R\":128,$T}" "{\"BLOCK_R\":64,\"BLOCK_C\":128,$T}" "{\"BLOCK_R\":128,\"BLOCK_C\":128,\"num_warps\":8,$T}" \
       "{\"BLOCK_R\":32,\"BLOCK_C\":128,$T}"
+    # kv_paged FLAT: one BLOCK-element chunk per program (torch.compile's balanced grid), next to torch.compile
+    [ "$1" != sweep17-bitmask ] && sw 110 layout_kv_paged kernels/layout/kv_paged_seed.py '{}' '{"FLAT":true}' \
+      '{"FLAT":true,"BLOCK":2048}' '{"FLAT":true,"BLOCK":4096,"num_warps":8}' '{"FLAT":true,"BLOCK":512}' \
+      '{"FLAT":true,"STREAM":true}' --peer "torch.compile"
     cp "$OUT/sweep.log" "$OUT/$1.log" ;;
   sweep18)  # ATTN_PREFETCH at the recipe's point: the split's KV rows hinted into L2 before the PDL wait (1), + a share of wo (2)
     U=$MK_RECIPE

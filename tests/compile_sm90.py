@@ -69,6 +69,9 @@ for KT, ST in itertools.product((True, False), (False, True)):
                  {"k_ptr": "*bf16", "v_ptr": "*bf16", "table_ptr": "*i32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "seq": "i32", "block_size": "i32",
                   "blocks_per_seq": "i32", "row_elems": "i32", "BLOCK": "constexpr", "KV_TOGETHER": "constexpr", "STREAM": "constexpr"},
                  {"BLOCK": 1024, "KV_TOGETHER": KT, "STREAM": ST}, STREAM_PTX if ST else {}))
+jobs.append(("kv_paged FLAT", kv._kv_paged_flat_kernel,
+             {"k_ptr": "*fp32", "v_ptr": "*fp32", "table_ptr": "*i32", "kc_ptr": "*fp32", "vc_ptr": "*fp32", "seq": "i32", "block_size": "i32",
+              "blocks_per_seq": "i32", "row_elems": "i32", "BLOCK": "constexpr", "STREAM": "constexpr"}, {"BLOCK": 1024, "STREAM": False}))
 layout_jobs = jobs[n_before_layout:]
 mk = load("kernels/megakernel/decode_layer_seed.py")
 jobs.append(("mk rmsnorm ACT_NARROW", mk._rmsnorm_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "N": "i32", "eps": "fp32", "BLOCK": "constexpr", "PDL": "constexpr"}, {"BLOCK": 1024, "PDL": True}))

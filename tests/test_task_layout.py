@@ -177,8 +177,9 @@ def test_layout_stream_variants_compile_sm90():
     r = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "compile_sm90.py"), "layout"], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("OK  ") == 20 and r.stdout.count("STREAM=True") == 8 and "FAIL" not in r.stdout, r.stdout
+    assert r.stdout.count("OK  ") == 21 and r.stdout.count("STREAM=True") == 8 and "FAIL" not in r.stdout, r.stdout
     assert r.stdout.count("bhsd TMA") == 2 and r.stdout.count("transpose TMA") == 2, r.stdout
+    assert r.stdout.count("kv_paged FLAT") == 1, r.stdout
 
 
 WRONG_VARIANTS = {  # name -> (task, old, new)
@@ -266,6 +267,19 @@ def test_kv_paged_seed_and_split_kv_variant_pass(quick_evaluator, tmp_path):
     path = with_config(KV_SEED, tmp_path, "kv_split", dict(BLOCK=256, KV_TOGETHER=False, STREAM=True, num_warps=2, num_stages=2))
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.PASSED, rep.message
+    # FLAT: chunks of 256 straddle cache blocks on the cpu shapes (16 * 3 * 24 = 1152 elements a block)
+    path = with_config(KV_SEED, tmp_path, "kv_flat", dict(BLOCK=256, KV_TOGETHER=True, STREAM=False, num_warps=2, num_stages=1, FLAT=True))
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.PASSED, rep.message
+
+
+def test_kv_paged_flat_ignoring_the_block_table_is_incorrect(quick_evaluator, tmp_path):
+    task = load_task("layout_kv_paged")
+    flat = with_config(KV_SEED, tmp_path, "kv_flat", dict(BLOCK=256, KV_TOGETHER=True, STREAM=False, num_warps=2, num_stages=1, FLAT=True))
+    path = variant(flat, tmp_path, "flat_no_table", "    dst = phys * run_len + (offs - j * run_len)",
+                   "    dst = (b * blocks_per_seq + j) * run_len + (offs - j * run_len)")
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (rep.status, rep.message)
 
 
 def test_kv_paged_ignoring_the_block_table_is_incorrect(quick_evaluator, tmp_path):
