@@ -12,6 +12,7 @@
 #   bash scripts/gpu_verify.sh bench     # peer benchmark scripts (attention, memory-bound)
 #   bash scripts/gpu_verify.sh bench-attention|bench-megakernel|bench-grammar  # the evolved artifacts vs seeds and peers
 #   bash scripts/gpu_verify.sh sweep     # scripts/sweep_knobs.py over the seeds' newer knobs (design-space map)
+#   bash scripts/gpu_verify.sh gluon     # the Gluon FA3-style GQA prefill kernel: correctness + TFLOP/s vs cuDNN
 # MINUTES is the run's total wall budget: a resumed run (lineages/<run> carried along) counts the
 # minutes it already ran, so pass the old total plus what you want to add.
 set -uo pipefail
@@ -199,6 +200,11 @@ case "${1:-evals}" in
       '{"FLAT":true,"BLOCK":2048}' '{"FLAT":true,"BLOCK":4096,"num_warps":8}' '{"FLAT":true,"BLOCK":512}' \
       '{"FLAT":true,"STREAM":true}' --peer "torch.compile"
     cp "$OUT/sweep.log" "$OUT/$1.log" ;;
+  gluon)  # the Gluon FA3-style GQA prefill (kernels/attention/gqa_fwd_gluon.py): correctness, then TFLOP/s next to cuDNN
+    timeout "${GLUON_S:-240}" python3 scripts/gluon_attention_check.py 2>&1 | tee "$OUT/gluon_check.log" | tail -40
+    for c in '{"NUM_STAGES":3}' '{"BLOCK_N":64,"NUM_STAGES":3}'; do
+      timeout 120 python3 scripts/gluon_attention_check.py --quick --config "$c" 2>&1 | tee -a "$OUT/gluon_check.log" | tail -12
+    done ;;
   sweep18)  # ATTN_PREFETCH at the recipe's point: the split's KV rows hinted into L2 before the PDL wait (1), + a share of wo (2)
     U=$MK_RECIPE
     sw "${SWEEP_S:-300}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
