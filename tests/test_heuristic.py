@@ -46,7 +46,7 @@ def test_parse_real_seed():
     # Knobs in TUNABLES but absent from CONFIG take their first allowed value, and are movable.
     assert k.config == {"BLOCK_SIZE": 256, "num_warps": 4, "num_stages": 1, "RMW": False,
                         "PERSISTENT": False, "PROGRAMS_PER_SM": 1, "SKIP_ONES": False, "BROADCAST_WORDS": False,
-                        "WORD_TILE": False, "AUTO_BLOCK": False}
+                        "WORD_TILE": False, "AUTO_BLOCK": False, "RMW_MIN_ROWS": 0}
     assert k.tunables["BLOCK_SIZE"][-1] == 8192 and k.mutable == list(k.tunables)
 
 
@@ -58,7 +58,7 @@ def test_rewrite_changes_only_the_config_line():
     diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
     assert len(diff) == 1 and b[diff[0]] == ("CONFIG = dict(BLOCK_SIZE=1024, num_warps=4, num_stages=1, RMW=True, "
                                              "PERSISTENT=False, PROGRAMS_PER_SM=1, SKIP_ONES=False, BROADCAST_WORDS=False, "
-                                             "WORD_TILE=False, AUTO_BLOCK=False)\n")
+                                             "WORD_TILE=False, AUTO_BLOCK=False, RMW_MIN_ROWS=0)\n")
     assert parse_knobs(new).config["BLOCK_SIZE"] == 1024
 
 
@@ -134,8 +134,8 @@ def test_neighbours_first_then_wider(tmp_path):
     k = parse_knobs(SEED)
     n1 = sum((k.index(name, k.config[name]) > 0) + (k.index(name, k.config[name]) < len(k.tunables[name]) - 1)
              for name in k.mutable)
-    assert n1 == 12  # BLOCK_SIZE 128/512, num_warps 2/8, num_stages 2, RMW, PERSISTENT, PROGRAMS_PER_SM 2, SKIP_ONES,
-    # BROADCAST_WORDS, WORD_TILE, AUTO_BLOCK
+    assert n1 == 13  # BLOCK_SIZE 128/512, num_warps 2/8, num_stages 2, RMW, PERSISTENT, PROGRAMS_PER_SM 2, SKIP_ONES,
+    # BROADCAST_WORDS, WORD_TILE, AUTO_BLOCK, RMW_MIN_ROWS 16
     for i in range(8, n1 + 2):
         out = h.propose(view(seen_hashes=set(seen)), ctx(tmp_path, i))
         seen.add(source_hash(out.source))
@@ -172,7 +172,7 @@ def test_learns_from_history(tmp_path):
         # untried one-step moves only: not the rejected ones, not the one that broke the build
         assert out.note in ("BLOCK_SIZE 256->512", "num_warps 4->2", "PERSISTENT False->True",
                             "PROGRAMS_PER_SM 1->2", "SKIP_ONES False->True", "BROADCAST_WORDS False->True",
-                            "WORD_TILE False->True", "AUTO_BLOCK False->True"), out.note
+                            "WORD_TILE False->True", "AUTO_BLOCK False->True", "RMW_MIN_ROWS 0->16"), out.note
 
 
 def test_directions_are_followed(tmp_path):

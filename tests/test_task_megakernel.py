@@ -181,14 +181,18 @@ BITMASK_SAMPLE = [
     # AUTO_BLOCK: 8192 halves to 1024 on the cpu workloads (4 pretend SMs, a few short rows)
     dict(BLOCK_SIZE=8192, num_warps=8, num_stages=1, RMW=True, PERSISTENT=False, PROGRAMS_PER_SM=1, SKIP_ONES=False,
          BROADCAST_WORDS=False, WORD_TILE=True, AUTO_BLOCK=True),
+    # RMW_MIN_ROWS 16: the cpu workloads (3-8 rows) take WORD_TILE's masked-store path although RMW is on
+    dict(BLOCK_SIZE=1024, num_warps=4, num_stages=1, RMW=True, WORD_TILE=True, AUTO_BLOCK=True, RMW_MIN_ROWS=16),
 ]
 
 
 def test_bitmask_seed_config_is_unchanged_and_new_knobs_default_off():
     ns = namespace(BITMASK_SEED.read_text(), str(BITMASK_SEED))
     assert ns["CONFIG"] == dict(BLOCK_SIZE=256, num_warps=4, num_stages=1, RMW=False)
-    assert {k: ns["TUNABLES"][k][0] for k in ("PERSISTENT", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE", "AUTO_BLOCK")} \
-        == {"PERSISTENT": False, "SKIP_ONES": False, "BROADCAST_WORDS": False, "WORD_TILE": False, "AUTO_BLOCK": False}
+    assert {k: ns["TUNABLES"][k][0] for k in ("PERSISTENT", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE", "AUTO_BLOCK",
+                                              "RMW_MIN_ROWS")} \
+        == {"PERSISTENT": False, "SKIP_ONES": False, "BROADCAST_WORDS": False, "WORD_TILE": False, "AUTO_BLOCK": False,
+            "RMW_MIN_ROWS": 0}
     for knob in ("RMW", "PERSISTENT", "PROGRAMS_PER_SM", "SKIP_ONES", "BROADCAST_WORDS", "WORD_TILE", "AUTO_BLOCK"):
         values = ns["TUNABLES"][knob]
         assert {c.get(knob, values[0]) for c in BITMASK_SAMPLE} | {ns["CONFIG"].get(knob, values[0])} == set(values), knob
@@ -225,14 +229,15 @@ def test_bitmask_auto_block_sizes_the_grid_per_call():
     seen = []
     class Launcher:  # stands in for the Triton launch: records BLOCK_SIZE, runs nothing
         def __getitem__(self, grid):
-            return lambda *args, **kw: seen.append((grid[0], kw["BLOCK_SIZE"]))
+            return lambda *args, **kw: seen.append((grid[0], kw["BLOCK_SIZE"], kw["RMW"]))
     ns["_bitmask_kernel"] = Launcher()
     ns["_num_sms"] = lambda device: 132
-    ns["CONFIG"].update(BLOCK_SIZE=8192, AUTO_BLOCK=True)
+    ns["CONFIG"].update(BLOCK_SIZE=8192, AUTO_BLOCK=True, RMW=True, RMW_MIN_ROWS=32)
     for rows in (1, 4, 64):
         logits = torch.empty(rows, 151936)
         ns["run"](logits, torch.empty(rows, 4748, dtype=torch.int32), torch.arange(rows, dtype=torch.int32))
-    assert seen == [(149, 1024), (152, 4096), (1216, 8192)]  # 1 row: 149 blocks; 4 rows: 4 x 38; 64 rows: 64 x 19
+    # 1 row: 149 blocks; 4 rows: 4 x 38; 64 rows: 64 x 19; RMW from 32 rows on (RMW_MIN_ROWS)
+    assert seen == [(149, 1024, False), (152, 4096, False), (1216, 8192, True)]
 
 
 @pytest.mark.parametrize("name", sorted(WORD_TILE_WRONG))
