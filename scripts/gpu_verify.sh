@@ -13,6 +13,7 @@
 #   bash scripts/gpu_verify.sh bench-attention|bench-megakernel|bench-grammar  # the evolved artifacts vs seeds and peers
 #   bash scripts/gpu_verify.sh sweep     # scripts/sweep_knobs.py over the seeds' newer knobs (design-space map)
 #   bash scripts/gpu_verify.sh gluon     # the Gluon FA3-style GQA prefill kernel: correctness + TFLOP/s vs cuDNN
+#   bash scripts/gpu_verify.sh gluon-evolve   # avo evolve from the Gluon kernel (configs/gpu_attention_gluon.yaml)
 # MINUTES is the run's total wall budget: a resumed run (lineages/<run> carried along) counts the
 # minutes it already ran, so pass the old total plus what you want to add.
 set -uo pipefail
@@ -54,6 +55,7 @@ case "${1:-evals}" in
   decode) evolve_part gpu-gqa-decode configs/gpu_gqa_decode.yaml "${MINUTES:-8}" ;;
   megakernel) evolve_part gpu-megakernel configs/gpu_megakernel.yaml "${MINUTES:-8}" ;;
   mha-decode) evolve_part gpu-mha-decode configs/gpu_mha_decode.yaml "${MINUTES:-8}" ;;
+  gluon-evolve) evolve_part gpu-attention-gluon configs/gpu_attention_gluon.yaml "${MINUTES:-6}" ;;
   prefill) evolve_part gpu-attention-prefill configs/gpu_attention_prefill.yaml "${MINUTES:-7}" ;;
   bench-attention)  # the evolved attention kernels (MHA/decode from lineages/gpu-mha-decode if it ran here) vs seeds and SDPA
     K=()

@@ -225,6 +225,23 @@ def test_gqa_gpu_configs_name_existing_gpu_workloads_and_seeds(name, task_name):
     assert 2 <= len(cfg.workloads[task_name]) <= 4 and set(cfg.workloads[task_name]) <= gpu
 
 
+def test_gluon_gpu_config_seeds_the_gluon_kernel_which_the_guard_accepts():
+    """configs/gpu_attention_gluon.yaml evolves kernels/attention/gqa_fwd_gluon.py; the file passes
+    the evaluator's static guard (a Gluon import is a triton import) and its CONFIG/TUNABLES parse."""
+    from avo.config import load_config
+    from avo.harness.guard import scan_solution
+    from avo.operators.knobs import parse_knobs
+    cfg = load_config(REPO_ROOT / "configs" / "gpu_attention_gluon.yaml")
+    seed = REPO_ROOT / cfg.seed_path("attention_gqa_fwd", "attention_gqa_fwd")
+    assert seed.name == "gqa_fwd_gluon.py" and cfg.device == "cuda"
+    gpu = {w.uuid for w in load_task("attention_gqa_fwd").select("gpu")}
+    assert set(cfg.workloads["attention_gqa_fwd"]) <= gpu
+    task = load_task("attention_gqa_fwd")
+    assert scan_solution({"kernel.py": seed.read_text()}, task.definition.forbidden_calls) is None
+    k = parse_knobs(seed.read_text())
+    assert set(k.config) == set(k.tunables) and all(k.config[n] in k.tunables[n] for n in k.config)
+
+
 # ---- scripts/bench_attention.py on CPU: the plan and the doc section (the timing needs a GPU) ----
 
 BENCH = REPO_ROOT / "scripts" / "bench_attention.py"
