@@ -86,12 +86,16 @@ def candidate_names(task: str, evolved: dict[str, Path]) -> list[str]:
 
 # ---- doc section ----
 
-def update_doc_section(doc: Path, body: str) -> None:
-    """Replace the marked section of `doc` (append it when absent; create the file when missing)."""
+def update_doc_section(doc: Path, body: str, tasks: Optional[list[str]] = None) -> None:
+    """Replace this run's marked section of `doc` (append it when absent; create the file when
+    missing): one section per task set, so a run on a subset (say prefill alone) leaves the full
+    table, decode rows included, in place."""
     from avo.doc_section import replace_marked_section
+    tag = "" if tasks is None or sorted(tasks) == sorted(BENCH_TASKS) else " " + ",".join(sorted(tasks))
+    start, end = DOC_START.replace(" -->", tag + " -->"), DOC_END.replace(" -->", tag + " -->")
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\nMeasured by scripts under scripts/; each section is written by its script.\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(replace_marked_section(text, DOC_START, DOC_END, body))
+    doc.write_text(replace_marked_section(text, start, end, body))
 
 
 # ---- GPU side ----
@@ -257,7 +261,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"{t} ({BENCH_TASKS[t][1]}): evolved = {evolved.get(t, '(none: seed only)')}")
                 for w in plan[t]:
                     print(f"  {w.uuid}: " + ", ".join(candidate_names(t, evolved)))
-            print(f"would update {a.doc} section {DOC_START}" if not a.no_doc else "would not write a doc")
+            print(f"would update {a.doc} section for {','.join(tasks)}" if not a.no_doc else "would not write a doc")
             return 0
         import torch
         if not torch.cuda.is_available():
@@ -287,7 +291,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "(native enable_gqa, or repeat-kv: K/V repeated once before timing).\n\n" + table + "\n")
     print(table)
     if not a.no_doc:
-        update_doc_section(Path(a.doc), body)
+        update_doc_section(Path(a.doc), body, tasks)
         print(f"updated {a.doc}")
     return 0
 

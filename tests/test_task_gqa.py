@@ -285,3 +285,11 @@ def test_bench_attention_doc_section_is_created_then_replaced_in_place(tmp_path)
     assert "first table" not in text and "second table" in text
     assert "lead's intro" in text and text.rstrip().endswith("## other section\nkept")
     assert text.count("<!-- /bench_attention -->") == 1
+    # a run on a subset of the tasks writes its own section and leaves the full table alone
+    update(doc, "prefill only", ["attention_mha_fwd", "attention_gqa_fwd"])
+    text = doc.read_text()
+    assert "second table" in text and "prefill only" in text
+    assert text.count("<!-- bench_attention attention_gqa_fwd,attention_mha_fwd -->") == 1
+    update(doc, "full again", list(mod.BENCH_TASKS))
+    text = doc.read_text()
+    assert "second table" not in text and "full again" in text and "prefill only" in text
