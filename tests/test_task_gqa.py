@@ -226,20 +226,21 @@ def test_gqa_gpu_configs_name_existing_gpu_workloads_and_seeds(name, task_name):
 
 
 def test_gluon_gpu_config_seeds_the_gluon_kernel_which_the_guard_accepts():
-    """configs/gpu_attention_gluon.yaml evolves kernels/attention/gqa_fwd_gluon.py; the file passes
-    the evaluator's static guard (a Gluon import is a triton import) and its CONFIG/TUNABLES parse."""
+    """configs/gpu_attention_gluon.yaml evolves kernels/attention/gqa_fwd_gluon_ws.py; both Gluon files
+    pass the evaluator's static guard (a Gluon import is a triton import) and their CONFIG/TUNABLES parse."""
     from avo.config import load_config
     from avo.harness.guard import scan_solution
     from avo.operators.knobs import parse_knobs
     cfg = load_config(REPO_ROOT / "configs" / "gpu_attention_gluon.yaml")
     seed = REPO_ROOT / cfg.seed_path("attention_gqa_fwd", "attention_gqa_fwd")
-    assert seed.name == "gqa_fwd_gluon.py" and cfg.device == "cuda"
+    assert seed.name == "gqa_fwd_gluon_ws.py" and cfg.device == "cuda"
     gpu = {w.uuid for w in load_task("attention_gqa_fwd").select("gpu")}
     assert set(cfg.workloads["attention_gqa_fwd"]) <= gpu
     task = load_task("attention_gqa_fwd")
-    assert scan_solution({"kernel.py": seed.read_text()}, task.definition.forbidden_calls) is None
-    k = parse_knobs(seed.read_text())
-    assert set(k.config) == set(k.tunables) and all(k.config[n] in k.tunables[n] for n in k.config)
+    for path in (seed, seed.with_name("gqa_fwd_gluon.py")):
+        assert scan_solution({"kernel.py": path.read_text()}, task.definition.forbidden_calls) is None
+        k = parse_knobs(path.read_text())
+        assert set(k.config) == set(k.tunables) and all(k.config[n] in k.tunables[n] for n in k.config)
 
 
 # ---- scripts/bench_attention.py on CPU: the plan and the doc section (the timing needs a GPU) ----
