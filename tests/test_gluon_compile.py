@@ -1,15 +1,22 @@
-"""The Gluon GQA prefill kernel (kernels/attention/gqa_fwd_gluon.py) compiles for sm_90 on a CPU.
+"""The Gluon GQA prefill kernels compile for sm_90 on a CPU: kernels/attention/gqa_fwd_gluon.py
+(async wgmma, the softmax under P.V) and gqa_fwd_gluon_ws.py (warp-specialised ping-pong).
 
-Gluon kernels are not run by the interpreter, so this is the only CPU check: frontend + ptxas for
+Gluon kernels are not run by the interpreter, so this is their only CPU check: frontend + ptxas for
 Hopper through GluonASTSource, with host-style 4-D TMA descriptors as the signature. It asserts the
-PTX holds async wgmma (with a `wgmma.wait_group 1`: S ready while the P.V is still in flight) and
-bulk tensor (TMA) copies. Skipped only where the installed triton lacks Gluon's Hopper module.
-Correctness and speed are GPU-only: scripts/gluon_attention_check.py.
+PTX holds async wgmma with a `wgmma.wait_group 1` (S ready while the P.V is still in flight) and
+bulk tensor (TMA) copies; for the ping-pong kernel also the three partitions (12 warps, setmaxnreg),
+the shared-memory budget and, where triton ships cuobjdump, that the SASS keeps the wgmmas pipelined
+(ptxas serialises every wgmma of a worker partition otherwise: the kernel's EXIT_WORKER). Skipped
+only where the installed triton lacks Gluon's Hopper module. Correctness and speed are GPU-only:
+scripts/gluon_attention_check.py, scripts/gluon_ws_check.py.
 """
 from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,47 +32,86 @@ except ImportError as e:  # older triton without Gluon's Hopper API
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.jit import mangle_type  # noqa: E402
 
-KERNEL = Path(__file__).resolve().parents[1] / "kernels/attention/gqa_fwd_gluon.py"
+ATTN = Path(__file__).resolve().parents[1] / "kernels/attention"
+KERNELS = ["gqa_fwd_gluon.py", "gqa_fwd_gluon_ws.py"]
 
 
-@pytest.fixture(scope="module")
-def mod():
-    spec = importlib.util.spec_from_file_location("gqa_fwd_gluon_under_test", KERNEL)
+def load(name):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py") + "_under_test", ATTN / name)
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     return m
 
 
-def compile_sm90(mod, block_m=128, block_n=128, stages=2, warps=8, causal=False, dim=128, dtype=torch.bfloat16):
+@pytest.fixture(scope="module")
+def mod():
+    return load("gqa_fwd_gluon.py")
+
+
+@pytest.fixture()
+def ws():
+    return load("gqa_fwd_gluon_ws.py")  # per test: compile_ws edits its CONFIG
+
+
+def _compile(mod, fn, block_m, block_n, dim, dtype, consts, scalars, **options):
+    """One sm_90 compile of `fn` with [1, 1, BLOCK, dim] descriptors for q, k, v and o."""
     gdt = mod._GL_DTYPES[dtype]
     t = torch.empty(1, 1, 256, dim, dtype=dtype)  # CPU tensor: only its dtype/strides feed the signature
     descs = dict(q_desc=mod._descriptor(t, block_m, gdt), k_desc=mod._descriptor(t, block_n, gdt),
                  v_desc=mod._descriptor(t, block_n, gdt), o_desc=mod._descriptor(t, block_m, gdt))
-    consts = dict(DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, NUM_STAGES=stages, CAUSAL=causal, NUM_WARPS=warps)
-    fn = mod._gqa_fwd_gluon_kernel
     sig = {n: mangle_type(d) for n, d in descs.items()}
-    sig.update(seq="i32", heads="i32", group="i32", qk_scale="fp32")
+    sig.update(scalars)
     sig.update({n: "constexpr" for n in consts})
     sig = {n: sig[n] for n in fn.arg_names}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def compile_sm90(mod, block_m=128, block_n=128, stages=2, warps=8, causal=False, dim=128, dtype=torch.bfloat16):
+    consts = dict(DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, NUM_STAGES=stages, CAUSAL=causal, NUM_WARPS=warps)
+    return _compile(mod, mod._gqa_fwd_gluon_kernel, block_m, block_n, dim, dtype, consts,
+                    dict(seq="i32", heads="i32", group="i32", qk_scale="fp32"), num_warps=warps)
+
+
+def compile_ws(ws, causal=False, dim=128, dtype=torch.bfloat16, **knobs):
+    ws.CONFIG.update(knobs)
+    consts, maxnreg = ws._launch_params(dim, torch.empty(0, dtype=dtype).element_size())
+    consts["CAUSAL"] = causal
+    return _compile(ws, ws._gqa_fwd_ws_kernel, consts["BLOCK_M"], consts["BLOCK_N"], dim, dtype, consts,
+                    dict(seq="i32", heads="i32", group="i32", n_m="i32", n_tiles="i32", qk_scale="fp32"),
+                    num_warps=4, maxnreg=maxnreg)
+
+
+def _sass(kernel):
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    exe = str(tool) if tool.exists() else shutil.which("cuobjdump")
+    if exe is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([exe, "-sass", f.name], capture_output=True, text=True)
+    return out.stdout if out.returncode == 0 else None
+
+
+def _async_pipeline(ptx):
+    assert "wgmma.mma_async" in ptx
+    assert "cp.async.bulk.tensor" in ptx  # TMA loads (and the O store)
+    assert "mbarrier.try_wait" in ptx
+    # The steady-state step waits for S_j with the P.V still outstanding (wait_group 1). Where the
+    # ex2 land relative to the waits is a matter of block layout in the PTX and of ptxas scheduling
+    # (read the SASS for that: see the kernels' docstrings); here only that the wait exists.
+    assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+1;", ptx)
+    assert "ex2.approx" in ptx
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("block_n", [128, 64])
 def test_compiles_with_async_wgmma_and_tma(mod, causal, block_n):
     k = compile_sm90(mod, block_n=block_n, causal=causal)
-    ptx = k.asm["ptx"]
-    assert "wgmma.mma_async" in ptx
-    assert "cp.async.bulk.tensor" in ptx  # TMA loads (and the O store)
-    assert "mbarrier.try_wait" in ptx
+    _async_pipeline(k.asm["ptx"])
+    assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0;", k.asm["ptx"])
     assert k.metadata.shared <= 232448  # H100: 227 KB per block
-    # The steady-state step waits for S_j with the P.V still outstanding (wait_group 1). Where the
-    # ex2 land relative to the waits is a matter of block layout in the PTX and of ptxas scheduling
-    # (read the SASS for that: see the kernel's docstring); here only that both waits exist.
-    assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+1;", ptx)
-    assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0;", ptx)
-    assert "ex2.approx" in ptx
 
 
 def test_compiles_fp16_dim64(mod):
@@ -73,15 +119,52 @@ def test_compiles_fp16_dim64(mod):
     assert "wgmma.mma_async" in k.asm["ptx"]
 
 
-def test_run_rejects_unsupported(mod):
+WS_CASES = [
+    dict(causal=False),
+    dict(causal=True),
+    dict(causal=True, dim=64, dtype=torch.float16),
+    dict(causal=False, dim=64, dtype=torch.float16),
+]
+
+
+@pytest.mark.parametrize("case", WS_CASES, ids=lambda c: f"{'causal' if c['causal'] else 'full'}-d{c.get('dim', 128)}")
+def test_ws_compiles_warp_specialized(ws, case):
+    k = compile_ws(ws, **case)
+    ptx = k.asm["ptx"]
+    _async_pipeline(ptx)
+    assert "setmaxnreg" in ptx  # register reallocation between the partitions
+    assert k.metadata.num_warps == 12  # 2 consumer warpgroups + the producer's (padded) warpgroup
+    assert k.metadata.shared <= ws.SMEM_LIMIT
+    if ws.CONFIG.get("EXIT_WORKER", True):
+        assert re.search(r"\bexit;", ptx)
+    sass = _sass(k)
+    if sass is not None:
+        assert "HGMMA" in sass
+        # Pipelined wgmma: a wait that leaves one group outstanding survives in SASS.
+        assert re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1", sass), "ptxas serialised the wgmmas"
+
+
+@pytest.mark.parametrize("knobs", [dict(PERSISTENT=False), dict(BLOCK_N=64), dict(NUM_STAGES=3)],
+                         ids=["one_tile_per_cta", "bn64", "stages3"])
+def test_ws_compiles_knobs(ws, knobs):
+    k = compile_ws(ws, causal=True, **knobs)
+    assert "wgmma.mma_async" in k.asm["ptx"]
+    assert k.metadata.shared <= ws.SMEM_LIMIT
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_run_rejects_unsupported(name):
+    m = load(name)
     q = torch.empty(1, 2, 8, 32, dtype=torch.bfloat16)
     with pytest.raises(ValueError):
-        mod.run(q, q[:, :1], q[:, :1], False, torch.empty_like(q))  # head dim 32
+        m.run(q, q[:, :1], q[:, :1], False, torch.empty_like(q))  # head dim 32
     q = torch.empty(1, 2, 8, 64, dtype=torch.float32)
     with pytest.raises(ValueError):
-        mod.run(q, q, q, False, torch.empty_like(q))  # fp32
+        m.run(q, q, q, False, torch.empty_like(q))  # fp32
 
 
-def test_config_in_tunables(mod):
-    for name, val in mod.CONFIG.items():
-        assert val in mod.TUNABLES[name], name
+@pytest.mark.parametrize("name", KERNELS)
+def test_config_in_tunables(name):
+    m = load(name)
+    for knob, val in m.CONFIG.items():
+        assert val in m.TUNABLES[knob], knob
