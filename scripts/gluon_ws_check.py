@@ -1,6 +1,6 @@
 """GPU check of the warp-specialised Gluon GQA prefill kernel (kernels/attention/gqa_fwd_gluon_ws.py).
 
-    python3 scripts/gluon_ws_check.py                      # CONFIG, then CONFIG + PERSISTENT
+    python3 scripts/gluon_ws_check.py                      # CONFIG (persistent), then one tile per CTA
     python3 scripts/gluon_ws_check.py --quick              # CONFIG only
     python3 scripts/gluon_ws_check.py --config '{"BLOCK_N": 64}' --config '{"EXIT_WORKER": false}'
     python3 scripts/gluon_ws_check.py --no-time            # correctness only
@@ -120,7 +120,7 @@ def _fmt(res, tag):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="CONFIG only (no PERSISTENT variant), shorter timing")
+    ap.add_argument("--quick", action="store_true", help="CONFIG only (not the one-tile-per-CTA variant), shorter timing")
     ap.add_argument("--config", action="append", default=None,
                     help="JSON merged into the kernel's CONFIG; repeatable, one run of every shape each")
     ap.add_argument("--no-time", action="store_true", help="correctness only")
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         print(f"device {dev} | torch {torch.__version__} | triton {triton.__version__}", flush=True)
     except Exception as e:  # noqa: BLE001
         print(f"torch/triton import failed: {e}")
-    configs = [json.loads(c) for c in args.config] if args.config else ([{}] if args.quick else [{}, {"PERSISTENT": True}])
+    configs = [json.loads(c) for c in args.config] if args.config else ([{}] if args.quick else [{}, {"PERSISTENT": False}])
     shapes = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(",")]
     head = (f"{'B':>3} {'Hq':>3} {'Hkv':>3} {'S':>5} {'D':>4} {'causal':>6} {'dtype':>8} | {'maxerr':>8} {'ok':>3} | "
             f"{'ws':>7} {'gluon':>7} {'cudnn':>7} TFLOP/s | {'ws/cud':>7} {'ws/gl':>7} {'gl/cud':>7}")
