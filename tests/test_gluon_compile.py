@@ -144,8 +144,8 @@ def test_ws_compiles_warp_specialized(ws, case):
         assert re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1", sass), "ptxas serialised the wgmmas"
 
 
-@pytest.mark.parametrize("knobs", [dict(PERSISTENT=False), dict(BLOCK_N=64), dict(NUM_STAGES=3)],
-                         ids=["one_tile_per_cta", "bn64", "stages3"])
+@pytest.mark.parametrize("knobs", [dict(PERSISTENT=False), dict(BLOCK_N=64), dict(NUM_STAGES=3), dict(HEAD_MAJOR=True)],
+                         ids=["one_tile_per_cta", "bn64", "stages3", "head_major"])
 def test_ws_compiles_knobs(ws, knobs):
     k = compile_ws(ws, causal=True, **knobs)
     assert "wgmma.mma_async" in k.asm["ptx"]

@@ -58,7 +58,10 @@ Measured (H100 SXM, session 8, docs/benchmarks.md): correct on its first GPU run
 and every task workload); with PERSISTENT, 0.95-1.03x cuDNN and 1.73-1.97x FlashAttention-2 in
 device time on all eleven attention_gqa_fwd workloads (544 / 533 TFLOP/s do_bench at B4 Hq32 Hkv8
 S4096, non-causal / causal); 0.80-1.02x with one tile per CTA. As MHA (Hkv = Hq) it is slower
-(0.56-0.90x cuDNN): not yet understood; gqa_fwd_gluon.py is the better MHA kernel.
+(0.56-0.90x cuDNN). Likely cause: tiles run heads-fastest, so the CTAs in flight each stream their
+own KV head; as MHA that is 32 query blocks x 128 heads x 2 MB of K/V = 8.4 GB from DRAM at B4
+S4096, ~2.8 ms at 3 TB/s, which matches the 2.9 ms measured. HEAD_MAJOR (query blocks fastest) is
+the fix to time next; gqa_fwd_gluon.py (query blocks fastest already) is the better MHA kernel until then.
 
 SASS (triton 3.6 + its ptxas, sm_90a, CONFIG, D128 bf16), steady-state step of either consumer:
     DEPBAR0 BAR ARRIVE(v_empty) TRYWAIT(K) TRYWAIT(V) TRYWAIT(turn) HGMMA x16 BAR ARRIVE(turn)
@@ -94,7 +97,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_M=64, BLOCK_N=128, NUM_STAGES=2, PERSISTENT=True, CONSUMER_REGS=240, EXIT_WORKER=True)
+CONFIG = dict(BLOCK_M=64, BLOCK_N=128, NUM_STAGES=2, PERSISTENT=True, CONSUMER_REGS=240, EXIT_WORKER=True, HEAD_MAJOR=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK_M=[64],  # query rows per consumer warpgroup (a CTA covers 2 * BLOCK_M)
@@ -103,6 +106,7 @@ TUNABLES = dict(
     PERSISTENT=[False, True],  # grid of #SMs CTAs looping over tiles (H100: 0.95-1.03x cuDNN on GQA vs 0.80-1.02x without)
     CONSUMER_REGS=[240],  # setmaxnreg of each consumer warpgroup (the producer gets 24); 232 spills 128 B
     EXIT_WORKER=[True, False],  # consumer 1 exits at its end (else ptxas serialises every wgmma: docstring)
+    HEAD_MAJOR=[False, True],  # tile order: query blocks fastest (K/V of a few heads shared in L2; for MHA), not heads
 )
 
 LOG2E = 1.4426950408889634
@@ -138,19 +142,35 @@ def _online_softmax(s, m_i, l_i, qk_scale, start_n, q_row, seq, mask_from,
 
 
 @gluon.jit
+def _tile_coords(t, n_m, n_tiles, CAUSAL: gl.constexpr, HEAD_MAJOR: gl.constexpr):
+    """Tile t -> (query block pair mt, batch*head bh). Default: bh fastest, so the CTAs in flight hold
+    the same query block of many heads (causal: every head's longest blocks first). HEAD_MAJOR: mt
+    fastest, so they hold the blocks of a few heads and share those heads' K/V in L2; with one KV
+    head per query head (MHA) the default order makes every CTA stream its own head's K/V from DRAM."""
+    n_bh = n_tiles // n_m
+    if HEAD_MAJOR:
+        mt = t % n_m
+        bh = t // n_m
+    else:
+        mt = t // n_bh
+        bh = t % n_bh
+    if CAUSAL:  # the longest query blocks first
+        mt = n_m - 1 - mt
+    return mt, bh
+
+
+@gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem,
               q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
               seq, heads, group, n_m, n_tiles,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+              HEAD_MAJOR: gl.constexpr):
     q_bytes: gl.constexpr = q_desc.block_type.nbytes
     kv_bytes: gl.constexpr = k_desc.block_type.nbytes
     pos = 0  # ring position of the next KV block (over all tiles of this CTA)
     it = 0  # tiles done by this CTA
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        mt = t // (n_tiles // n_m)
-        bh = t % (n_tiles // n_m)
-        if CAUSAL:  # the longest query blocks first
-            mt = n_m - 1 - mt
+        mt, bh = _tile_coords(t, n_m, n_tiles, CAUSAL, HEAD_MAJOR)
         b = bh // heads
         h = bh % heads
         hk = h // group
@@ -182,7 +202,7 @@ def _consumer(CID: gl.constexpr, o_desc, q_smem, o_smem, k_smem, v_smem,
               q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
               seq, heads, n_m, n_tiles, qk_scale,
               DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, O_SEP: gl.constexpr):
+              CAUSAL: gl.constexpr, O_SEP: gl.constexpr, HEAD_MAJOR: gl.constexpr):
     dtype: gl.constexpr = o_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -209,10 +229,7 @@ def _consumer(CID: gl.constexpr, o_desc, q_smem, o_smem, k_smem, v_smem,
     tn = 0  # turns taken so far
     it = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        mt = t // (n_tiles // n_m)
-        bh = t % (n_tiles // n_m)
-        if CAUSAL:
-            mt = n_m - 1 - mt
+        mt, bh = _tile_coords(t, n_m, n_tiles, CAUSAL, HEAD_MAJOR)
         b = bh // heads
         h = bh % heads
         row0 = mt * (2 * BLOCK_M)
@@ -311,9 +328,9 @@ def _consumer(CID: gl.constexpr, o_desc, q_smem, o_smem, k_smem, v_smem,
 def _consumer1(o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
                seq, heads, n_m, n_tiles, qk_scale,
                DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-               CAUSAL: gl.constexpr, O_SEP: gl.constexpr, EXIT_WORKER: gl.constexpr):
+               CAUSAL: gl.constexpr, O_SEP: gl.constexpr, HEAD_MAJOR: gl.constexpr, EXIT_WORKER: gl.constexpr):
     _consumer(1, o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-              turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP)
+              turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP, HEAD_MAJOR)
     if EXIT_WORKER:
         _exit_warpgroup(seq)
 
@@ -329,16 +346,16 @@ def _exit_warpgroup(x):
 def _consumer0(o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
                seq, heads, n_m, n_tiles, qk_scale,
                DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-               CAUSAL: gl.constexpr, O_SEP: gl.constexpr):
+               CAUSAL: gl.constexpr, O_SEP: gl.constexpr, HEAD_MAJOR: gl.constexpr):
     _consumer(0, o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-              turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP)
+              turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP, HEAD_MAJOR)
 
 
 @gluon.jit
 def _gqa_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, seq, heads, group, n_m, n_tiles, qk_scale,
                        DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                        NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, O_SEP: gl.constexpr,
-                       CONSUMER_REGS: gl.constexpr, EXIT_WORKER: gl.constexpr):
+                       CONSUMER_REGS: gl.constexpr, EXIT_WORKER: gl.constexpr, HEAD_MAJOR: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, BLOCK_M, DIM], q_desc.layout)
     if O_SEP:
@@ -369,12 +386,13 @@ def _gqa_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, seq, heads, group, n_m, n
     # constexpr ints into i32 tensors (the partitions need DIM, BLOCK_* etc. as constexprs).
     gl.warp_specialize([
         (_consumer0, (o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-                      turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP)),
+                      turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP,
+                      HEAD_MAJOR)),
         (_consumer1, (o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
                       turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP,
-                      EXIT_WORKER)),
+                      HEAD_MAJOR, EXIT_WORKER)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
-                     v_empty, seq, heads, group, n_m, n_tiles, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL)),
+                     v_empty, seq, heads, group, n_m, n_tiles, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, HEAD_MAJOR)),
     ], [4, 1], [CONSUMER_REGS, 24])
 
 
@@ -411,7 +429,7 @@ def _launch_params(dim, isz):
     maxnreg = (2 * regs + PRODUCER_REGS) // 3  # 3 warpgroups share the register file evenly at launch
     return dict(DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, NUM_STAGES=stages,
                 O_SEP=_o_separate(block_m, block_n, stages, dim, isz), CONSUMER_REGS=regs,
-                EXIT_WORKER=bool(_knob("EXIT_WORKER"))), maxnreg
+                EXIT_WORKER=bool(_knob("EXIT_WORKER")), HEAD_MAJOR=bool(_knob("HEAD_MAJOR"))), maxnreg
 
 
 _NUM_SMS = {}
