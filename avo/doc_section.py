@@ -6,6 +6,15 @@ never taken for it; absent markers append the section at the end.
 from __future__ import annotations
 
 import re
+from typing import Optional, Sequence
+
+
+def task_set_markers(name: str, tasks: Optional[Sequence[str]], all_tasks: Sequence[str]) -> tuple[str, str]:
+    """The begin/end markers of a bench script's section: `<!-- name -->` for a run over every task,
+    `<!-- name T1,T2 -->` for a subset, so a run on a subset owns its own section and leaves the full
+    table in place."""
+    tag = "" if tasks is None or sorted(tasks) == sorted(all_tasks) else " " + ",".join(sorted(tasks))
+    return f"<!-- {name}{tag} -->", f"<!-- /{name}{tag} -->"
 
 
 def replace_marked_section(text: str, begin: str, end: str, body: str) -> str:

@@ -44,7 +44,6 @@ BENCH_TASKS: dict[str, tuple[str, str]] = {
 }
 SDPA_BACKENDS = ["CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"]
 REF_ORDER = ["sdpa-flash", "sdpa-cudnn", "sdpa-efficient"]  # first that runs is the reference output
-DOC_START, DOC_END = "<!-- bench_attention -->", "<!-- /bench_attention -->"
 
 
 class BenchError(Exception):
@@ -90,9 +89,8 @@ def update_doc_section(doc: Path, body: str, tasks: Optional[list[str]] = None) 
     """Replace this run's marked section of `doc` (append it when absent; create the file when
     missing): one section per task set, so a run on a subset (say prefill alone) leaves the full
     table, decode rows included, in place."""
-    from avo.doc_section import replace_marked_section
-    tag = "" if tasks is None or sorted(tasks) == sorted(BENCH_TASKS) else " " + ",".join(sorted(tasks))
-    start, end = DOC_START.replace(" -->", tag + " -->"), DOC_END.replace(" -->", tag + " -->")
+    from avo.doc_section import replace_marked_section, task_set_markers
+    start, end = task_set_markers("bench_attention", tasks, BENCH_TASKS)
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\nMeasured by scripts under scripts/; each section is written by its script.\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(replace_marked_section(text, start, end, body))

@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from avo.config import default_seed_path  # noqa: E402
-from avo.doc_section import replace_marked_section  # noqa: E402
+from avo.doc_section import replace_marked_section, task_set_markers  # noqa: E402
 from avo.tasks import Task, TaskError, load_task  # noqa: E402
 
 BENCH_TASKS = ["grammar_bitmask", "layout_bshd_to_bhsd", "layout_transpose2d", "layout_bshd_to_bhds",
@@ -41,7 +41,6 @@ PEERS = {  # family -> peer names, the first one is the correctness reference
                    "engine CUDA graph"],
 }
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
-MARK_BEGIN, MARK_END = "<!-- bench_memory_bound -->", "<!-- /bench_memory_bound -->"
 
 
 class BenchError(Exception):
@@ -272,8 +271,7 @@ def table(rows: list[dict]) -> str:
 def write_doc(text: str, doc: Path = DOC, tasks: Optional[list[str]] = None) -> None:
     """Replace this run's section: one per task set, so a run on a subset (say the decode layer
     alone) leaves the full table of the other families in place."""
-    tag = "" if tasks is None or sorted(tasks) == sorted(BENCH_TASKS) else " " + ",".join(sorted(tasks))
-    begin, end = MARK_BEGIN.replace(" -->", tag + " -->"), MARK_END.replace(" -->", tag + " -->")
+    begin, end = task_set_markers("bench_memory_bound", tasks, BENCH_TASKS)
     old = doc.read_text() if doc.exists() else "# Measured numbers\n"
     doc.write_text(replace_marked_section(old, begin, end, text))
 
