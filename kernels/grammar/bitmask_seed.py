@@ -141,7 +141,9 @@ def run(logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor) -> N
     n = indices.shape[0]
     if n == 0:
         return
-    block, sms = CONFIG["BLOCK_SIZE"], _num_sms(logits.device)
+    block = CONFIG["BLOCK_SIZE"]
+    # The SM count only where a knob uses it: it is a device query on every call.
+    sms = _num_sms(logits.device) if _knob("AUTO_BLOCK") or _knob("PERSISTENT") else 0
     if _knob("AUTO_BLOCK"):
         while block > 1024 and n * triton.cdiv(vocab, block) < sms:
             block //= 2
