@@ -5,7 +5,7 @@ Gluon kernels are not run by the interpreter, so this is their only CPU check: f
 Hopper through GluonASTSource, with host-style 4-D TMA descriptors as the signature. It asserts the
 PTX holds async wgmma with a `wgmma.wait_group 1` (S ready while the P.V is still in flight) and
 bulk tensor (TMA) copies; for the ping-pong kernel also the three partitions (12 warps, setmaxnreg),
-the shared-memory budget and, where triton ships cuobjdump, that the SASS keeps the wgmmas pipelined
+the shared-memory budget and that the SASS (triton's bundled cuobjdump) keeps the wgmmas pipelined
 (ptxas serialises every wgmma of a worker partition otherwise: the kernel's EXIT_WORKER). Skipped
 only where the installed triton lacks Gluon's Hopper module. Correctness and speed are GPU-only:
 scripts/gluon_attention_check.py, scripts/gluon_ws_check.py.
@@ -138,10 +138,10 @@ def test_ws_compiles_warp_specialized(ws, case):
     if ws.CONFIG.get("EXIT_WORKER", True):
         assert re.search(r"\bexit;", ptx)
     sass = _sass(k)
-    if sass is not None:
-        assert "HGMMA" in sass
-        # Pipelined wgmma: a wait that leaves one group outstanding survives in SASS.
-        assert re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1", sass), "ptxas serialised the wgmmas"
+    assert sass is not None, "no SASS: triton's bundled cuobjdump missing or failed"
+    assert "HGMMA" in sass
+    # Pipelined wgmma: a wait that leaves one group outstanding survives in SASS.
+    assert re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1", sass), "ptxas serialised the wgmmas"
 
 
 @pytest.mark.parametrize("knobs", [dict(PERSISTENT=False), dict(BLOCK_N=64), dict(NUM_STAGES=3), dict(HEAD_MAJOR=True)],
