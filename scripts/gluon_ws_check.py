@@ -37,6 +37,10 @@ SHAPES = [
     (16, 32, 4, 1024, 128, True, "bfloat16"),
     (4, 32, 8, 4096, 128, False, "bfloat16"),
     (4, 32, 8, 4096, 128, True, "bfloat16"),
+    (4, 32, 32, 4096, 128, False, "bfloat16"),  # MHA: the tile order decides whether K/V come from L2
+    (4, 32, 32, 4096, 128, True, "bfloat16"),
+    (16, 16, 16, 1024, 128, False, "bfloat16"),
+    (16, 16, 16, 1024, 128, True, "bfloat16"),
 ]
 
 

@@ -78,7 +78,7 @@ def compile_ws(ws, causal=False, dim=128, dtype=torch.bfloat16, **knobs):
     consts, maxnreg = ws._launch_params(dim, torch.empty(0, dtype=dtype).element_size())
     consts["CAUSAL"] = causal
     return _compile(ws, ws._gqa_fwd_ws_kernel, consts["BLOCK_M"], consts["BLOCK_N"], dim, dtype, consts,
-                    dict(seq="i32", heads="i32", group="i32", n_m="i32", n_tiles="i32", qk_scale="fp32"),
+                    dict(seq="i32", heads="i32", group="i32", n_m="i32", n_tiles="i32", qk_scale="fp32", head_group="i32"),
                     num_warps=4, maxnreg=maxnreg)
 
 
@@ -144,12 +144,24 @@ def test_ws_compiles_warp_specialized(ws, case):
     assert re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1", sass), "ptxas serialised the wgmmas"
 
 
-@pytest.mark.parametrize("knobs", [dict(PERSISTENT=False), dict(BLOCK_N=64), dict(NUM_STAGES=3), dict(HEAD_MAJOR=True)],
-                         ids=["one_tile_per_cta", "bn64", "stages3", "head_major"])
+@pytest.mark.parametrize("knobs", [dict(PERSISTENT=False), dict(BLOCK_N=64), dict(NUM_STAGES=3)],
+                         ids=["one_tile_per_cta", "bn64", "stages3"])
 def test_ws_compiles_knobs(ws, knobs):
     k = compile_ws(ws, causal=True, **knobs)
     assert "wgmma.mma_async" in k.asm["ptx"]
     assert k.metadata.shared <= ws.SMEM_LIMIT
+
+
+def test_ws_head_group(ws):
+    """The tile order is a runtime head-group size (one compiled kernel for every order): all heads
+    by default, one head with HEAD_MAJOR, about HEAD_GROUP_WAVES grids of tiles per group."""
+    ws.CONFIG.update(HEAD_MAJOR=False)
+    assert ws._head_group(128, 32, 132) == 128
+    ws.CONFIG.update(HEAD_MAJOR=True, HEAD_GROUP_WAVES=0)
+    assert ws._head_group(128, 32, 132) == 1
+    ws.CONFIG.update(HEAD_GROUP_WAVES=3)
+    assert ws._head_group(128, 32, 132) == 12  # 3 * 132 / 32 query blocks
+    assert ws._head_group(8, 8, 64) == 8  # capped at the heads there are
 
 
 @pytest.mark.parametrize("name", KERNELS)

@@ -97,7 +97,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_M=64, BLOCK_N=128, NUM_STAGES=2, PERSISTENT=True, CONSUMER_REGS=240, EXIT_WORKER=True, HEAD_MAJOR=False)
+CONFIG = dict(BLOCK_M=64, BLOCK_N=128, NUM_STAGES=2, PERSISTENT=True, CONSUMER_REGS=240, EXIT_WORKER=True, HEAD_MAJOR=False, HEAD_GROUP_WAVES=0)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK_M=[64],  # query rows per consumer warpgroup (a CTA covers 2 * BLOCK_M)
@@ -107,6 +107,7 @@ TUNABLES = dict(
     CONSUMER_REGS=[240],  # setmaxnreg of each consumer warpgroup (the producer gets 24); 232 spills 128 B
     EXIT_WORKER=[True, False],  # consumer 1 exits at its end (else ptxas serialises every wgmma: docstring)
     HEAD_MAJOR=[False, True],  # tile order: query blocks fastest (K/V of a few heads shared in L2; for MHA), not heads
+    HEAD_GROUP_WAVES=[0, 1, 2, 3, 4],  # HEAD_MAJOR: heads per group = about this many grids of tiles (0: one head)
 )
 
 LOG2E = 1.4426950408889634
@@ -142,18 +143,22 @@ def _online_softmax(s, m_i, l_i, qk_scale, start_n, q_row, seq, mask_from,
 
 
 @gluon.jit
-def _tile_coords(t, n_m, n_tiles, CAUSAL: gl.constexpr, HEAD_MAJOR: gl.constexpr):
-    """Tile t -> (query block pair mt, batch*head bh). Default: bh fastest, so the CTAs in flight hold
-    the same query block of many heads (causal: every head's longest blocks first). HEAD_MAJOR: mt
-    fastest, so they hold the blocks of a few heads and share those heads' K/V in L2; with one KV
-    head per query head (MHA) the default order makes every CTA stream its own head's K/V from DRAM."""
+def _tile_coords(t, n_m, n_tiles, head_group, CAUSAL: gl.constexpr):
+    """Tile t -> (query block pair mt, batch*head bh): the heads come in groups of head_group, and
+    within a group bh runs fastest. head_group = all heads: the CTAs in flight hold the same query
+    block of many heads (causal: every head's longest blocks first, so all CTAs walk from long to
+    short together). head_group = 1: mt fastest, the CTAs hold a few heads and share their K/V in
+    L2 (with one KV head per query head, MHA, the first order streams every head's K/V from DRAM),
+    but a causal grid whose size is near a multiple of n_m gives some CTAs only long blocks. The
+    host picks groups of a few waves' worth of heads for both (HEAD_MAJOR, HEAD_GROUP_WAVES)."""
     n_bh = n_tiles // n_m
-    if HEAD_MAJOR:
-        mt = t % n_m
-        bh = t // n_m
-    else:
-        mt = t // n_bh
-        bh = t % n_bh
+    g = t // (head_group * n_m)
+    hg = head_group
+    if (g + 1) * head_group > n_bh:  # the last group may be short
+        hg = n_bh - g * head_group
+    r = t - g * head_group * n_m
+    mt = r // hg
+    bh = g * head_group + r % hg
     if CAUSAL:  # the longest query blocks first
         mt = n_m - 1 - mt
     return mt, bh
@@ -164,13 +169,13 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem,
               q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
               seq, heads, group, n_m, n_tiles,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-              HEAD_MAJOR: gl.constexpr):
+              head_group):
     q_bytes: gl.constexpr = q_desc.block_type.nbytes
     kv_bytes: gl.constexpr = k_desc.block_type.nbytes
     pos = 0  # ring position of the next KV block (over all tiles of this CTA)
     it = 0  # tiles done by this CTA
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        mt, bh = _tile_coords(t, n_m, n_tiles, CAUSAL, HEAD_MAJOR)
+        mt, bh = _tile_coords(t, n_m, n_tiles, head_group, CAUSAL)
         b = bh // heads
         h = bh % heads
         hk = h // group
@@ -202,7 +207,7 @@ def _consumer(CID: gl.constexpr, o_desc, q_smem, o_smem, k_smem, v_smem,
               q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
               seq, heads, n_m, n_tiles, qk_scale,
               DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, O_SEP: gl.constexpr, HEAD_MAJOR: gl.constexpr):
+              CAUSAL: gl.constexpr, O_SEP: gl.constexpr, head_group):
     dtype: gl.constexpr = o_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -229,7 +234,7 @@ def _consumer(CID: gl.constexpr, o_desc, q_smem, o_smem, k_smem, v_smem,
     tn = 0  # turns taken so far
     it = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        mt, bh = _tile_coords(t, n_m, n_tiles, CAUSAL, HEAD_MAJOR)
+        mt, bh = _tile_coords(t, n_m, n_tiles, head_group, CAUSAL)
         b = bh // heads
         h = bh % heads
         row0 = mt * (2 * BLOCK_M)
@@ -328,9 +333,9 @@ def _consumer(CID: gl.constexpr, o_desc, q_smem, o_smem, k_smem, v_smem,
 def _consumer1(o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
                seq, heads, n_m, n_tiles, qk_scale,
                DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-               CAUSAL: gl.constexpr, O_SEP: gl.constexpr, HEAD_MAJOR: gl.constexpr, EXIT_WORKER: gl.constexpr):
+               CAUSAL: gl.constexpr, O_SEP: gl.constexpr, head_group, EXIT_WORKER: gl.constexpr):
     _consumer(1, o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-              turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP, HEAD_MAJOR)
+              turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP, head_group)
     if EXIT_WORKER:
         _exit_warpgroup(seq)
 
@@ -346,16 +351,16 @@ def _exit_warpgroup(x):
 def _consumer0(o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
                seq, heads, n_m, n_tiles, qk_scale,
                DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-               CAUSAL: gl.constexpr, O_SEP: gl.constexpr, HEAD_MAJOR: gl.constexpr):
+               CAUSAL: gl.constexpr, O_SEP: gl.constexpr, head_group):
     _consumer(0, o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-              turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP, HEAD_MAJOR)
+              turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP, head_group)
 
 
 @gluon.jit
 def _gqa_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, seq, heads, group, n_m, n_tiles, qk_scale,
                        DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                        NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, O_SEP: gl.constexpr,
-                       CONSUMER_REGS: gl.constexpr, EXIT_WORKER: gl.constexpr, HEAD_MAJOR: gl.constexpr):
+                       CONSUMER_REGS: gl.constexpr, EXIT_WORKER: gl.constexpr, head_group):
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, BLOCK_M, DIM], q_desc.layout)
     if O_SEP:
@@ -387,12 +392,12 @@ def _gqa_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, seq, heads, group, n_m, n
     gl.warp_specialize([
         (_consumer0, (o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
                       turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP,
-                      HEAD_MAJOR)),
+                      head_group)),
         (_consumer1, (o_desc, q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
                       turn, seq, heads, n_m, n_tiles, qk_scale, DIM, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, O_SEP,
-                      HEAD_MAJOR, EXIT_WORKER)),
+                      head_group, EXIT_WORKER)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
-                     v_empty, seq, heads, group, n_m, n_tiles, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, HEAD_MAJOR)),
+                     v_empty, seq, heads, group, n_m, n_tiles, BLOCK_M, BLOCK_N, NUM_STAGES, CAUSAL, head_group)),
     ], [4, 1], [CONSUMER_REGS, 24])
 
 
@@ -429,7 +434,17 @@ def _launch_params(dim, isz):
     maxnreg = (2 * regs + PRODUCER_REGS) // 3  # 3 warpgroups share the register file evenly at launch
     return dict(DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, NUM_STAGES=stages,
                 O_SEP=_o_separate(block_m, block_n, stages, dim, isz), CONSUMER_REGS=regs,
-                EXIT_WORKER=bool(_knob("EXIT_WORKER")), HEAD_MAJOR=bool(_knob("HEAD_MAJOR"))), maxnreg
+                EXIT_WORKER=bool(_knob("EXIT_WORKER"))), maxnreg
+
+
+def _head_group(n_bh, n_m, grid):
+    """Heads per tile group (_tile_coords): all of them (heads fastest), or with HEAD_MAJOR one head
+    (query blocks fastest), or about HEAD_GROUP_WAVES grids' worth of tiles per group, so each
+    CTA's walk still covers long and short causal blocks while the K/V in flight stays a few heads."""
+    if not _knob("HEAD_MAJOR"):
+        return n_bh
+    waves = _knob("HEAD_GROUP_WAVES")
+    return max(1, min(n_bh, round(waves * grid / n_m))) if waves else 1
 
 
 _NUM_SMS = {}
@@ -469,4 +484,5 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, o: torc
     n_tiles = n_m * batch * heads
     grid = (min(n_tiles, _num_sms(q.device)) if _knob("PERSISTENT") else n_tiles,)
     _gqa_fwd_ws_kernel[grid](q_desc, k_desc, v_desc, o_desc, seq, heads, heads // kv_heads, n_m, n_tiles, qk_scale,
+                             head_group=_head_group(batch * heads, n_m, grid[0]),
                              CAUSAL=bool(causal), num_warps=4, maxnreg=maxnreg, **consts)
