@@ -76,17 +76,19 @@ layout_jobs = jobs[n_before_layout:]
 mk = load("kernels/megakernel/decode_layer_seed.py")
 jobs.append(("mk rmsnorm ACT_NARROW", mk._rmsnorm_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "N": "i32", "eps": "fp32", "BLOCK": "constexpr", "PDL": "constexpr"}, {"BLOCK": 1024, "PDL": True}))
 jobs.append(("mk rmsnorm", mk._rmsnorm_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*fp32", "N": "i32", "eps": "fp32", "BLOCK": "constexpr", "PDL": "constexpr"}, {"BLOCK": 1024, "PDL": True}))
-for MODE, NORM, DOT, SPLIT in itertools.product((0, 1, 2), (False, True), (False, True), (False, True)):
-    if SPLIT and MODE == 2:
+for MODE, NORM, DOT, SPLIT in itertools.product((0, 1, 2, 3), (False, True), (False, True), (False, True)):
+    if SPLIT and MODE >= 2:  # MODE 3: MODE 2 + the fused down projection (FUSE_MLP)
         continue
     jobs.append(("mk gemv MODE=%d NORM=%d DOT=%d SPLIT=%d" % (MODE, NORM, DOT, SPLIT), mk._gemv_kernel,
                  {"x_ptr": "*bf16" if DOT else "*fp32", "nw_ptr": "*bf16", "wa_ptr": "*bf16", "wb_ptr": "*bf16", "wc_ptr": "*bf16", "res_ptr": "*bf16",
                   "out_ptr": "*bf16", "acc_ptr": "*fp32", "cnt_ptr": "*i32", "B": "i32", "N": "i32", "NA": "i32", "NB": "i32",
                   "K": "i32", "K_SPLIT": "i32", "out_stride": "i32", "eps": "fp32", "pf_programs": "i32",
                   "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "MODE": "constexpr", "NORM": "constexpr",
-                  "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr", "NORM_BLOCK": "constexpr", "PDL": "constexpr", "PF_LINES": "constexpr", "TMA": "constexpr"},
+                  "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr", "NORM_BLOCK": "constexpr", "PDL": "constexpr", "PF_LINES": "constexpr", "TMA": "constexpr",
+                  "DOWN_BLOCK_J": "constexpr"},
                  {"BLOCK_B": 16 if DOT else 8, "BLOCK_N": 32, "BLOCK_K": 128, "MODE": MODE, "NORM": NORM, "DOT": DOT,
-                  "SPLIT": SPLIT, "CAST": SPLIT and MODE == 1, "NORM_BLOCK": 4096, "PDL": DOT, "PF_LINES": 4 if DOT else 0, "TMA": DOT and not NORM},
+                  "SPLIT": SPLIT, "CAST": SPLIT and MODE == 1, "NORM_BLOCK": 4096, "PDL": DOT, "PF_LINES": 4 if DOT else 0, "TMA": DOT and not NORM,
+                  "DOWN_BLOCK_J": 128},
                  dict(ptx=("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2")
                       + (("cp.async.bulk.tensor",) if not NORM else ()) if DOT else ())))
 for SPLITS, DOT in itertools.product((1, 8), (False, True)):

@@ -112,6 +112,12 @@ MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles,
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=1,
          GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, SPLIT_K=2, MLP_BLOCK_N=8, SPLIT_K_QO=1),  # down alone
     dict(SPLIT_K_POINT, SPLIT_K=1, SPLIT_K_QO=2, PREFETCH=2, ACT_NARROW=True, ATTN_SPLITS=1, GEMV_TMA=True),  # q|k|v and O alone
+    # FUSE_MLP: down inside the gate/up GEMV (mlp 80 and hidden 48 cut the last row block and j step short)
+    dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2,
+         GEMV_DOT=False, FUSE_MLP=8, DOWN_BLOCK_J=64),  # FMA tiles, every batch fused
+    dict(SPLIT_K_POINT, MLP_BLOCK_N=32, FUSE_MLP=8, DOWN_BLOCK_J=128, PDL=True, PREFETCH=1),  # tl.dot, next to split-K q|k|v, O
+    dict(SPLIT_K_POINT, SPLIT_K=1, FUSE_MLP=2, DOWN_BLOCK_J=256, ACT_NARROW=True, GEMV_TMA=True,
+         FUSE_NORM=False),  # batches 1 and 2 fused, batch 3 launches the down GEMV
 ]
 
 
@@ -149,6 +155,21 @@ SPLIT_WRONG = {  # need split-K (and the attention's last-split combine) on: SPL
 def test_megakernel_split_k_wrong_variant_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
     broken = variant(SEED_PATH, tmp_path, name + "_src", *SPLIT_WRONG[name])
     path = with_config(broken, tmp_path, name, SPLIT_K_POINT)
+    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
+    assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
+
+
+FUSE_MLP_WRONG = {  # need FUSE_MLP on: SPLIT_K_POINT's config with every batch fused
+    "fused_residual_in_every_program": ("if pid_n == 0:", "if pid_n >= 0:"),
+    "fused_first_program_casts": ("== tl.num_programs(0) - 1:", "== 0:"),
+    "fused_down_skips_last_rows": ("j_ok = offs_j < NB", "j_ok = offs_j < NB - 1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUSE_MLP_WRONG))
+def test_megakernel_fuse_mlp_wrong_variant_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
+    broken = variant(SEED_PATH, tmp_path, name + "_src", *FUSE_MLP_WRONG[name])
+    path = with_config(broken, tmp_path, name, dict(SPLIT_K_POINT, FUSE_MLP=8))
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 

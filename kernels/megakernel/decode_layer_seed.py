@@ -19,7 +19,9 @@ group's scores and P @ V on tensor cores), SPLIT_K / SPLIT_K_QO (K-split GEMVs w
 (programmatic dependent launch, with PREFETCH: weight tiles hinted into L2 before the grid waits),
 ACT_NARROW (16-bit GEMV inputs), GEMV_TMA (weight tiles through TMA descriptors), ATTN_LAST_COMBINES (the
 last KV split combines, no combine launch), ATTN_PREFETCH (PDL: the attention hints its KV rows into L2
-before it waits on the QKV GEMV, and then wo, whose GEMV comes next, while its slower splits run).
+before it waits on the QKV GEMV, and then wo, whose GEMV comes next, while its slower splits run),
+FUSE_MLP with DOWN_BLOCK_J (at small batch each gate/up program multiplies its act tile by its columns of
+w_down and adds the partial outputs atomically: no act round trip, no down launch and no wave tail).
 """
 import math
 
@@ -30,7 +32,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False, ATTN_PREFETCH=0)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False, ATTN_PREFETCH=0, FUSE_MLP=0, DOWN_BLOCK_J=64)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -55,6 +57,8 @@ TUNABLES = dict(
     GEMV_TMA=[False, True],  # weight tiles through Hopper TMA descriptors (no per-thread addresses; rows and K past the end load 0)
     ATTN_LAST_COMBINES=[False, True],  # ATTN_SPLITS > 1: the last split of each (sequence, kv head) combines, no combine launch
     ATTN_PREFETCH=[0, 1, 2],  # with PDL: attention hints its KV rows into L2 before the wait (1), + a share of wo (2)
+    FUSE_MLP=[0, 1, 2, 4, 8],  # down projection inside the gate/up GEMV at batch <= this: atomics grow with mlp/rows * hidden * B
+    DOWN_BLOCK_J=[64, 128, 256],  # FUSE_MLP: hidden rows of w_down per step of the fused down product
 )
 
 
@@ -135,7 +139,8 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
                  K_SPLIT, out_stride, eps, pf_programs,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
                  NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
-                 NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr, TMA: tl.constexpr):
+                 NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr, TMA: tl.constexpr,
+                 DOWN_BLOCK_J: tl.constexpr):
     """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
     MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
     of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
@@ -147,7 +152,11 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     predecessor drains) hint their first PF_LINES 128-byte lines of each weight row into L2 before
     the grid-dependency wait; later programs would only add instructions in front of their loads.
     TMA: the weight tiles come through tensor descriptors of each weight's own [rows, K] (made before
-    the wait: they depend on nothing the predecessor writes)."""
+    the wait: they depend on nothing the predecessor writes).
+    MODE 3 is MODE 2 with the down projection fused (FUSE_MLP): out is [B, NB] and wc is w_down
+    ([NB, N]); each program multiplies its act tile by w_down's columns n0..n0+BLOCK_N, DOWN_BLOCK_J rows
+    at a time, and atomically adds the products into the zeroed fp32 acc[b, j] (row stride NB; program 0
+    adds res); the program that arrives last (counter cnt[0]) writes acc to out in out's dtype."""
     pid_n = tl.program_id(0)
     n0 = pid_n * BLOCK_N
     w_ptr = wa_ptr
@@ -171,11 +180,11 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
         k_end = tl.minimum(tl.program_id(1) * K_SPLIT + K_SPLIT, K)  # this program's K range only
         pf = tl.where(n_ok, rows, row0)[:, None] * K + tl.where(offs_pf < k_end, offs_pf, 0)[None, :]
         _prefetch_l2(w_ptr + pf)
-        if MODE == 2:
+        if MODE >= 2:
             _prefetch_l2(wb_ptr + pf)
     if TMA:
         w_desc = tl.make_tensor_descriptor(w_ptr, [seg_rows, K], [K, 1], [BLOCK_N, BLOCK_K])
-        if MODE == 2:
+        if MODE >= 2:
             w2_desc = tl.make_tensor_descriptor(wb_ptr, [N, K], [K, 1], [BLOCK_N, BLOCK_K])
     _pdl_enter(PDL)
     offs_b = tl.arange(0, BLOCK_B)
@@ -213,7 +222,7 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
             acc += tl.dot(wt, xd)
         else:
             acc += tl.sum(wt.to(tl.float32)[:, None, :] * xt[None, :, :], axis=2)
-        if MODE == 2:
+        if MODE >= 2:
             if TMA:
                 wt2 = w2_desc.load([row0, k0])
             else:
@@ -227,9 +236,41 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     if MODE == 1:
         if tl.program_id(1) == 0:
             acc += tl.load(res_ptr + optrs, mask=omask, other=0.0).to(tl.float32)
-    if MODE == 2:
-        acc = acc / (1.0 + tl.exp(-acc)) * acc2
-    if SPLIT:
+    if MODE >= 2:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc2  # rows past N are 0: their weights loaded as 0
+    if MODE == 3:
+        # w_down[j, n0:n0+BLOCK_N] are BLOCK_N contiguous elements of each hidden row j: the tile
+        # [DOWN_BLOCK_J, BLOCK_N] @ act tile [BLOCK_N, BLOCK_B] is this program's share of out rows j.
+        if DOT:
+            a = acc.to(wc_ptr.dtype.element_ty)
+        for j0 in range(0, NB, DOWN_BLOCK_J):
+            offs_j = j0 + tl.arange(0, DOWN_BLOCK_J)
+            j_ok = offs_j < NB
+            wd = tl.load(wc_ptr + offs_j[:, None].to(tl.int64) * N + (n0 + offs_n)[None, :],
+                         mask=j_ok[:, None] & n_ok[None, :], other=0.0)
+            if DOT:
+                d = tl.dot(wd, a)
+            else:
+                d = tl.sum(wd.to(tl.float32)[:, :, None] * acc[None, :, :], axis=1)
+            jmask = j_ok[:, None] & b_ok[None, :]
+            jptrs = offs_b[None, :] * NB + offs_j[:, None]
+            if pid_n == 0:
+                d += tl.load(res_ptr + jptrs, mask=jmask, other=0.0).to(tl.float32)
+            # relaxed: an acq_rel atomic (the default) costs a MEMBAR.GPU and an L1 invalidate each, and
+            # there are hidden * B / threads of them per program; the barrier below and the counter's
+            # acq_rel atomic (cumulative release) order them before the count, as for split-K.
+            tl.atomic_add(acc_ptr + jptrs, d, mask=jmask, sem="relaxed")
+        tl.debug_barrier()  # every thread's adds are issued before the count goes up
+        if tl.atomic_add(cnt_ptr, 1) == tl.num_programs(0) - 1:
+            for j0 in range(0, NB, DOWN_BLOCK_J):
+                offs_j = j0 + tl.arange(0, DOWN_BLOCK_J)
+                jmask = (offs_j < NB)[:, None] & b_ok[None, :]
+                jptrs = offs_b[None, :] * NB + offs_j[:, None]
+                total = tl.atomic_add(acc_ptr + jptrs, tl.zeros([DOWN_BLOCK_J, BLOCK_B], tl.float32), mask=jmask,
+                                      sem="relaxed")  # read at L2 (after the counter's acquire), not a stale L1
+                tl.store(out_ptr + offs_b[None, :] * out_stride + offs_j[:, None], total.to(out_ptr.dtype.element_ty),
+                         mask=jmask)
+    elif SPLIT:
         tl.atomic_add(acc_ptr + optrs, acc, mask=omask)
         if CAST:
             tl.debug_barrier()  # every thread's adds are issued before the block's count goes up
@@ -372,16 +413,17 @@ def _block_n():
 def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0, acc=None, cnt=None, split_k=1):
     """out = x @ w^T (see _gemv_kernel); w2/w3 with na/nb: the q|k|v segments (MODE 0) or the up
     weight (MODE 2). acc (zeroed fp32, out's shape; out itself when out is fp32 scratch) turns on
-    split_k ways split-K; with cnt (zeroed int32, one per row block) acc is a staging copy cast into out."""
+    split_k ways split-K; with cnt (zeroed int32, one per row block) acc is a staging copy cast into out.
+    MODE 3 (fused down): w3 is w_down, nb its rows, acc the zeroed staging copy of out, cnt one counter."""
     batch, k = x.shape
-    n = out.shape[1]
-    bn = max(_knob("MLP_BLOCK_N"), 16 if _knob("GEMV_DOT") else 1) if mode == 2 and _knob("MLP_BLOCK_N") else _block_n()
+    n = w.shape[0] if mode == 3 else out.shape[1]
+    bn = max(_knob("MLP_BLOCK_N"), 16 if _knob("GEMV_DOT") else 1) if mode >= 2 and _knob("MLP_BLOCK_N") else _block_n()
     bk = _knob("GEMV_BLOCK_K")
-    k_split = triton.cdiv(triton.cdiv(k, split_k), bk) * bk if acc is not None else k
+    k_split = triton.cdiv(triton.cdiv(k, split_k), bk) * bk if acc is not None and mode != 3 else k
     splits = triton.cdiv(k, k_split)
     block_b = max(triton.next_power_of_2(batch), 16 if _knob("GEMV_DOT") else 1)
     pdl = _pdl(x)
-    ws = [t for t in (w, w2, w3) if t is not None]
+    ws = [t for t in (w, w2, w3 if mode != 3 else None) if t is not None]  # w_down is never a TMA tile
     tma = _knob("GEMV_TMA") and bk <= 256 and bn <= 256 and _tma_ok(*ws)  # a TMA box is at most 256 per dim
     if tma:
         triton.set_allocator(_tma_scratch(x.device))
@@ -391,8 +433,8 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
         batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS, _first_wave(x) if pdl else 0,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
         SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=pdl,
-        PF_LINES=_knob("PREFETCH") * bk // 64 if pdl else 0, TMA=tma, num_warps=_knob("GEMV_WARPS"),
-        num_stages=_knob("num_stages"), launch_pdl=pdl)
+        PF_LINES=_knob("PREFETCH") * bk // 64 if pdl else 0, TMA=tma, DOWN_BLOCK_J=_knob("DOWN_BLOCK_J"),
+        num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"), launch_pdl=pdl)
 
 
 def _rmsnorm(x, w, out):
@@ -411,19 +453,21 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     last_combines = splits > 1 and _knob("ATTN_LAST_COMBINES")
     pdl = _pdl(x)
     fuse_norm = _knob("FUSE_NORM") or batch <= _knob("FUSE_NORM_UPTO")
+    fuse_mlp = batch <= _knob("FUSE_MLP")
     qkv_dim = q_dim + 2 * kv_dim
     # One fp32 scratch allocation for every intermediate (one allocator call per layer); with
     # ACT_NARROW the GEMV inputs get their own in x's dtype.
     gemv_in = dict(xn=0 if fuse_norm else batch * hidden, attn=batch * q_dim, hn=0 if fuse_norm else batch * hidden,
-                   act=batch * mlp)
+                   act=0 if fuse_mlp else batch * mlp)
     narrow = gemv_in if _knob("ACT_NARROW") else {}
     sizes = dict(qkv=batch * qkv_dim, h=batch * hidden, part=batch * q_dim * splits if splits > 1 else 0,
                  ml=2 * batch * q_heads * splits if splits > 1 else 0, **({} if narrow else gemv_in))
     split, split_qo = _knob("SPLIT_K"), _knob("SPLIT_K_QO") or _knob("SPLIT_K")
     # Split-K sums with atomics into zeroed fp32: q|k|v, h, the output's staging copy and the down
-    # projection's per-row-block counters (int32 bits in the same zeroed buffer).
+    # projection's per-row-block counters (int32 bits in the same zeroed buffer); FUSE_MLP uses the
+    # staging copy and counter 0.
     zsizes = dict(qkv=batch * qkv_dim, h=batch * hidden) if split_qo > 1 else {}
-    if split > 1:
+    if split > 1 or fuse_mlp:
         zsizes.update(out=batch * hidden, cnt=triton.cdiv(hidden, _block_n()))
     if last_combines:
         zsizes.update(acnt=batch * kv_heads)  # int32 arrival counters of the attention splits
@@ -483,6 +527,10 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     else:
         h_in, nw = buf["hn"].view(batch, hidden), None
         _rmsnorm(h, mlp_norm_w, h_in)
+    if fuse_mlp:
+        _gemv(h_in, w_gate, out, mode=3, w2=w_up, w3=w_down, norm_w=nw, nb=hidden, res=h,
+              acc=buf["out"].view(batch, hidden), cnt=buf["cnt"].view(torch.int32))
+        return
     act = buf["act"].view(batch, mlp)
     _gemv(h_in, w_gate, act, mode=2, w2=w_up, norm_w=nw)
     _gemv(act, w_down, out, mode=1, res=h, acc=buf["out"].view(batch, hidden) if split > 1 else None,
