@@ -214,11 +214,11 @@ case "${1:-evals}" in
     sw "${SWEEP_S:-300}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
       "{$U}" "{$U,\"ATTN_PREFETCH\":1}" "{$U,\"ATTN_PREFETCH\":2}" "{$U,\"ATTN_PREFETCH\":2,\"ATTN_SPLITS\":16}"
     cp "$OUT/sweep.log" "$OUT/sweep18.log" ;;
-  sweep19)  # FUSE_MLP (the down projection inside the gate/up GEMV, relaxed fp32 atomics) at the recipe's point
+  sweep19)  # FUSE_MLP (the down projection inside the gate/up GEMV, relaxed fp32 atomics) and RELAXED_ADDS at the recipe's point
     U=$MK_RECIPE
     sw "${SWEEP_S:-300}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b2_kv3000|b4_kv2048}" --profile \
       "{$U}" "{$U,\"FUSE_MLP\":8}" "{$U,\"FUSE_MLP\":8,\"DOWN_BLOCK_J\":128}" "{$U,\"FUSE_MLP\":8,\"DOWN_BLOCK_J\":256}" \
-      "{$U,\"FUSE_MLP\":8,\"MLP_BLOCK_N\":64,\"DOWN_BLOCK_J\":128}" "{$U,\"FUSE_MLP\":8,\"MLP_BLOCK_N\":16,\"DOWN_BLOCK_J\":128}"
+      "{$U,\"FUSE_MLP\":8,\"MLP_BLOCK_N\":64,\"DOWN_BLOCK_J\":128}" "{$U,\"RELAXED_ADDS\":true}" "{$U,\"RELAXED_ADDS\":true,\"FUSE_MLP\":8,\"DOWN_BLOCK_J\":128}"
     cp "$OUT/sweep.log" "$OUT/sweep19.log" ;;
   ws-order)  # the ping-pong kernel's tile order (heads fastest, query blocks fastest, head groups of a few waves) on GQA + MHA shapes
     timeout "${GLUON_S:-400}" python3 scripts/gluon_ws_check.py --quick --shapes "${SHAPES:-0,2,4,5,6,7,8,9,10,11}" --config '{}' \

@@ -85,10 +85,10 @@ for MODE, NORM, DOT, SPLIT in itertools.product((0, 1, 2, 3), (False, True), (Fa
                   "K": "i32", "K_SPLIT": "i32", "out_stride": "i32", "eps": "fp32", "pf_programs": "i32",
                   "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "MODE": "constexpr", "NORM": "constexpr",
                   "DOT": "constexpr", "SPLIT": "constexpr", "CAST": "constexpr", "NORM_BLOCK": "constexpr", "PDL": "constexpr", "PF_LINES": "constexpr", "TMA": "constexpr",
-                  "DOWN_BLOCK_J": "constexpr"},
+                  "DOWN_BLOCK_J": "constexpr", "ADD_SEM": "constexpr"},
                  {"BLOCK_B": 16 if DOT else 8, "BLOCK_N": 32, "BLOCK_K": 128, "MODE": MODE, "NORM": NORM, "DOT": DOT,
                   "SPLIT": SPLIT, "CAST": SPLIT and MODE == 1, "NORM_BLOCK": 4096, "PDL": DOT, "PF_LINES": 4 if DOT else 0, "TMA": DOT and not NORM,
-                  "DOWN_BLOCK_J": 128},
+                  "DOWN_BLOCK_J": 128, "ADD_SEM": "relaxed" if DOT else "acq_rel"},
                  dict(ptx=("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2")
                       + (("cp.async.bulk.tensor",) if not NORM else ()) if DOT else ())))
 for SPLITS, DOT in itertools.product((1, 8), (False, True)):

@@ -115,7 +115,8 @@ MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles,
     # FUSE_MLP: down inside the gate/up GEMV (mlp 80 and hidden 48 cut the last row block and j step short)
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2,
          GEMV_DOT=False, FUSE_MLP=8, DOWN_BLOCK_J=64),  # FMA tiles, every batch fused
-    dict(SPLIT_K_POINT, MLP_BLOCK_N=32, FUSE_MLP=8, DOWN_BLOCK_J=128, PDL=True, PREFETCH=1),  # tl.dot, next to split-K q|k|v, O
+    dict(SPLIT_K_POINT, MLP_BLOCK_N=32, FUSE_MLP=8, DOWN_BLOCK_J=128, PDL=True, PREFETCH=1,
+         RELAXED_ADDS=True),  # tl.dot, next to split-K q|k|v, O (relaxed adds)
     dict(SPLIT_K_POINT, SPLIT_K=1, FUSE_MLP=2, DOWN_BLOCK_J=256, ACT_NARROW=True, GEMV_TMA=True,
          FUSE_NORM=False),  # batches 1 and 2 fused, batch 3 launches the down GEMV
 ]

@@ -32,7 +32,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False, ATTN_PREFETCH=0, FUSE_MLP=0, DOWN_BLOCK_J=64)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False, ATTN_PREFETCH=0, FUSE_MLP=0, DOWN_BLOCK_J=64, RELAXED_ADDS=False)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -59,6 +59,7 @@ TUNABLES = dict(
     ATTN_PREFETCH=[0, 1, 2],  # with PDL: attention hints its KV rows into L2 before the wait (1), + a share of wo (2)
     FUSE_MLP=[0, 1, 2, 4, 8],  # down projection inside the gate/up GEMV at batch <= this: atomics grow with mlp/rows * hidden * B
     DOWN_BLOCK_J=[64, 128, 256],  # FUSE_MLP: hidden rows of w_down per step of the fused down product
+    RELAXED_ADDS=[False, True],  # split-K partial sums as relaxed REDs, not acq_rel atomics (each a MEMBAR.GPU + L1 invalidate)
 )
 
 
@@ -140,7 +141,7 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
                  NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
                  NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr, TMA: tl.constexpr,
-                 DOWN_BLOCK_J: tl.constexpr):
+                 DOWN_BLOCK_J: tl.constexpr, ADD_SEM: tl.constexpr):
     """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
     MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
     of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
@@ -271,7 +272,7 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
                 tl.store(out_ptr + offs_b[None, :] * out_stride + offs_j[:, None], total.to(out_ptr.dtype.element_ty),
                          mask=jmask)
     elif SPLIT:
-        tl.atomic_add(acc_ptr + optrs, acc, mask=omask)
+        tl.atomic_add(acc_ptr + optrs, acc, mask=omask, sem=ADD_SEM)
         if CAST:
             tl.debug_barrier()  # every thread's adds are issued before the block's count goes up
             if tl.atomic_add(cnt_ptr + pid_n, 1) == tl.num_programs(1) - 1:
@@ -434,6 +435,7 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
         SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=pdl,
         PF_LINES=_knob("PREFETCH") * bk // 64 if pdl else 0, TMA=tma, DOWN_BLOCK_J=_knob("DOWN_BLOCK_J"),
+        ADD_SEM="relaxed" if _knob("RELAXED_ADDS") else "acq_rel",
         num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"), launch_pdl=pdl)
 
 
