@@ -157,6 +157,9 @@ def test_ws_head_group(ws):
     by default, one head with HEAD_MAJOR, about HEAD_GROUP_WAVES grids of tiles per group."""
     ws.CONFIG.update(HEAD_MAJOR=False)
     assert ws._head_group(128, 32, 132) == 128
+    assert ws._head_group(128, 32, 132, mha=True) == 1  # MHA_HEAD_MAJOR: Hkv = Hq shares K/V in L2 this way
+    ws.CONFIG.update(MHA_HEAD_MAJOR=False)
+    assert ws._head_group(128, 32, 132, mha=True) == 128
     ws.CONFIG.update(HEAD_MAJOR=True, HEAD_GROUP_WAVES=0)
     assert ws._head_group(128, 32, 132) == 1
     ws.CONFIG.update(HEAD_GROUP_WAVES=3)

@@ -57,11 +57,13 @@ EXIT_WORKER=False keeps the plain lowering (serialised wgmma) as a fallback.
 Measured (H100 SXM, session 8, docs/benchmarks.md): correct on its first GPU run (S = 1, 77, 1000
 and every task workload); with PERSISTENT, 0.95-1.03x cuDNN and 1.73-1.97x FlashAttention-2 in
 device time on all eleven attention_gqa_fwd workloads (544 / 533 TFLOP/s do_bench at B4 Hq32 Hkv8
-S4096, non-causal / causal); 0.80-1.02x with one tile per CTA. As MHA (Hkv = Hq) it is slower
-(0.56-0.90x cuDNN). Likely cause: tiles run heads-fastest, so the CTAs in flight each stream their
-own KV head; as MHA that is 32 query blocks x 128 heads x 2 MB of K/V = 8.4 GB from DRAM at B4
-S4096, ~2.8 ms at 3 TB/s, which matches the 2.9 ms measured. HEAD_MAJOR (query blocks fastest) is
-the fix to time next; gqa_fwd_gluon.py (query blocks fastest already) is the better MHA kernel until then.
+S4096, non-causal / causal); 0.80-1.02x with one tile per CTA. As MHA (Hkv = Hq) with tiles
+heads-fastest it was 0.56-0.90x cuDNN: the CTAs in flight each stream their own KV head, 32 query
+blocks x 128 heads x 2 MB of K/V = 8.4 GB from DRAM at B4 S4096 (~2.8 ms at 3 TB/s; 2.9 ms measured).
+Session 9: query blocks fastest (HEAD_MAJOR; MHA_HEAD_MAJOR turns it on whenever Hkv = Hq) gives
+0.99 / 0.92 / 0.99x cuDNN at MHA B4 H32 S4096 non-causal / causal and B16 H16 S1024 (device time).
+On GQA the heads-fastest order stays best at S1024 causal (query-major leaves some CTAs only long
+causal blocks: 0.75x; HEAD_GROUP_WAVES 2 0.83x), so HEAD_MAJOR is off by default.
 
 SASS (triton 3.6 + its ptxas, sm_90a, CONFIG, D128 bf16), steady-state step of either consumer:
     DEPBAR0 BAR ARRIVE(v_empty) TRYWAIT(K) TRYWAIT(V) TRYWAIT(turn) HGMMA x16 BAR ARRIVE(turn)
@@ -97,7 +99,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_M=64, BLOCK_N=128, NUM_STAGES=2, PERSISTENT=True, CONSUMER_REGS=240, EXIT_WORKER=True, HEAD_MAJOR=False, HEAD_GROUP_WAVES=0)
+CONFIG = dict(BLOCK_M=64, BLOCK_N=128, NUM_STAGES=2, PERSISTENT=True, CONSUMER_REGS=240, EXIT_WORKER=True, HEAD_MAJOR=False, HEAD_GROUP_WAVES=0, MHA_HEAD_MAJOR=True)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     BLOCK_M=[64],  # query rows per consumer warpgroup (a CTA covers 2 * BLOCK_M)
@@ -108,6 +110,7 @@ TUNABLES = dict(
     EXIT_WORKER=[True, False],  # consumer 1 exits at its end (else ptxas serialises every wgmma: docstring)
     HEAD_MAJOR=[False, True],  # tile order: query blocks fastest (K/V of a few heads shared in L2; for MHA), not heads
     HEAD_GROUP_WAVES=[0, 1, 2, 3, 4],  # HEAD_MAJOR: heads per group = about this many grids of tiles (0: one head)
+    MHA_HEAD_MAJOR=[True, False],  # HEAD_MAJOR whenever Hkv = Hq (H100: MHA 0.55-0.63x cuDNN heads-fastest, 0.92-0.99x with it)
 )
 
 LOG2E = 1.4426950408889634
@@ -437,11 +440,12 @@ def _launch_params(dim, isz):
                 EXIT_WORKER=bool(_knob("EXIT_WORKER"))), maxnreg
 
 
-def _head_group(n_bh, n_m, grid):
-    """Heads per tile group (_tile_coords): all of them (heads fastest), or with HEAD_MAJOR one head
-    (query blocks fastest), or about HEAD_GROUP_WAVES grids' worth of tiles per group, so each
-    CTA's walk still covers long and short causal blocks while the K/V in flight stays a few heads."""
-    if not _knob("HEAD_MAJOR"):
+def _head_group(n_bh, n_m, grid, mha=False):
+    """Heads per tile group (_tile_coords): all of them (heads fastest), or with HEAD_MAJOR (and by
+    default for MHA, MHA_HEAD_MAJOR) one head (query blocks fastest), or about HEAD_GROUP_WAVES
+    grids' worth of tiles per group, so each CTA's walk still covers long and short causal blocks
+    while the K/V in flight stays a few heads."""
+    if not (_knob("HEAD_MAJOR") or (mha and _knob("MHA_HEAD_MAJOR"))):
         return n_bh
     waves = _knob("HEAD_GROUP_WAVES")
     return max(1, min(n_bh, round(waves * grid / n_m))) if waves else 1
@@ -484,5 +488,5 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, o: torc
     n_tiles = n_m * batch * heads
     grid = (min(n_tiles, _num_sms(q.device)) if _knob("PERSISTENT") else n_tiles,)
     _gqa_fwd_ws_kernel[grid](q_desc, k_desc, v_desc, o_desc, seq, heads, heads // kv_heads, n_m, n_tiles, qk_scale,
-                             head_group=_head_group(batch * heads, n_m, grid[0]),
+                             head_group=_head_group(batch * heads, n_m, grid[0], mha=kv_heads == heads),
                              CAUSAL=bool(causal), num_warps=4, maxnreg=maxnreg, **consts)
