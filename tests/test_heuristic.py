@@ -182,12 +182,17 @@ def test_directions_are_followed(tmp_path):
 
 
 def test_real_recipes_apply_first(tmp_path):
+    # the measured word-tile point goes first and applies to the seed as written (in session 9 it
+    # waited for a BLOCK_SIZE only bitmask-wide-blocks sets, a step the gate rejects on an H100)
     out = op(recipes=True).propose(view(), ctx(tmp_path))
-    assert out.note.startswith("recipe bitmask-wide-blocks: ")
-    assert changed_knobs(out.source) == {"BLOCK_SIZE": (256, 2048), "num_warps": (4, 8)}
-    # once tried, the next recipe no longer matches the seed and plain moves follow
+    assert out.note.startswith("recipe bitmask-word-tile: ")
+    assert changed_knobs(out.source) == {"BLOCK_SIZE": (256, 4096), "num_warps": (4, 8), "RMW": (False, True),
+                                         "WORD_TILE": (False, True), "AUTO_BLOCK": (False, True),
+                                         "RMW_MIN_ROWS": (0, 32)}
+    # once tried, the next recipe by priority (wide blocks) follows
     out2 = op(recipes=True).propose(view(seen_hashes={source_hash(out.source)}), ctx(tmp_path))
-    assert not out2.note.startswith("recipe")
+    assert out2.note.startswith("recipe bitmask-wide-blocks: ")
+    assert changed_knobs(out2.source) == {"BLOCK_SIZE": (256, 2048), "num_warps": (4, 8)}
 
 
 def test_attention_recipes_fit_the_attention_seed(tmp_path):
