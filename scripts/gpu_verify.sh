@@ -220,6 +220,11 @@ case "${1:-evals}" in
       "{$U}" "{$U,\"FUSE_MLP\":8}" "{$U,\"FUSE_MLP\":8,\"DOWN_BLOCK_J\":128}" "{$U,\"FUSE_MLP\":8,\"DOWN_BLOCK_J\":256}" \
       "{$U,\"FUSE_MLP\":8,\"MLP_BLOCK_N\":64,\"DOWN_BLOCK_J\":128}" "{$U,\"RELAXED_ADDS\":true}" "{$U,\"RELAXED_ADDS\":true,\"FUSE_MLP\":8,\"DOWN_BLOCK_J\":128}"
     cp "$OUT/sweep.log" "$OUT/sweep19.log" ;;
+  sweep20)  # PREFETCH_O: the O GEMV hints its weights into L2 while attention runs (its predecessor leaves DRAM idle)
+    U="$MK_RECIPE,\"RELAXED_ADDS\":true"
+    sw "${SWEEP_S:-240}" megakernel_decode_layer kernels/megakernel/decode_layer_seed.py --workloads "${WL:-b1_kv4000|b4_kv2048|b8_kv8191}" --profile \
+      "{$U}" "{$U,\"PREFETCH_O\":2}" "{$U,\"PREFETCH_O\":4}" "{$U,\"PREFETCH_O\":8}" "{$U,\"PREFETCH_O\":8,\"SPLIT_K_QO\":4}"
+    cp "$OUT/sweep.log" "$OUT/sweep20.log" ;;
   ws-order)  # the ping-pong kernel's tile order (heads fastest, query blocks fastest, head groups of a few waves) on GQA + MHA shapes
     timeout "${GLUON_S:-400}" python3 scripts/gluon_ws_check.py --quick --shapes "${SHAPES:-0,2,4,5,6,7,8,9,10,11}" --config '{}' \
       --config '{"HEAD_MAJOR": true}' --config '{"HEAD_MAJOR": true, "HEAD_GROUP_WAVES": 2}' --config '{"HEAD_MAJOR": true, "HEAD_GROUP_WAVES": 4}' \

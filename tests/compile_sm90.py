@@ -51,7 +51,7 @@ for path, tag in (("kernels/layout/transpose2d_seed.py", "transpose"), ("kernels
     jobs.append(("%s transpose TMA" % tag, t._transpose_tma_kernel,
                  {"x_desc": desc_in, "y_desc": desc_out, "R": "i32", "C": "i32", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr",
                   "GROUP": "constexpr"}, {"BLOCK_R": 64, "BLOCK_C": 128, "GROUP": 8},
-                 dict(ptx=("cp.async.bulk.tensor.3d.shared::cta.global", "cp.async.bulk.tensor.3d.global.shared::cta"))))
+                 dict(ptx=("cp.async.bulk.tensor.3d.shared::", "cp.async.bulk.tensor.3d.global.shared::cta"))))  # load: ::cta (3.9) or ::cluster (3.6)
 b = load("kernels/layout/bshd_to_bhsd_seed.py")
 for HF, ST in itertools.product((True, False), (False, True)):
     jobs.append(("bhsd H_FAST=%s%s" % (HF, " STREAM=True" * ST), b._bshd_to_bhsd_kernel,
@@ -62,7 +62,7 @@ for bs in (16, 128):  # TMA: boxes through host descriptors, the bulk tensor cop
     jobs.append(("bhsd TMA BLOCK_S=%d" % bs, b._bshd_to_bhsd_tma_kernel,
                  {"x_desc": desc, "y_desc": desc, "S": "i32", "H": "i32", "D": "i32", "BLOCK_S": "constexpr",
                   "BLOCK_D": "constexpr", "H_FAST": "constexpr"}, {"BLOCK_S": bs, "BLOCK_D": 128, "H_FAST": True},
-                 dict(ptx=("cp.async.bulk.tensor.3d.shared::cta.global", "cp.async.bulk.tensor.3d.global.shared::cta"))))
+                 dict(ptx=("cp.async.bulk.tensor.3d.shared::", "cp.async.bulk.tensor.3d.global.shared::cta"))))  # load: ::cta (3.9) or ::cluster (3.6)
 kv = load("kernels/layout/kv_paged_seed.py")
 for KT, ST in itertools.product((True, False), (False, True)):
     jobs.append(("kv_paged KV_TOGETHER=%s%s" % (KT, " STREAM=True" * ST), kv._kv_paged_kernel,
@@ -91,6 +91,9 @@ for MODE, NORM, DOT, SPLIT in itertools.product((0, 1, 2, 3), (False, True), (Fa
                   "DOWN_BLOCK_J": 128, "ADD_SEM": "relaxed" if DOT else "acq_rel"},
                  dict(ptx=("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2")
                       + (("cp.async.bulk.tensor",) if not NORM else ()) if DOT else ())))
+# PREFETCH_O 8: the O GEMV hints its whole K split (32 lines per row) before the PDL wait
+name, fn, sig, consts, extra = next(j for j in jobs if j[0] == "mk gemv MODE=1 NORM=0 DOT=1 SPLIT=1")
+jobs.append(("mk gemv MODE=1 PF_LINES=32", fn, sig, dict(consts, PF_LINES=32), extra))
 for SPLITS, DOT in itertools.product((1, 8), (False, True)):
     jobs.append(("mk rope_attn SPLITS=%d DOT=%d" % (SPLITS, DOT), mk._rope_attn_kernel,
                  {"qkv_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "k_new_ptr": "*bf16",

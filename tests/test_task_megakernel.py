@@ -116,7 +116,7 @@ MEGAKERNEL_SAMPLE = [  # the fused knobs with and without each other, odd tiles,
     dict(GEMV_BLOCK_N=8, GEMV_BLOCK_K=32, GEMV_WARPS=2, ATTN_BLOCK_KV=8, ATTN_WARPS=1, NORM_BLOCK=256, num_stages=2,
          GEMV_DOT=False, FUSE_MLP=8, DOWN_BLOCK_J=64),  # FMA tiles, every batch fused
     dict(SPLIT_K_POINT, MLP_BLOCK_N=32, FUSE_MLP=8, DOWN_BLOCK_J=128, PDL=True, PREFETCH=1,
-         RELAXED_ADDS=True),  # tl.dot, next to split-K q|k|v, O (relaxed adds)
+         RELAXED_ADDS=True, PREFETCH_O=8),  # tl.dot, next to split-K q|k|v, O (relaxed adds)
     dict(SPLIT_K_POINT, SPLIT_K=1, FUSE_MLP=2, DOWN_BLOCK_J=256, ACT_NARROW=True, GEMV_TMA=True,
          FUSE_NORM=False),  # batches 1 and 2 fused, batch 3 launches the down GEMV
 ]
@@ -176,8 +176,8 @@ def test_megakernel_fuse_mlp_wrong_variant_is_incorrect_numerical(task, quick_ev
 
 
 def test_megakernel_torch_matmul_is_reward_hack(task, quick_evaluator, tmp_path):
-    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo)\n",
-                   "    h.copy_(attn @ wo.float().T + x)\n")
+    path = variant(SEED_PATH, tmp_path, "torch_mm", "    _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo,\n"
+                   "          prefetch=_knob(\"PREFETCH_O\") or None)\n", "    h.copy_(attn @ wo.float().T + x)\n")
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.REWARD_HACK and "library-call" in (rep.hack_check or ""), (rep.status, rep.message)
 

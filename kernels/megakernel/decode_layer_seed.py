@@ -18,7 +18,7 @@ three), ATTN_SPLITS (split-KV: more programs than batch * kv_heads, plus a combi
 group's scores and P @ V on tensor cores), SPLIT_K / SPLIT_K_QO (K-split GEMVs with fp32 atomics), PDL
 (programmatic dependent launch, with PREFETCH: weight tiles hinted into L2 before the grid waits),
 ACT_NARROW (16-bit GEMV inputs), GEMV_TMA (weight tiles through TMA descriptors), ATTN_LAST_COMBINES (the
-last KV split combines, no combine launch), ATTN_PREFETCH (PDL: the attention hints its KV rows into L2
+last KV split combines, no combine launch), PREFETCH_O (the O GEMV's own L2 hint depth), ATTN_PREFETCH (PDL: the attention hints its KV rows into L2
 before it waits on the QKV GEMV, and then wo, whose GEMV comes next, while its slower splits run),
 FUSE_MLP with DOWN_BLOCK_J (at small batch each gate/up program multiplies its act tile by its columns of
 w_down and adds the partial outputs atomically: no act round trip, no down launch and no wave tail).
@@ -32,7 +32,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False, ATTN_PREFETCH=0, FUSE_MLP=0, DOWN_BLOCK_J=64, RELAXED_ADDS=False)
+CONFIG = dict(GEMV_BLOCK_N=16, GEMV_BLOCK_K=64, GEMV_WARPS=4, ATTN_BLOCK_KV=16, ATTN_WARPS=4, NORM_BLOCK=1024, num_stages=1, GEMV_DOT=False, FUSE_NORM=False, FUSE_QKV=False, ATTN_SPLITS=1, ATTN_DOT=False, SPLIT_K=1, MLP_BLOCK_N=0, PDL=False, PREFETCH=0, SPLIT_K_QO=0, ACT_NARROW=False, FUSE_NORM_UPTO=0, GEMV_TMA=False, ATTN_LAST_COMBINES=False, ATTN_PREFETCH=0, FUSE_MLP=0, DOWN_BLOCK_J=64, RELAXED_ADDS=False, PREFETCH_O=0)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -59,6 +59,8 @@ TUNABLES = dict(
     ATTN_PREFETCH=[0, 1, 2],  # with PDL: attention hints its KV rows into L2 before the wait (1), + a share of wo (2)
     FUSE_MLP=[0, 1, 2, 4, 8],  # down projection inside the gate/up GEMV at batch <= this: atomics grow with mlp/rows * hidden * B
     DOWN_BLOCK_J=[64, 128, 256],  # FUSE_MLP: hidden rows of w_down per step of the fused down product
+    PREFETCH_O=[0, 2, 4, 8, 16],  # with PDL: the O GEMV's own PREFETCH depth (0: PREFETCH); its predecessor,
+    # attention, is latency-bound, so the hints do not compete for DRAM as they do after a GEMV
     RELAXED_ADDS=[False, True],  # split-K partial sums as relaxed REDs, not acq_rel atomics (each a MEMBAR.GPU + L1 invalidate)
 )
 
@@ -411,11 +413,13 @@ def _block_n():
     return max(_knob("GEMV_BLOCK_N"), 16) if _knob("GEMV_DOT") else _knob("GEMV_BLOCK_N")  # tl.dot: >= 16
 
 
-def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0, acc=None, cnt=None, split_k=1):
+def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0, acc=None, cnt=None, split_k=1,
+          prefetch=None):
     """out = x @ w^T (see _gemv_kernel); w2/w3 with na/nb: the q|k|v segments (MODE 0) or the up
     weight (MODE 2). acc (zeroed fp32, out's shape; out itself when out is fp32 scratch) turns on
     split_k ways split-K; with cnt (zeroed int32, one per row block) acc is a staging copy cast into out.
-    MODE 3 (fused down): w3 is w_down, nb its rows, acc the zeroed staging copy of out, cnt one counter."""
+    MODE 3 (fused down): w3 is w_down, nb its rows, acc the zeroed staging copy of out, cnt one counter.
+    prefetch: weight tiles per row hinted into L2 before the PDL wait (default PREFETCH)."""
     batch, k = x.shape
     n = w.shape[0] if mode == 3 else out.shape[1]
     bn = max(_knob("MLP_BLOCK_N"), 16 if _knob("GEMV_DOT") else 1) if mode >= 2 and _knob("MLP_BLOCK_N") else _block_n()
@@ -434,7 +438,7 @@ def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, n
         batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS, _first_wave(x) if pdl else 0,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
         SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=pdl,
-        PF_LINES=_knob("PREFETCH") * bk // 64 if pdl else 0, TMA=tma, DOWN_BLOCK_J=_knob("DOWN_BLOCK_J"),
+        PF_LINES=(_knob("PREFETCH") if prefetch is None else prefetch) * bk // 64 if pdl else 0, TMA=tma, DOWN_BLOCK_J=_knob("DOWN_BLOCK_J"),
         ADD_SEM="relaxed" if _knob("RELAXED_ADDS") else "acq_rel",
         num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"), launch_pdl=pdl)
 
@@ -523,7 +527,9 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
                                                  BLOCK_D=triton.next_power_of_2(head_dim), PDL=pdl, num_warps=4,
                                                  launch_pdl=pdl)
     h = buf["h"].view(batch, hidden)
-    _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo)
+    # PREFETCH_O: the O GEMV waits on attention, which leaves DRAM mostly idle: its weights can stream meanwhile
+    _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo,
+          prefetch=_knob("PREFETCH_O") or None)
     if fuse_norm:
         h_in, nw = h, mlp_norm_w
     else:
