@@ -145,32 +145,23 @@ def test_megakernel_wrong_variant_is_incorrect_numerical(task, quick_evaluator, 
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
 
-SPLIT_WRONG = {  # need split-K (and the attention's last-split combine) on: SPLIT_K_POINT's config
-    "residual_in_every_split": ("if tl.program_id(1) == 0:", "if tl.program_id(1) >= 0:"),
-    "first_split_casts": ("== tl.num_programs(1) - 1:", "== 0:"),
-    "attention_combines_before_the_last_split": ("== SPLITS - 1:", "== SPLITS - 2:"),
+FUSED_POINT = dict(SPLIT_K_POINT, FUSE_MLP=8)  # every batch fused
+POINT_WRONG = {  # name -> (the config that turns the broken code on, the edit)
+    # split-K and the attention's last-split combine
+    "residual_in_every_split": (SPLIT_K_POINT, ("if tl.program_id(1) == 0:", "if tl.program_id(1) >= 0:")),
+    "first_split_casts": (SPLIT_K_POINT, ("== tl.num_programs(1) - 1:", "== 0:")),
+    "attention_combines_before_the_last_split": (SPLIT_K_POINT, ("== SPLITS - 1:", "== SPLITS - 2:")),
+    # FUSE_MLP's down projection inside the gate/up GEMV
+    "fused_residual_in_every_program": (FUSED_POINT, ("if pid_n == 0:", "if pid_n >= 0:")),
+    "fused_first_program_casts": (FUSED_POINT, ("== tl.num_programs(0) - 1:", "== 0:")),
+    "fused_down_skips_last_rows": (FUSED_POINT, ("j_ok = offs_j < NB", "j_ok = offs_j < NB - 1")),
 }
 
 
-@pytest.mark.parametrize("name", sorted(SPLIT_WRONG))
-def test_megakernel_split_k_wrong_variant_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
-    broken = variant(SEED_PATH, tmp_path, name + "_src", *SPLIT_WRONG[name])
-    path = with_config(broken, tmp_path, name, SPLIT_K_POINT)
-    rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
-    assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
-
-
-FUSE_MLP_WRONG = {  # need FUSE_MLP on: SPLIT_K_POINT's config with every batch fused
-    "fused_residual_in_every_program": ("if pid_n == 0:", "if pid_n >= 0:"),
-    "fused_first_program_casts": ("== tl.num_programs(0) - 1:", "== 0:"),
-    "fused_down_skips_last_rows": ("j_ok = offs_j < NB", "j_ok = offs_j < NB - 1"),
-}
-
-
-@pytest.mark.parametrize("name", sorted(FUSE_MLP_WRONG))
-def test_megakernel_fuse_mlp_wrong_variant_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
-    broken = variant(SEED_PATH, tmp_path, name + "_src", *FUSE_MLP_WRONG[name])
-    path = with_config(broken, tmp_path, name, dict(SPLIT_K_POINT, FUSE_MLP=8))
+@pytest.mark.parametrize("name", sorted(POINT_WRONG))
+def test_megakernel_wrong_variant_at_its_point_is_incorrect_numerical(task, quick_evaluator, tmp_path, name):
+    config, edit = POINT_WRONG[name]
+    path = with_config(variant(SEED_PATH, tmp_path, name + "_src", *edit), tmp_path, name, config)
     rep = quick_evaluator.evaluate(task, solution_from_kernel_file(task, path))
     assert rep.status == S.INCORRECT_NUMERICAL, (name, rep.status, rep.message)
 
