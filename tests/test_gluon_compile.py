@@ -167,6 +167,21 @@ def test_ws_head_group(ws):
     assert ws._head_group(8, 8, 64) == 8  # capped at the heads there are
 
 
+@pytest.mark.parametrize("n_m,n_bh", [(8, 256), (32, 128), (3, 5)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_ws_tile_coords_cover_every_tile_once(ws, n_m, n_bh, causal):
+    """_tile_coords (its plain-Python body) maps the tiles one to one onto (query block, head) for
+    every group size, a short last group included; all heads = heads fastest, one = query blocks
+    fastest; causal walks each head's longest query blocks first."""
+    n = n_m * n_bh
+    for hg in sorted({1, 2, 3, 12, n_bh}):
+        coords = [ws._tile_coords.fn(t, n_m, n, min(hg, n_bh), causal) for t in range(n)]
+        assert sorted(coords) == [(mt, bh) for mt in range(n_m) for bh in range(n_bh)], hg
+    flip = (lambda mt: n_m - 1 - mt) if causal else (lambda mt: mt)
+    assert [ws._tile_coords.fn(t, n_m, n, n_bh, causal) for t in range(n)] == [(flip(t // n_bh), t % n_bh) for t in range(n)]
+    assert [ws._tile_coords.fn(t, n_m, n, 1, causal) for t in range(n)] == [(flip(t % n_m), t // n_m) for t in range(n)]
+
+
 @pytest.mark.parametrize("name", KERNELS)
 def test_run_rejects_unsupported(name):
     m = load(name)
