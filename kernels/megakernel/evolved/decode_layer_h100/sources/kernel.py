@@ -15,7 +15,13 @@ the fused design space: GEMV_DOT (tensor-core tiles: the batch padded to 16 rows
 loads feed tl.dot and Triton software-pipelines them num_stages deep), FUSE_NORM (each GEMV program
 computes its rows' RMS itself: no norm launches), FUSE_QKV (one launch over q|k|v rows instead of
 three), ATTN_SPLITS (split-KV: more programs than batch * kv_heads, plus a combine pass), ATTN_DOT (the
-group's scores and P @ V on tensor cores).
+group's scores and P @ V on tensor cores), SPLIT_K / SPLIT_K_QO (K-split GEMVs with fp32 atomics), PDL
+(programmatic dependent launch, with PREFETCH: weight tiles hinted into L2 before the grid waits),
+ACT_NARROW (16-bit GEMV inputs), GEMV_TMA (weight tiles through TMA descriptors), ATTN_LAST_COMBINES (the
+last KV split combines, no combine launch), PREFETCH_O (the O GEMV's own L2 hint depth), ATTN_PREFETCH (PDL: the attention hints its KV rows into L2
+before it waits on the QKV GEMV, and then wo, whose GEMV comes next, while its slower splits run),
+FUSE_MLP with DOWN_BLOCK_J (at small batch each gate/up program multiplies its act tile by its columns of
+w_down and adds the partial outputs atomically: no act round trip, no down launch and no wave tail).
 """
 import math
 
@@ -26,7 +32,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=256, GEMV_WARPS=2, ATTN_BLOCK_KV=32, ATTN_WARPS=8, NORM_BLOCK=4096, num_stages=3, GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=32, ATTN_DOT=True, SPLIT_K=8, MLP_BLOCK_N=0, PDL=True, PREFETCH=1, SPLIT_K_QO=2, ACT_NARROW=True)
+CONFIG = dict(GEMV_BLOCK_N=32, GEMV_BLOCK_K=256, GEMV_WARPS=2, ATTN_BLOCK_KV=32, ATTN_WARPS=8, NORM_BLOCK=4096, num_stages=3, GEMV_DOT=True, FUSE_NORM=False, FUSE_QKV=True, ATTN_SPLITS=32, ATTN_DOT=True, SPLIT_K=4, MLP_BLOCK_N=0, PDL=True, PREFETCH=1, SPLIT_K_QO=2, ACT_NARROW=True, FUSE_NORM_UPTO=1, GEMV_TMA=False, ATTN_LAST_COMBINES=False, ATTN_PREFETCH=0, FUSE_MLP=0, DOWN_BLOCK_J=64, RELAXED_ADDS=True, PREFETCH_O=0)
 # Allowed values per knob: the search space the heuristic operator explores.
 TUNABLES = dict(
     GEMV_BLOCK_N=[4, 8, 16, 32, 64],  # weight rows per program (GEMV_DOT uses at least 16)
@@ -44,9 +50,18 @@ TUNABLES = dict(
     SPLIT_K=[1, 2, 4, 8],  # K splits of the q|k|v, O and down projections (fp32 atomics): more programs at batch 1
     MLP_BLOCK_N=[0, 8, 16, 32, 64],  # rows per program of the gate/up GEMV (0: GEMV_BLOCK_N), for its own wave count
     PDL=[False, True],  # programmatic dependent launch (sm90+): each launch starts while the previous drains (GPU only)
-    PREFETCH=[0, 1, 2, 4],  # with PDL: weight tiles per GEMV row hinted into L2 before the wait (weights never wait)
+    PREFETCH=[0, 1, 2, 4, 8],  # with PDL: weight tiles per row the first wave's GEMV programs hint into L2 before the wait
     SPLIT_K_QO=[0, 1, 2, 4, 8],  # K splits of the q|k|v and O projections alone (0: SPLIT_K): K is 3.5x shorter than down's
     ACT_NARROW=[False, True],  # GEMV inputs (normed x, attention out, SwiGLU act) in the model dtype, not fp32: half the pipelined x tile
+    FUSE_NORM_UPTO=[0, 1, 2, 4],  # FUSE_NORM at batch <= this even when off: a norm launch costs more than B rows' RMS per program
+    GEMV_TMA=[False, True],  # weight tiles through Hopper TMA descriptors (no per-thread addresses; rows and K past the end load 0)
+    ATTN_LAST_COMBINES=[False, True],  # ATTN_SPLITS > 1: the last split of each (sequence, kv head) combines, no combine launch
+    ATTN_PREFETCH=[0, 1, 2],  # with PDL: attention hints its KV rows into L2 before the wait (1), + a share of wo (2)
+    FUSE_MLP=[0, 1, 2, 4, 8],  # down projection inside the gate/up GEMV at batch <= this: atomics grow with mlp/rows * hidden * B
+    DOWN_BLOCK_J=[64, 128, 256],  # FUSE_MLP: hidden rows of w_down per step of the fused down product
+    PREFETCH_O=[0, 2, 4, 8, 16],  # with PDL: the O GEMV's own PREFETCH depth (0: PREFETCH); its predecessor,
+    # attention, is latency-bound, so the hints do not compete for DRAM as they do after a GEMV
+    RELAXED_ADDS=[False, True],  # split-K partial sums as relaxed REDs, not acq_rel atomics (each a MEMBAR.GPU + L1 invalidate)
 )
 
 
@@ -56,6 +71,27 @@ def _knob(name):
 
 def _pdl(t):
     return bool(_knob("PDL")) and t.is_cuda  # the interpreter has no grid dependency control
+
+
+def _tma_ok(*ws):
+    """TMA's rules for a [rows, K] weight: contiguous, 16-byte aligned start and row stride."""
+    return all(w.is_contiguous() and w.storage_offset() * w.element_size() % 16 == 0
+               and w.shape[1] * w.element_size() % 16 == 0 for w in ws)
+
+
+def _tma_scratch(device):
+    """Device-side descriptors live in global scratch that Triton asks this allocator for."""
+    return lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device)
+
+
+_SMS = {}  # device -> first-wave program count
+
+
+def _first_wave(t):
+    """Programs resident at launch (2 per SM at the GEMV's tiles): only they can prefetch while waiting."""
+    if t.device not in _SMS:
+        _SMS[t.device] = 2 * torch.cuda.get_device_properties(t.device).multi_processor_count
+    return _SMS[t.device]
 
 
 @triton.jit
@@ -73,6 +109,15 @@ def _prefetch_l2(ptrs):
     """One L2 prefetch hint per pointer (a 128-byte line each); nothing waits on it."""
     tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
                               is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_span(ptr, n, PER_LINE: tl.constexpr):
+    """Hint n contiguous elements at ptr into L2, one prefetch per PER_LINE elements (a 128-byte line),
+    256 lines per step."""
+    for i0 in range(0, n, 256 * PER_LINE):
+        offs = i0 + tl.arange(0, 256) * PER_LINE
+        _prefetch_l2(ptr + tl.where(offs < n, offs, 0))
 
 
 @triton.jit
@@ -94,10 +139,11 @@ def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, N, eps, BLOCK: tl.constexpr, PDL: tl.
 
 @triton.jit
 def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_ptr, cnt_ptr, B, N, NA, NB, K,
-                 K_SPLIT, out_stride, eps,
+                 K_SPLIT, out_stride, eps, pf_programs,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr,
                  NORM: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, CAST: tl.constexpr,
-                 NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr):
+                 NORM_BLOCK: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr, TMA: tl.constexpr,
+                 DOWN_BLOCK_J: tl.constexpr, ADD_SEM: tl.constexpr):
     """out[b, n] = sum_k x'[b, k] w[n, k] for N output rows, x' = RMSNorm(x) * nw when NORM.
     MODE 0: rows [0, NA) of w are wa's, [NA, NA+NB) wb's, the rest wc's (a program's rows lie in one
     of them: the host checks BLOCK_N divides NA and NB); MODE 1 adds res[b, n]; MODE 2 is
@@ -105,28 +151,44 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     in tl.dot's first operand. SPLIT (grid axis 1 over K in K_SPLIT chunks, MODE 0/1): each program
     atomically adds its partial sums into the zeroed fp32 acc[b, n] (split 0 adds the residual);
     with CAST the program that finishes a row block last (counter cnt[pid]) writes acc to out in
-    out's dtype. PF_LINES > 0 (PDL only): the program's first PF_LINES 128-byte lines of each weight
-    row are hinted into L2 before the grid-dependency wait, overlapping the predecessor's tail."""
+    out's dtype. PF_LINES > 0 (PDL only): the first pf_programs programs (those resident while the
+    predecessor drains) hint their first PF_LINES 128-byte lines of each weight row into L2 before
+    the grid-dependency wait; later programs would only add instructions in front of their loads.
+    TMA: the weight tiles come through tensor descriptors of each weight's own [rows, K] (made before
+    the wait: they depend on nothing the predecessor writes).
+    MODE 3 is MODE 2 with the down projection fused (FUSE_MLP): out is [B, NB] and wc is w_down
+    ([NB, N]); each program multiplies its act tile by w_down's columns n0..n0+BLOCK_N, DOWN_BLOCK_J rows
+    at a time, and atomically adds the products into the zeroed fp32 acc[b, j] (row stride NB; program 0
+    adds res); the program that arrives last (counter cnt[0]) writes acc to out in out's dtype."""
     pid_n = tl.program_id(0)
     n0 = pid_n * BLOCK_N
     w_ptr = wa_ptr
     row0 = n0
+    seg_rows = N  # rows of the weight this program reads (its q, k or v segment in MODE 0)
     if MODE == 0:
+        seg_rows = NA
         if n0 >= NA + NB:
             w_ptr = wc_ptr
             row0 = n0 - NA - NB
+            seg_rows = N - NA - NB
         elif n0 >= NA:
             w_ptr = wb_ptr
             row0 = n0 - NA
+            seg_rows = NB
     offs_n = tl.arange(0, BLOCK_N)
     rows = (row0 + offs_n).to(tl.int64)
     n_ok = n0 + offs_n < N
-    if PF_LINES > 0:
+    if PF_LINES > 0 and pid_n + tl.program_id(1) * tl.num_programs(0) < pf_programs:
         offs_pf = tl.program_id(1) * K_SPLIT + tl.arange(0, PF_LINES) * 64  # 64 16-bit weights per line
-        pf = tl.where(n_ok, rows, row0)[:, None] * K + tl.where(offs_pf < K, offs_pf, 0)[None, :]
+        k_end = tl.minimum(tl.program_id(1) * K_SPLIT + K_SPLIT, K)  # this program's K range only
+        pf = tl.where(n_ok, rows, row0)[:, None] * K + tl.where(offs_pf < k_end, offs_pf, 0)[None, :]
         _prefetch_l2(w_ptr + pf)
-        if MODE == 2:
+        if MODE >= 2:
             _prefetch_l2(wb_ptr + pf)
+    if TMA:
+        w_desc = tl.make_tensor_descriptor(w_ptr, [seg_rows, K], [K, 1], [BLOCK_N, BLOCK_K])
+        if MODE >= 2:
+            w2_desc = tl.make_tensor_descriptor(wb_ptr, [N, K], [K, 1], [BLOCK_N, BLOCK_K])
     _pdl_enter(PDL)
     offs_b = tl.arange(0, BLOCK_B)
     b_ok = offs_b < B
@@ -154,14 +216,20 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
         if NORM:
             xt = xt * inv[:, None] * tl.load(nw_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
         wmask = n_ok[:, None] & k_ok[None, :]
-        wt = tl.load(w_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
+        if TMA:
+            wt = w_desc.load([row0, k0])
+        else:
+            wt = tl.load(w_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
         if DOT:
             xd = tl.trans(xt.to(wt.dtype))
             acc += tl.dot(wt, xd)
         else:
             acc += tl.sum(wt.to(tl.float32)[:, None, :] * xt[None, :, :], axis=2)
-        if MODE == 2:
-            wt2 = tl.load(wb_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
+        if MODE >= 2:
+            if TMA:
+                wt2 = w2_desc.load([row0, k0])
+            else:
+                wt2 = tl.load(wb_ptr + rows[:, None] * K + offs_k[None, :], mask=wmask, other=0.0)
             if DOT:
                 acc2 += tl.dot(wt2, xd)
             else:
@@ -171,10 +239,42 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
     if MODE == 1:
         if tl.program_id(1) == 0:
             acc += tl.load(res_ptr + optrs, mask=omask, other=0.0).to(tl.float32)
-    if MODE == 2:
-        acc = acc / (1.0 + tl.exp(-acc)) * acc2
-    if SPLIT:
-        tl.atomic_add(acc_ptr + optrs, acc, mask=omask)
+    if MODE >= 2:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc2  # rows past N are 0: their weights loaded as 0
+    if MODE == 3:
+        # w_down[j, n0:n0+BLOCK_N] are BLOCK_N contiguous elements of each hidden row j: the tile
+        # [DOWN_BLOCK_J, BLOCK_N] @ act tile [BLOCK_N, BLOCK_B] is this program's share of out rows j.
+        if DOT:
+            a = acc.to(wc_ptr.dtype.element_ty)
+        for j0 in range(0, NB, DOWN_BLOCK_J):
+            offs_j = j0 + tl.arange(0, DOWN_BLOCK_J)
+            j_ok = offs_j < NB
+            wd = tl.load(wc_ptr + offs_j[:, None].to(tl.int64) * N + (n0 + offs_n)[None, :],
+                         mask=j_ok[:, None] & n_ok[None, :], other=0.0)
+            if DOT:
+                d = tl.dot(wd, a)
+            else:
+                d = tl.sum(wd.to(tl.float32)[:, :, None] * acc[None, :, :], axis=1)
+            jmask = j_ok[:, None] & b_ok[None, :]
+            jptrs = offs_b[None, :] * NB + offs_j[:, None]
+            if pid_n == 0:
+                d += tl.load(res_ptr + jptrs, mask=jmask, other=0.0).to(tl.float32)
+            # relaxed: an acq_rel atomic (the default) costs a MEMBAR.GPU and an L1 invalidate each, and
+            # there are hidden * B / threads of them per program; the barrier below and the counter's
+            # acq_rel atomic (cumulative release) order them before the count, as for split-K.
+            tl.atomic_add(acc_ptr + jptrs, d, mask=jmask, sem="relaxed")
+        tl.debug_barrier()  # every thread's adds are issued before the count goes up
+        if tl.atomic_add(cnt_ptr, 1) == tl.num_programs(0) - 1:
+            for j0 in range(0, NB, DOWN_BLOCK_J):
+                offs_j = j0 + tl.arange(0, DOWN_BLOCK_J)
+                jmask = (offs_j < NB)[:, None] & b_ok[None, :]
+                jptrs = offs_b[None, :] * NB + offs_j[:, None]
+                total = tl.atomic_add(acc_ptr + jptrs, tl.zeros([DOWN_BLOCK_J, BLOCK_B], tl.float32), mask=jmask,
+                                      sem="relaxed")  # read at L2 (after the counter's acquire), not a stale L1
+                tl.store(out_ptr + offs_b[None, :] * out_stride + offs_j[:, None], total.to(out_ptr.dtype.element_ty),
+                         mask=jmask)
+    elif SPLIT:
+        tl.atomic_add(acc_ptr + optrs, acc, mask=omask, sem=ADD_SEM)
         if CAST:
             tl.debug_barrier()  # every thread's adds are issued before the block's count goes up
             if tl.atomic_add(cnt_ptr + pid_n, 1) == tl.num_programs(1) - 1:
@@ -186,16 +286,28 @@ def _gemv_kernel(x_ptr, nw_ptr, wa_ptr, wb_ptr, wc_ptr, res_ptr, out_ptr, acc_pt
 
 @triton.jit
 def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_new_ptr, o_ptr, m_ptr, l_ptr,
-                      kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE, Q_DIM,
-                      BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
-                      DOT: tl.constexpr, PDL: tl.constexpr):
+                      attn_ptr, cnt_ptr, wo_ptr, wo_n, wo_per, kv_len, split_len, max_kv, KVH, D, GROUP, scale, QKV_STRIDE,
+                      Q_DIM, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr, SPLITS: tl.constexpr,
+                      DOT: tl.constexpr, PDL: tl.constexpr, LAST_COMBINES: tl.constexpr, PREFETCH: tl.constexpr,
+                      KV_LINE: tl.constexpr, WO_LINE: tl.constexpr):
     """One program per (sequence, kv head, KV split): its GROUP q heads attend to the split's cache
     rows; split 0 also takes the new token (and writes it out). SPLITS == 1 writes the normalised
-    output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel."""
-    _pdl_enter(PDL)
+    output; otherwise the unnormalised partial (acc, running max m, sum l) for _attn_combine_kernel,
+    or with LAST_COMBINES for the split that finishes last (counter cnt[b, kvh]), which combines the
+    group's partials into attn itself. PREFETCH >= 1 (PDL only): the cache rows do not depend on the
+    predecessor, so the split's K and V rows are hinted into L2 before the wait; 2: after its loop each
+    program also hints its wo_per elements of wo (the next GEMV's weight, wo_n in all) into L2 while
+    the slower splits still run, so the O projection reads L2 instead of HBM. *_LINE: elements a line."""
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    cache = (b * KVH + kvh) * max_kv * D
+    start = split * split_len
+    end = tl.minimum(start + split_len, kv_len)
+    if PREFETCH >= 1:
+        _prefetch_span(kc_ptr + cache + start * D, (end - start) * D, KV_LINE)
+        _prefetch_span(vc_ptr + cache + start * D, (end - start) * D, KV_LINE)
+    _pdl_enter(PDL)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     half = D // 2
@@ -227,9 +339,6 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
         m_i = tl.full([BLOCK_G], -float("inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    cache = (b * KVH + kvh) * max_kv * D
-    start = split * split_len
-    end = tl.minimum(start + split_len, kv_len)
     for n0 in range(start, end, BLOCK_KV):
         offs_n = n0 + tl.arange(0, BLOCK_KV)
         nmask = offs_n < end
@@ -250,6 +359,9 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
             acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt.to(tl.float32)[None, :, :], axis=1)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
+    if PREFETCH >= 2:
+        lo = ((b * KVH + kvh) * SPLITS + split) * wo_per
+        _prefetch_span(wo_ptr + lo, tl.minimum(wo_per, wo_n - lo), WO_LINE)
     o_rows = (b * KVH * GROUP + heads[:, None]) * D
     if SPLITS == 1:
         tl.store(o_ptr + o_rows + offs_d[None, :], acc / l_i[:, None], mask=qmask)
@@ -260,6 +372,24 @@ def _rope_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, k_new_ptr, v_ne
         gmask = offs_g < GROUP
         tl.store(m_ptr + part + b * KVH * GROUP + heads, m_i, mask=gmask)
         tl.store(l_ptr + part + b * KVH * GROUP + heads, l_i, mask=gmask)
+        if LAST_COMBINES:
+            tl.debug_barrier()  # every thread's partial stores are issued before the count goes up
+            if tl.atomic_add(cnt_ptr + b * KVH + kvh, 1) == SPLITS - 1:
+                rows_total = tl.num_programs(0) * KVH * GROUP
+                rows_g = b * KVH * GROUP + heads
+                offs_s = tl.arange(0, SPLITS)
+                sg = offs_s[:, None] * rows_total + rows_g[None, :]
+                # .cg: the other splits' partials are read at L2, never from a stale L1 line
+                ms = tl.load(m_ptr + sg, mask=gmask[None, :], other=0.0, cache_modifier=".cg")
+                ls = tl.load(l_ptr + sg, mask=gmask[None, :], other=0.0, cache_modifier=".cg")
+                ws = tl.exp(ms - tl.max(ms, 0)[None, :])  # split 0 holds the new token: the max is finite
+                out = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+                for s in tl.static_range(SPLITS):
+                    w_s = tl.sum(tl.where(offs_s[:, None] == s, ws, 0.0), 0)
+                    p_s = tl.load(o_ptr + (s * rows_total + rows_g)[:, None] * D + offs_d[None, :], mask=qmask,
+                                  other=0.0, cache_modifier=".cg")
+                    out += p_s * w_s[:, None]
+                tl.store(attn_ptr + rows_g[:, None] * D + offs_d[None, :], out / tl.sum(ls * ws, 0)[:, None], mask=qmask)
 
 
 @triton.jit
@@ -283,30 +413,40 @@ def _block_n():
     return max(_knob("GEMV_BLOCK_N"), 16) if _knob("GEMV_DOT") else _knob("GEMV_BLOCK_N")  # tl.dot: >= 16
 
 
-def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0, acc=None, cnt=None, split_k=1):
+def _gemv(x, w, out, mode=0, res=None, w2=None, w3=None, norm_w=None, na=None, nb=0, acc=None, cnt=None, split_k=1,
+          prefetch=None):
     """out = x @ w^T (see _gemv_kernel); w2/w3 with na/nb: the q|k|v segments (MODE 0) or the up
     weight (MODE 2). acc (zeroed fp32, out's shape; out itself when out is fp32 scratch) turns on
-    split_k ways split-K; with cnt (zeroed int32, one per row block) acc is a staging copy cast into out."""
+    split_k ways split-K; with cnt (zeroed int32, one per row block) acc is a staging copy cast into out.
+    MODE 3 (fused down): w3 is w_down, nb its rows, acc the zeroed staging copy of out, cnt one counter.
+    prefetch: weight tiles per row hinted into L2 before the PDL wait (default PREFETCH)."""
     batch, k = x.shape
-    n = out.shape[1]
-    bn = max(_knob("MLP_BLOCK_N"), 16 if _knob("GEMV_DOT") else 1) if mode == 2 and _knob("MLP_BLOCK_N") else _block_n()
+    n = w.shape[0] if mode == 3 else out.shape[1]
+    bn = max(_knob("MLP_BLOCK_N"), 16 if _knob("GEMV_DOT") else 1) if mode >= 2 and _knob("MLP_BLOCK_N") else _block_n()
     bk = _knob("GEMV_BLOCK_K")
-    k_split = triton.cdiv(triton.cdiv(k, split_k), bk) * bk if acc is not None else k
+    k_split = triton.cdiv(triton.cdiv(k, split_k), bk) * bk if acc is not None and mode != 3 else k
     splits = triton.cdiv(k, k_split)
     block_b = max(triton.next_power_of_2(batch), 16 if _knob("GEMV_DOT") else 1)
+    pdl = _pdl(x)
+    ws = [t for t in (w, w2, w3 if mode != 3 else None) if t is not None]  # w_down is never a TMA tile
+    tma = _knob("GEMV_TMA") and bk <= 256 and bn <= 256 and _tma_ok(*ws)  # a TMA box is at most 256 per dim
+    if tma:
+        triton.set_allocator(_tma_scratch(x.device))
     _gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, x if norm_w is None else norm_w, w, w if w2 is None else w2, w if w3 is None else w3,
         out if res is None else res, out, out if acc is None else acc, out if cnt is None else cnt,
-        batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS,
+        batch, n, n if na is None else na, nb, k, k_split, out.stride(0), RMS_EPS, _first_wave(x) if pdl else 0,
         BLOCK_B=block_b, BLOCK_N=bn, BLOCK_K=bk, MODE=mode, NORM=norm_w is not None, DOT=_knob("GEMV_DOT"),
-        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
-        PF_LINES=_knob("PREFETCH") * bk // 64 if _pdl(x) else 0, num_warps=_knob("GEMV_WARPS"),
-        num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
+        SPLIT=splits > 1, CAST=splits > 1 and cnt is not None, NORM_BLOCK=_knob("NORM_BLOCK"), PDL=pdl,
+        PF_LINES=(_knob("PREFETCH") if prefetch is None else prefetch) * bk // 64 if pdl else 0, TMA=tma, DOWN_BLOCK_J=_knob("DOWN_BLOCK_J"),
+        ADD_SEM="relaxed" if _knob("RELAXED_ADDS") else "acq_rel",
+        num_warps=_knob("GEMV_WARPS"), num_stages=_knob("num_stages"), launch_pdl=pdl)
 
 
 def _rmsnorm(x, w, out):
-    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), PDL=_pdl(x),
-                               num_warps=4, launch_pdl=_pdl(x))
+    pdl = _pdl(x)
+    _rmsnorm_kernel[(x.shape[0],)](x, w, out, x.shape[1], RMS_EPS, BLOCK=_knob("NORM_BLOCK"), PDL=pdl,
+                                   num_warps=4, launch_pdl=pdl)
 
 
 def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache,
@@ -316,21 +456,27 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     q_dim, kv_dim, mlp = wq.shape[0], wk.shape[0], w_gate.shape[0]
     q_heads = q_dim // head_dim
     splits = _knob("ATTN_SPLITS")
-    fuse_norm = _knob("FUSE_NORM")
+    last_combines = splits > 1 and _knob("ATTN_LAST_COMBINES")
+    pdl = _pdl(x)
+    fuse_norm = _knob("FUSE_NORM") or batch <= _knob("FUSE_NORM_UPTO")
+    fuse_mlp = batch <= _knob("FUSE_MLP")
     qkv_dim = q_dim + 2 * kv_dim
     # One fp32 scratch allocation for every intermediate (one allocator call per layer); with
     # ACT_NARROW the GEMV inputs get their own in x's dtype.
     gemv_in = dict(xn=0 if fuse_norm else batch * hidden, attn=batch * q_dim, hn=0 if fuse_norm else batch * hidden,
-                   act=batch * mlp)
+                   act=0 if fuse_mlp else batch * mlp)
     narrow = gemv_in if _knob("ACT_NARROW") else {}
     sizes = dict(qkv=batch * qkv_dim, h=batch * hidden, part=batch * q_dim * splits if splits > 1 else 0,
                  ml=2 * batch * q_heads * splits if splits > 1 else 0, **({} if narrow else gemv_in))
     split, split_qo = _knob("SPLIT_K"), _knob("SPLIT_K_QO") or _knob("SPLIT_K")
     # Split-K sums with atomics into zeroed fp32: q|k|v, h, the output's staging copy and the down
-    # projection's per-row-block counters (int32 bits in the same zeroed buffer).
+    # projection's per-row-block counters (int32 bits in the same zeroed buffer); FUSE_MLP uses the
+    # staging copy and counter 0.
     zsizes = dict(qkv=batch * qkv_dim, h=batch * hidden) if split_qo > 1 else {}
-    if split > 1:
+    if split > 1 or fuse_mlp:
         zsizes.update(out=batch * hidden, cnt=triton.cdiv(hidden, _block_n()))
+    if last_combines:
+        zsizes.update(acnt=batch * kv_heads)  # int32 arrival counters of the attention splits
     if split_qo > 1:
         sizes.update(qkv=0, h=0)
     scratch = torch.empty(sum(sizes.values()), device=x.device, dtype=torch.float32)
@@ -362,24 +508,37 @@ def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cach
     split_len = triton.cdiv(triton.cdiv(int(kv_len), splits), block_kv) * block_kv
     ml = buf["ml"]
     part = buf["part"] if splits > 1 else attn
+    prefetch = _knob("ATTN_PREFETCH") if pdl else 0  # inline-asm hints: GPU only, like PREFETCH
+    wo_line = 128 // wo.element_size()
+    wo_per = triton.cdiv(triton.cdiv(wo.numel(), wo_line), batch * kv_heads * splits) * wo_line  # whole lines each
+    if prefetch >= 2 and not wo.is_contiguous():
+        prefetch = 1  # the share arithmetic assumes one dense span
     m_buf, l_buf = (ml[:ml.numel() // 2], ml[ml.numel() // 2:]) if splits > 1 else (attn, attn)
     _rope_attn_kernel[(batch, kv_heads, splits)](
         qkv, rope_cos, rope_sin, k_cache, v_cache, k_new, v_new, part, m_buf, l_buf,
-        int(kv_len), split_len, max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
+        attn, buf["acnt"].view(torch.int32) if last_combines else attn, wo, wo.numel(), wo_per, int(kv_len), split_len,
+        max_kv, kv_heads, head_dim, group, 1.0 / math.sqrt(head_dim), qkv_dim, q_dim,
         BLOCK_G=max(triton.next_power_of_2(group), 16 if attn_dot else 1), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=_pdl(x), num_warps=_knob("ATTN_WARPS"),
-        num_stages=_knob("num_stages"), launch_pdl=_pdl(x))
-    if splits > 1:
+        BLOCK_KV=block_kv, SPLITS=splits, DOT=attn_dot, PDL=pdl, LAST_COMBINES=last_combines,
+        PREFETCH=prefetch, KV_LINE=128 // k_cache.element_size(), WO_LINE=wo_line, num_warps=_knob("ATTN_WARPS"),
+        num_stages=_knob("num_stages"), launch_pdl=pdl)
+    if splits > 1 and not last_combines:
         _attn_combine_kernel[(batch * q_heads,)](part, m_buf, l_buf, attn, batch * q_heads, head_dim, SPLITS=splits,
-                                                 BLOCK_D=triton.next_power_of_2(head_dim), PDL=_pdl(x), num_warps=4,
-                                                 launch_pdl=_pdl(x))
+                                                 BLOCK_D=triton.next_power_of_2(head_dim), PDL=pdl, num_warps=4,
+                                                 launch_pdl=pdl)
     h = buf["h"].view(batch, hidden)
-    _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo)
+    # PREFETCH_O: the O GEMV waits on attention, which leaves DRAM mostly idle: its weights can stream meanwhile
+    _gemv(attn, wo, h, mode=1, res=x, acc=h if split_qo > 1 else None, split_k=split_qo,
+          prefetch=_knob("PREFETCH_O") or None)
     if fuse_norm:
         h_in, nw = h, mlp_norm_w
     else:
         h_in, nw = buf["hn"].view(batch, hidden), None
         _rmsnorm(h, mlp_norm_w, h_in)
+    if fuse_mlp:
+        _gemv(h_in, w_gate, out, mode=3, w2=w_up, w3=w_down, norm_w=nw, nb=hidden, res=h,
+              acc=buf["out"].view(batch, hidden), cnt=buf["cnt"].view(torch.int32))
+        return
     act = buf["act"].view(batch, mlp)
     _gemv(h_in, w_gate, act, mode=2, w2=w_up, norm_w=nw)
     _gemv(act, w_down, out, mode=1, res=h, acc=buf["out"].view(batch, hidden) if split > 1 else None,
