@@ -57,7 +57,7 @@ case "${1:-evals}" in
   mha-decode) evolve_part gpu-mha-decode configs/gpu_mha_decode.yaml "${MINUTES:-8}" ;;
   gluon-ws)  # the warp-specialised ping-pong Gluon kernel (gqa_fwd_gluon_ws.py) vs gqa_fwd_gluon.py and cuDNN; a case per subprocess
     timeout "${GLUON_S:-420}" python3 scripts/gluon_ws_check.py ${QUICK:+--quick} 2>&1 | tee "$OUT/gluon_ws_check.log" | tail -40 ;;
-  gluon-evolve) evolve_part gpu-attention-gluon configs/gpu_attention_gluon.yaml "${MINUTES:-6}" ;;
+  gluon-evolve) evolve_part gpu-attention-gluon configs/gpu_attention_gluon.yaml "${MINUTES:-6}" ;;  # MHA + GQA prefill
   prefill) evolve_part gpu-attention-prefill configs/gpu_attention_prefill.yaml "${MINUTES:-7}" ;;
   bench-attention)  # the evolved attention kernels (MHA/decode from lineages/gpu-mha-decode if it ran here) vs seeds and SDPA
     K=()

@@ -234,8 +234,11 @@ def test_gluon_gpu_config_seeds_the_gluon_kernel_which_the_guard_accepts():
     cfg = load_config(REPO_ROOT / "configs" / "gpu_attention_gluon.yaml")
     seed = REPO_ROOT / cfg.seed_path("attention_gqa_fwd", "attention_gqa_fwd")
     assert seed.name == "gqa_fwd_gluon_ws.py" and cfg.device == "cuda"
-    gpu = {w.uuid for w in load_task("attention_gqa_fwd").select("gpu")}
-    assert set(cfg.workloads["attention_gqa_fwd"]) <= gpu
+    assert cfg.tasks == ["attention_gqa_fwd", "attention_mha_fwd"]
+    for name in cfg.tasks:  # one file seeds both (its run() takes Hkv = Hq) on d128 shapes it supports
+        assert REPO_ROOT / cfg.seed_path(name, name) == seed
+        gpu = {w.uuid: w for w in load_task(name).select("gpu")}
+        assert set(cfg.workloads[name]) <= set(gpu) and all(gpu[u].axes["dim"] == 128 for u in cfg.workloads[name])
     task = load_task("attention_gqa_fwd")
     for path in (seed, seed.with_name("gqa_fwd_gluon.py")):
         assert scan_solution({"kernel.py": path.read_text()}, task.definition.forbidden_calls) is None
