@@ -4,6 +4,7 @@ out-of-place task (out = 2 * x) is written to tmp_path so each candidate costs m
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 
@@ -215,3 +216,49 @@ def test_compare_verdicts():
         pass
 
     assert check.compare("o", ref.clone().as_subclass(Sub), ref, torch.float32, tol).status == S.REWARD_HACK
+
+
+SLOW_LOGGING_REFERENCE = '''\
+import os
+import time
+
+
+def run(x):
+    t0 = time.monotonic()
+    time.sleep(0.03)
+    with open(LOG, "a") as f:  # the reference worker's calls and the timed baseline's, by pid
+        f.write(f"{os.getpid()} {t0} {time.monotonic()}\\n")
+    return x * 2
+'''
+
+
+def test_timing_waits_for_the_reference_worker(tmp_path):
+    """The reference worker shares the candidate's GPU: a workload's timing must not start while it
+    still computes the previous workload's outputs (on an H100 that overlap doubled a 1.7 ms
+    attention kernel's synced wall time and the side-stream check called it a reward hack). The
+    reference here sleeps and logs its interval; the baseline timed in the candidate worker runs
+    the same code, so no interval of one process may overlap one of the other."""
+    log = tmp_path / "calls.log"
+    root = tmp_path / "slow_ref"
+    root.mkdir()
+    (root / "definition.json").write_text(json.dumps({
+        "name": "tiny_double", "op_type": "elementwise", "axes": {"n": {"type": "var"}},
+        "inputs": {"x": {"shape": ["n"], "dtype": "float32"}},
+        "outputs": {"out": {"shape": ["n"], "dtype": "float32"}},
+        "tolerance": {"atol": 1e-6, "rtol": 1e-6}}))
+    (root / "reference.py").write_text(f"LOG = {str(log)!r}\n" + SLOW_LOGGING_REFERENCE)
+    (root / "workloads.jsonl").write_text("".join(json.dumps(
+        {"uuid": f"n{n}", "axes": {"n": n}, "inputs": {"x": {"type": "random"}}, "target": "cpu"}) + "\n"
+        for n in (37, 64, 100)))
+    with Evaluator(EvalConfig(device="interpret", warmup=1, iters=6)) as e:
+        rep = e.evaluate(load_task(str(root)), sol(HONEST))
+    assert rep.status == S.PASSED, rep.message
+    by_pid: dict[str, list[tuple[float, float]]] = {}
+    for line in log.read_text().splitlines():
+        pid, a, b = line.split()
+        if pid != str(os.getpid()):  # the orchestrator's own calls are in line with its loop
+            by_pid.setdefault(pid, []).append((float(a), float(b)))
+    assert len(by_pid) == 2 and all(len(v) >= 6 for v in by_pid.values())
+    (p1, calls1), (p2, calls2) = by_pid.items()
+    overlaps = [(x, y) for x in calls1 for y in calls2 if x[0] < y[1] and y[0] < x[1]]
+    assert not overlaps, f"{len(overlaps)} overlapping calls of the two workers"

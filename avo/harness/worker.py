@@ -187,8 +187,14 @@ class Worker:
         if channel.recv(self.conn) != "time":
             return
         base_ns = self._reference_ns(d, job.get("baseline"))
-        for w in wls:
+        for i, w in enumerate(wls):
             self.send("phase", f"time:{w.uuid}")
+            if i:  # the reference worker shares this GPU and may still be computing the last workload's
+                # outputs (the orchestrator compares as they arrive): timing over it would inflate the
+                # events and, worse, the wall check (a legit kernel flagged as side-stream work)
+                self.send("quiet")
+                if channel.recv(self.conn) != "go":
+                    return
             self.send("timing", w.uuid, self._time_workload(fn, base_ns["run"], d, w, job))
         self.send("done", {})
 
@@ -252,11 +258,16 @@ class Worker:
                    and not torch.equal(inputs.bits(v), inputs.bits(sets[i][k]))]
             if bad:
                 raise Fail(S.REWARD_HACK, f"input {bad[0]!r} was modified during timing", "input-mutation")
-        # Probed calls and the last timed call on each set must have produced the right answer...
+        # Probed calls and the last timed call on each set must have produced the right answer
+        # (taken now: the wall calls below overwrite them)...
+        last = [self._results(d, sets[i], outs[i]) for i in range(n)]
+        wall = issue = None
+        if self.mode == "cuda":  # before any output goes out, so no reference work shares the GPU
+            wall, issue = timing.wall_per_call_ms(cand, n, cfg.get("wall_reps", 20), self.mode)
         for key, res in probes:
             self.send("outputs", w.uuid, key, {k: v.cpu() for k, v in res.items()})
         for i in range(n):
-            self.send("outputs", w.uuid, (set_seeds[i], pert[i]), self._results(d, sets[i], outs[i]))
+            self.send("outputs", w.uuid, (set_seeds[i], pert[i]), last[i])
         # ...and after new values land in the same buffers (a cache keyed by pointer or shape
         # returns stale results here). These calls are checked like the correctness trials.
         for i, s in enumerate(job["refresh_seeds"][w.uuid]):
@@ -270,9 +281,6 @@ class Worker:
                 inputs.poison_(o)
             self._call_checked(fn, d, sets[i], outs[i], monitor=True, peer=job.get("peer", False))
             self.send("outputs", w.uuid, s, self._results(d, sets[i], outs[i]))
-        wall = issue = None
-        if self.mode == "cuda":
-            wall, issue = timing.wall_per_call_ms(cand, n, cfg.get("wall_reps", 20), self.mode)
         med, iqr = timing.median_iqr(samples[0])
         bmed, biqr = timing.median_iqr(samples[1])
         return dict(median_ms=med, iqr_ms=iqr, base_median_ms=bmed, base_iqr_ms=biqr, iters=len(samples[0]),
