@@ -198,3 +198,27 @@ def test_config_in_tunables(name):
     m = load(name)
     for knob, val in m.CONFIG.items():
         assert val in m.TUNABLES[knob], knob
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "kernels"
+SHIPPED_GLUON = sorted(p.parent.parent for p in SHIPPED.glob("*/evolved/*/sources/kernel.py")
+                       if "triton.experimental import gluon" in p.read_text())
+
+
+def test_the_ping_pong_kernel_ships_for_mha_and_gqa_prefill():
+    assert {p.name for p in SHIPPED_GLUON} >= {"gqa_fwd_gluon_h100", "mha_fwd_gluon_h100"}
+
+
+@pytest.mark.parametrize("art", SHIPPED_GLUON, ids=lambda p: p.name)
+@pytest.mark.parametrize("causal", [False, True])
+def test_shipped_gluon_artifact_compiles(art, causal):
+    """The exported ping-pong kernels (no interpreter for Gluon) at their own CONFIG: sm_90 code
+    with the pipelined wgmma the kernel's speed depends on."""
+    spec = importlib.util.spec_from_file_location(f"shipped_{art.name}", art / "sources" / "kernel.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    k = compile_ws(m, causal=causal)
+    _async_pipeline(k.asm["ptx"])
+    assert k.metadata.num_warps == 12 and k.metadata.shared <= m.SMEM_LIMIT
+    sass = _sass(k)
+    assert sass is not None and re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1", sass), "ptxas serialised the wgmmas"
