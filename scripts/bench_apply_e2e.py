@@ -25,8 +25,9 @@ Gaussian over the vocabulary: the top-1/top-2 margin is scale-free, about 1% of 
 lie within ~0.004 sigma (one fp16 ulp of the top logit) whatever initializer_range, and any
 rounding-level difference in the hidden state moves the logits by about that much (H100, seed
 artifact, defaults: max diff 0.0073 at sigma 0.9; 2 of 16 rows flipped). A larger init_range
-does not help: scripts/llama_margin_proxy.py measures margins against emulated flash-vs-seed
-kernel numerics on CPU, and the ratio stays the same or gets worse from 0.02 to 0.2. So the
+does not help: a CPU proxy (llama_margin_proxy.py, 2026-11-24, since removed; docs/apply.md) measured
+margins against emulated flash-vs-seed kernel numerics, and the ratio stays the same or gets worse
+from 0.02 to 0.2. So the
 script also makes untimed generations that keep every step's logits and prints sdpa's margin
 distribution, avo's step-logit diff and the near-ties (sdpa steps whose margin is at most twice
 that diff: the ones a diff that size can flip), and on cuda a yardstick: the same comparison for a

@@ -89,7 +89,7 @@ def update_doc_section(doc: Path, body: str, tasks: Optional[list[str]] = None) 
     """Replace this run's marked section of `doc` (append it when absent; create the file when
     missing): one section per task set, so a run on a subset (say prefill alone) leaves the full
     table, decode rows included, in place."""
-    from avo.doc_section import replace_marked_section, task_set_markers
+    from avo.ui.doc_section import replace_marked_section, task_set_markers
     start, end = task_set_markers("bench_attention", tasks, BENCH_TASKS)
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\nMeasured by scripts under scripts/; each section is written by its script.\n"
     doc.parent.mkdir(parents=True, exist_ok=True)

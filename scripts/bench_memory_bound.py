@@ -28,9 +28,8 @@ from typing import Any, Callable, Optional
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from avo.config import default_seed_path  # noqa: E402
-from avo.doc_section import replace_marked_section, task_set_markers  # noqa: E402
-from avo.tasks import Task, TaskError, load_task  # noqa: E402
+from avo.tasks import Task, TaskError, default_seed_path, load_task  # noqa: E402
+from avo.ui.doc_section import replace_marked_section, task_set_markers  # noqa: E402
 
 BENCH_TASKS = ["grammar_bitmask", "layout_bshd_to_bhsd", "layout_transpose2d", "layout_bshd_to_bhds",
                "layout_kv_paged", "megakernel_decode_layer"]

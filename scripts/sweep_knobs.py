@@ -2,8 +2,13 @@
 
     python scripts/sweep_knobs.py megakernel_decode_layer kernels/megakernel/decode_layer_seed.py \\
         '{}' '{"GEMV_DOT": true}' '{"GEMV_DOT": true, "FUSE_NORM": true}' --workloads 'b1_kv4000|b8'
+    python scripts/sweep_knobs.py --grid bitmask-word-tile        # a grid file of scripts/sweeps/
 
 Each JSON object is merged into the file's CONFIG (the file is not changed; `{}` = as written).
+A grid file (scripts/sweeps/<name>.json, or any path) holds one or more such sweeps as data: each
+entry of its "runs" gives task, kernel, settings and optionally base (merged under every setting),
+workloads, peers, fp32_reference and profile; `--workloads` on the command line overrides every
+run's. The runs go one after another in this process; the exit code is the worst of them.
 Every setting is checked against the eager reference (task tolerance) before do_bench times it;
 rows come from scripts/bench_memory_bound.py's bench_workload (same timing, GB/s, % SOL). A quick
 map of the design space before a run, or of where a lineage's winner sits in it; the evaluator
@@ -83,7 +88,69 @@ def kernel_profile(task, w, run, calls: int = 20) -> str:
     return "\n".join(lines + [f"  {total:8.1f} µs  total"])
 
 
+SWEEPS = HERE / "sweeps"
+RUN_KEYS = {"task", "kernel", "settings", "base", "workloads", "peers", "fp32_reference", "profile", "about"}
+
+
+def grid_path(name: str) -> Path:
+    """A grid file by path, or by name under scripts/sweeps/ (with or without .json)."""
+    p = Path(name)
+    for cand in (p, SWEEPS / name, SWEEPS / f"{name}.json"):
+        if cand.is_file():
+            return cand
+    have = ", ".join(sorted(f.stem for f in SWEEPS.glob("*.json"))) or "none"
+    raise bmb.BenchError(f"no grid {name!r} (scripts/sweeps/: {have})")
+
+
+def grid_argvs(path: Path, workloads: Optional[str]) -> list[list[str]]:
+    """The grid file's runs as argument lists of this script (settings = base merged with each)."""
+    try:
+        grid = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise bmb.BenchError(f"grid {path}: not JSON: {e.msg} (line {e.lineno})") from None
+    runs = grid.get("runs") if isinstance(grid, dict) else None
+    if not isinstance(runs, list) or not runs:
+        raise bmb.BenchError(f"grid {path}: needs a non-empty list \"runs\"")
+    out = []
+    for i, run in enumerate(runs):
+        bad = sorted(set(run) - RUN_KEYS) if isinstance(run, dict) else ["(not an object)"]
+        if bad or not {"task", "kernel", "settings"} <= set(run):
+            raise bmb.BenchError(f"grid {path}: run {i} needs task, kernel, settings (unknown: {', '.join(bad) or 'none'})")
+        base = run.get("base", {})
+        argv = [run["task"], run["kernel"]]
+        argv += [json.dumps({**base, **s}) for s in run["settings"]]
+        wl = workloads or run.get("workloads")
+        argv += ["--workloads", wl] if wl else []
+        for p in run.get("peers", []):
+            argv += ["--peer", p]
+        argv += ["--fp32-reference"] if run.get("fp32_reference") else []
+        argv += ["--profile"] if run.get("profile") else []
+        out.append(argv)
+    return out
+
+
+def main_grid(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description="run the sweeps of a grid file (scripts/sweeps/)")
+    ap.add_argument("--grid", required=True, help="a grid file, or its name under scripts/sweeps/")
+    ap.add_argument("--workloads", default=None, help="regex on GPU workload uuids (overrides the grid's)")
+    a = ap.parse_args(argv)
+    try:
+        path = grid_path(a.grid)
+        argvs = grid_argvs(path, a.workloads)
+    except bmb.BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rc = 0
+    for i, run_argv in enumerate(argvs):
+        print(f"\n## {path.stem} run {i + 1}/{len(argvs)}: {run_argv[0]} {run_argv[1]}", flush=True)
+        rc = max(rc, main(run_argv))
+    return rc
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(x == "--grid" or x.startswith("--grid=") for x in argv):
+        return main_grid(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task")
     ap.add_argument("kernel", type=Path)

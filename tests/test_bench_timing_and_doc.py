@@ -143,7 +143,7 @@ def test_bitmask_floor_counts_sectors_and_reads_the_recorded_peer(tmp_path):
     import importlib.util
     import torch
     from avo.tasks import REPO_ROOT
-    spec = importlib.util.spec_from_file_location("bitmask_floor", REPO_ROOT / "scripts" / "bitmask_floor.py")
+    spec = importlib.util.spec_from_file_location("bitmask_floor", REPO_ROOT / "tests" / "bitmask_floor.py")
     bf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bf)
     blocked = torch.zeros(2, 20, dtype=torch.bool)  # sectors per row: tokens 0-7, 8-15, 16-19 (+4 pad)

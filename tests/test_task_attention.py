@@ -228,7 +228,7 @@ def test_wgmma_schedule_folds_the_ptx_and_reads_both_prefill_seeds():
     import subprocess
     import sys
     import importlib.util
-    spec = importlib.util.spec_from_file_location("wgmma_schedule", REPO_ROOT / "scripts" / "wgmma_schedule.py")
+    spec = importlib.util.spec_from_file_location("wgmma_schedule", REPO_ROOT / "tests" / "wgmma_schedule.py")
     ws = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ws)
     ptx = ("$L__BB0_1:\n wgmma.mma_async.sync.aligned a;\n wgmma.mma_async.sync.aligned b;\n"
@@ -237,13 +237,13 @@ def test_wgmma_schedule_folds_the_ptx_and_reads_both_prefill_seeds():
     assert ws.schedule(ptx) == "|L MMAx2 C WAIT1 Ex2 B WAIT0"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     for seed in ("mha_fwd_seed.py", "gqa_fwd_seed.py"):
-        r = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "wgmma_schedule.py"),
+        r = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "wgmma_schedule.py"),
                             str(REPO_ROOT / "kernels" / "attention" / seed), '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'],
                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         sched = r.stdout.strip()
         assert "MMAx" in sched and "WAIT0" in sched and "Ex" in sched and sched.startswith("|L"), sched
-    r = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "wgmma_schedule.py"), "nope.py", "{bad"],
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "wgmma_schedule.py"), "nope.py", "{bad"],
                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
 

@@ -1,6 +1,6 @@
 """Where the tensor cores wait in an attention prefill kernel: its sm_90 PTX as a schedule, on a CPU.
 
-    python scripts/wgmma_schedule.py kernels/attention/mha_fwd_seed.py '{"CAUSAL": true}'
+    python tests/wgmma_schedule.py kernels/attention/mha_fwd_seed.py '{"CAUSAL": true}'
 
 Compiles the seed's (or an evolved copy's) `_mha_fwd_kernel` / `_gqa_fwd_kernel` for sm_90 at
 its CONFIG merged with the JSON object (knobs, plus CAUSAL and DIM), then prints the PTX's order
@@ -12,7 +12,9 @@ barriers (B) and block labels (|L), runs folded as xN. Each loop iteration reads
 The tensor cores run only while MMAs are in flight, so the softmax overlaps an MMA only if no
 WAIT0 stands between an MMA and the E run. This tells whether an edit (manual pipelining, warp
 specialisation, async dots) can overlap softmax with MMA before any GPU time is spent on it.
-TRITON_INTERPRET must be unset (the script compiles; it runs nothing).
+TRITON_INTERPRET must be unset (the script compiles; it runs nothing). It lives beside the tests
+(tests/test_task_attention.py exercises it), like tests/compile_sm90.py; what it showed is in
+knowledge_base/attention/softmax-mma-overlap.md.
 """
 from __future__ import annotations
 
