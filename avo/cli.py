@@ -1,5 +1,6 @@
-"""`avo` command line. Each command is a thin shell over a module function; user errors are one
-line on stderr and exit code 2 (bad usage) or 1 (evaluation failed)."""
+"""`avo` command line: commands only. Each is a thin shell over a function of the layer below
+(tasks, harness, ui, apply); user errors are one line on stderr and exit code 2 (bad usage) or 1
+(evaluation failed). Imports happen inside the commands so `avo --help` loads no torch."""
 from __future__ import annotations
 
 import sys
@@ -23,10 +24,6 @@ def die(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _fmt(x: Optional[float], spec: str = ".3f", suffix: str = "") -> str:
-    return "-" if x is None else f"{x:{spec}}{suffix}"
-
-
 @app.command()
 def tasks() -> None:
     """List the tasks under evaluators/: workloads per target and their SOL model."""
@@ -44,31 +41,6 @@ def tasks() -> None:
                   d.sol.flops or "(from reference)", d.sol.bytes or "(unique I/O)",
                   f"atol {d.tolerance.atol:g} rtol {d.tolerance.rtol:g}")
     console.print(t)
-
-
-def print_report(rep, console: Console = console) -> None:
-    t = Table(title=f"{rep.task} / {rep.solution} on {rep.hardware} ({rep.device_mode})")
-    for col in ("workload", "status", "max abs err", "max rel err", "ms", "baseline ms", "speedup", "% SOL", "SOL score"):
-        t.add_column(col, justify="right" if col not in ("workload", "status") else "left")
-    for tr in rep.traces:
-        e = tr.evaluation
-        c, p = e.correctness, e.performance
-        status = e.status.value + (f" ({e.hack_check})" if e.hack_check else "")
-        t.add_row(tr.workload.uuid, status, _fmt(c and c.max_absolute_error, ".2e"), _fmt(c and c.max_relative_error, ".2e"),
-                  _fmt(p and p.latency_ms, ".4f"), _fmt(p and p.reference_latency_ms, ".4f"),
-                  _fmt(p and p.speedup_factor, ".2f", "x"), _fmt(p and p.sol_fraction and 100 * p.sol_fraction, ".1f", "%"),
-                  _fmt(p and p.sol_score, ".3f"))
-    console.print(t)
-    if rep.device_mode == "interpret":
-        console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")
-    if rep.message:
-        console.print(f"[bold]{rep.status.value}[/]: {rep.message[:1500]}", highlight=False)
-    if rep.phase_s:
-        from avo.harness import RUNNER_WORK
-        main = [f"{k} {v:.1f}" for k, v in rep.phase_s.items() if k not in RUNNER_WORK]
-        sub = [f"{k} {rep.phase_s[k]:.1f}" for k in RUNNER_WORK if k in rep.phase_s]
-        console.print(f"harness seconds: {' · '.join(main)}" + (f" (of which {', '.join(sub)})" if sub else ""),
-                      highlight=False)
 
 
 @app.command("eval")
@@ -110,7 +82,8 @@ def eval_cmd(target: str = typer.Argument(..., help="task name or problem direct
             rep = ev.evaluate(task, sol, wls)
     except HarnessError as e:
         die(str(e), 1)
-    print_report(rep)
+    from avo.ui.lineage_view import print_report
+    print_report(rep, console)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text("".join(t.model_dump_json() + "\n" for t in rep.traces))
@@ -134,10 +107,10 @@ def evolve(config: Path = typer.Option(Path("configs/quickstart.yaml"), "--confi
     except ConfigError as e:
         die(str(e))
     if backend == "ray":
-        from avo.distributed import evolve_ray
+        from avo.ui.run import evolve_ray
         code = evolve_ray(cfg, address=address, live=live)
     elif backend == "local":
-        from avo.evolve import evolve_local
+        from avo.ui.run import evolve_local
         code = evolve_local(cfg, live=live)
     else:
         die(f"--backend must be local or ray, not {backend!r}")
@@ -148,9 +121,8 @@ def evolve(config: Path = typer.Option(Path("configs/quickstart.yaml"), "--confi
 def report(run: str = typer.Argument(..., help="run name under lineages/ or a lineage path"),
            out: Optional[Path] = typer.Option(None, help="output folder (default: <lineage>/report)")) -> None:
     """Write an HTML + PNG report of a run."""
-    from avo.lineage import resolve_run
-    from avo.lineage_durable import LineageError
-    from avo.report import write_report
+    from avo.lineage import LineageError, resolve_run
+    from avo.ui.report import write_report
     try:
         path = write_report(resolve_run(run), out)
     except LineageError as e:
@@ -161,10 +133,10 @@ def report(run: str = typer.Argument(..., help="run name under lineages/ or a li
 @lineage_app.command("log")
 def lineage_log(run: str, task: Optional[str] = None, attempts: bool = typer.Option(False, help="every attempt, not only commits")) -> None:
     """Accepted versions (or every attempt) of a run."""
-    from avo.lineage import lineage_log_cmd
-    from avo.lineage_durable import LineageError
+    from avo.lineage import LineageError
+    from avo.ui.lineage_view import log_cmd
     try:
-        lineage_log_cmd(run, task=task, attempts=attempts, console=console)
+        log_cmd(run, task=task, attempts=attempts, console=console)
     except LineageError as e:
         die(str(e))
 
@@ -172,10 +144,10 @@ def lineage_log(run: str, task: Optional[str] = None, attempts: bool = typer.Opt
 @lineage_app.command("show")
 def lineage_show(run: str, ref: str) -> None:
     """One version: meta, per-workload traces, kernel source."""
-    from avo.lineage import lineage_show_cmd
-    from avo.lineage_durable import LineageError
+    from avo.lineage import LineageError
+    from avo.ui.lineage_view import show_cmd
     try:
-        lineage_show_cmd(run, ref, console=console)
+        show_cmd(run, ref, console=console)
     except LineageError as e:
         die(str(e))
 
@@ -183,10 +155,10 @@ def lineage_show(run: str, ref: str) -> None:
 @lineage_app.command("diff")
 def lineage_diff(run: str, a: str, b: str) -> None:
     """Kernel diff between two versions."""
-    from avo.lineage import lineage_diff_cmd
-    from avo.lineage_durable import LineageError
+    from avo.lineage import LineageError
+    from avo.ui.lineage_view import diff_cmd
     try:
-        lineage_diff_cmd(run, a, b, console=console)
+        diff_cmd(run, a, b, console=console)
     except LineageError as e:
         die(str(e))
 
@@ -194,10 +166,10 @@ def lineage_diff(run: str, a: str, b: str) -> None:
 @lineage_app.command("best")
 def lineage_best(run: str, task: Optional[str] = None) -> None:
     """The best version per task (commit, speedups, % SOL)."""
-    from avo.lineage import lineage_best_cmd
-    from avo.lineage_durable import LineageError
+    from avo.lineage import LineageError
+    from avo.ui.lineage_view import best_cmd
     try:
-        lineage_best_cmd(run, task=task, console=console)
+        best_cmd(run, task=task, console=console)
     except LineageError as e:
         die(str(e))
 

@@ -1,6 +1,7 @@
 """Run configuration of `avo evolve` (YAML): tasks, seed kernels, operators, islands, budget,
-supervisor, commit gate, device. Every model forbids unknown keys, so a typo is an error that
-names the key and the file instead of a setting silently ignored."""
+supervisor, commit gate, evaluator, device. Every model forbids unknown keys, so a typo is an error
+that names the key and the file instead of a setting silently ignored. Plain pydantic: reading a
+config loads no torch."""
 from __future__ import annotations
 
 import re
@@ -10,38 +11,32 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from avo.harness.runner import EvalConfig
-from avo.tasks import REPO_ROOT, kernels_dir
+from avo.tasks import REPO_ROOT
 
 
 class ConfigError(Exception):
     """A config that cannot be used; the message is one line for the user."""
 
 
-# Seed kernel x0 per known task, relative to kernels/. A task not listed here falls back to the
-# convention kernels/<family>/<rest>_seed.py (task = <family>_<rest>), then to a problem
-# directory's own solution.json; `seed_kernels:` in the config overrides all of them.
-SEED_KERNELS: dict[str, str] = {
-    "grammar_bitmask": "grammar/bitmask_seed.py",
-    "attention_mha_fwd": "attention/mha_fwd_seed.py",
-    "attention_gqa_decode": "attention/gqa_decode_seed.py",
-}
-
-
-def task_family(task: str) -> str:
-    """grammar_bitmask -> grammar, attention_mha_fwd -> attention (recipes and seeds use it)."""
-    return task.split("_", 1)[0]
-
-
-def default_seed_path(task: str) -> Path:
-    if task in SEED_KERNELS:
-        return kernels_dir() / SEED_KERNELS[task]
-    fam, _, rest = task.partition("_")
-    return kernels_dir() / fam / f"{rest or fam}_seed.py"
-
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class EvalConfig(Strict):
+    """The evaluator's settings (avo/harness/runner.py); `eval:` in a run config, `device` at its top level."""
+    device: Literal["auto", "cuda", "interpret"] = "auto"
+    trials: int = Field(default=3, ge=3)
+    compile_timeout_s: float = 300.0
+    run_timeout_s: float = 300.0
+    warmup: Optional[int] = None  # defaults: cuda 10 / interpret 1
+    iters: Optional[int] = None  # defaults: cuda 50 (minimum) / interpret 5
+    max_sets: int = 8
+    set_bytes_budget: int = 2 << 30
+    side_stream_factor: float = 2.0  # wall/call above factor*event median + slack => work off-stream
+    side_stream_slack_ms: float = 0.1
+    # Peer mode evaluates a trusted reference implementation (torch SDPA, xgrammar's kernel) with
+    # the same cascade, minus the checks that forbid calling a library that does the task.
+    peer: bool = False
 
 
 class HeuristicSpec(Strict):

@@ -1,7 +1,9 @@
 """Load tasks: avo's `evaluators/<task>/` folders and foreign FlashInfer-Bench / SOL-ExecBench
-problem directories (definition.json, workload.jsonl, optional solution JSON)."""
+problem directories (definition.json, workload.jsonl, optional solution JSON); their seed kernels;
+a kernel file as the Solution the harness evaluates, and the source hash that names it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,6 +14,16 @@ from pydantic import BaseModel, ValidationError
 from avo.schema import BuildSpec, Definition, Solution, SourceFile, Workload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+KERNEL_ENTRY = "kernel.py::run"  # a lineage's kernel file and its entry point
+
+# Seed kernel x0 per known task, relative to kernels/. A task not listed here falls back to the
+# convention kernels/<family>/<rest>_seed.py (task = <family>_<rest>), then to a problem
+# directory's own solution.json; `seed_kernels:` in the config overrides all of them.
+SEED_KERNELS: dict[str, str] = {
+    "grammar_bitmask": "grammar/bitmask_seed.py",
+    "attention_mha_fwd": "attention/mha_fwd_seed.py",
+    "attention_gqa_decode": "attention/gqa_decode_seed.py",
+}
 
 
 class TaskError(Exception):
@@ -64,6 +76,34 @@ def evaluators_dir() -> Path:
 
 def kernels_dir() -> Path:
     return Path(os.environ.get("AVO_KERNELS", REPO_ROOT / "kernels"))
+
+
+def task_family(task: str) -> str:
+    """grammar_bitmask -> grammar, attention_mha_fwd -> attention (recipes and seeds use it)."""
+    return task.split("_", 1)[0]
+
+
+def default_seed_path(task: str) -> Path:
+    if task in SEED_KERNELS:
+        return kernels_dir() / SEED_KERNELS[task]
+    fam, _, rest = task.partition("_")
+    return kernels_dir() / fam / f"{rest or fam}_seed.py"
+
+
+def source_hash(source: str) -> str:
+    """The name of a kernel source: duplicates are refused by it, versions and attempts record it."""
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def _language(src: str) -> str:
+    return "triton" if ("import triton" in src or "from triton" in src) else "python"
+
+
+def kernel_solution(task: str, source: str, name: str, author: str = "avo") -> Solution:
+    """A single-file kernel (Triton kernel + host `run`) as the Solution the harness evaluates."""
+    return Solution(name=name, definition=task, author=author,
+                    spec=BuildSpec(language=_language(source), target_hardware=["cuda"], entry_point=KERNEL_ENTRY),
+                    sources=[SourceFile(path="kernel.py", content=source)])
 
 
 def _read_json(path: Path) -> dict:
@@ -158,10 +198,9 @@ def solution_from_kernel_file(task: Task, path: Path, name: Optional[str] = None
     src = path.read_text()
     if not src.strip():
         raise TaskError(f"{path}: empty file")
-    lang = "triton" if ("import triton" in src or "from triton" in src) else "python"
     return Solution(
         name=name or path.stem, definition=task.name, author="avo",
-        spec=BuildSpec(language=lang, target_hardware=["cuda"], entry_point=f"{path.name}::{entry}"),
+        spec=BuildSpec(language=_language(src), target_hardware=["cuda"], entry_point=f"{path.name}::{entry}"),
         sources=[SourceFile(path=path.name, content=src)],
     )
 

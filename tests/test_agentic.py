@@ -159,7 +159,7 @@ def test_turn_limit_hands_over_an_evaluated_improvement(tmp_path, evaluator):
 
 
 def test_submit_refuses_unchanged_and_already_tried_kernels(tmp_path):
-    from avo.operators.tools import source_hash
+    from avo.tasks import source_hash
     tried = SEED.replace("BLOCK_SIZE=256,", "BLOCK_SIZE=512,")
     script = [Turn(calls=[call("submit", note="nothing")]),
               Turn(calls=[call("write_file", path="kernel.py", content=tried), call("submit", note="again")]),
@@ -218,7 +218,7 @@ def test_evolve_local_commits_an_agentic_proposal(tmp_path):
     """The whole path: an agentic island in a short local run; the gate re-measures the agent's
     kernel against the seed and commits it with the agent's note and transcript."""
     from avo.config import AgenticSpec, BudgetConfig, GateConfig, RunConfig
-    from avo.evolve import evolve_local
+    from avo.ui.run import evolve_local
     from avo.lineage import Lineage
     script = [Turn(calls=[call("read_file", path="kernel.py")]),
               Turn(calls=[call("edit", path="kernel.py", search="BLOCK_SIZE=256,", replace="BLOCK_SIZE=2048,")]),
@@ -267,7 +267,7 @@ def test_evolve_review_directions_reach_the_next_step(tmp_path):
     """A stagnant agentic island: the supervisor's LLM review proposes directions, they are
     logged as an intervention and appear in the next step's prompt."""
     from avo.config import AgenticSpec, BudgetConfig, RunConfig, SupervisorConfig
-    from avo.evolve import evolve_local
+    from avo.ui.run import evolve_local
     from avo.lineage import Lineage
     script = [Turn(calls=[call("give_up", reason="no idea")]),
               Turn(text="Knob moves stall.\n- Load each bitmask word once per 32 tokens.\n- Persistent grid over rows."),

@@ -40,7 +40,7 @@ def test_bench_memory_bound_subset_run_keeps_the_full_table(tmp_path):
 def test_doc_section_markers_count_only_on_their_own_line():
     """Prose that names a section's marker inline (the session notes in docs/benchmarks.md do) is
     not taken for it: a bench run once replaced everything from such a sentence to the end marker."""
-    from avo.doc_section import replace_marked_section
+    from avo.ui.doc_section import replace_marked_section
     begin, end = "<!-- bench_memory_bound megakernel_decode_layer -->", "<!-- /bench_memory_bound megakernel_decode_layer -->"
     text = (f"# Notes\n\nthe full table is in the `{begin}` section below.\n\n## Session notes\nkept\n\n"
             f"{begin}\nold table\n{end}\n\n## after\nalso kept\n")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from avo.config import (AgenticSpec, ConfigError, ExternalSpec, HeuristicSpec, RunConfig, default_seed_path,
-                        load_config, task_family)
-from avo.tasks import REPO_ROOT
+from avo.config import (AgenticSpec, ConfigError, ExternalSpec, HeuristicSpec, RunConfig,
+                        load_config)
+from avo.tasks import REPO_ROOT, default_seed_path, task_family
 
 BASE = """run: t1
 tasks: [grammar_bitmask]

@@ -20,9 +20,8 @@ import pytest
 ray = pytest.importorskip("ray")  # a declared dependency: missing only in a broken environment
 
 from avo.config import load_config
-from avo.distributed import evolve_ray
-from avo.distributed_actors import NAMESPACE
-from avo.evolve import evolve_local
+from avo.ray.actors import NAMESPACE
+from avo.ui.run import evolve_local, evolve_ray
 from avo.lineage import Lineage
 from avo.operators.heuristic import HeuristicOperator
 from avo.tasks import REPO_ROOT
@@ -179,7 +178,7 @@ ray: {{evaluators: 1, mirror_lineage: always}}
     msgs = srv.requests[1].body["messages"]  # what the agent got back from lineage_log
     log_result = json.dumps(msgs[max(i for i, m in enumerate(msgs) if m["role"] == "assistant") + 1:])
     assert "grammar_bitmask/island-0" in log_result and "seed" in log_result, log_result[:800]
-    from avo.distributed_actors import scratch_root
+    from avo.ray.actors import scratch_root
     assert (scratch_root("rayagent") / "grammar_bitmask_island-0" / "lineage" / ".git").is_dir()
     rows = check_invariants(tmp_path / "rayagent", 1)
     with Lineage.open(tmp_path / "rayagent") as lin:

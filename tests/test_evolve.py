@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from avo.config import load_config
-from avo.evolve import evolve_local
+from avo.ui.run import evolve_local
 from avo.lineage import Lineage
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
 from avo.operators.heuristic import HeuristicOperator

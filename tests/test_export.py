@@ -19,8 +19,8 @@ import pytest
 from avo.apply import read_artifact
 from avo.apply.export import ExportError, export_run
 from avo.harness.runner import EvalConfig, Evaluator
-from avo.lineage import Lineage, source_hash
-from avo.lineage_records import Scores, VersionMeta
+from avo.lineage import Lineage, Scores, VersionMeta
+from avo.tasks import source_hash
 from avo.schema import EvaluationStatus, Trace
 from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
 
@@ -179,7 +179,7 @@ def test_exported_artifacts_serve_the_keys_they_won(lineage, tmp_path):
 def test_export_after_a_real_evolve_run(tmp_path):
     """What `avo evolve` itself writes exports: a one-island, two-attempt interpret run."""
     from avo.config import load_config
-    from avo.evolve import evolve_local
+    from avo.ui.run import evolve_local
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"""run: tiny
 lineage_dir: {tmp_path / 'tiny'}

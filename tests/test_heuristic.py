@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from avo.config import HeuristicSpec
-from avo.lineage import source_hash
+from avo.tasks import source_hash
 from avo.operators.base import AttemptView, GiveUp, LineageView, Proposal, StepContext, VersionView
 from avo.operators.heuristic import HeuristicOperator
 from avo.operators.knobs import KnobError, describe_move, parse_knobs, rewrite_config

@@ -10,11 +10,14 @@ import sys
 import pytest
 from rich.console import Console
 
-from avo.commit_message import version_message
-from avo.lineage import (ATTEMPTS_FILE, Lineage, lineage_best_cmd, lineage_diff_cmd, lineage_log_cmd, lineage_show_cmd,
-                         resolve_run, source_hash)
-from avo.lineage_durable import LineageError, read_jsonl_tolerant
-from avo.lineage_records import AttemptRecord, GateRecord, Scores, VersionMeta
+from avo.lineage import (ATTEMPTS_FILE, AttemptRecord, GateRecord, Lineage, LineageError, Scores, VersionMeta, resolve_run,
+                         version_message)
+from avo.lineage.durable import read_jsonl_tolerant
+from avo.tasks import source_hash
+from avo.ui.lineage_view import best_cmd as lineage_best_cmd
+from avo.ui.lineage_view import diff_cmd as lineage_diff_cmd
+from avo.ui.lineage_view import log_cmd as lineage_log_cmd
+from avo.ui.lineage_view import show_cmd as lineage_show_cmd
 from avo.tasks import REPO_ROOT
 
 TASK = "grammar_bitmask"

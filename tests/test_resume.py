@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from avo.lineage import Lineage
-from avo.lineage_durable import read_jsonl_tolerant
+from avo.lineage.durable import read_jsonl_tolerant
 from avo.tasks import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(900)

@@ -216,7 +216,8 @@ def test_gqa_decode_library_call_is_reward_hack(decode_task, quick_evaluator, tm
 @pytest.mark.parametrize("name,task_name", [("gpu_attention_gqa.yaml", "attention_gqa_fwd"),
                                             ("gpu_gqa_decode.yaml", "attention_gqa_decode")])
 def test_gqa_gpu_configs_name_existing_gpu_workloads_and_seeds(name, task_name):
-    from avo.config import default_seed_path, load_config
+    from avo.config import load_config
+    from avo.tasks import default_seed_path
     cfg = load_config(REPO_ROOT / "configs" / name)
     assert cfg.tasks == [task_name] and cfg.device == "cuda"
     assert (REPO_ROOT / cfg.seed_path(task_name, task_name)).resolve() == default_seed_path(task_name).resolve()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avo.config import default_seed_path
+from avo.tasks import default_seed_path
 from avo.harness import sol
 from avo.schema import EvaluationStatus
 from avo.tasks import load_task, solution_from_kernel_file

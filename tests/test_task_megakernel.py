@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avo.config import default_seed_path
+from avo.tasks import default_seed_path
 from avo.harness import sol
 from avo.schema import EvaluationStatus
 from avo.tasks import load_task, solution_from_kernel_file

@@ -51,7 +51,7 @@ def _definition_for(lin, task: str) -> Definition:
 
 
 def _solution(task: str, version) -> Solution:
-    from avo.run_setup import kernel_solution
+    from avo.tasks import kernel_solution
     return kernel_solution(task, version.source, name=f"{task}_{version.sha[:10]}")
 
 
@@ -106,7 +106,7 @@ def winners(d: Definition, best, versions: list) -> dict[str, list[str]]:
 
 
 def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
-    from avo.lineage_durable import LineageError
+    from avo.lineage import LineageError
     d = _definition_for(lin, task)
     try:
         best = lin.best(task)
@@ -146,8 +146,7 @@ def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
 
 def export_run(run: str, out_dir: Path, task: Optional[str] = None) -> list[Path]:
     """Export the best version per task (and per-key winners) of a run; returns artifact folders."""
-    from avo.lineage import Lineage, resolve_run
-    from avo.lineage_durable import LineageError
+    from avo.lineage import Lineage, LineageError, resolve_run
     try:
         path = resolve_run(str(run))
         lin = Lineage.open(path)

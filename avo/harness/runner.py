@@ -10,10 +10,11 @@ import datetime as dt
 import math
 import secrets
 import time
-from typing import Literal, Optional
+from typing import Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from avo.config import EvalConfig
 from avo.harness import check as checks
 from avo.harness import guard, sol
 from avo.harness.inputs import TORCH_DTYPES
@@ -23,23 +24,6 @@ from avo.schema import (Correctness, Environment, Evaluation, EvaluationStatus, 
 from avo.tasks import Task
 
 S = EvaluationStatus
-
-
-class EvalConfig(BaseModel):
-    model_config = {"extra": "forbid"}
-    device: Literal["auto", "cuda", "interpret"] = "auto"
-    trials: int = Field(default=3, ge=3)
-    compile_timeout_s: float = 300.0
-    run_timeout_s: float = 300.0
-    warmup: Optional[int] = None  # defaults: cuda 10 / interpret 1
-    iters: Optional[int] = None  # defaults: cuda 50 (minimum) / interpret 5
-    max_sets: int = 8
-    set_bytes_budget: int = 2 << 30
-    side_stream_factor: float = 2.0  # wall/call above factor*event median + slack => work off-stream
-    side_stream_slack_ms: float = 0.1
-    # Peer mode evaluates a trusted reference implementation (torch SDPA, xgrammar's kernel) with
-    # the same cascade, minus the checks that forbid calling a library that does the task.
-    peer: bool = False
 
 
 class WorkloadTiming(BaseModel):

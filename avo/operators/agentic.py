@@ -22,12 +22,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
+from avo.operators.base import GiveUp, LineageView, Proposal, Review, StepContext
 from avo.operators.knowledge import KBError, KnowledgeBase
-from avo.operators.llm import (BudgetExhausted, CostMeter, LLMClient, LLMError, LLMSpec, Message, key_env,
-                               make_client)
+from avo.operators.llm import (BudgetExhausted, CostMeter, LLMClient, LLMError, LLMSpec, Message, Transcript,
+                               key_env, make_client)
 from avo.operators.prompting import device_note, render, step_prompt
-from avo.operators.tools import ToolEnv, run_tool, source_hash, tools_for
+from avo.operators.review import review_trajectory
+from avo.operators.tools import ToolEnv, run_tool, tools_for
+from avo.tasks import source_hash
 
 log = logging.getLogger("avo.agentic")
 COMPACT_AT = 0.6  # fraction of context_tokens at which old turns are compacted
@@ -45,27 +47,6 @@ def llm_spec_from(spec: Any) -> LLMSpec:
              "prompt_cache": "prompt_cache"}
     kw = {dst: getattr(spec, src) for src, dst in pairs.items() if getattr(spec, src, None) is not None}
     return LLMSpec(**kw)
-
-
-class Transcript:
-    """Append-only JSONL of one step; flushed per event so a crash loses nothing written."""
-
-    def __init__(self, path: Path, secrets: list[str]):
-        self.path = path
-        self.secrets = [s for s in secrets if s and len(s) >= 6]
-        self.t0 = time.monotonic()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a", encoding="utf-8")
-
-    def write(self, event: str, **data: Any) -> None:
-        line = json.dumps({"t": round(time.monotonic() - self.t0, 3), "event": event, **data}, default=str)
-        for s in self.secrets:
-            line = line.replace(s, "[redacted]")
-        self.f.write(line + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
 
 
 def estimate_tokens(messages: list[Message]) -> int:
@@ -254,18 +235,15 @@ class AgenticOperator:
                                         "that passed its evaluation, or give_up."))
         return give_up(f"turn limit ({self.max_turns}) reached")
 
-    def review(self, view: LineageView, ctx: StepContext):
+    def review(self, view: LineageView, ctx: StepContext) -> Review:
         """The supervisor's TrajectoryReview hook: new directions for a stagnant island."""
-        from avo.operators.review import review_trajectory
-        from avo.operators.supervisor import ReviewResult
         path = Path(ctx.workdir) / "review.jsonl"
         try:
             client = self.client()
         except LLMError as e:
             log.warning("trajectory review unavailable: %s", e)
-            return ReviewResult(directions=[])
-        r = review_trajectory(client, self.meter, view, path, secrets=tuple(self._secrets()))
-        return ReviewResult(directions=r.directions, cost_usd=r.cost_usd, tokens=r.tokens, transcript=r.transcript)
+            return Review(error=str(e))
+        return review_trajectory(client, self.meter, view, path, secrets=tuple(self._secrets()))
 
     def _device(self) -> str:
         from avo.harness.runner import resolve_device

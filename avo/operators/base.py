@@ -1,10 +1,11 @@
 """The operator protocol: given the lineage view of one island, produce a proposal (or give up).
 Every variation operator (heuristic, agentic, external) implements `propose`; the orchestrator
-evaluates the proposal and the commit gate decides."""
+evaluates the proposal and the commit gate decides. An operator may also review a stagnant
+island's trajectory for the supervisor (`TrajectoryReview`: the agentic operator's `review`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 from pydantic import BaseModel, Field
 
@@ -75,3 +76,16 @@ class Operator(Protocol):
     name: str
 
     def propose(self, view: LineageView, ctx: StepContext) -> Proposal | GiveUp: ...
+
+
+class Review(BaseModel):
+    """A trajectory review: new directions for a stagnant island (empty when the model failed)."""
+    directions: list[str] = Field(default_factory=list)
+    cost_usd: float = 0.0
+    tokens: int = 0
+    transcript: Optional[str] = None
+    error: Optional[str] = None
+
+
+# The supervisor's hook: given a stagnant island's view, new directions (a Review or a plain list).
+TrajectoryReview = Callable[[LineageView, StepContext], Union[Review, list[str]]]

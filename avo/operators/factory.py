@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from avo.config import AgenticSpec, ConfigError, ExternalSpec, HeuristicSpec, RunConfig
-from avo.operators.base import Operator
-from avo.operators.supervisor import TrajectoryReview
+from avo.operators.base import Operator, TrajectoryReview
 
 
 def make_operator(spec, knowledge_dir: Optional[Path] = None, device: str = "auto", meter: Any = None) -> Operator:
@@ -44,7 +43,7 @@ def make_operators(cfg: RunConfig, knowledge_dir: Optional[Path] = None, device:
     return {o.name: make_operator(o, knowledge_dir, device, meter) for o in cfg.operators if o.name in used}
 
 
-def make_review(cfg: RunConfig, operators: dict[str, Operator]) -> Optional[TrajectoryReview]:
+def review_hook(cfg: RunConfig, operators: dict[str, Operator]) -> Optional[TrajectoryReview]:
     """The supervisor's trajectory review: the `review` method of the named agentic operator."""
     name = cfg.supervisor.review_operator
     if name is None:

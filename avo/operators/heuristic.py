@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from avo.config import HeuristicSpec
-from avo.lineage import source_hash
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
 from avo.operators.knobs import KnobError, Knobs, describe_move, parse_knobs, rewrite_config
 from avo.operators.recipes import Recipe, load_recipes
-from avo.tasks import REPO_ROOT
+from avo.tasks import REPO_ROOT, source_hash
 
 MOVE_RE = re.compile(r"(\w+) ([^\s,]+)->([^\s,]+)")
 DIRECTION_RE = re.compile(r"\b([A-Za-z_]\w*)\s*=\s*([^\s,;)]+)")

@@ -8,6 +8,7 @@ Retries are ours, not the SDKs' (their `max_retries=0`): exponential backoff on 
 5xx, timeouts and connection errors, honouring Retry-After, each retry logged and recorded in
 the turn. The API key is read from the environment variable the spec names at construction and
 lives only inside the SDK client: it is never logged, stored or put in a transcript.
+`Transcript` is that record: the JSONL of one exchange (an agentic step, a trajectory review).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
@@ -345,3 +347,24 @@ def make_client(spec: LLMSpec) -> LLMClient:
     if spec.provider == "openai":
         return OpenAIClient(spec)
     raise LLMError(f"unknown LLM provider {spec.provider!r} (anthropic | openai)")
+
+
+class Transcript:
+    """Append-only JSONL of one step; flushed per event so a crash loses nothing written."""
+
+    def __init__(self, path: Path, secrets: list[str]):
+        self.path = path
+        self.secrets = [s for s in secrets if s and len(s) >= 6]
+        self.t0 = time.monotonic()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, event: str, **data: Any) -> None:
+        line = json.dumps({"t": round(time.monotonic() - self.t0, 3), "event": event, **data}, default=str)
+        for s in self.secrets:
+            line = line.replace(s, "[redacted]")
+        self.f.write(line + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()

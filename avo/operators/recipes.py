@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from avo.config import task_family
+from avo.tasks import task_family
 from avo.operators.knobs import Knobs
 
 

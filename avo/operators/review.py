@@ -2,32 +2,21 @@
 attempts (status, gain, note, error) and its best kernel and proposes new directions, which the
 supervisor puts into `view.directions` for the next steps. One call, no tools; the exchange is
 written to a JSONL transcript like an agentic step's. Wired through `AgenticOperator.review`
-(the `TrajectoryReview` hook of avo/operators/supervisor.py)."""
+(the `TrajectoryReview` hook of avo/operators/base.py, called by avo/evolve/supervision.py)."""
 from __future__ import annotations
 
 import logging
 import re
 import time
 from pathlib import Path
-from typing import Optional
 
-from pydantic import BaseModel, Field
-
-from avo.operators.base import LineageView
-from avo.operators.llm import CostMeter, LLMClient, LLMError, Message
+from avo.operators.base import LineageView, Review
+from avo.operators.llm import CostMeter, LLMClient, LLMError, Message, Transcript
 from avo.operators.prompting import fmt, format_directions, format_recent, render, task_summary
 
 log = logging.getLogger("avo.review")
 MAX_DIRECTIONS = 5
 SOURCE_CHARS = 8000
-
-
-class Review(BaseModel):
-    directions: list[str] = Field(default_factory=list)
-    cost_usd: float = 0.0
-    tokens: int = 0
-    transcript: Optional[str] = None
-    error: Optional[str] = None
 
 
 def review_prompt(view: LineageView, n: int = 3) -> str:
@@ -57,7 +46,6 @@ def review_trajectory(client: LLMClient, meter: CostMeter, view: LineageView, tr
                       n: int = 3, secrets: tuple[str, ...] = ()) -> Review:
     """Ask for directions; an LLM failure or an exhausted budget gives no directions, never an
     exception (the supervisor's deterministic ladder goes on without them)."""
-    from avo.operators.agentic import Transcript
     tr = Transcript(transcript, list(secrets))
     prompt = review_prompt(view, n)
     tr.write("review_start", task=view.task, island=view.island, provider=client.spec.provider,

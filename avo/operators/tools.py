@@ -6,7 +6,6 @@ result and the loop continues."""
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from avo.operators.base import LineageView, StepContext
 from avo.operators.knowledge import KBError, KnowledgeBase
 from avo.operators.llm import ToolCall, ToolSpec
+from avo.tasks import source_hash
 
 MAX_RESULT_CHARS = 12000
 _REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./~^@{}-]*$")
@@ -24,10 +24,6 @@ _REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./~^@{}-]*$")
 
 class ToolError(Exception):
     """A tool call that cannot be done; the message goes back to the model as an error result."""
-
-
-def source_hash(source: str) -> str:
-    return hashlib.sha256(source.encode()).hexdigest()
 
 
 class EvalRecord(BaseModel):

@@ -1,9 +1,9 @@
 """The Ray backend's lineage store: one actor, pinned to the node where the lineage lives,
-that owns the run's git repository and its logs. It is the local orchestrator's `Evolution`
-(avo/evolve.py) minus the loop: the same lineage opening, resume and reconcile, seeding,
-lineage views, duplicate check, commit-gate bookkeeping, supervisor and budget, driven step by
-step by the driver (avo/distributed.py). Being one actor, its calls run one at a time: commits
-and log lines are serialised without locks.
+that owns the run's git repository and its logs. It holds the run's state (avo/evolve/state.py)
+and records every attempt through avo/evolve/attempt.py and the supervisor's turn through
+avo/evolve/supervision.py, as the local loop does; the driver (avo/ray/driver.py) drives it step
+by step, and evaluator actors judge. Being one actor, its calls run one at a time: commits and
+log lines are serialised without locks.
 
 Attempt ids are given when an attempt is recorded (not when its step starts), so the log stays
 `a00001, a00002, ...` with no gap when steps in flight are lost with a killed driver. Each step
@@ -11,7 +11,6 @@ carries a ticket id, stored in its attempt line and in its commit's meta.json: `
 idempotent per ticket, so a call retried after the store actor restarted commits nothing twice."""
 from __future__ import annotations
 
-import io
 import subprocess
 import tempfile
 import time
@@ -19,33 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from rich.console import Console
-
-from avo.attempt_verdict import accepted_meta, record_verdict
-from avo.commit_message import version_message
 from avo.config import ConfigError, RunConfig
-from avo.distributed_actors import JudgeJob, JudgeResult, RemoteEvaluator, StepOutcome, StepTicket
-from avo.gate import GateDecision
-from avo.evolve import Evolution, EvolveError
-from avo.lineage import source_hash
-from avo.lineage_durable import LineageError
-from avo.lineage_records import AttemptRecord, now_iso
-from avo.progress import Progress, RunStats
-from avo.stop_signal import fault_point
+from avo.evolve import attempt
+from avo.evolve.gate import GateDecision
+from avo.evolve.state import EventLog, EvolveError, RunState, RunStats
+from avo.evolve.supervision import supervise
+from avo.lineage import AttemptRecord, LineageError
+from avo.lineage.records import now_iso
+from avo.ray.actors import JudgeJob, JudgeResult, RemoteEvaluator, StepOutcome, StepTicket
 
 MAX_REGATES = 3  # re-measurements against a moved island head before the candidate counts as rejected
 LOCK_WAIT_S = 30.0  # a killed driver's store may take a moment to die and release run.lock
-
-
-class EventTap(Progress):
-    """The store's progress: events are kept for the driver to print, not printed here."""
-
-    def __init__(self, stats: RunStats):
-        super().__init__(Console(file=io.StringIO()), stats, live=False)
-        self.lines: list[tuple[str, str]] = []
-
-    def event(self, text: str, style: str = "") -> None:
-        self.lines.append((text, style))
 
 
 @dataclass
@@ -85,10 +68,9 @@ class LineageStore:
         self.done: dict[str, Finished] = {}
         self.open_error: Optional[StoreReply] = None
         self.ev = RemoteEvaluator(evaluators)
+        self.tap = EventLog()  # events are kept for the driver to print, not printed here
         try:
-            self.evo = Evolution(cfg, Console(file=io.StringIO()), live=False, operators=operators, device=device)
-            self.tap = EventTap(self.evo.stats)
-            self.evo.progress = self.tap
+            self.evo = RunState(cfg, device, operators, display=self.tap)
             self.evo.stats.started = session_started  # the driver's clock (same node): survives a store restart
             self._open()
         except (EvolveError, LineageError, ConfigError) as e:
@@ -121,8 +103,7 @@ class LineageStore:
                 self.done[t] = Finished(m.attempt, "PASSED", True, replay(m.attempt, "ACCEPTED", f"{m.task}/island-{m.island}"))
 
     def _reply(self, **kw) -> StoreReply:
-        lines, self.tap.lines = self.tap.lines, []
-        return StoreReply(events=lines, stats=self.evo.stats, **kw)
+        return StoreReply(events=self.tap.take(), stats=self.evo.stats, **kw)
 
     # ---- setup ----
     def opened(self) -> StoreReply:
@@ -149,10 +130,8 @@ class LineageStore:
             return Stop(reason, drop_queued=True)
         if evo.exhausted():
             return Stop("exhausted")
-        isl = next(i for i in evo.islands if i.label == label)
-        st = evo.supervisor.state(isl.task, isl.island)
-        head = evo.lineage.head(isl.task, isl.island)
-        start = evo.lineage.version(st.restart_from) if st.restart_from else head
+        isl = evo.island(label)
+        start, head = evo.start_and_head(isl)
         self.seq += 1
         return StepTicket(ticket=ticket, label=label, task=isl.task, island=isl.island, operator=isl.operator,
                           view=evo.view_for(isl, start, head), start_sha=start.sha, head_sha=head.sha,
@@ -167,7 +146,7 @@ class LineageStore:
         refused = None
         if outcome.kind == "proposal":
             refused = AttemptRecord(id="", task=t.task, island=t.island, operator=t.operator, status="")
-            if self.evo.admit(t.task, outcome.proposal, refused):
+            if attempt.admit(self.evo, t.task, outcome.proposal, refused):
                 head = self.evo.lineage.head(t.task, t.island)  # the newest island best (bounded staleness)
                 return JudgeJob(ticket=t, outcome=outcome, head_sha=head.sha, head_source=head.source,
                                 head_speedup=head.speedup)
@@ -192,49 +171,30 @@ class LineageStore:
 
     def _record(self, job: JudgeJob, res: Optional[JudgeResult], refused: Optional[AttemptRecord]) -> Finished:
         t, out, evo = job.ticket, job.outcome, self.evo
-        isl = next(i for i in evo.islands if i.label == t.label)
-        n, evo.next_n = evo.next_n, evo.next_n + 1
-        aid = f"a{n:05d}"
-        rec = AttemptRecord(id=aid, task=t.task, island=t.island, operator=t.operator, status="GAVE_UP",
-                            parent=t.start_sha, started=t.started, ticket=t.ticket)
+        isl = evo.island(t.label)
+        rec = attempt.open_record(evo, isl, parent=t.start_sha, started=t.started, ticket=t.ticket)
         if out.kind == "error":
-            rec.status, rec.error = "OPERATOR_ERROR", out.error
-        elif out.kind == "giveup":
-            g = out.giveup
-            self._keep_transcript(aid, out, g)
-            rec.note, rec.transcript, rec.cost_usd, rec.tokens = g.reason, g.transcript, g.cost_usd, g.tokens
+            attempt.take_outcome(rec, None, out.error)
         else:
-            p = out.proposal
-            self._keep_transcript(aid, out, p)
-            rec.note, rec.transcript, rec.cost_usd, rec.tokens = p.note, p.transcript, p.cost_usd, p.tokens
-            rec.parent = p.parent or t.start_sha
-            rec.source_hash = source_hash(p.source)
+            src = out.giveup if out.kind == "giveup" else out.proposal
+            self._keep_transcript(rec.id, out, src)
+            attempt.take_outcome(rec, src)
+        if out.kind == "proposal":
             if refused is not None:
                 rec.status, rec.error = refused.status, refused.error
             elif res.error:
                 rec.status, rec.error = "EVALUATOR_ERROR", res.error
             else:
-                evo.stats.evals_session += 1
-                rep = _renamed(res.report, f"{t.task}-{t.ticket}", f"{t.task}-{aid}")
-                record_verdict(rec, rep, res.decision)
-                if res.decision.accepted:
-                    head = evo.lineage.head(t.task, t.island)
-                    meta = accepted_meta(evo.cfg, rec, p, rep, res.decision, head, evo.stats.elapsed_s)
-                    meta.ticket = t.ticket
-                    traces = "".join(x.model_dump_json() + "\n" for x in rep.traces)
-                    rec.commit = evo.lineage.commit_version(meta, p.source, traces, version_message(meta, rep.traces))
-                    fault_point("after-commit")  # crash tests: the store dies between a commit and its log line
-        rec.eval_s = round(job.busy_s + out.probe_s, 3)
-        rec.finished = now_iso()
-        rec.run_elapsed_s = round(evo.stats.elapsed_s, 3)
-        evo.lineage.append_attempt(rec)
-        evo.after_attempt(isl, rec)
+                rep = _renamed(res.report, f"{t.task}-{t.ticket}", f"{t.task}-{rec.id}")
+                attempt.settle(evo, rec, out.proposal, rep, res.decision, evo.lineage.head(t.task, t.island),
+                               ticket=t.ticket)
+        attempt.close_record(evo, isl, rec, job.busy_s + out.probe_s)
         try:
-            evo.supervise(self.ev, isl)
+            supervise(evo, self.ev, isl)
         except Exception as e:  # a failed migration A/B or review must not undo the recorded attempt
             self.tap.event(f"supervisor {isl.label}: {type(e).__name__}: {e}", "red")
-        self.done[t.ticket] = Finished(aid, rec.status, rec.accepted, StoreReply())
-        return Finished(aid, rec.status, rec.accepted, self._reply())
+        self.done[t.ticket] = Finished(rec.id, rec.status, rec.accepted, StoreReply())
+        return Finished(rec.id, rec.status, rec.accepted, self._reply())
 
     def _keep_transcript(self, aid: str, out: StepOutcome, src: Any) -> None:
         """Write a transcript shipped from the operator's node next to the lineage (work/<attempt>/)."""

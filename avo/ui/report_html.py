@@ -7,9 +7,7 @@ import json
 from collections import Counter
 
 from avo.harness import HARNESS_PHASES, RUNNER_WORK
-from avo.lineage import Lineage
-from avo.lineage_durable import LineageError
-from avo.lineage_records import AttemptRecord
+from avo.lineage import AttemptRecord, Lineage, LineageError
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:24px auto;color:#222;padding:0 12px}
 table{border-collapse:collapse;margin:8px 0 18px;font-size:13px}td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}

@@ -1,11 +1,10 @@
 """Progress of `avo evolve`: a rich live panel on a terminal (elapsed, attempts, accepted,
 evals/hour, best speedup vs seed and best % of SOL per task, each island's last status), plain
 timestamped lines otherwise (CI logs, pipes). Events (attempts, commits, interventions) are
-printed as lines in both modes so the scrollback keeps the story."""
+printed as lines in both modes so the scrollback keeps the story. The Display a run is given
+(avo/evolve/state.py); the stats it draws are the run's own."""
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Optional
 
 from rich.console import Console, Group
@@ -13,50 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-
-@dataclass
-class IslandLine:
-    label: str
-    operator: str
-    attempts: int = 0
-    commits: int = 0
-    last: str = "-"
-    best: float = 1.0
-    widen: int = 0
-
-
-@dataclass
-class TaskLine:
-    best_speedup: float = 1.0
-    best_sol: Optional[float] = None
-    best_commit: str = ""
-
-
-@dataclass
-class RunStats:
-    run: str
-    device: str
-    budget: str
-    prev_elapsed_s: float = 0.0  # earlier sessions of a resumed run
-    attempts: int = 0
-    accepted: int = 0
-    evals_session: int = 0
-    started: float = field(default_factory=time.monotonic)
-    islands: dict[str, IslandLine] = field(default_factory=dict)
-    tasks: dict[str, TaskLine] = field(default_factory=dict)
-    now: str = ""  # the step in progress ("a00012 grammar_bitmask/island-1: evaluating")
-
-    @property
-    def session_s(self) -> float:
-        return time.monotonic() - self.started
-
-    @property
-    def elapsed_s(self) -> float:
-        return self.prev_elapsed_s + self.session_s
-
-    @property
-    def evals_per_hour(self) -> float:
-        return self.evals_session / max(self.session_s, 1e-9) * 3600
+from avo.evolve.state import RunStats
 
 
 def fmt_elapsed(s: float) -> str:

@@ -5,7 +5,10 @@ actor, pinned to this node, owns the git lineage. This driver only schedules: it
 for steps, queues proposals, hands them to free evaluators (`ray.wait` over what is in flight),
 and passes verdicts back to the store. A killed operator or evaluator actor is restarted by Ray
 and its task retried (else the attempt is recorded as failed); a killed driver takes its actors
-with it and the same command resumes the run from the lineage, as with the local backend."""
+with it and the same command resumes the run from the lineage, as with the local backend.
+
+Like the local loop, the driver tells its story to the display it is given (`RayRun.display`);
+what `avo evolve` prints around it is avo/ui/run.py's."""
 from __future__ import annotations
 
 import os
@@ -17,17 +20,15 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from rich.console import Console
-
 from avo.config import ConfigError, RunConfig
-from avo.evolve import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, GIVE_UPS_TO_STOP, INTERPRETER_BANNER,
-                        Evolution)
-from avo.distributed_actors import NAMESPACE
-from avo.distributed_cluster import ClusterError, ClusterPlan, connect, plan_cluster
-from avo.lineage import Lineage
-from avo.progress import Progress, RunStats
-from avo.run_setup import resolve_islands, resolve_tasks
-from avo.stop_signal import StopSignal
+from avo.evolve.loop import RunEnd
+from avo.evolve.setup import resolve_islands, resolve_tasks
+from avo.evolve.state import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, GIVE_UPS_TO_STOP, Display,
+                              EventLog, RunStats, budget_text)
+from avo.evolve.stop import StopSignal
+from avo.ray.actors import NAMESPACE, EvaluatorActor, JudgeJob, JudgeResult, OperatorActor, StepOutcome
+from avo.ray.cluster import ClusterError, ClusterPlan, connect, plan_cluster
+from avo.ray.store import LineageStore, Regate, Stop
 
 EVAL_START_S = 180.0  # evaluator actors that cannot be placed by then: the cluster lacks what they ask for
 
@@ -66,26 +67,19 @@ class SessionStats:
         return sum(self.evaluator_busy_s) / (n * self.loop_s) if n and self.loop_s > 0 else 0.0
 
 
-class DriverView:
-    """What avo.run_summary's print_start/print_summary read from an Evolution."""
-    _budget_text = Evolution._budget_text
-
-    def __init__(self, cfg, console, device, tasks, islands, stats, progress, stop):
-        self.cfg, self.console, self.device, self.tasks, self.islands = cfg, console, device, tasks, islands
-        self.stats, self.progress, self.stop, self.lineage = stats, progress, stop, None
-
-
 class RayRun:
-    def __init__(self, cfg: RunConfig, console: Console, live: bool, operators: Optional[dict[str, Any]] = None,
-                 loop_s: Optional[float] = None):
+    def __init__(self, cfg: RunConfig, operators: Optional[dict[str, Any]] = None, loop_s: Optional[float] = None,
+                 started_ray: bool = False):
+        """`started_ray`: this process started the Ray instance (close() shuts it down)."""
         import ray
-        self.ray, self.cfg, self.console, self.operators, self.loop_limit_s = ray, cfg, console, operators, loop_s
+        self.ray, self.cfg, self.operators, self.loop_limit_s = ray, cfg, operators, loop_s
+        self.started_ray = started_ray
         self.session = secrets.token_hex(3)
         self.started = time.monotonic()
-        self.tasks = None
+        self.tasks, self.islands = None, []
         self.plan: Optional[ClusterPlan] = None
-        self.stats = RunStats(run=cfg.run, device="?", budget="")
-        self.progress = Progress(console, self.stats, live)
+        self.stats = RunStats(run=cfg.run, device="?", budget=budget_text(cfg.budget))
+        self.display: Display = EventLog()
         self.stop = StopSignal()
         self.interrupted = False
         self.session_stats = SessionStats()
@@ -95,21 +89,16 @@ class RayRun:
         self.store = None
 
     # ---- setup ----
-    def prepare(self, device: str) -> DriverView:
+    def prepare(self, device: str) -> None:
         self.tasks = resolve_tasks(self.cfg, device)
         self.islands = resolve_islands(self.cfg, self.tasks)
         self.stats.device = device
-        view = DriverView(self.cfg, self.console, device, self.tasks, self.islands, self.stats, self.progress, self.stop)
-        self.stats.budget = view._budget_text()
-        return view
 
     def _name(self, what: str) -> str:
         return f"avo-{self.cfg.run}-{self.session}-{what}"
 
     def start_actors(self) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        from avo.distributed_actors import EvaluatorActor, OperatorActor
-        from avo.distributed_store import LineageStore
         ray, cfg, plan = self.ray, self.cfg, self.plan
         restarts = dict(max_restarts=cfg.ray.max_restarts, max_task_retries=1)
         eval_cfg = cfg.eval_config().model_copy(update={"device": plan.device})
@@ -123,7 +112,7 @@ class RayRun:
         self.store = ray.remote(LineageStore).options(
             name=self._name("store"), namespace=NAMESPACE, num_cpus=0, max_restarts=cfg.ray.max_restarts,
             max_task_retries=3, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-            runtime_env=fault,  # the crash-test hook of avo.stop_signal.fault_point, for the store's commits
+            runtime_env=fault,  # the crash-test hook of avo.evolve.stop.fault_point, for the store's commits
         ).remote(cfg, plan.device, self.session, self.started, self.operators, names)
         self.actors.append(self.store)
         Op = ray.remote(OperatorActor)  # started now: their imports overlap the seed evaluation
@@ -145,7 +134,7 @@ class RayRun:
         self.show(self.call("opened"))
         nodes = len({i["node"] for i in infos} | {here})
         gpu = ", ".join(f"GPU {i['cuda_visible_devices']}" for i in infos) if plan.device == "cuda" else "interpreter"
-        self.progress.event(f"ray: {plan.evaluators} evaluator actors ({gpu}), {len(self.islands)} operator actors, "
+        self.display.event(f"ray: {plan.evaluators} evaluator actors ({gpu}), {len(self.islands)} operator actors, "
                             f"{nodes} node(s); lineage store on this node")
         self.show(self.call("seed"))
 
@@ -160,14 +149,12 @@ class RayRun:
             for f in fields(RunStats):
                 setattr(self.stats, f.name, getattr(reply.stats, f.name))
         for text, style in reply.events:
-            self.progress.event(text, style)
+            self.display.event(text, style)
         if reply.error:
             raise FatalError(reply.error) if reply.code == EXIT_FAILED else ConfigError(reply.error)
 
     # ---- the loop ----
     def loop(self) -> str:
-        from avo.distributed_actors import JudgeJob, JudgeResult, StepOutcome
-        from avo.distributed_store import Regate, Stop
         ray, ss = self.ray, self.session_stats
         depth = self.cfg.ray.inflight_per_island
         queue: deque = deque()
@@ -293,6 +280,11 @@ class RayRun:
             except Exception:
                 pass
 
+    def close(self) -> None:
+        """Shut down the Ray instance this run started (a joined cluster stays up)."""
+        if self.started_ray:
+            self.ray.shutdown()
+
     def _on_signal(self, signum, frame) -> None:
         self.stop.count += 1
         self.interrupted = True
@@ -305,66 +297,45 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {(lines[0] if lines else '')[:300]}"
 
 
-def evolve_ray(cfg: RunConfig, address: Optional[str] = None, live: bool = True,
-               operators: Optional[dict[str, Any]] = None, run_out: Optional[list] = None,
-               loop_s: Optional[float] = None) -> int:
-    """Run or resume an evolution on a Ray cluster; returns the exit code. `operators` (tests,
-    embedding code) replaces the config's operators by name, as for evolve_local. For measurement
-    scripts: `run_out` receives the RayRun (its session_stats), `loop_s` stops starting steps
-    after that many seconds of the loop (start-up excluded; the budgets still apply)."""
-    console, err = Console(), Console(stderr=True)
-    fail = lambda msg, code: (err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True), code)[1]
+def start_ray(cfg: RunConfig, address: Optional[str], operators: Optional[dict[str, Any]] = None,
+              loop_s: Optional[float] = None) -> RayRun:
+    """Join (or start) the cluster: the RayRun to drive. ClusterError when Ray or the cluster is
+    missing. `operators` (tests, embedding code) replaces the config's operators by name; `loop_s`
+    (measurement scripts) stops starting steps after that many seconds of the loop."""
     try:
-        import ray  # noqa: F401
+        import ray  # noqa: F401  (connect imports it; here only to say it is missing)
     except ImportError:
-        return fail("--backend ray needs the `ray` package (pip install 'ray[default]>=2.9'), or use --backend local",
-                    EXIT_USAGE)
-    try:
-        n_islands = len(cfg.island_specs())
-        started_ray = connect(cfg, address, n_islands)
-    except ClusterError as e:
-        return fail(str(e), EXIT_USAGE)
-    from avo.run_summary import print_start, print_summary
-    run = RayRun(cfg, console, live, operators, loop_s)
-    if run_out is not None:
-        run_out.append(run)
+        raise ClusterError("--backend ray needs the `ray` package (pip install 'ray[default]>=2.9'), "
+                           "or use --backend local") from None
+    started = connect(cfg, address, len(cfg.island_specs()))
+    return RayRun(cfg, operators, loop_s, started_ray=started)
+
+
+def run_ray(run: RayRun, on_start=None) -> RunEnd:
+    """Plan the actors, start them and drive the loop until a budget or a signal ends it.
+    `on_start()` is called once the tasks and islands are resolved, before any actor starts."""
+    ray, cfg = run.ray, run.cfg
     main = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, run._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    code, why, view = EXIT_OK, "", None
+    end = RunEnd(EXIT_OK)
     try:
-        run.plan = plan_cluster(cfg, n_islands, ray.cluster_resources())
-        view = run.prepare(run.plan.device)
-        print_start(view, INTERPRETER_BANNER)
+        run.plan = plan_cluster(cfg, len(cfg.island_specs()), ray.cluster_resources())
+        run.prepare(run.plan.device)
+        if on_start is not None:
+            on_start()
         run.start_actors()
-        with run.progress:
-            why = run.loop()
+        with run.display:
+            end.why = run.loop()
     except KeyboardInterrupt:
-        why = "interrupted"
+        end.why = "interrupted"
     except (ClusterError, ConfigError) as e:
-        run.progress.stop()
-        code = fail(str(e), EXIT_USAGE)
+        end.code, end.error = EXIT_USAGE, str(e)
     except FatalError as e:
-        run.progress.stop()
-        code = fail(str(e), EXIT_FAILED)
+        end.code, end.error = EXIT_FAILED, str(e)
     finally:
         run.shutdown()
         for s, h in old.items():
             signal.signal(s, h)
-    if run.interrupted or why == "interrupted":
-        code = EXIT_INTERRUPTED
-    try:
-        if view is not None and code in (EXIT_OK, EXIT_INTERRUPTED) and (cfg.lineage_path / ".git").exists():
-            view.lineage = Lineage.open(cfg.lineage_path)
-            ss = run.session_stats
-            print_summary(view, why, write=code == EXIT_OK or run.stop.count < 2)
-            console.print(f"ray: {ss.attempts} attempts this session, evaluators busy {100 * ss.busy_fraction:.0f}% "
-                          f"of the loop's {ss.loop_s:.0f} s (idle {100 * (1 - ss.busy_fraction):.0f}%), "
-                          f"{ss.regates} re-gates, {ss.evaluator_restarts} evaluator restarts, {ss.actor_errors} tasks lost "
-                          f"with an actor, {ss.dropped_at_stop} queued proposals not evaluated at the stop", highlight=False)
-            view.lineage.close()
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    finally:
-        if started_ray:
-            ray.shutdown()
-    return code
+    if run.interrupted or end.why == "interrupted":
+        end.code = EXIT_INTERRUPTED
+    return end

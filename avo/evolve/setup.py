@@ -9,12 +9,9 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from avo.config import ConfigError, RunConfig, default_seed_path
-from avo.lineage import source_hash
-from avo.schema import BuildSpec, Solution, SourceFile, Workload
-from avo.tasks import Task, TaskError, find_solution_json, load_solution, load_task
-
-KERNEL_ENTRY = "kernel.py::run"
+from avo.config import ConfigError, RunConfig
+from avo.schema import Workload
+from avo.tasks import Task, TaskError, default_seed_path, find_solution_json, load_solution, load_task, source_hash
 
 
 class TaskSetup(BaseModel):
@@ -37,14 +34,6 @@ class IslandRef(BaseModel):
     @property
     def label(self) -> str:
         return f"{self.task}/island-{self.island}"
-
-
-def kernel_solution(task: str, source: str, name: str, author: str = "avo") -> Solution:
-    """A single-file kernel (Triton kernel + host `run`) as the Solution the harness evaluates."""
-    lang = "triton" if ("import triton" in source or "from triton" in source) else "python"
-    return Solution(name=name, definition=task, author=author,
-                    spec=BuildSpec(language=lang, target_hardware=["cuda"], entry_point=KERNEL_ENTRY),
-                    sources=[SourceFile(path="kernel.py", content=source)])
 
 
 def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str]:

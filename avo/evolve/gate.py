@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from avo.config import GateConfig
 from avo.harness.runner import EvalReport, Evaluator
 from avo.harness.workerproc import HarnessError
-from avo.lineage_records import GateRecord
+from avo.lineage.records import GateRecord
 from avo.schema import Solution, Workload
 from avo.tasks import Task
 

@@ -9,7 +9,7 @@ import os
 import socket
 from pathlib import Path
 
-from avo.lineage_records import now_iso
+from avo.lineage.records import now_iso
 
 
 class LineageError(Exception):

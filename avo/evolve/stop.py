@@ -1,6 +1,7 @@
 """When a run may be stopped: SIGINT/SIGTERM are deferred by phase (an operator step is abandoned,
 an evaluation finishes, a commit and its log line are never cut), and the crash-test hook that
-kills the process at a named point. Shared by the local and the Ray backends."""
+kills the process at a named point. Shared by the local and the Ray backends (the Ray store
+never installs the handlers; its phases only mark what a signal would have cut)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
-"""Rendering of `avo lineage log|show|diff|best` (rich tables on the console)."""
+"""`avo lineage log|show|diff|best` (rich tables on the console), and the per-workload table of an
+evaluation that `avo eval` and `avo lineage show` print."""
 from __future__ import annotations
 
 import difflib
@@ -8,13 +9,37 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from avo.lineage import Lineage
-from avo.lineage_durable import LineageError
-from avo.lineage_records import Version
+from avo.harness import RUNNER_WORK
+from avo.lineage import Lineage, LineageError, Version, resolve_run
 
 
 def _f(x: Optional[float], spec: str = ".2f", suffix: str = "x") -> str:
     return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def print_report(rep, console: Console) -> None:
+    """An EvalReport (avo/harness/runner.py) as a table: status, errors, times, speedup, SOL."""
+    t = Table(title=f"{rep.task} / {rep.solution} on {rep.hardware} ({rep.device_mode})")
+    for col in ("workload", "status", "max abs err", "max rel err", "ms", "baseline ms", "speedup", "% SOL", "SOL score"):
+        t.add_column(col, justify="right" if col not in ("workload", "status") else "left")
+    for tr in rep.traces:
+        e = tr.evaluation
+        c, p = e.correctness, e.performance
+        status = e.status.value + (f" ({e.hack_check})" if e.hack_check else "")
+        t.add_row(tr.workload.uuid, status, _f(c and c.max_absolute_error, ".2e", ""),
+                  _f(c and c.max_relative_error, ".2e", ""), _f(p and p.latency_ms, ".4f", ""),
+                  _f(p and p.reference_latency_ms, ".4f", ""), _f(p and p.speedup_factor, ".2f", "x"),
+                  _f(p and p.sol_fraction and 100 * p.sol_fraction, ".1f", "%"), _f(p and p.sol_score, ".3f", ""))
+    console.print(t)
+    if rep.device_mode == "interpret":
+        console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")
+    if rep.message:
+        console.print(f"[bold]{rep.status.value}[/]: {rep.message[:1500]}", highlight=False)
+    if rep.phase_s:
+        main = [f"{k} {v:.1f}" for k, v in rep.phase_s.items() if k not in RUNNER_WORK]
+        sub = [f"{k} {rep.phase_s[k]:.1f}" for k in RUNNER_WORK if k in rep.phase_s]
+        console.print(f"harness seconds: {' · '.join(main)}" + (f" (of which {', '.join(sub)})" if sub else ""),
+                      highlight=False)
 
 
 def resolve_ref(lin: Lineage, ref: str) -> Version:
@@ -39,7 +64,27 @@ def _gain(gain: Optional[float], noise: Optional[float]) -> str:
     return f"{gain:+.1%}" + (f" ±{noise:.1%}" if noise is not None else "")
 
 
-def log_cmd(lin: Lineage, task: Optional[str], attempts: bool, console: Console) -> None:
+def log_cmd(run: str, task: Optional[str], attempts: bool, console: Console) -> None:
+    with Lineage.open(resolve_run(run)) as lin:
+        log_lineage(lin, task, attempts, console)
+
+
+def show_cmd(run: str, ref: str, console: Console) -> None:
+    with Lineage.open(resolve_run(run)) as lin:
+        show_version(lin, ref, console)
+
+
+def diff_cmd(run: str, a: str, b: str, console: Console) -> None:
+    with Lineage.open(resolve_run(run)) as lin:
+        diff_versions(lin, a, b, console)
+
+
+def best_cmd(run: str, task: Optional[str], console: Console) -> None:
+    with Lineage.open(resolve_run(run)) as lin:
+        best_versions(lin, task, console)
+
+
+def log_lineage(lin: Lineage, task: Optional[str], attempts: bool, console: Console) -> None:
     if task is not None and task not in lin.tasks():
         raise LineageError(f"task {task!r} is not in this run (tasks: {', '.join(lin.tasks()) or 'none'})")
     for name in ([task] if task else lin.tasks()):
@@ -66,9 +111,8 @@ def log_cmd(lin: Lineage, task: Optional[str], attempts: bool, console: Console)
         console.print(t)
 
 
-def show_cmd(lin: Lineage, ref: str, console: Console) -> None:
-    from avo.cli import print_report
-    from avo.harness.runner import EvalReport
+def show_version(lin: Lineage, ref: str, console: Console) -> None:
+    from avo.harness.runner import EvalReport  # torch: only when a version is shown
     from avo.schema import EvaluationStatus
     v = resolve_ref(lin, ref)
     m = v.meta
@@ -91,7 +135,7 @@ def show_cmd(lin: Lineage, ref: str, console: Console) -> None:
     console.print(Syntax(v.source, "python", line_numbers=True))
 
 
-def diff_cmd(lin: Lineage, a: str, b: str, console: Console) -> None:
+def diff_versions(lin: Lineage, a: str, b: str, console: Console) -> None:
     va, vb = resolve_ref(lin, a), resolve_ref(lin, b)
     lines = list(difflib.unified_diff(va.source.splitlines(keepends=True), vb.source.splitlines(keepends=True),
                                       fromfile=f"{va.sha[:10]}/kernel.py", tofile=f"{vb.sha[:10]}/kernel.py"))
@@ -103,7 +147,7 @@ def diff_cmd(lin: Lineage, a: str, b: str, console: Console) -> None:
                   highlight=False)
 
 
-def best_cmd(lin: Lineage, task: Optional[str], console: Console) -> None:
+def best_versions(lin: Lineage, task: Optional[str], console: Console) -> None:
     tasks = [task] if task else lin.tasks()
     if task is not None and task not in lin.tasks():
         raise LineageError(f"task {task!r} is not in this run (tasks: {', '.join(lin.tasks()) or 'none'})")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from avo.config import RunConfig
-from avo.distributed_actors import NAMESPACE
+from avo.ray.actors import NAMESPACE
 
 EVAL_RESOURCE = "avo_evaluator"  # custom resource: interpreter evaluator slots of a CPU-only cluster
 

@@ -5,11 +5,11 @@ the append-only log of every attempt (attempts.jsonl). Format: docs/lineage.md.
 Crash safety: commits are written with git plumbing (objects, then one atomic ref update), never
 through the index; an accepted attempt is committed first and logged second, and `reconcile()`
 re-logs a commit whose log line was lost. A run lock (flock + pid) keeps two writers apart and
-lets a new writer remove lock files that a killed run left in .git (avo/lineage_durable.py).
-The records themselves (meta.json, attempts.jsonl lines) are models in avo/lineage_records.py."""
+lets a new writer remove lock files that a killed run left in .git (avo/lineage/durable.py).
+The records themselves (meta.json, attempts.jsonl lines, commit messages) are in
+avo/lineage/records.py."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from avo.lineage_durable import (LineageError, RunLock, append_jsonl_durable, read_jsonl_tolerant,
+from avo.lineage.durable import (LineageError, RunLock, append_jsonl_durable, read_jsonl_tolerant,
                                  repair_after_kill)
-from avo.lineage_records import AttemptRecord, Version, VersionMeta, attempt_number
+from avo.lineage.records import AttemptRecord, Version, VersionMeta, attempt_number
 from avo.tasks import REPO_ROOT
 
 ROOT_BRANCH = "main"
@@ -31,10 +31,6 @@ UNTRACKED = [ATTEMPTS_FILE, INTERVENTIONS_FILE, LOCK_FILE, "report/", "work/", "
 GIT_ENV = {"GIT_AUTHOR_NAME": "avo", "GIT_AUTHOR_EMAIL": "avo@localhost",
            "GIT_COMMITTER_NAME": "avo", "GIT_COMMITTER_EMAIL": "avo@localhost",
            "GIT_TERMINAL_PROMPT": "0"}
-
-
-def source_hash(source: str) -> str:
-    return hashlib.sha256(source.encode()).hexdigest()
 
 
 def branch_name(task: str, island: int) -> str:
@@ -314,23 +310,3 @@ def resolve_run(run: str) -> Path:
     known = sorted({q.name for r in roots for q in r.iterdir() if (q / ".git").exists()})
     raise LineageError(f"no run {run!r} (looked for lineages/{run}); runs: {', '.join(known) or 'none yet'}")
 
-
-# The CLI's `avo lineage ...` commands (avo/lineage_cmds.py renders them).
-def lineage_log_cmd(run: str, task: Optional[str], attempts: bool, console) -> None:
-    from avo.lineage_cmds import log_cmd
-    log_cmd(Lineage.open(resolve_run(run)), task, attempts, console)
-
-
-def lineage_show_cmd(run: str, ref: str, console) -> None:
-    from avo.lineage_cmds import show_cmd
-    show_cmd(Lineage.open(resolve_run(run)), ref, console)
-
-
-def lineage_diff_cmd(run: str, a: str, b: str, console) -> None:
-    from avo.lineage_cmds import diff_cmd
-    diff_cmd(Lineage.open(resolve_run(run)), a, b, console)
-
-
-def lineage_best_cmd(run: str, task: Optional[str], console) -> None:
-    from avo.lineage_cmds import best_cmd
-    best_cmd(Lineage.open(resolve_run(run)), task, console)

@@ -1,5 +1,5 @@
 """The Ray backend's worker actors and the messages they exchange with the driver and the
-lineage store (avo/distributed_store.py). Plain classes: avo/distributed.py wraps them with
+lineage store (avo/ray/store.py). Plain classes: avo/ray/driver.py wraps them with
 `ray.remote(...)` and the resources of its cluster plan, so they can be read and tested without
 Ray's decorators.
 
@@ -10,7 +10,8 @@ Ray's decorators.
   harness Evaluator (its candidate and reference worker processes). An actor runs one request
   at a time, so timings never overlap on its GPU.
 - RemoteEvaluator: quacks like harness.runner.Evaluator (evaluate, ab, busy_s) over evaluator
-  actors, so the local orchestrator's seed and migration code runs unchanged in the store."""
+  actors, so the run's seeding and the supervisor's migrations (avo/evolve/) run unchanged in the
+  store."""
 from __future__ import annotations
 
 import os
@@ -19,19 +20,21 @@ import signal
 import subprocess
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from avo.config import GateConfig
-from avo.gate import GateDecision, measure_gate
-from avo.harness.runner import ABResult, EvalConfig, EvalReport, Evaluator
+from avo.config import EvalConfig, GateConfig
+from avo.evolve.attempt import judge, operator_error
+from avo.evolve.gate import GateDecision, measure_gate
+from avo.evolve.setup import TaskSetup
+from avo.harness.runner import ABResult, EvalReport, Evaluator
 from avo.harness.workerproc import HarnessError
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
-from avo.run_setup import TaskSetup, kernel_solution
+from avo.operators.factory import make_operator
+from avo.operators.llm import CostMeter
 from avo.schema import Solution, Workload
-from avo.tasks import REPO_ROOT, Task
+from avo.tasks import REPO_ROOT, Task, kernel_solution
 
 TRANSCRIPT_CAP = 32 << 20  # bytes of one step's transcript shipped back to the lineage
 NAMESPACE = "avo"  # Ray namespace of the run's named actors
@@ -151,7 +154,6 @@ class EvaluatorActor:
 
     def judge(self, job: JudgeJob) -> JudgeResult:
         """Evaluate a proposal and run the commit gate (or, for a re-gate, only the A/B)."""
-        from avo.attempt_verdict import judge
         setup = self.tasks[job.ticket.task]
         out = job.outcome.proposal
         b0 = self.ev.busy_s
@@ -229,13 +231,11 @@ class OperatorActor:
 
     def __init__(self, run: str, label: str, spec: Any, op: Any, device: str, tasks: dict[str, TaskSetup],
                  store: Any, mirror: str, llm_usd: Optional[float]):
-        from avo.operators.factory import make_operator
         self.run, self.label, self.tasks, self.store_name, self.mirror = run, label, tasks, store, mirror
         self.knowledge_dir = REPO_ROOT / "knowledge_base"
         if op is None:
             meter = None
             if getattr(spec, "kind", "") == "agentic":
-                from avo.operators.llm import CostMeter
                 meter = CostMeter(llm_usd)  # set to the run's spend before every step
             op = make_operator(spec, self.knowledge_dir, device, meter)
         self.op = op
@@ -283,7 +283,7 @@ class OperatorActor:
                               lineage_root=self._lineage_root(t))
             out = self.op.propose(t.view, ctx)
         except Exception as e:
-            outcome.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"[-1500:]
+            outcome.error = operator_error(e)
             out = None
         if isinstance(out, Proposal):
             outcome.kind, outcome.proposal = "proposal", out

@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from avo.lineage import Lineage
-from avo.lineage_records import AttemptRecord, Version, attempt_number
+from avo.lineage import AttemptRecord, Lineage, Version
+from avo.lineage.records import attempt_number
 
 STATUS_COLORS = {"PASSED": "#2e7d32", "REJECTED": "#9e9e9e", "COMPILE_ERROR": "#c62828", "RUNTIME_ERROR": "#e53935",
                  "INCORRECT_NUMERICAL": "#ef6c00", "INCORRECT_SHAPE": "#f57c00", "INCORRECT_DTYPE": "#fb8c00",
@@ -186,7 +186,7 @@ def plot_outcomes(attempts: list[AttemptRecord], out: Path) -> Path:
 
 def write_report(lineage_path: Path, out: Optional[Path] = None) -> Path:
     """Write report.html and its PNGs (default folder: <lineage>/report); returns the HTML path."""
-    from avo.report_html import render_html
+    from avo.ui.report_html import render_html
     lin = Lineage.open(Path(lineage_path))
     try:
         out = Path(out) if out else lin.path / "report"

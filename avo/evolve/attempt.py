@@ -1,0 +1,149 @@
+"""One attempt, the same for both backends: open its record, take the operator's outcome, admit
+the proposal (no duplicate, not empty), judge it (evaluation + commit gate), settle it (the
+verdict into the record; an accepted version committed), and close it (logged, counted, shown).
+
+The local loop (loop.py) runs these in one process, one after the other. The Ray backend runs
+`judge` on an evaluator actor and the rest in its lineage store actor (avo/ray/store.py), which
+owns the lineage. Either way an attempt's record is built here, once."""
+from __future__ import annotations
+
+import statistics
+import traceback
+from typing import TYPE_CHECKING, Optional, Union
+
+from avo.config import GateConfig, RunConfig
+from avo.evolve.gate import GateDecision, commit_gate
+from avo.evolve.setup import IslandRef, TaskSetup
+from avo.evolve.stop import fault_point, with_phase
+from avo.harness.runner import EvalReport
+from avo.lineage import AttemptRecord, Scores, Version, VersionMeta, version_message
+from avo.lineage.records import now_iso
+from avo.operators.base import GiveUp, Proposal
+from avo.tasks import kernel_solution, source_hash
+
+if TYPE_CHECKING:
+    from avo.evolve.state import RunState
+
+Outcome = Union[Proposal, GiveUp, None]  # None: the operator failed (see take_outcome's error)
+
+
+def scores_from(rep: EvalReport, speedup_vs_seed: Optional[float]) -> Scores:
+    perf = [t.evaluation.performance for t in rep.traces if t.passed and t.evaluation.performance]
+    sol_scores = [p.sol_score for p in perf if p.sol_score is not None]
+    return Scores(speedup_vs_seed=speedup_vs_seed, speedup_vs_baseline=rep.speedup_geomean(),
+                  sol_fraction=rep.sol_fraction_mean(),
+                  sol_score=statistics.fmean(sol_scores) if sol_scores else None, latency_ms=rep.latencies(),
+                  baseline_ms={t.workload.uuid: t.evaluation.performance.reference_latency_ms for t in rep.traces
+                               if t.passed and t.evaluation.performance})
+
+
+def operator_error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"[-1500:]
+
+
+def open_record(state: "RunState", isl: IslandRef, parent: str, started: Optional[str] = None,
+                **extra) -> AttemptRecord:
+    """The next attempt's record (ids are given in the order attempts are recorded: a00001, ...)."""
+    n, state.next_n = state.next_n, state.next_n + 1
+    return AttemptRecord(id=f"a{n:05d}", task=isl.task, island=isl.island, operator=isl.operator, status="GAVE_UP",
+                         parent=parent, started=started or now_iso(), **extra)
+
+
+def take_outcome(rec: AttemptRecord, out: Outcome, error: str = "") -> None:
+    """What the operator returned, into the record: a proposal's or a give-up's note, transcript and
+    cost; OPERATOR_ERROR with `error` when it failed."""
+    if out is None:
+        rec.status, rec.error = "OPERATOR_ERROR", error or "the operator returned nothing"
+        return
+    rec.note = out.note if isinstance(out, Proposal) else out.reason
+    rec.transcript, rec.cost_usd, rec.tokens = out.transcript, out.cost_usd, out.tokens
+    if isinstance(out, Proposal):
+        rec.parent = out.parent or rec.parent
+        rec.source_hash = source_hash(out.source)
+
+
+def admit(state: "RunState", task: str, out: Proposal, rec: AttemptRecord) -> bool:
+    """Whether a proposal goes to the evaluator: not a source already tried on the task, not
+    empty. Sets rec.source_hash (and rec.status/error when refused)."""
+    rec.source_hash = source_hash(out.source)
+    if rec.source_hash in state.seen[task]:
+        rec.status, rec.error = "DUPLICATE", "this exact source was already tried on the task"
+        return False
+    state.seen[task].add(rec.source_hash)
+    if not out.source.strip():
+        rec.status, rec.error = "COMPILE_ERROR", "empty source"
+        return False
+    return True
+
+
+def judge(ev, setup: TaskSetup, name: str, head_sha: str, head_source: str, out: Proposal,
+          gate: GateConfig) -> tuple[EvalReport, GateDecision]:
+    """Evaluate a proposal and pass it through the commit gate against the island best. `ev`: a
+    harness Evaluator (local backend, evaluator actors)."""
+    task = setup.task.name
+    cand = kernel_solution(task, out.source, name, author=f"avo:{out.operator}")
+    rep = ev.evaluate(setup.task, cand, setup.workloads)
+    best = kernel_solution(task, head_source, f"{task}-{head_sha[:10]}")
+    return rep, commit_gate(ev, setup.task, best, head_sha, cand, rep, setup.workloads, gate)
+
+
+def accepted_meta(cfg: RunConfig, rec: AttemptRecord, out: Proposal, rep: EvalReport, dec: GateDecision,
+                  head: Version, elapsed_s: float) -> VersionMeta:
+    """The meta.json of an accepted attempt's commit (sets rec.speedup_vs_seed)."""
+    speedup = (head.meta.scores.speedup_vs_seed or 1.0) * (1.0 + dec.record.gain)
+    rec.speedup_vs_seed = speedup
+    return VersionMeta(run=cfg.run, task=rec.task, island=rec.island, kind="version", attempt=rec.id,
+                       parent=rec.parent, operator=out.operator, note=out.note, source_hash=rec.source_hash,
+                       scores=scores_from(rep, speedup), gate=dec.record, device_mode=rep.device_mode,
+                       hardware=rep.hardware, transcript=out.transcript, cost_usd=out.cost_usd,
+                       run_elapsed_s=round(elapsed_s, 3))
+
+
+def settle(state: "RunState", rec: AttemptRecord, out: Proposal, rep: EvalReport, dec: GateDecision,
+           head: Version, **meta_extra) -> None:
+    """A judged proposal: the verdict into the record, and an accepted one committed on its island
+    (commit first, log line second: a kill in between is repaired by Lineage.reconcile)."""
+    state.stats.evals_session += 1
+    rec.status, rec.accepted = dec.status, dec.accepted
+    rec.hack_check = rep.hack_check
+    rec.eval_phases = dict(rep.phase_s)  # eval_s minus these is the gate's A/B (and the operator)
+    rec.error = "" if dec.accepted else (rep.message[-1500:] if not rep.passed else dec.reason)
+    if dec.record:
+        rec.gate, rec.gain, rec.noise = dec.record, dec.record.gain, dec.record.noise
+    if dec.accepted:
+        meta = accepted_meta(state.cfg, rec, out, rep, dec, head, state.stats.elapsed_s)
+        for k, v in meta_extra.items():
+            setattr(meta, k, v)
+        traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
+        rec.commit = with_phase(state.stop, "commit", lambda: state.lineage.commit_version(
+            meta, out.source, traces, version_message(meta, rep.traces)))
+        fault_point("after-commit")  # crash tests: a kill between the commit and its log line
+
+
+def close_record(state: "RunState", isl: IslandRef, rec: AttemptRecord, eval_s: float) -> None:
+    """Log the attempt (never cut by a signal), count it, and tell the display."""
+    rec.eval_s = round(eval_s, 3)
+    rec.finished = now_iso()
+    rec.run_elapsed_s = round(state.stats.elapsed_s, 3)
+    with_phase(state.stop, "commit", lambda: state.lineage.append_attempt(rec))
+    state.attempts.append(rec)
+    state.supervisor.observe(rec)
+    stuck = rec.status in ("GAVE_UP", "OPERATOR_ERROR")
+    state.give_ups[isl.label] = state.give_ups.get(isl.label, 0) + 1 if stuck else 0
+    s = state.stats
+    s.attempts += 1
+    s.accepted += rec.accepted
+    line = s.islands[isl.label]
+    line.attempts += 1
+    line.commits += rec.accepted
+    line.last = rec.status
+    state.refresh_bests()
+    gain = f" gain {rec.gain:+.1%} (noise {rec.noise:.1%})" if rec.gain is not None else ""
+    if rec.accepted:
+        text = f"{rec.id} {isl.label} ACCEPTED{gain} -> {rec.speedup_vs_seed:.2f}x vs seed, commit {rec.commit[:8]}: {rec.note}"
+        state.display.event(text, "bold green")
+    else:
+        why = f" [{rec.hack_check}]" if rec.hack_check else ""
+        err = f" | {' '.join(rec.error.split())[:100]}" if rec.error and rec.status not in ("REJECTED",) else ""
+        state.display.event(f"{rec.id} {isl.label} {rec.status}{why}{gain}: {rec.note[:80]}{err}",
+                            "yellow" if rec.status in ("REJECTED", "GAVE_UP", "DUPLICATE") else "red")

@@ -1,0 +1,306 @@
+"""A run's state between steps, shared by both backends: the resolved tasks and islands, the
+operators and the supervisor, the open lineage with its attempts, what has been tried (duplicate
+check), the budget, and the counters a display shows. Opening resumes a run from its lineage;
+seeding commits each task's seed kernel to its islands. The local loop (loop.py) and the Ray
+lineage store (avo/ray/store.py) both drive a RunState through avo/evolve/attempt.py and
+avo/evolve/supervision.py.
+
+The state tells its story to a `Display` it is given (avo/ui/progress.py on a terminal, the Ray
+store's event buffer); it never imports display code."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol
+
+import yaml
+
+from avo.config import BudgetConfig, RunConfig
+from avo.evolve.setup import IslandRef, TaskSetup, identity_mismatch, resolve_islands, resolve_tasks, run_identity
+from avo.evolve.stop import StopSignal, with_phase
+from avo.evolve.supervision import Supervisor, elite_versions
+from avo.lineage import Lineage, Version, VersionMeta, version_message
+from avo.lineage.records import AttemptRecord
+from avo.operators.base import AttemptView, LineageView, Operator, StepContext, VersionView
+from avo.operators.factory import make_meter, make_operators, review_hook
+from avo.operators.recipes import RecipeError
+from avo.schema import Trace
+from avo.tasks import REPO_ROOT, kernel_solution, source_hash
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+RECENT_ATTEMPTS = 24  # attempts of the island an operator sees
+GIVE_UPS_TO_STOP = 3  # consecutive give-ups on every island end the run (search space exhausted)
+
+
+class EvolveError(Exception):
+    def __init__(self, msg: str, code: int = EXIT_USAGE):
+        super().__init__(msg)
+        self.code = code
+
+
+# ---- what a display sees ----
+@dataclass
+class IslandLine:
+    label: str
+    operator: str
+    attempts: int = 0
+    commits: int = 0
+    last: str = "-"
+    best: float = 1.0
+    widen: int = 0
+
+
+@dataclass
+class TaskLine:
+    best_speedup: float = 1.0
+    best_sol: Optional[float] = None
+    best_commit: str = ""
+
+
+@dataclass
+class RunStats:
+    run: str
+    device: str
+    budget: str
+    prev_elapsed_s: float = 0.0  # earlier sessions of a resumed run
+    attempts: int = 0
+    accepted: int = 0
+    evals_session: int = 0
+    started: float = field(default_factory=time.monotonic)
+    islands: dict[str, IslandLine] = field(default_factory=dict)
+    tasks: dict[str, TaskLine] = field(default_factory=dict)
+    now: str = ""  # the step in progress ("a00012 grammar_bitmask/island-1: evaluating")
+
+    @property
+    def session_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.prev_elapsed_s + self.session_s
+
+    @property
+    def evals_per_hour(self) -> float:
+        return self.evals_session / max(self.session_s, 1e-9) * 3600
+
+
+class Display(Protocol):
+    """Where a run's story goes. `event` prints a line (an attempt, a commit, an intervention);
+    entering it shows a live view while the loop runs, leaving (or `stop`) ends that view."""
+
+    def event(self, text: str, style: str = "") -> None: ...
+
+    def __enter__(self): ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class EventLog:
+    """A Display that keeps the lines (the Ray store hands them to its driver; the default)."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str]] = []
+
+    def event(self, text: str, style: str = "") -> None:
+        self.lines.append((text, style))
+
+    def take(self) -> list[tuple[str, str]]:
+        lines, self.lines = self.lines, []
+        return lines
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def budget_text(b: BudgetConfig) -> str:
+    parts = [f"{b.wall_minutes:g} min" if b.wall_minutes else "", f"{b.attempts} attempts" if b.attempts else "",
+             f"${b.llm_usd:g}" if b.llm_usd is not None else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def version_view(v: Version) -> VersionView:
+    s = v.meta.scores
+    return VersionView(commit=v.sha, source=v.source, note=v.meta.note, speedup_vs_seed=s.speedup_vs_seed,
+                       speedup_vs_baseline=s.speedup_vs_baseline, sol_fraction=s.sol_fraction,
+                       latencies_ms=dict(s.latency_ms))
+
+
+class RunState:
+    def __init__(self, cfg: RunConfig, device: str, operators: Optional[dict[str, Operator]] = None,
+                 display: Optional[Display] = None):
+        """`device` is resolved by the caller (the Ray backend resolves it against the cluster's
+        GPUs, which need not be on this node); `operators` lets a caller (tests, embedding code)
+        supply its own Operator objects by name."""
+        self.cfg, self.device = cfg, device
+        self.display: Display = display if display is not None else EventLog()
+        self.stop = StopSignal()
+        self.tasks: dict[str, TaskSetup] = resolve_tasks(cfg, device)
+        self.islands: list[IslandRef] = resolve_islands(cfg, self.tasks)
+        self.knowledge_dir = REPO_ROOT / "knowledge_base"
+        self.meter = make_meter(cfg)  # LLM spend of agentic operators; set from the logs on resume
+        try:
+            self.operators = operators if operators is not None else \
+                make_operators(cfg, self.knowledge_dir, device, self.meter)
+            missing = sorted({i.operator for i in self.islands} - set(self.operators))
+            if missing:
+                raise EvolveError(f"no operator object for {', '.join(missing)}")
+            review = review_hook(cfg, self.operators)
+        except (RecipeError, ImportError) as e:
+            raise EvolveError(f"operators: {e}") from None
+        self.supervisor = Supervisor(cfg.supervisor, review)
+        self.lineage: Optional[Lineage] = None
+        self.attempts: list[AttemptRecord] = []
+        self.seen: dict[str, set[str]] = {}  # task -> source hashes tried or committed
+        self.give_ups: dict[str, int] = {}  # island label -> consecutive give-ups / operator errors
+        self.next_n = 1
+        self.stats = RunStats(run=cfg.run, device=device, budget=budget_text(cfg.budget))
+
+    def island(self, label: str) -> IslandRef:
+        return next(i for i in self.islands if i.label == label)
+
+    # ---- opening ----
+    def open_lineage(self) -> None:
+        """Open (resume) or create the run's lineage and rebuild the state from its logs."""
+        ident = run_identity(self.device, self.tasks, self.islands)
+        cfg_yaml = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+        lin, created = Lineage.open_or_create(self.cfg.lineage_path, self.cfg.run, cfg_yaml, ident)
+        self.lineage = lin
+        if not created:
+            why = identity_mismatch(lin.identity(), ident)
+            if why and not lin.branches() and not lin.attempts():
+                lin.reset_root(self.cfg.run, cfg_yaml, ident)  # nothing recorded yet (a failed seed): start over
+                why = None
+            if why:
+                raise EvolveError(f"run {self.cfg.run!r} exists ({lin.path}) with a different setup: {why}; "
+                                  f"use another --run or the run's original config")
+            for rec in lin.reconcile():
+                self.display.event(f"recovered {rec.id}: commit {rec.commit[:8]} was made but not logged", "yellow")
+        self.attempts = lin.attempts()
+        self.next_n = lin.next_attempt_number()
+        for name in self.tasks:
+            self.seen[name] = {a.source_hash for a in self.attempts if a.task == name and a.source_hash}
+            self.seen[name] |= {v.meta.source_hash for v in lin.versions(name)}
+        self.supervisor.restore(self.attempts, lin.interventions())
+        self.stats.prev_elapsed_s = max((a.run_elapsed_s for a in self.attempts), default=0.0)
+        if self.meter is not None:
+            self.meter.spent_usd = self.llm_spent()
+        self.stats.attempts = len(self.attempts)
+        self.stats.accepted = sum(a.accepted for a in self.attempts)
+        for isl in self.islands:
+            mine = [a for a in self.attempts if a.task == isl.task and a.island == isl.island]
+            self.stats.islands[isl.label] = IslandLine(label=isl.label, operator=isl.operator, attempts=len(mine),
+                                                       commits=sum(a.accepted for a in mine),
+                                                       last=mine[-1].status if mine else "-")
+            tail = 0
+            for a in reversed(mine):
+                if a.status not in ("GAVE_UP", "OPERATOR_ERROR"):
+                    break
+                tail += 1
+            self.give_ups[isl.label] = tail
+        if not created:
+            self.display.event(f"resuming {lin.path}: {len(self.attempts)} attempts, "
+                               f"{self.stats.accepted} accepted so far")
+
+    def seed_islands(self, ev) -> None:
+        """Evaluate each task's seed once and commit it to every island that has none yet. `ev`:
+        a harness Evaluator, or the Ray backend's RemoteEvaluator."""
+        from avo.evolve.attempt import scores_from
+        lin = self.lineage
+        for name, setup in self.tasks.items():
+            self.seen[name].add(source_hash(setup.seed_source))
+            missing = [i for i in self.islands if i.task == name and lin.head_sha(name, i.island) is None]
+            if not missing:
+                continue
+            existing = [v for v in lin.versions(name) if v.meta.kind == "seed"]
+            if existing:
+                scores, traces = existing[0].meta.scores, existing[0].traces_jsonl
+                mode, hw = existing[0].meta.device_mode, existing[0].meta.hardware
+            else:
+                self.display.event(f"{name}: evaluating the seed {setup.seed_path} on {len(setup.workloads)} workloads")
+                rep = ev.evaluate(setup.task, kernel_solution(name, setup.seed_source, f"{name}-seed"), setup.workloads)
+                if not rep.passed:
+                    raise EvolveError(f"the seed kernel {setup.seed_path} fails on {name}: {rep.status.value}: "
+                                      f"{' '.join(rep.message.split())[:400]}", EXIT_FAILED)
+                scores = scores_from(rep, 1.0)
+                traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
+                mode, hw = rep.device_mode, rep.hardware
+            for isl in missing:
+                meta = VersionMeta(run=self.cfg.run, task=name, island=isl.island, kind="seed", operator="seed",
+                                   note=Path(setup.seed_path).name, source_hash=source_hash(setup.seed_source),
+                                   scores=scores, device_mode=mode, hardware=hw, run_elapsed_s=self.stats.elapsed_s)
+                parsed = [Trace.model_validate_json(x) for x in traces.splitlines() if x.strip()]
+                with_phase(self.stop, "commit", lambda: lin.commit_version(meta, setup.seed_source, traces,
+                                                                            version_message(meta, parsed)))
+                self.display.event(f"{isl.label}: seed committed")
+        self.refresh_bests()
+
+    def refresh_bests(self) -> None:
+        for name in self.tasks:
+            best = self.lineage.best(name)
+            self.stats.tasks[name] = TaskLine(best_speedup=best.speedup, best_sol=best.meta.scores.sol_fraction,
+                                              best_commit=best.sha)
+        for isl in self.islands:
+            head = self.lineage.head(isl.task, isl.island)
+            line = self.stats.islands[isl.label]
+            line.best = head.speedup if head else 1.0
+            line.widen = self.supervisor.state(isl.task, isl.island).widen
+
+    # ---- budget ----
+    def llm_spent(self) -> float:
+        return sum(a.cost_usd for a in self.attempts) + sum(r.get("cost_usd", 0.0) for r in self.lineage.interventions())
+
+    def budget_reason(self) -> Optional[str]:
+        b = self.cfg.budget
+        if b.attempts is not None and len(self.attempts) >= b.attempts:
+            return f"{len(self.attempts)} attempts of {b.attempts}"
+        if b.wall_minutes is not None and self.stats.elapsed_s >= b.wall_minutes * 60:
+            return f"{self.stats.elapsed_s / 60:.1f} of {b.wall_minutes:g} minutes"
+        usd = self.llm_spent()
+        if b.llm_usd is not None and usd >= b.llm_usd:
+            return f"${usd:.2f} of ${b.llm_usd:g} LLM spend"
+        return None
+
+    def exhausted(self) -> bool:
+        return all(self.give_ups.get(i.label, 0) >= GIVE_UPS_TO_STOP for i in self.islands)
+
+    # ---- what an operator sees ----
+    def start_and_head(self, isl: IslandRef) -> tuple[Version, Version]:
+        """The version the next edit starts from (the island head, or the elite a restart chose)
+        and the island best the gate measures against."""
+        st = self.supervisor.state(isl.task, isl.island)
+        head = self.lineage.head(isl.task, isl.island)
+        return (self.lineage.version(st.restart_from) if st.restart_from else head), head
+
+    def view_for(self, isl: IslandRef, start: Version, head: Version) -> LineageView:
+        st = self.supervisor.state(isl.task, isl.island)
+        versions = elite_versions(self.lineage.versions(isl.task))
+        recent = [a for a in self.attempts if a.task == isl.task and a.island == isl.island][-RECENT_ATTEMPTS:]
+        directions = list(st.directions)
+        if start.sha != head.sha:
+            directions.append(f"exploring from elite {start.sha[:8]} ({start.speedup:.2f}x vs seed); "
+                              f"the island best to beat is {head.sha[:8]} ({head.speedup:.2f}x)")
+        return LineageView(task=isl.task, island=isl.island, best=version_view(start),
+                           elites=[version_view(v) for v in versions],
+                           recent=[AttemptView(id=a.id, status=a.status, accepted=a.accepted, note=a.note,
+                                               error=a.error, gain=a.gain, source_hash=a.source_hash) for a in recent],
+                           directions=directions, widen=st.widen, seen_hashes=set(self.seen[isl.task]))
+
+    def step_context(self, isl: IslandRef, aid: str, n: int, ev) -> StepContext:
+        setup = self.tasks[isl.task]
+        probe = lambda src: ev.evaluate(setup.task, kernel_solution(isl.task, src, f"{isl.task}-{aid}-probe"),
+                                        setup.workloads)
+        return StepContext(seed=self.cfg.seed * 1_000_003 + n, workdir=self.lineage.path / "work" / aid,
+                           evaluate=probe, knowledge_dir=self.knowledge_dir, lineage_root=self.lineage.path)
+
+    def close(self) -> None:
+        if self.lineage is not None:
+            self.lineage.close()

@@ -1,0 +1,150 @@
+"""The house rule of avo/: imports point one way,
+
+    cli -> ui -> ray -> evolve -> operators | apply -> harness | lineage -> config -> tasks -> schema
+
+A module may import its own package and any package of a lower layer; never a higher one, and never
+a package beside it on the same layer (operators and apply, harness and lineage know nothing of each
+other). Imports inside functions count too: a lazy import is still a dependency. Modules must not
+import each other in a cycle, even inside one package; an import under `if TYPE_CHECKING:` (an
+annotation only, as the functions of avo/evolve/ name the RunState they act on) obeys the layers
+but is not counted as a cycle. The graph is read from the source (ast), so
+this runs in a second and catches the rule's breaks before anyone sees them at run time."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+AVO = Path(__file__).resolve().parents[1] / "avo"
+
+# Layer of each top-level part of avo/ (a package folder or a top-level module). Equal numbers:
+# beside each other, so neither may import the other.
+LAYERS = {
+    "schema": 0, "tasks": 1, "config": 2,
+    "harness": 3, "lineage": 3,
+    "operators": 4, "apply": 4,
+    "evolve": 5, "ray": 6, "ui": 7, "cli": 8,
+}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(AVO.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _type_only_nodes(tree: ast.AST) -> set[int]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
+def imports_of(path: Path, type_only: bool = True) -> set[str]:
+    """Every avo module a file imports (`from avo.x import y` names avo.x.y when y is a module);
+    without `type_only`, those under `if TYPE_CHECKING:` are left out."""
+    tree = ast.parse(path.read_text(), str(path))
+    skip = set() if type_only else _type_only_nodes(tree)
+    out = set()
+    pkg = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "avo"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
+            if base.split(".")[0] != "avo":
+                continue
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.add(sub if _exists(sub) else base)
+    return out
+
+
+def _exists(mod: str) -> bool:
+    p = AVO.parent.joinpath(*mod.split("."))
+    return p.with_suffix(".py").exists() or (p / "__init__.py").exists()
+
+
+def graph(type_only: bool = True) -> dict[str, set[str]]:
+    g = {}
+    for path in sorted(AVO.rglob("*.py")):
+        g[module_name(path)] = {m for m in imports_of(path, type_only) if m != module_name(path)}
+    return g
+
+
+def part(mod: str) -> str:
+    """avo.evolve.loop -> evolve; avo.cli -> cli; avo -> '' (the package root)."""
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_part_of_avo_has_a_layer():
+    parts = {part(m) for m in graph()} - {""}
+    assert parts <= set(LAYERS), f"parts of avo/ with no layer in this test: {sorted(parts - set(LAYERS))}"
+
+
+def test_imports_point_down():
+    bad = []
+    for mod, deps in graph().items():
+        a = part(mod)
+        for dep in deps:
+            b = part(dep)
+            if a == b or b == "" or a == "":
+                continue  # the root package (`avo.__version__`, lazy `avo.apply`) is everyone's
+            if LAYERS[b] >= LAYERS[a]:
+                bad.append(f"{mod} -> {dep} ({a} is layer {LAYERS[a]}, {b} is {LAYERS[b]})")
+    assert not bad, "imports that point up or sideways:\n  " + "\n  ".join(sorted(bad))
+
+
+def test_no_import_cycles():
+    g = graph(type_only=False)
+    cycles, state = [], {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g.get(m, ())):
+            if d not in g:
+                continue
+            if state.get(d) == 1:
+                cycles.append(" -> ".join(stack[stack.index(d):] + [d]))
+            elif d not in state:
+                visit(d, stack)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m, [])
+    assert not cycles, "import cycles:\n  " + "\n  ".join(cycles)
+
+
+def test_the_check_sees_a_break():
+    """The checker itself: a file of a lower layer that imports a higher one is seen."""
+    tree = "from avo.evolve.loop import step\n"
+    path = AVO / "lineage" / "_probe_for_the_import_test.py"
+    path.write_text(tree)
+    try:
+        deps = imports_of(path)
+        assert "avo.evolve.loop" in deps or "avo.evolve" in deps
+        assert LAYERS[part("avo.evolve.loop")] > LAYERS[part("avo.lineage._probe_for_the_import_test")]
+    finally:
+        path.unlink()
+
+
+def test_light_layers_load_without_torch():
+    """config, tasks, schema and the lineage are read by the CLI and by tools that never touch a GPU."""
+    code = ("import sys\nimport avo.config, avo.tasks, avo.schema, avo.lineage, avo.cli\n"
+            "heavy = sorted(m for m in ('torch', 'triton', 'ray', 'openai', 'anthropic') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
