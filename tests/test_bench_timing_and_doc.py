@@ -137,7 +137,7 @@ def test_sweep_knobs_peer_flag_takes_one_name_and_bad_input_is_one_line():
 
 
 def test_bitmask_floor_counts_sectors_and_reads_the_recorded_peer(tmp_path):
-    """scripts/bitmask_floor.py: a fully blocked sector is a write, a mixed one a read and a write,
+    """tests/bitmask_floor.py: a fully blocked sector is a write, a mixed one a read and a write,
     an allowed one nothing (fp32: 8 tokens a sector); the tail sector past vocab counts as mixed; the
     recorded xgrammar device µs comes from the doc's bench rows and sets the 1.3x column."""
     import importlib.util

@@ -223,7 +223,7 @@ def test_attention_kernels_compile_for_sm90():
 
 
 def test_wgmma_schedule_folds_the_ptx_and_reads_both_prefill_seeds():
-    # scripts/wgmma_schedule.py: the MMA / wait / ex2 order of a prefill kernel's sm_90 PTX (no GPU).
+    # tests/wgmma_schedule.py: the MMA / wait / ex2 order of a prefill kernel's sm_90 PTX (no GPU).
     import os
     import subprocess
     import sys
