@@ -176,11 +176,18 @@ def lineage_best(run: str, task: Optional[str] = None) -> None:
 
 @app.command()
 def export(run: str = typer.Argument(...), out: Path = typer.Option(Path("artifacts"), "--out"),
-           task: Optional[str] = typer.Option(None)) -> None:
+           task: Optional[str] = typer.Option(None),
+           ship: Optional[Path] = typer.Option(None, help="write the task's best version as the one artifact at "
+                                               "this folder (e.g. kernels/<family>/evolved/<name>); needs --task")) -> None:
     """Export the best solution per task (and per workload key) as apply() artifacts."""
-    from avo.apply.export import ExportError, export_run
+    from avo.apply.export import ExportError, export_run, ship_best
     try:
-        paths = export_run(run, out, task=task)
+        if ship is not None:
+            if task is None:
+                die("--ship needs --task (one task's best version per artifact folder)")
+            paths = [ship_best(run, task, ship)]
+        else:
+            paths = export_run(run, out, task=task)
     except ExportError as e:
         die(str(e))
     for p in paths:

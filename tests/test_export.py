@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from avo.apply import read_artifact
-from avo.apply.export import ExportError, export_run
+from avo.apply.artifact import ArtifactError, verify_provenance
+from avo.apply.export import ExportError, export_run, reexport_diff, ship_best
 from avo.harness.runner import EvalConfig, Evaluator
 from avo.lineage import Lineage, Scores, VersionMeta
 from avo.tasks import source_hash
@@ -139,6 +140,70 @@ def test_cli_export_by_run_name_and_errors(lineage):
     r = _cli("export", "missing-run", "--out", "arts", cwd=root)
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_ship_writes_the_best_version_with_its_lineage_commit(lineage, tmp_path):
+    """`avo export RUN --task T --ship DIR` (how kernels/*/evolved/ are made): one artifact at DIR,
+    carrying the lineage commit it came from; hashing those files as git does gives the commit back."""
+    shas, dest = lineage["shas"], tmp_path / "kernels" / "grammar" / "evolved" / "bitmask_cpu"
+    ship_best(str(lineage["path"]), TASK, dest)
+    art = read_artifact(dest)
+    assert art.manifest.commit == shas["v1"] and art.manifest.name == f"best-{shas['v1'][:10]}"
+    assert all(k.won for k in art.manifest.keys) and art.solution.sources[0].content == variant(512)
+    verify_provenance(art)
+    assert reexport_diff(dest) == []
+    assert sorted(p.name for p in (dest / "lineage").iterdir()) == ["commit", "meta.json", "traces.jsonl"]
+    # every artifact of a plain export carries its commit too
+    for p in export_run(str(lineage["path"]), tmp_path / "out"):
+        verify_provenance(read_artifact(p))
+        assert reexport_diff(p) == []
+    with pytest.raises(ExportError, match="is not an artifact"):
+        ship_best(str(lineage["path"]), TASK, tmp_path)
+    r = _cli("export", "run1", "--ship", "x", cwd=lineage["root"])
+    assert r.returncode == 2 and "--ship needs --task" in r.stderr
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_an_artifact_edited_by_hand_is_caught(lineage, tmp_path):
+    """The checks tests/test_shipped_artifacts.py runs on every shipped winner: an edited number,
+    kernel or lineage record does not pass."""
+    src = ship_best(str(lineage["path"]), TASK, tmp_path / "a")
+    # a manifest number changed (read_artifact has no way to see it; the re-export does)
+    a = _copy(src, tmp_path / "edited-number")
+    m = json.loads((a / "manifest.json").read_text())
+    m["keys"][0]["latency_ms"] /= 2
+    (a / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+    read_artifact(a)
+    assert reexport_diff(a) == ["manifest.json: keys"]
+    # the kernel changed everywhere read_artifact looks (sources, solution.json, manifest sha256)
+    b = _copy(src, tmp_path / "edited-kernel")
+    new = variant(64)
+    (b / "sources" / "kernel.py").write_text(new)
+    sol = json.loads((b / "solution.json").read_text())
+    sol["sources"][0]["content"] = new
+    (b / "solution.json").write_text(json.dumps(sol, indent=2) + "\n")
+    m = json.loads((b / "manifest.json").read_text())
+    import hashlib
+    m["sources_sha256"]["kernel.py"] = hashlib.sha256(new.encode()).hexdigest()
+    (b / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+    read_artifact(b)
+    with pytest.raises(ArtifactError, match="not those of the commit"):
+        verify_provenance(read_artifact(b))
+    # a lineage record from another commit
+    c = _copy(src, tmp_path / "other-commit")
+    with Lineage.open(lineage["path"]) as lin:
+        (c / "lineage" / "commit").write_bytes(lin.commit_record(lineage["shas"]["v2"])["commit"])
+    with pytest.raises(ArtifactError):
+        verify_provenance(read_artifact(c))
+    # an extra file
+    d = _copy(src, tmp_path / "extra")
+    (d / "notes.md").write_text("tuned by hand\n")
+    assert reexport_diff(d) == ["notes.md: not written by avo export"]
 
 
 DISPATCH_SCRIPT = """

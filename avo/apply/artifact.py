@@ -8,9 +8,12 @@ the repo's kernels/ folder.
       definition.json   the Definition, reference code embedded
       traces.jsonl      FlashInfer Trace JSON, PASSED traces only (REWARD_HACK is avo-only)
       sources/<path>    the kernel source file(s), imported by path at run time
+      lineage/          the lineage commit it was exported from, as git stored it: `commit` (the raw
+                        commit object), meta.json, traces.jsonl (kernel.py is sources/kernel.py)
 
 `write_artifact` builds it from (definition, solution, traces, meta); `read_artifact` validates it
-with one-line errors; `load_entry` imports the kernel's DPS entry point from the folder.
+with one-line errors; `load_entry` imports the kernel's DPS entry point from the folder;
+`verify_provenance` checks it against its lineage commit by hashing those files as git does.
 """
 from __future__ import annotations
 
@@ -34,6 +37,10 @@ from avo.schema import DType, Definition, EvaluationStatus, Solution, Trace
 
 ARTIFACT_FORMAT = "avo-artifact/1"
 LOADABLE_LANGUAGES = ("triton", "python")  # what the runtime can import; cuda/cpp go through FlashInfer
+
+
+PROVENANCE_DIR = "lineage"  # the lineage commit an artifact was exported from (verify_provenance)
+PROVENANCE_FILES = ("commit", "meta.json", "traces.jsonl")
 
 
 class ArtifactError(Exception):
@@ -150,10 +157,11 @@ def declared_ranges(definition: Definition, keys: list[KeyStat]) -> dict[str, li
 
 
 def write_artifact(folder: Path, definition: Definition, solution: Solution, traces: list[Trace],
-                   meta: Optional[ArtifactMeta] = None) -> Path:
+                   meta: Optional[ArtifactMeta] = None, provenance: Optional[dict[str, bytes]] = None) -> Path:
     """Write an artifact folder (replacing one already there as a whole, so a reader sees the old or
     the new artifact, never a mix). Every trace must be PASSED: a solution that failed or was caught
-    reward hacking on any workload is not exportable."""
+    reward hacking on any workload is not exportable. `provenance`: the lineage commit the artifact
+    comes from (Lineage.commit_record), kept under lineage/ for verify_provenance."""
     meta = meta or ArtifactMeta()
     folder = Path(folder)
     if solution.definition != definition.name:
@@ -198,6 +206,12 @@ def write_artifact(folder: Path, definition: Definition, solution: Solution, tra
         (tmp / "definition.json").write_text(definition.model_dump_json(indent=2) + "\n")
         (tmp / "traces.jsonl").write_text("".join(t.model_dump_json() + "\n" for t in mine))
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+        if provenance:
+            if "kernel.py" in provenance and [provenance["kernel.py"]] != [s.content.encode() for s in solution.sources]:
+                raise ArtifactError(f"solution {solution.name!r}: its source is not the lineage commit's kernel.py")
+            (tmp / PROVENANCE_DIR).mkdir()
+            for name in PROVENANCE_FILES:  # kernel.py is sources/kernel.py
+                (tmp / PROVENANCE_DIR / name).write_bytes(provenance[name])
         _swap_in(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -289,6 +303,40 @@ def read_artifact(folder: Path) -> Artifact:
         if len(r) != 2 or r[0] > r[1]:
             raise ArtifactError(f"{folder}/manifest.json: range of {a!r} must be [lo, hi], got {r}")
     return Artifact(folder, manifest, solution, definition, traces)
+
+
+def _git_sha(kind: str, data: bytes) -> bytes:
+    return hashlib.sha1(f"{kind} {len(data)}\0".encode() + data).digest()
+
+
+def verify_provenance(art: Artifact) -> None:
+    """Check an artifact against the lineage commit it names: lineage/ holds that commit's object
+    and files as git stored them, so hashing them the way git does must give back the commit sha in
+    the manifest, and the artifact's kernel must be that commit's kernel.py. ArtifactError (one
+    line) when anything differs or the artifact carries no lineage record."""
+    where = art.path / PROVENANCE_DIR
+    if not where.is_dir():
+        raise ArtifactError(f"{art.path}: no {PROVENANCE_DIR}/ (exported before artifacts kept their lineage commit)")
+    files = {}
+    for name in PROVENANCE_FILES:
+        if not (where / name).exists():
+            raise ArtifactError(f"{where / name}: missing")
+        files[name] = (where / name).read_bytes()
+    if len(art.solution.sources) != 1:
+        raise ArtifactError(f"{art.path}: a lineage version is one kernel.py, the solution has {len(art.solution.sources)} files")
+    src = art.solution.sources[0]
+    files["kernel.py"] = (art.sources_dir / src.path).read_bytes()
+    tree = b"".join(b"100644 " + n.encode() + b"\0" + _git_sha("blob", files[n])
+                    for n in sorted(("kernel.py", "meta.json", "traces.jsonl")))
+    first = files["commit"].split(b"\n", 1)[0].decode(errors="replace")
+    if first != f"tree {_git_sha('tree', tree).hex()}":
+        raise ArtifactError(f"{where}: the kernel, meta.json or traces.jsonl are not those of the commit ({first})")
+    sha = _git_sha("commit", files["commit"]).hex()
+    if sha != art.manifest.commit:
+        raise ArtifactError(f"{where}/commit is commit {sha[:10]}, the manifest names {str(art.manifest.commit)[:10]}")
+    meta = json.loads(files["meta.json"])
+    if meta.get("task") != art.manifest.task or meta.get("source_hash") != _sha(src.content):
+        raise ArtifactError(f"{where}/meta.json: task or source hash differ from the artifact's")
 
 
 def find_artifacts(root: Path) -> list[Path]:

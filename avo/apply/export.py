@@ -1,4 +1,7 @@
-"""`avo export RUN --out DIR [--task T]`: a run's winners as apply() artifacts.
+"""`avo export RUN --out DIR [--task T]`: a run's winners as apply() artifacts; `avo export RUN
+--task T --ship DIR`: the task's best version as the one artifact at DIR (how the winners under
+kernels/<family>/evolved/ are made: never by hand; tests/test_shipped_artifacts.py re-checks each
+with `reexport_diff`).
 
 Per task: the lineage's best version (highest speedup over the seed) is exported, and so is every
 other version that is the fastest on some shape key by more than `KEY_MARGIN` over the best (one
@@ -8,6 +11,7 @@ so an engine that reloads while an export runs sees the old set or the new one.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -50,9 +54,9 @@ def _definition_for(lin, task: str) -> Definition:
                       "the run config's task entries)")
 
 
-def _solution(task: str, version) -> Solution:
+def _solution(task: str, source: str, sha: str) -> Solution:
     from avo.tasks import kernel_solution
-    return kernel_solution(task, version.source, name=f"{task}_{version.sha[:10]}")
+    return kernel_solution(task, source, name=f"{task}_{sha[:10]}")
 
 
 def _latencies(d: Definition, version) -> Optional[dict[str, tuple[float, str]]]:
@@ -128,7 +132,7 @@ def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
             meta = ArtifactMeta(name=name, run=v.meta.run or run_name, lineage=str(lin.path), commit=sha,
                                 island=str(v.meta.island), won=uuids)
             try:
-                write_artifact(stage / name, d, _solution(task, v), v.traces, meta)
+                write_artifact(stage / name, d, _solution(task, v.source, v.sha), v.traces, meta, lin.commit_record(sha))
             except ArtifactError as e:
                 raise ExportError(str(e)) from None
             names.append(name)
@@ -142,6 +146,73 @@ def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return [task_dir / n for n in names]
+
+
+def ship_best(run: str, task: str, dest: Path) -> Path:
+    """The task's best version of a run, written as the single artifact `dest` (every key its own)."""
+    from avo.lineage import Lineage, LineageError, resolve_run
+    try:
+        path = resolve_run(str(run))
+        lin = Lineage.open(path)
+    except LineageError as e:
+        raise ExportError(str(e)) from None
+    try:
+        if task not in lin.tasks():
+            raise ExportError(f"run {run!r} has no task {task!r} (tasks: {', '.join(lin.tasks()) or 'none'})")
+        d = _definition_for(lin, task)
+        v = lin.best(task)
+        if _latencies(d, v) is None:
+            raise ExportError(f"the best version {v.sha[:10]} of {task!r} has a trace that is not PASSED: not exportable")
+        dest = Path(dest)
+        if dest.exists() and not (dest / "manifest.json").exists():
+            raise ExportError(f"--ship {dest} exists and is not an artifact: not replacing it")
+        meta = ArtifactMeta(name=f"best-{v.sha[:10]}", run=v.meta.run or path.name, lineage=str(lin.path), commit=v.sha,
+                            island=str(v.meta.island))
+        try:
+            return write_artifact(dest, d, _solution(task, v.source, v.sha), v.traces, meta, lin.commit_record(v.sha))
+        except (ArtifactError, LineageError) as e:
+            raise ExportError(str(e)) from None
+    finally:
+        lin.close()
+
+
+def reexport_diff(folder: Path) -> list[str]:
+    """What differs between an artifact and what `avo export` writes from the version it came from:
+    its lineage commit (lineage/, checked by hash first), or, for an artifact exported before
+    artifacts kept one, its own kernel and traces. Empty when the artifact is untouched; a hand edit
+    of the kernel, a trace, a manifest number or the declared ranges shows up here."""
+    import tempfile
+    from avo.apply.artifact import PROVENANCE_DIR, PROVENANCE_FILES, read_artifact, verify_provenance
+    from avo.schema import Trace
+    art = read_artifact(folder)
+    m = art.manifest
+    provenance = None
+    traces = art.traces
+    if (art.path / PROVENANCE_DIR).is_dir():
+        verify_provenance(art)
+        provenance = {n: (art.path / PROVENANCE_DIR / n).read_bytes() for n in PROVENANCE_FILES}
+        traces = [Trace.model_validate_json(x) for x in provenance["traces.jsonl"].decode().splitlines() if x.strip()]
+    all_won = all(k.won for k in m.keys)
+    meta = ArtifactMeta(name=m.name, run=m.run, lineage=m.lineage, commit=m.commit, island=m.island,
+                        won=None if all_won else [k.workload for k in m.keys if k.won])
+    sol = _solution(m.task, art.solution.sources[0].content, m.commit) \
+        if m.commit and len(art.solution.sources) == 1 else art.solution
+    with tempfile.TemporaryDirectory() as tmp:
+        out = write_artifact(Path(tmp) / "a", art.definition, sol, traces, meta, provenance)
+        diffs = []
+        for p in sorted(x for x in out.rglob("*") if x.is_file()):
+            rel = p.relative_to(out)
+            mine = art.path / rel
+            if rel.name == "manifest.json":
+                a, b = json.loads(p.read_text()), json.loads(mine.read_text())
+                for k in ("created", "avo_version"):
+                    a.pop(k, None), b.pop(k, None)
+                diffs += [f"manifest.json: {k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            elif not mine.exists() or mine.read_bytes() != p.read_bytes():
+                diffs.append(str(rel))
+        extra = {x.relative_to(art.path) for x in art.path.rglob("*") if x.is_file()} - \
+                {x.relative_to(out) for x in out.rglob("*") if x.is_file()}
+        return diffs + [f"{x}: not written by avo export" for x in sorted(extra)]
 
 
 def export_run(run: str, out_dir: Path, task: Optional[str] = None) -> list[Path]:

@@ -219,6 +219,21 @@ class Lineage:
                                            traces_jsonl=(blobs[specs[2]] or b"").decode(), committed=meta.timestamp)
         return self._versions[full]
 
+    def commit_record(self, sha: str) -> dict[str, bytes]:
+        """A version's commit as stored: the raw commit object (`commit`) and its files, byte for
+        byte (kernel.py, meta.json, traces.jsonl). An exported artifact keeps these so that it can
+        be checked against its lineage (avo/apply/artifact.py: verify_provenance)."""
+        full = self.rev_parse(sha)
+        if full is None:
+            raise LineageError(f"no commit {sha!r} in {self.path}")
+        specs = [f"{full}:{KERNEL_FILE}", f"{full}:{META_FILE}", f"{full}:{TRACES_FILE}"]
+        blobs = self._blobs(specs)
+        if any(b is None for b in blobs.values()):
+            raise LineageError(f"commit {full[:10]} is not a version (no {KERNEL_FILE}/{META_FILE}/{TRACES_FILE})")
+        r = self._git_raw("cat-file", "commit", full)
+        out = {name: blobs[spec] for name, spec in zip((KERNEL_FILE, META_FILE, TRACES_FILE), specs)}
+        return {"commit": r.stdout, **out}
+
     def _walk(self, task: str, island: int) -> Iterator[Version]:
         """Versions of one island, newest first, down to its seed commit."""
         head = self.head_sha(task, island)
