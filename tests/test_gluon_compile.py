@@ -8,7 +8,8 @@ bulk tensor (TMA) copies; for the ping-pong kernel also the three partitions (12
 the shared-memory budget and that the SASS (triton's bundled cuobjdump) keeps the wgmmas pipelined
 (ptxas serialises every wgmma of a worker partition otherwise: the kernel's EXIT_WORKER). Skipped
 only where the installed triton lacks Gluon's Hopper module. Correctness and speed are GPU-only:
-scripts/gluon_attention_check.py, scripts/gluon_ws_check.py.
+`avo eval attention_gqa_fwd FILE --device cuda` and scripts/bench_attention.py (their session-8/9 results:
+docs/data/benchmark-sessions.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""One attempt, the same for both backends: open its record, take the operator's outcome, admit
-the proposal (no duplicate, not empty), judge it (evaluation + commit gate), settle it (the
-verdict into the record; an accepted version committed), and close it (logged, counted, shown).
+"""What a run commits and logs, the same for both backends: each task's seed (once, on every
+island), and each attempt: open its record, take the operator's outcome, admit the proposal (no
+duplicate, not empty), judge it (evaluation + commit gate), settle it (the verdict into the record;
+an accepted version committed), and close it (logged, counted, shown).
 
 The local loop (loop.py) runs these in one process, one after the other. The Ray backend runs
 `judge` on an evaluator actor and the rest in its lineage store actor (avo/ray/store.py), which
@@ -9,20 +10,20 @@ from __future__ import annotations
 
 import statistics
 import traceback
-from typing import TYPE_CHECKING, Optional, Union
+from pathlib import Path
+from typing import Optional, Union
 
 from avo.config import GateConfig, RunConfig
 from avo.evolve.gate import GateDecision, commit_gate
 from avo.evolve.setup import IslandRef, TaskSetup
+from avo.evolve.state import EXIT_FAILED, EvolveError, RunState
 from avo.evolve.stop import fault_point, with_phase
 from avo.harness.runner import EvalReport
 from avo.lineage import AttemptRecord, Scores, Version, VersionMeta, version_message
 from avo.lineage.records import now_iso
 from avo.operators.base import GiveUp, Proposal
+from avo.schema import Trace
 from avo.tasks import kernel_solution, source_hash
-
-if TYPE_CHECKING:
-    from avo.evolve.state import RunState
 
 Outcome = Union[Proposal, GiveUp, None]  # None: the operator failed (see take_outcome's error)
 
@@ -37,11 +38,44 @@ def scores_from(rep: EvalReport, speedup_vs_seed: Optional[float]) -> Scores:
                                if t.passed and t.evaluation.performance})
 
 
+def seed_islands(state: RunState, ev) -> None:
+    """Evaluate each task's seed once and commit it to every island that has none yet. `ev`:
+    a harness Evaluator, or the Ray backend's RemoteEvaluator."""
+    lin = state.lineage
+    for name, setup in state.tasks.items():
+        state.seen[name].add(source_hash(setup.seed_source))
+        missing = [i for i in state.islands if i.task == name and lin.head_sha(name, i.island) is None]
+        if not missing:
+            continue
+        existing = [v for v in lin.versions(name) if v.meta.kind == "seed"]
+        if existing:
+            scores, traces = existing[0].meta.scores, existing[0].traces_jsonl
+            mode, hw = existing[0].meta.device_mode, existing[0].meta.hardware
+        else:
+            state.display.event(f"{name}: evaluating the seed {setup.seed_path} on {len(setup.workloads)} workloads")
+            rep = ev.evaluate(setup.task, kernel_solution(name, setup.seed_source, f"{name}-seed"), setup.workloads)
+            if not rep.passed:
+                raise EvolveError(f"the seed kernel {setup.seed_path} fails on {name}: {rep.status.value}: "
+                                  f"{' '.join(rep.message.split())[:400]}", EXIT_FAILED)
+            scores = scores_from(rep, 1.0)
+            traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
+            mode, hw = rep.device_mode, rep.hardware
+        for isl in missing:
+            meta = VersionMeta(run=state.cfg.run, task=name, island=isl.island, kind="seed", operator="seed",
+                               note=Path(setup.seed_path).name, source_hash=source_hash(setup.seed_source),
+                               scores=scores, device_mode=mode, hardware=hw, run_elapsed_s=state.stats.elapsed_s)
+            parsed = [Trace.model_validate_json(x) for x in traces.splitlines() if x.strip()]
+            with_phase(state.stop, "commit", lambda: lin.commit_version(meta, setup.seed_source, traces,
+                                                                        version_message(meta, parsed)))
+            state.display.event(f"{isl.label}: seed committed")
+    state.refresh_bests()
+
+
 def operator_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"[-1500:]
 
 
-def open_record(state: "RunState", isl: IslandRef, parent: str, started: Optional[str] = None,
+def open_record(state: RunState, isl: IslandRef, parent: str, started: Optional[str] = None,
                 **extra) -> AttemptRecord:
     """The next attempt's record (ids are given in the order attempts are recorded: a00001, ...)."""
     n, state.next_n = state.next_n, state.next_n + 1
@@ -62,7 +96,7 @@ def take_outcome(rec: AttemptRecord, out: Outcome, error: str = "") -> None:
         rec.source_hash = source_hash(out.source)
 
 
-def admit(state: "RunState", task: str, out: Proposal, rec: AttemptRecord) -> bool:
+def admit(state: RunState, task: str, out: Proposal, rec: AttemptRecord) -> bool:
     """Whether a proposal goes to the evaluator: not a source already tried on the task, not
     empty. Sets rec.source_hash (and rec.status/error when refused)."""
     rec.source_hash = source_hash(out.source)
@@ -99,7 +133,7 @@ def accepted_meta(cfg: RunConfig, rec: AttemptRecord, out: Proposal, rep: EvalRe
                        run_elapsed_s=round(elapsed_s, 3))
 
 
-def settle(state: "RunState", rec: AttemptRecord, out: Proposal, rep: EvalReport, dec: GateDecision,
+def settle(state: RunState, rec: AttemptRecord, out: Proposal, rep: EvalReport, dec: GateDecision,
            head: Version, **meta_extra) -> None:
     """A judged proposal: the verdict into the record, and an accepted one committed on its island
     (commit first, log line second: a kill in between is repaired by Lineage.reconcile)."""
@@ -120,7 +154,7 @@ def settle(state: "RunState", rec: AttemptRecord, out: Proposal, rep: EvalReport
         fault_point("after-commit")  # crash tests: a kill between the commit and its log line
 
 
-def close_record(state: "RunState", isl: IslandRef, rec: AttemptRecord, eval_s: float) -> None:
+def close_record(state: RunState, isl: IslandRef, rec: AttemptRecord, eval_s: float) -> None:
     """Log the attempt (never cut by a signal), count it, and tell the display."""
     rec.eval_s = round(eval_s, 3)
     rec.finished = now_iso()

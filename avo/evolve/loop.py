@@ -83,7 +83,7 @@ def run_local(state: RunState) -> RunEnd:
     try:
         with Evaluator(state.cfg.eval_config()) as ev:
             state.open_lineage()
-            state.seed_islands(ev)
+            attempt.seed_islands(state, ev)
             with state.display:
                 end.why = loop(state, ev)
     except KeyboardInterrupt:

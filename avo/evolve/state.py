@@ -1,9 +1,9 @@
 """A run's state between steps, shared by both backends: the resolved tasks and islands, the
-operators and the supervisor, the open lineage with its attempts, what has been tried (duplicate
-check), the budget, and the counters a display shows. Opening resumes a run from its lineage;
-seeding commits each task's seed kernel to its islands. The local loop (loop.py) and the Ray
-lineage store (avo/ray/store.py) both drive a RunState through avo/evolve/attempt.py and
-avo/evolve/supervision.py.
+operators, the supervisor's ladder per island, the open lineage with its attempts, what has been
+tried (duplicate check), the budget, and the counters a display shows. Opening resumes a run from
+its lineage, and the ladder is rebuilt from its logs. The local loop (loop.py) and the Ray lineage
+store (avo/ray/store.py) both drive a RunState through the functions of attempt.py (seeds and
+attempts) and supervision.py (the supervisor's turn).
 
 The state tells its story to a `Display` it is given (avo/ui/progress.py on a terminal, the Ray
 store's event buffer); it never imports display code."""
@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Protocol
 
 import yaml
+from pydantic import BaseModel, Field
 
-from avo.config import BudgetConfig, RunConfig
+from avo.config import BudgetConfig, RunConfig, SupervisorConfig
 from avo.evolve.setup import IslandRef, TaskSetup, identity_mismatch, resolve_islands, resolve_tasks, run_identity
-from avo.evolve.stop import StopSignal, with_phase
-from avo.evolve.supervision import Supervisor, elite_versions
-from avo.lineage import Lineage, Version, VersionMeta, version_message
-from avo.lineage.records import AttemptRecord
-from avo.operators.base import AttemptView, LineageView, Operator, StepContext, VersionView
+from avo.evolve.stop import StopSignal
+from avo.lineage import Lineage, Version
+from avo.lineage.records import AttemptRecord, now_iso
+from avo.operators.base import AttemptView, LineageView, Operator, StepContext, TrajectoryReview, VersionView
 from avo.operators.factory import make_meter, make_operators, review_hook
 from avo.operators.recipes import RecipeError
-from avo.schema import Trace
-from avo.tasks import REPO_ROOT, kernel_solution, source_hash
+from avo.tasks import REPO_ROOT, kernel_solution
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RECENT_ATTEMPTS = 24  # attempts of the island an operator sees
@@ -121,6 +119,116 @@ class EventLog:
         pass
 
 
+# ---- the supervisor's ladder (its turn in a run: supervision.py) ----
+ELITES = 5
+
+
+def elite_versions(versions: list[Version]) -> list[Version]:
+    """The best few distinct kernels (a seed or a migrated copy lives on several islands)."""
+    out, seen = [], set()
+    for v in sorted(versions, key=lambda v: -v.speedup):
+        if v.meta.source_hash not in seen:
+            seen.add(v.meta.source_hash)
+            out.append(v)
+    return out[:ELITES]
+
+
+# ---- the ladder ----
+class IslandState(BaseModel):
+    task: str
+    island: int
+    widen: int = 0
+    since_commit: int = 0  # attempts since the last commit or intervention
+    episode: int = 0  # interventions since the last commit
+    directions: list[str] = Field(default_factory=list)
+    restart_from: Optional[str] = None  # elite commit the next steps start from
+    restart_left: int = 0
+    used_elites: list[str] = Field(default_factory=list)
+
+
+class Intervention(BaseModel):
+    kind: str  # widen | migrate | restart | review
+    task: str
+    island: int
+    detail: str
+    widen: int
+    attempt: Optional[str] = None  # the attempt after which it happened
+    target: Optional[str] = None  # migrate: source commit; restart: elite commit
+    directions: list[str] = Field(default_factory=list)
+    cost_usd: float = 0.0
+    time: str = Field(default_factory=now_iso)
+
+
+class Supervisor:
+    def __init__(self, cfg: SupervisorConfig, review: Optional[TrajectoryReview] = None):
+        self.cfg, self.review = cfg, review
+        self.islands: dict[tuple[str, int], IslandState] = {}
+
+    def state(self, task: str, island: int) -> IslandState:
+        return self.islands.setdefault((task, island), IslandState(task=task, island=island))
+
+    def restore(self, attempts: list[AttemptRecord], interventions: list[dict]) -> None:
+        """Rebuild island states from the logs (resume after a stop or a kill)."""
+        events = [(a.finished or a.started, 0, a) for a in attempts] + \
+                 [(row.get("time", ""), 1, row) for row in interventions]
+        for _, kind, ev in sorted(events, key=lambda e: (e[0], e[1])):
+            if kind == 0:
+                self.observe(ev)
+            else:
+                st = self.state(ev["task"], ev["island"])
+                self._apply(st, Intervention.model_validate(ev), replay=True)
+
+    def observe(self, rec: AttemptRecord) -> None:
+        st = self.state(rec.task, rec.island)
+        if rec.accepted:
+            st.widen, st.since_commit, st.episode = 0, 0, 0
+            st.directions, st.restart_from, st.restart_left = [], None, 0
+        else:
+            st.since_commit += 1
+        if st.restart_left > 0:
+            st.restart_left -= 1
+            if st.restart_left == 0:
+                st.restart_from = None
+
+    def stagnant(self, task: str, island: int) -> bool:
+        return self.state(task, island).since_commit >= self.cfg.stagnation_k
+
+    def plan(self, task: str, island: int, other_best: Optional[tuple[str, float]], head_speedup: float,
+             elites: list[str], head_sha: str) -> Intervention:
+        """The next intervention for a stagnant island. other_best: (commit, speedup) of the
+        task's best version on another island; elites: accepted commits, best first."""
+        st = self.state(task, island)
+        rung = st.episode % 3
+        if rung == 1 and self.cfg.migrate and other_best and other_best[1] > head_speedup:
+            return Intervention(kind="migrate", task=task, island=island, widen=st.widen, target=other_best[0],
+                                detail=f"migrate the task's best {other_best[0][:8]} ({other_best[1]:.2f}x) "
+                                       f"onto an island at {head_speedup:.2f}x")
+        if rung == 2 and self.cfg.restart:
+            fresh = [e for e in elites if e != head_sha and e not in st.used_elites]
+            if fresh:
+                return Intervention(kind="restart", task=task, island=island, widen=st.widen, target=fresh[0],
+                                    detail=f"explore from elite {fresh[0][:8]} for {self.cfg.restart_steps} steps")
+        widen = min(st.widen + 1, self.cfg.max_widen)
+        return Intervention(kind="widen", task=task, island=island, widen=widen,
+                            detail=f"widen exploration {st.widen} -> {widen}" if widen > st.widen
+                            else f"exploration already at its widest ({widen}); keep going")
+
+    def apply(self, iv: Intervention) -> None:
+        self._apply(self.state(iv.task, iv.island), iv, replay=False)
+
+    def _apply(self, st: IslandState, iv: Intervention, replay: bool) -> None:
+        st.since_commit = 0
+        if iv.kind == "review":
+            st.directions = list(iv.directions)
+            return
+        st.episode += 1
+        if iv.kind == "widen":
+            st.widen = iv.widen
+        elif iv.kind == "restart" and iv.target:
+            st.restart_from, st.restart_left = iv.target, self.cfg.restart_steps
+            st.used_elites.append(iv.target)
+
+
 def budget_text(b: BudgetConfig) -> str:
     parts = [f"{b.wall_minutes:g} min" if b.wall_minutes else "", f"{b.attempts} attempts" if b.attempts else "",
              f"${b.llm_usd:g}" if b.llm_usd is not None else ""]
@@ -209,39 +317,6 @@ class RunState:
         if not created:
             self.display.event(f"resuming {lin.path}: {len(self.attempts)} attempts, "
                                f"{self.stats.accepted} accepted so far")
-
-    def seed_islands(self, ev) -> None:
-        """Evaluate each task's seed once and commit it to every island that has none yet. `ev`:
-        a harness Evaluator, or the Ray backend's RemoteEvaluator."""
-        from avo.evolve.attempt import scores_from
-        lin = self.lineage
-        for name, setup in self.tasks.items():
-            self.seen[name].add(source_hash(setup.seed_source))
-            missing = [i for i in self.islands if i.task == name and lin.head_sha(name, i.island) is None]
-            if not missing:
-                continue
-            existing = [v for v in lin.versions(name) if v.meta.kind == "seed"]
-            if existing:
-                scores, traces = existing[0].meta.scores, existing[0].traces_jsonl
-                mode, hw = existing[0].meta.device_mode, existing[0].meta.hardware
-            else:
-                self.display.event(f"{name}: evaluating the seed {setup.seed_path} on {len(setup.workloads)} workloads")
-                rep = ev.evaluate(setup.task, kernel_solution(name, setup.seed_source, f"{name}-seed"), setup.workloads)
-                if not rep.passed:
-                    raise EvolveError(f"the seed kernel {setup.seed_path} fails on {name}: {rep.status.value}: "
-                                      f"{' '.join(rep.message.split())[:400]}", EXIT_FAILED)
-                scores = scores_from(rep, 1.0)
-                traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
-                mode, hw = rep.device_mode, rep.hardware
-            for isl in missing:
-                meta = VersionMeta(run=self.cfg.run, task=name, island=isl.island, kind="seed", operator="seed",
-                                   note=Path(setup.seed_path).name, source_hash=source_hash(setup.seed_source),
-                                   scores=scores, device_mode=mode, hardware=hw, run_elapsed_s=self.stats.elapsed_s)
-                parsed = [Trace.model_validate_json(x) for x in traces.splitlines() if x.strip()]
-                with_phase(self.stop, "commit", lambda: lin.commit_version(meta, setup.seed_source, traces,
-                                                                            version_message(meta, parsed)))
-                self.display.event(f"{isl.label}: seed committed")
-        self.refresh_bests()
 
     def refresh_bests(self) -> None:
         for name in self.tasks:

@@ -7,7 +7,7 @@ scratch folder the runner created (tmpfs where it has room) and sends (marker, n
 shape); the receiver checks name, dtype and size against its own rules, reads and deletes the
 file. A 311 MB message between two processes on the 2-core dev machine: ~2 s (send + receive)
 through pickle + socket, ~0.4 s this way; on an H100 host `avo eval` of the grammar_bitmask seed
-went from 170 s to 78 s (docs/benchmarks.md)."""
+went from 170 s to 78 s (docs/architecture.md, Evaluation)."""
 from __future__ import annotations
 
 import io

@@ -50,7 +50,7 @@ class Lane:
 
 @dataclass
 class SessionStats:
-    """What this session measured (scripts/scale_ray_cpu.py prints it)."""
+    """What this session measured (the summary's `ray:` line; tests read it through `run_out`)."""
     attempts: int = 0
     accepted: int = 0
     loop_s: float = 0.0
@@ -68,11 +68,10 @@ class SessionStats:
 
 
 class RayRun:
-    def __init__(self, cfg: RunConfig, operators: Optional[dict[str, Any]] = None, loop_s: Optional[float] = None,
-                 started_ray: bool = False):
+    def __init__(self, cfg: RunConfig, operators: Optional[dict[str, Any]] = None, started_ray: bool = False):
         """`started_ray`: this process started the Ray instance (close() shuts it down)."""
         import ray
-        self.ray, self.cfg, self.operators, self.loop_limit_s = ray, cfg, operators, loop_s
+        self.ray, self.cfg, self.operators = ray, cfg, operators
         self.started_ray = started_ray
         self.session = secrets.token_hex(3)
         self.started = time.monotonic()
@@ -163,8 +162,6 @@ class RayRun:
         busy0 = ray.get([e.busy.remote() for e in self.evals])
         stopping, drop, k, t0, dead = None, False, 0, time.monotonic(), set()
         while True:
-            if stopping is None and self.loop_limit_s is not None and time.monotonic() - t0 >= self.loop_limit_s:
-                stopping, drop = f"{self.loop_limit_s:g} s of steps (loop_s)", True
             if stopping is None and not self.interrupted:
                 for lane in self.lanes:
                     if lane.stepping or lane.inflight >= depth or lane.dead:
@@ -297,18 +294,16 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {(lines[0] if lines else '')[:300]}"
 
 
-def start_ray(cfg: RunConfig, address: Optional[str], operators: Optional[dict[str, Any]] = None,
-              loop_s: Optional[float] = None) -> RayRun:
+def start_ray(cfg: RunConfig, address: Optional[str], operators: Optional[dict[str, Any]] = None) -> RayRun:
     """Join (or start) the cluster: the RayRun to drive. ClusterError when Ray or the cluster is
-    missing. `operators` (tests, embedding code) replaces the config's operators by name; `loop_s`
-    (measurement scripts) stops starting steps after that many seconds of the loop."""
+    missing. `operators` (tests, embedding code) replaces the config's operators by name."""
     try:
         import ray  # noqa: F401  (connect imports it; here only to say it is missing)
     except ImportError:
         raise ClusterError("--backend ray needs the `ray` package (pip install 'ray[default]>=2.9'), "
                            "or use --backend local") from None
     started = connect(cfg, address, len(cfg.island_specs()))
-    return RayRun(cfg, operators, loop_s, started_ray=started)
+    return RayRun(cfg, operators, started_ray=started)
 
 
 def run_ray(run: RayRun, on_start=None) -> RunEnd:

@@ -111,7 +111,7 @@ class LineageStore:
 
     def seed(self) -> StoreReply:
         try:
-            self.evo.seed_islands(self.ev)
+            attempt.seed_islands(self.evo, self.ev)
         except (EvolveError, LineageError) as e:
             return self._reply(error=str(e), code=getattr(e, "code", 2))
         except Exception as e:  # HarnessError: the evaluator could not run the seed

@@ -123,17 +123,15 @@ def evolve_local(cfg: RunConfig, live: bool = True, operators: Optional[dict[str
 
 
 def evolve_ray(cfg: RunConfig, address: Optional[str] = None, live: bool = True,
-               operators: Optional[dict[str, Any]] = None, run_out: Optional[list] = None,
-               loop_s: Optional[float] = None) -> int:
+               operators: Optional[dict[str, Any]] = None, run_out: Optional[list] = None) -> int:
     """Run or resume an evolution on a Ray cluster; returns the exit code. `operators` (tests,
-    embedding code) replaces the config's operators by name, as for evolve_local. For measurement
-    scripts: `run_out` receives the RayRun (its session_stats), `loop_s` stops starting steps
-    after that many seconds of the loop (start-up excluded; the budgets still apply)."""
+    embedding code) replaces the config's operators by name, as for evolve_local; `run_out`
+    receives the RayRun (what its session measured: `session_stats`)."""
     from avo.ray.cluster import ClusterError
     from avo.ray.driver import run_ray, start_ray
     console, err = Console(), Console(stderr=True)
     try:
-        run = start_ray(cfg, address, operators, loop_s)
+        run = start_ray(cfg, address, operators)
     except ClusterError as e:
         _error(err, str(e))
         return EXIT_USAGE

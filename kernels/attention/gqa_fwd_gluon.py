@@ -44,7 +44,7 @@ Design (one CTA = BLOCK_M query rows of one (batch, query head); grid (cdiv(S, B
 
 Supported: D in {64, 128}, bf16 or fp16, last dim contiguous, 16-byte-aligned strides and base;
 anything else raises ValueError (a kernel file may not import the Triton seed to fall back on).
-Gluon is not run by the CPU interpreter: check on the GPU (scripts/gluon_attention_check.py).
+Gluon is not run by the CPU interpreter: check on the GPU (`avo eval attention_gqa_fwd FILE --device cuda`).
 Written against triton 3.6 (the GPU machine's); the TMA copy names and the CTA barrier are looked
 up so the same file also compiles with triton 3.9 (async_load/async_store, gl.barrier).
 """

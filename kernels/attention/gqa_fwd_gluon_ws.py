@@ -54,7 +54,7 @@ partition still completes, and the dec to 24 leaves the pool room for the defaul
 setmaxnreg.inc to 256 after the join whether or not an exited warp's registers are returned.
 EXIT_WORKER=False keeps the plain lowering (serialised wgmma) as a fallback.
 
-Measured (H100 SXM, session 8, docs/benchmarks.md): correct on its first GPU run (S = 1, 77, 1000
+Measured (H100 SXM, session 8, docs/data/benchmark-sessions.md): correct on its first GPU run (S = 1, 77, 1000
 and every task workload); with PERSISTENT, 0.95-1.03x cuDNN and 1.73-1.97x FlashAttention-2 in
 device time on all eleven attention_gqa_fwd workloads (544 / 533 TFLOP/s do_bench at B4 Hq32 Hkv8
 S4096, non-causal / causal); 0.80-1.02x with one tile per CTA. As MHA (Hkv = Hq) with tiles
@@ -79,7 +79,7 @@ Q as soon as the consumer has released its Q buffer (after its last Q.K^T when O
 so the next tile's loads overlap this tile's last P.V and epilogue. Without it, grid = all tiles.
 
 Supported: D in {64, 128}, bf16 or fp16, last dim contiguous, 16-byte-aligned strides and base.
-Gluon is not run by the CPU interpreter: check on the GPU (scripts/gluon_ws_check.py). Written
+Gluon is not run by the CPU interpreter: check on the GPU (`avo eval attention_gqa_fwd FILE --device cuda`). Written
 against triton 3.6 (the GPU machine's); compiles with 3.9 too (TMA/barrier names looked up).
 """
 import math

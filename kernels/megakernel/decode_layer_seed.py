@@ -60,7 +60,7 @@ TUNABLES = dict(
     FUSE_MLP=[0, 1, 2, 4, 8],  # down projection inside the gate/up GEMV at batch <= this: atomics grow with mlp/rows * hidden * B
     DOWN_BLOCK_J=[64, 128, 256],  # FUSE_MLP: hidden rows of w_down per step of the fused down product
     PREFETCH_O=[0, 2, 4, 8, 16],  # with PDL: the O GEMV's own PREFETCH depth (0: PREFETCH); its predecessor,
-    # attention, is latency-bound, so the hints do not compete for DRAM (H100 sweep20: within 1%, no gain)
+    # attention, is latency-bound, so the hints do not compete for DRAM (H100 grid megakernel-prefetch-o: within 1%, no gain)
     RELAXED_ADDS=[False, True],  # split-K partial sums as relaxed REDs, not acq_rel atomics (each a MEMBAR.GPU + L1 invalidate)
 )
 
