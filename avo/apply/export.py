@@ -148,17 +148,27 @@ def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
     return [task_dir / n for n in names]
 
 
-def ship_best(run: str, task: str, dest: Path) -> Path:
-    """The task's best version of a run, written as the single artifact `dest` (every key its own)."""
+def _open_run(run: str):
+    """(Lineage, its path) of a run name or lineage path, read-only."""
     from avo.lineage import Lineage, LineageError, resolve_run
     try:
         path = resolve_run(str(run))
-        lin = Lineage.open(path)
+        return Lineage.open(path), path
     except LineageError as e:
         raise ExportError(str(e)) from None
+
+
+def _check_task(lin, run: str, task: str) -> None:
+    if task not in lin.tasks():
+        raise ExportError(f"run {run!r} has no task {task!r} (tasks: {', '.join(lin.tasks()) or 'none'})")
+
+
+def ship_best(run: str, task: str, dest: Path) -> Path:
+    """The task's best version of a run, written as the single artifact `dest` (every key its own)."""
+    from avo.lineage import LineageError
+    lin, path = _open_run(run)
     try:
-        if task not in lin.tasks():
-            raise ExportError(f"run {run!r} has no task {task!r} (tasks: {', '.join(lin.tasks()) or 'none'})")
+        _check_task(lin, run, task)
         d = _definition_for(lin, task)
         v = lin.best(task)
         if _latencies(d, v) is None:
@@ -217,17 +227,11 @@ def reexport_diff(folder: Path) -> list[str]:
 
 def export_run(run: str, out_dir: Path, task: Optional[str] = None) -> list[Path]:
     """Export the best version per task (and per-key winners) of a run; returns artifact folders."""
-    from avo.lineage import Lineage, LineageError, resolve_run
-    try:
-        path = resolve_run(str(run))
-        lin = Lineage.open(path)
-    except LineageError as e:
-        raise ExportError(str(e)) from None
+    lin, path = _open_run(run)
     try:
         tasks = lin.tasks()
         if task is not None:
-            if task not in tasks:
-                raise ExportError(f"run {run!r} has no task {task!r} (tasks: {', '.join(tasks) or 'none'})")
+            _check_task(lin, run, task)
             tasks = [task]
         if not tasks:
             raise ExportError(f"run {run!r} has no versions yet: nothing to export")
