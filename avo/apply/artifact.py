@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from avo.apply.keys import KeyLayout, normalized_workload
 from avo.schema import DType, Definition, EvaluationStatus, Solution, Trace
+from avo.tasks import source_hash
 
 ARTIFACT_FORMAT = "avo-artifact/1"
 LOADABLE_LANGUAGES = ("triton", "python")  # what the runtime can import; cuda/cpp go through FlashInfer
@@ -124,10 +125,6 @@ def avo_version() -> str:
         return version("avo")
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "artifact"
 
@@ -192,7 +189,7 @@ def write_artifact(folder: Path, definition: Definition, solution: Solution, tra
         device_mode=getattr(env, "device_mode", "cuda"), hardware=env.hardware,
         run=meta.run, lineage=meta.lineage, commit=meta.commit, island=meta.island,
         avo_version=avo_version(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        sources_sha256={s.path: _sha(s.content) for s in solution.sources},
+        sources_sha256={s.path: source_hash(s.content) for s in solution.sources},
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -274,7 +271,8 @@ def read_artifact(folder: Path) -> Artifact:
         p = folder / "sources" / s.path
         if not p.exists():
             raise ArtifactError(f"{p}: missing (listed in solution.json)")
-        if _sha(p.read_text()) != _sha(s.content) or manifest.sources_sha256.get(s.path) != _sha(s.content):
+        want = source_hash(s.content)
+        if source_hash(p.read_text()) != want or manifest.sources_sha256.get(s.path) != want:
             raise ArtifactError(f"{p}: differs from solution.json / manifest sha256 (edited by hand? re-export)")
     tpath = folder / "traces.jsonl"
     if not tpath.exists():
@@ -323,7 +321,8 @@ def verify_provenance(art: Artifact) -> None:
             raise ArtifactError(f"{where / name}: missing")
         files[name] = (where / name).read_bytes()
     if len(art.solution.sources) != 1:
-        raise ArtifactError(f"{art.path}: a lineage version is one kernel.py, the solution has {len(art.solution.sources)} files")
+        raise ArtifactError(f"{art.path}: a lineage version is one kernel.py, the solution has "
+                            f"{len(art.solution.sources)} files")
     src = art.solution.sources[0]
     files["kernel.py"] = (art.sources_dir / src.path).read_bytes()
     tree = b"".join(b"100644 " + n.encode() + b"\0" + _git_sha("blob", files[n])
@@ -335,7 +334,7 @@ def verify_provenance(art: Artifact) -> None:
     if sha != art.manifest.commit:
         raise ArtifactError(f"{where}/commit is commit {sha[:10]}, the manifest names {str(art.manifest.commit)[:10]}")
     meta = json.loads(files["meta.json"])
-    if meta.get("task") != art.manifest.task or meta.get("source_hash") != _sha(src.content):
+    if meta.get("task") != art.manifest.task or meta.get("source_hash") != source_hash(src.content):
         raise ArtifactError(f"{where}/meta.json: task or source hash differ from the artifact's")
 
 
