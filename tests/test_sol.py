@@ -94,6 +94,14 @@ def test_reference_derived_work():
     assert sol.reference_flops(derived, w) == sol.work(a.definition, w)[0]  # the two matmuls
 
 
+def test_how_the_bound_was_derived_is_said():
+    derived = sol.work_source(_matmul_definition())
+    assert "counted on the reference" in derived and "unique inputs + outputs" in derived
+    given = sol.work_source(load_task("attention_mha_fwd").definition)
+    assert "FLOPs = 4*batch*heads*seq*seq*dim / (2 if causal else 1) (the definition)" in given
+    assert "bytes = numel_q*isz_q" in given and "compute peak of bfloat16" in given
+
+
 def test_reference_that_needs_data_counts_as_memory_bound():
     g = load_task("grammar_bitmask")
     d = g.definition.model_copy(update={"reference": "def run(logits, bitmask, indices):\n"

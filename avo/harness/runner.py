@@ -47,6 +47,7 @@ class EvalReport(BaseModel):
     # Seconds per harness phase (import, compile, check, time) plus, within them, the runner's
     # reference round-trips and comparisons: where an evaluation's wall time went.
     phase_s: dict[str, float] = {}
+    sol_model: str = ""  # how T_SOL was derived (sol.work_source), when SOL applies (a known GPU)
 
     @property
     def passed(self) -> bool:
@@ -194,7 +195,8 @@ class Evaluator:
                                 hack_check=hack if st == S.REWARD_HACK else None)
                 traces.append(Trace(definition=d.name, workload=w, solution=solution.name, evaluation=ev))
             return EvalReport(task=d.name, solution=solution.name, status=status, hack_check=hack, message=log,
-                              device_mode=self.device, hardware=self.hardware, traces=traces, phase_s=spent)
+                              device_mode=self.device, hardware=self.hardware, traces=traces, phase_s=spent,
+                              sol_model=f"{sol.work_source(d)}; {self.hw.name}" if self.hw else "")
 
         finding = None if self.cfg.peer else guard.scan_solution(
             {s.path: s.content for s in solution.sources}, d.forbidden_calls)

@@ -133,6 +133,14 @@ def work(d: Definition, w: Workload) -> tuple[float, float]:
     return flops, nbytes
 
 
+def work_source(d: Definition) -> str:
+    """How `work` gets a definition's FLOPs and bytes, in words (printed next to the SOL numbers)."""
+    f = f"FLOPs = {d.sol.flops} (the definition)" if d.sol.flops else \
+        "FLOPs counted on the reference (torch FlopCounterMode on meta tensors)"
+    b = f"bytes = {d.sol.bytes} (the definition)" if d.sol.bytes else "bytes = unique inputs + outputs, each moved once"
+    return f"{f}; {b}; compute peak of {d.sol.compute_dtype}"
+
+
 def sol_time_s(d: Definition, w: Workload, hw: Hardware) -> float:
     flops, nbytes = work(d, w)
     peak = hw.peak_flops.get(d.sol.compute_dtype, hw.peak_flops["bfloat16"])

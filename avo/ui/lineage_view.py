@@ -33,6 +33,8 @@ def print_report(rep, console: Console) -> None:
     console.print(t)
     if rep.device_mode == "interpret":
         console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")
+    elif getattr(rep, "sol_model", ""):
+        console.print(f"SOL bound: {rep.sol_model}", highlight=False, soft_wrap=True)
     if rep.message:
         console.print(f"[bold]{rep.status.value}[/]: {rep.message[:1500]}", highlight=False)
     if rep.phase_s:
