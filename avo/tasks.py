@@ -106,6 +106,43 @@ def kernel_solution(task: str, source: str, name: str, author: str = "avo") -> S
                     sources=[SourceFile(path="kernel.py", content=source)])
 
 
+REFERENCE_SEED = "<reference>"  # TaskSetup.seed_path of a seed made from the task's reference
+
+
+def reference_seed(d: Definition) -> str:
+    """A seed kernel made from the reference, for a problem that comes with no solution: the
+    reference's `run` (renamed `reference_run`) called by a destination-passing `run(*inputs,
+    *outputs)` that copies its results into the harness's output buffers. Plain PyTorch: it has
+    no knobs for the offline operator; it gives agents a correct start and the gate a baseline."""
+    import ast
+    mod = ast.parse(d.reference)
+
+    class Rename(ast.NodeTransformer):
+        def visit_FunctionDef(self, node):
+            self.generic_visit(node)
+            if node.name == "run":
+                node.name = "reference_run"
+            return node
+
+        def visit_Name(self, node):
+            if node.id == "run":
+                node.id = "reference_run"
+            return node
+
+    body = ast.unparse(Rename().visit(mod))
+    ins, outs = list(d.inputs), list(d.outputs)
+    call = f"reference_run({', '.join(ins)})"
+    if not outs:  # in-place task: the reference mutates its inputs, as the kernel must
+        tail = f"    {call}\n"
+    elif len(outs) == 1:
+        tail = f"    {outs[0]}.copy_({call})\n"
+    else:
+        tail = f"    results = {call}\n" + "".join(f"    {o}.copy_(results[{i}])\n" for i, o in enumerate(outs))
+    return (f'"""Seed of {d.name}, made by avo from the task\'s reference (the problem came with no solution):\n'
+            f'the reference itself, writing into the harness\'s output buffers. A correct start, not a kernel."""\n'
+            f"{body}\n\n\ndef run({', '.join(ins + outs)}):\n{tail}")
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

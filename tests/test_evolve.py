@@ -2,7 +2,9 @@
 grammar kernel through the gate, every attempt is logged, the report is written, a run resumes
 and extends, a broken candidate is logged and the run goes on, a broken seed stops the run."""
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,32 @@ def test_llm_budget_and_exhausted_operators_end_the_run(tmp_path, capsys):
     assert evolve_local(cfg, live=False, operators={"heuristic": Spender()}) == 0
     assert "gave up or failed 3 times in a row" in capsys.readouterr().out
     assert len(Lineage.open(tmp_path / "spend").attempts()) == 3
+
+
+def test_a_problem_with_only_a_reference_starts_from_a_seed_made_of_it(tmp_path):
+    """A foreign problem directory with a definition and workloads but no solution: the seed is the
+    reference in destination-passing form, evaluated like any kernel (PASSED), and the run says so."""
+    import shutil
+    problem = tmp_path / "rmsnorm_ref_only"
+    problem.mkdir()
+    fib = Path(__file__).parent / "data" / "fib_problem"
+    for f in ("definition.json", "workload.jsonl"):
+        shutil.copy(fib / f, problem / f)
+    cfg = tmp_path / "ref.yaml"
+    cfg.write_text(f"run: ref-only\nlineage_dir: {tmp_path / 'lin'}\ntasks: [{problem}]\n"
+                   f"budget: {{attempts: 1}}\ndevice: interpret\n")
+    r = subprocess.run([sys.executable, "-m", "avo.cli", "evolve", "-c", str(cfg), "--no-live"], capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "budget was already spent" not in r.stdout
+    assert "seed made from the task's reference (the problem has no solution)" in r.stdout
+    with Lineage.open(tmp_path / "lin") as lin:
+        seed = lin.best("rmsnorm_h256")
+        attempts = lin.attempts()
+    assert seed.meta.kind == "seed" and seed.meta.note == "seed made from the reference"
+    assert "def reference_run(hidden_states, weight):" in seed.source
+    assert "output.copy_(reference_run(hidden_states, weight))" in seed.source
+    assert all(t.passed for t in seed.traces) and len(seed.traces) == 2  # the two cpu-sized workloads
+    # plain PyTorch has no knobs: the offline operator says so instead of guessing
+    assert [a.status for a in attempts] == ["GAVE_UP"] and "no Triton launch" in attempts[0].note

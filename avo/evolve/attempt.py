@@ -52,17 +52,18 @@ def seed_islands(state: RunState, ev) -> None:
             scores, traces = existing[0].meta.scores, existing[0].traces_jsonl
             mode, hw = existing[0].meta.device_mode, existing[0].meta.hardware
         else:
-            state.display.event(f"{name}: evaluating the seed {setup.seed_path} on {len(setup.workloads)} workloads")
+            state.display.event(f"{name}: evaluating the seed ({setup.seed_text}) on {len(setup.workloads)} workloads")
             rep = ev.evaluate(setup.task, kernel_solution(name, setup.seed_source, f"{name}-seed"), setup.workloads)
             if not rep.passed:
-                raise EvolveError(f"the seed kernel {setup.seed_path} fails on {name}: {rep.status.value}: "
+                raise EvolveError(f"the seed kernel {setup.seed_text} fails on {name}: {rep.status.value}: "
                                   f"{' '.join(rep.message.split())[:400]}", EXIT_FAILED)
             scores = scores_from(rep, 1.0)
             traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
             mode, hw = rep.device_mode, rep.hardware
         for isl in missing:
             meta = VersionMeta(run=state.cfg.run, task=name, island=isl.island, kind="seed", operator="seed",
-                               note=Path(setup.seed_path).name, source_hash=source_hash(setup.seed_source),
+                               note=Path(setup.seed_path).name if setup.seed_kind != "reference" else "seed made from the reference",
+                               source_hash=source_hash(setup.seed_source),
                                scores=scores, device_mode=mode, hardware=hw, run_elapsed_s=state.stats.elapsed_s)
             parsed = [Trace.model_validate_json(x) for x in traces.splitlines() if x.strip()]
             with_phase(state.stop, "commit", lambda: lin.commit_version(meta, setup.seed_source, traces,
@@ -166,6 +167,7 @@ def close_record(state: RunState, isl: IslandRef, rec: AttemptRecord, eval_s: fl
     state.give_ups[isl.label] = state.give_ups.get(isl.label, 0) + 1 if stuck else 0
     s = state.stats
     s.attempts += 1
+    s.attempts_session += 1
     s.accepted += rec.accepted
     line = s.islands[isl.label]
     line.attempts += 1

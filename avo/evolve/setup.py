@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from avo.config import ConfigError, RunConfig
 from avo.schema import Workload
-from avo.tasks import Task, TaskError, default_seed_path, find_solution_json, load_solution, load_task, source_hash
+from avo.tasks import (REFERENCE_SEED, Task, TaskError, default_seed_path, find_solution_json, load_solution, load_task,
+                       reference_seed, source_hash)
 
 
 class TaskSetup(BaseModel):
@@ -19,7 +20,15 @@ class TaskSetup(BaseModel):
     task: Task
     workloads: list[Workload]
     seed_source: str
-    seed_path: str
+    seed_path: str  # the seed's file, or REFERENCE_SEED for one made from the reference
+    seed_kind: str = "file"  # file (configured or kernels/) | problem solution | reference
+
+    @property
+    def seed_text(self) -> str:
+        """The seed as `avo evolve` names it: its path and where it came from."""
+        if self.seed_kind == "reference":
+            return "made from the task's reference (the problem has no solution)"
+        return self.seed_path + (" (the problem's own solution)" if self.seed_kind == "problem solution" else "")
 
     @property
     def name(self) -> str:
@@ -36,19 +45,18 @@ class IslandRef(BaseModel):
         return f"{self.task}/island-{self.island}"
 
 
-def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str]:
-    path = cfg.seed_path(entry, task.name)
-    looked = []
+def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str, str]:
+    """(source, path, kind): the configured seed, else kernels/<family>/<name>_seed.py, else the
+    problem directory's own solution, else one made from the task's reference."""
+    path, kind = cfg.seed_path(entry, task.name), "file"
     if path is None:
         cand = default_seed_path(task.name)
-        looked.append(str(cand))
         if cand.exists():
             path = cand
         elif Path(entry).is_dir() and find_solution_json(Path(entry)):
-            path = find_solution_json(Path(entry))
+            path, kind = find_solution_json(Path(entry)), "problem solution"
     if path is None:
-        raise ConfigError(f"no seed kernel for task {task.name!r} (looked at {', '.join(looked)}); "
-                          f"set seed_kernels: {{{task.name}: path/to/kernel.py}}")
+        return reference_seed(task.definition), REFERENCE_SEED, "reference"
     if not Path(path).exists():
         raise ConfigError(f"seed kernel for {task.name!r} not found: {path}")
     try:
@@ -58,7 +66,7 @@ def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str]:
     if len(sol.sources) != 1 or sol.entry_symbol != "run":
         raise ConfigError(f"seed {path}: avo evolves single-file kernels whose entry point is run() "
                           f"(got {len(sol.sources)} files, entry {sol.spec.entry_point})")
-    return sol.sources[0].content, str(path)
+    return sol.sources[0].content, str(path), kind
 
 
 def resolve_tasks(cfg: RunConfig, device: str) -> dict[str, TaskSetup]:
@@ -83,8 +91,9 @@ def resolve_tasks(cfg: RunConfig, device: str) -> dict[str, TaskSetup]:
             wls = task.select("gpu" if device == "cuda" else "cpu")
         if not wls:
             raise ConfigError(f"task {task.name!r} has no workloads for device {device}")
-        src, path = _seed(cfg, entry, task)
-        out[task.name] = TaskSetup(entry=entry, task=task, workloads=wls, seed_source=src, seed_path=path)
+        src, path, kind = _seed(cfg, entry, task)
+        out[task.name] = TaskSetup(entry=entry, task=task, workloads=wls, seed_source=src, seed_path=path,
+                                   seed_kind=kind)
     for key in cfg.workloads:
         if key not in out and key not in [s.entry for s in out.values()]:
             raise ConfigError(f"workloads names {key!r}, which is not among tasks")

@@ -65,6 +65,7 @@ class RunStats:
     attempts: int = 0
     accepted: int = 0
     evals_session: int = 0
+    attempts_session: int = 0
     started: float = field(default_factory=time.monotonic)
     islands: dict[str, IslandLine] = field(default_factory=dict)
     tasks: dict[str, TaskLine] = field(default_factory=dict)

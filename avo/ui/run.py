@@ -43,7 +43,8 @@ def print_start(c: Console, cfg: RunConfig, device: str, tasks: dict[str, TaskSe
     for name, s in tasks.items():
         isl = [i for i in islands if i.task == name]
         ops = sorted({i.operator for i in isl})
-        c.print(f"  task {name}: seed {_rel(Path(s.seed_path))}, {len(s.workloads)} workloads, "
+        seed = s.seed_text if s.seed_kind == "reference" else s.seed_text.replace(s.seed_path, _rel(Path(s.seed_path)))
+        c.print(f"  task {name}: seed {seed}, {len(s.workloads)} workloads, "
                 f"{len(isl)} islands ({', '.join(ops)})", highlight=False)
     c.print(f"  budget: {stats.budget}; gate: gain > max({cfg.gate.min_gain:.1%}, noise); "
             f"supervisor after {cfg.supervisor.stagnation_k} attempts without a commit", highlight=False)
@@ -88,7 +89,7 @@ def print_summary(c: Console, cfg: RunConfig, device: str, tasks: dict[str, Task
             highlight=False, soft_wrap=True)
     if why == "interrupted" or stop.count:
         c.print("stopped cleanly; run the same command again to resume", highlight=False)
-    elif why.startswith("budget") and s.evals_session == 0 and s.attempts:
+    elif why.startswith("budget") and s.attempts_session == 0 and s.attempts:
         c.print("this run's budget was already spent: extend it with --attempts/--minutes, "
                 "or start a fresh run with --run NAME", highlight=False)
 
