@@ -44,22 +44,24 @@ def tasks() -> None:
 
 
 @app.command("eval")
-def eval_cmd(target: str = typer.Argument(..., help="task name or problem directory"),
+def eval_cmd(target: str = typer.Argument(..., help="task name, problem directory, or FlashInfer-Trace dataset root"),
              candidate: Optional[Path] = typer.Argument(None, help="kernel .py or solution .json (default: the problem dir's solution)"),
              device: str = typer.Option("auto", help="auto | cuda | interpret"),
              workloads: str = typer.Option("", help="comma-separated workload uuids (default: all for the device)"),
              json_out: Optional[Path] = typer.Option(None, "--json", help="write the traces (JSONL) here"),
-             peer: bool = typer.Option(False, help="trusted peer implementation: allow library calls that do the task")) -> None:
+             peer: bool = typer.Option(False, help="trusted peer implementation: allow library calls that do the task"),
+             definition: Optional[str] = typer.Option(None, help="in a FlashInfer-Trace dataset root: the definition's name")) -> None:
     """Evaluate one candidate on a task: correctness on every workload, timing, SOL score."""
     from avo.tasks import TaskError, find_solution_json, load_solution, load_task
     if device not in ("auto", "cuda", "interpret"):
         die(f"--device must be auto, cuda or interpret, not {device!r}")
     try:
-        task = load_task(target)
+        task = load_task(target, definition)
         if candidate is None:
-            found = find_solution_json(Path(target)) if Path(target).is_dir() else None
+            folder, _, name = target.rpartition("::") if definition is None and "::" in target else (target, "", definition)
+            found = find_solution_json(Path(folder), name or None) if Path(folder).is_dir() else None
             if found is None:
-                die("no CANDIDATE given and the target has no solution.json")
+                die("no CANDIDATE given and the target has no solution (solution.json, solution_*.json, solutions/)")
             candidate = found
         sol = load_solution(task, candidate)
     except TaskError as e:

@@ -4,19 +4,25 @@ Field names follow the FlashInfer Trace format (flashinfer-bench's `flashinfer_b
 definition, solution or trace moves between avo and FlashInfer-Bench / SOL-ExecBench without
 conversion. avo's own additions (tolerance, SOL model, in-place inputs, per-workload dtypes, SOL
 fields in the evaluation) are extra keys that flashinfer-bench ignores when it loads our JSON.
+
+SOL-ExecBench's extensions of that format are read as it defines them (NVIDIA/SOL-ExecBench
+`core/data/*.py`, read 2026-12 at 8d2237d): `op_type` optional, `expr` axes, digit-literal shape
+entries, `float64`, `custom_inputs_entrypoint` with `{"type": "custom"}` inputs, a per-workload
+`tolerance` (max_atol, max_rtol, required_matched_ratio, max_error_cap, allow_negative_inf), and a
+solution `spec.languages` list (mapped onto `language`, the list kept as given).
 """
 from __future__ import annotations
 
 import ast
 import math
 from enum import Enum
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DTYPE_NAMES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
+DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
                "int64", "int32", "int16", "int8", "bool")
-DType = Literal["float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
+DType = Literal["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
                 "int64", "int32", "int16", "int8", "bool"]
 
 
@@ -36,6 +42,32 @@ class AxisVar(AvoModel):
     description: Optional[str] = None
 
 
+class AxisExpr(AvoModel):
+    """SOL-ExecBench: an axis computed from others (`"expression": "num_heads * head_dim"`)."""
+    type: Literal["expr"] = "expr"
+    expression: str = Field(min_length=1)
+    description: Optional[str] = None
+
+
+_EXPR_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Add, ast.Sub,
+               ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.UAdd, ast.USub)
+
+
+def eval_axis_expr(expr: str, axes: dict[str, int]) -> int:
+    """An expr axis's value: numbers, axis names, + - * / // % ** and parentheses; an integer."""
+    tree = ast.parse(expr, mode="eval")
+    bad = next((type(n).__name__ for n in ast.walk(tree) if not isinstance(n, _EXPR_NODES)), None)
+    if bad:
+        raise ValueError(f"axis expression {expr!r}: {bad} is not allowed")
+    try:
+        v = eval(compile(tree, "<axis>", "eval"), {"__builtins__": {}}, dict(axes))
+    except NameError as e:
+        raise ValueError(f"axis expression {expr!r}: {e}") from None
+    if float(v) != int(v):
+        raise ValueError(f"axis expression {expr!r} is {v}, not an integer")
+    return int(v)
+
+
 class TensorSpec(AvoModel):
     shape: Optional[list[str]]  # axis names; None = scalar
     dtype: DType
@@ -44,10 +76,23 @@ class TensorSpec(AvoModel):
 
 class Tolerance(AvoModel):
     """An element passes when |out - ref| <= atol + rtol * |ref|; a workload passes when at least
-    `matched_ratio` of the elements pass and no element is NaN where the reference is finite."""
+    `matched_ratio` of the elements pass, no element is NaN where the reference is finite, and (when
+    set) no error exceeds `max_error_cap`."""
     atol: float = 1e-2
     rtol: float = 1e-2
     matched_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    max_error_cap: Optional[float] = None
+
+
+class WorkloadTolerance(AvoModel):
+    """SOL-ExecBench's per-workload tolerance (its ToleranceSpec); what it sets overrides the
+    definition's. Infinities must match exactly either way, so `allow_negative_inf` is accepted as
+    what avo already does."""
+    max_atol: Optional[float] = None
+    max_rtol: Optional[float] = None
+    required_matched_ratio: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    max_error_cap: Optional[float] = None
+    allow_negative_inf: bool = False
 
 
 class SolModel(AvoModel):
@@ -61,8 +106,8 @@ class SolModel(AvoModel):
 
 class Definition(AvoModel):
     name: str = Field(min_length=1)
-    op_type: str = Field(min_length=1)
-    axes: dict[str, Union[AxisConst, AxisVar]]
+    op_type: Optional[str] = None  # required by flashinfer-bench, optional in SOL-ExecBench
+    axes: dict[str, Annotated[Union[AxisConst, AxisVar, AxisExpr], Field(discriminator="type")]]
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     reference: str = Field(min_length=1)
@@ -74,6 +119,7 @@ class Definition(AvoModel):
     sol: SolModel = Field(default_factory=SolModel)
     inplace: list[str] = Field(default_factory=list)  # inputs the kernel mutates: they are the outputs
     forbidden_calls: list[str] = Field(default_factory=list)  # names/aten ops that do the task for you
+    custom_inputs_entrypoint: Optional[str] = None  # SOL-ExecBench: reference function making "custom" inputs
 
     @model_validator(mode="after")
     def _check(self) -> "Definition":
@@ -83,11 +129,14 @@ class Definition(AvoModel):
             raise ValueError(f"reference is not valid Python: {e}") from e
         if not any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in mod.body):
             raise ValueError("reference must define a top-level function `run`")
+        ep = self.custom_inputs_entrypoint
+        if ep is not None and not any(isinstance(n, ast.FunctionDef) and n.name == ep for n in mod.body):
+            raise ValueError(f"custom_inputs_entrypoint {ep!r} is not a top-level function of the reference")
         if set(self.inputs) & set(self.outputs):
             raise ValueError("input and output names must not overlap")
         for tname, spec in {**self.inputs, **self.outputs}.items():
             for ax in spec.shape or []:
-                if ax not in self.axes:
+                if ax not in self.axes and not ax.isdigit():
                     raise ValueError(f"tensor {tname!r} references undefined axis {ax!r}")
         for name in self.inplace:
             if name not in self.inputs:
@@ -99,6 +148,29 @@ class Definition(AvoModel):
     @property
     def const_axes(self) -> dict[str, int]:
         return {k: a.value for k, a in self.axes.items() if isinstance(a, AxisConst)}
+
+    def axis_values(self, var: dict[str, int]) -> dict[str, int]:
+        """Every axis of a workload: const, the workload's var values, then expr axes (in order,
+        so one may use another defined before it)."""
+        axes = {**self.const_axes, **var}
+        for k, a in self.axes.items():
+            if isinstance(a, AxisExpr):
+                axes[k] = eval_axis_expr(a.expression, axes)
+        return axes
+
+    def dims(self, tensor: str, axes: dict[str, int]) -> tuple[int, ...]:
+        """A tensor's shape from resolved axes (a digit string in a shape is a literal size)."""
+        spec = {**self.inputs, **self.outputs}[tensor]
+        return tuple(int(a) if a.isdigit() else axes[a] for a in spec.shape or [])
+
+    def tolerance_for(self, w: "Workload") -> Tolerance:
+        """The definition's tolerance with what the workload sets (SOL-ExecBench) on top."""
+        t = w.tolerance
+        if t is None:
+            return self.tolerance
+        up = {"atol": t.max_atol, "rtol": t.max_rtol, "matched_ratio": t.required_matched_ratio,
+              "max_error_cap": t.max_error_cap}
+        return self.tolerance.model_copy(update={k: v for k, v in up.items() if v is not None})
 
     @property
     def result_names(self) -> list[str]:
@@ -121,7 +193,12 @@ class SafetensorsInput(AvoModel):
     tensor_key: str
 
 
-InputSpec = Union[RandomInput, ScalarInput, SafetensorsInput]
+class CustomInput(AvoModel):
+    """SOL-ExecBench: made by the definition's `custom_inputs_entrypoint`."""
+    type: Literal["custom"] = "custom"
+
+
+InputSpec = Annotated[Union[RandomInput, ScalarInput, SafetensorsInput, CustomInput], Field(discriminator="type")]
 
 
 class Workload(AvoModel):
@@ -133,6 +210,14 @@ class Workload(AvoModel):
     dtypes: dict[str, DType] = Field(default_factory=dict)
     target: Literal["gpu", "cpu"] = "gpu"
     label: Optional[str] = None
+    tolerance: Optional[WorkloadTolerance] = None  # SOL-ExecBench: overrides the definition's
+
+    @model_validator(mode="after")
+    def _custom_alone(self) -> "Workload":
+        kinds = {isinstance(s, CustomInput) for s in self.inputs.values()}
+        if kinds == {True, False}:
+            raise ValueError("custom inputs cannot be mixed with other kinds (SOL-ExecBench: all or none)")
+        return self
 
     def key(self) -> str:
         """Shape key used by apply() dispatch and reports: axes + dtype overrides + scalars."""
@@ -153,12 +238,34 @@ class SourceFile(AvoModel):
         return self
 
 
+# SOL-ExecBench's `spec.languages` values -> flashinfer-bench's `language` (the one avo builds by).
+SOL_LANGUAGES = {"pytorch": "python", "triton": "triton", "cute_dsl": "python", "cutile": "python",
+                 "cudnn_frontend": "python", "cutlass": "cuda", "cudnn": "cuda", "cublas": "cuda", "cuda_cpp": "cuda"}
+
+
 class BuildSpec(AvoModel):
     language: Literal["python", "triton", "cpp", "cuda", "tilelang"]
     target_hardware: list[str] = Field(min_length=1)
     entry_point: str
     dependencies: list[str] = Field(default_factory=list)
-    destination_passing_style: bool = True
+    destination_passing_style: bool = True  # False: the entry returns its outputs (a tensor, tuple or dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _languages(cls, raw: Any) -> Any:
+        """SOL-ExecBench writes `languages: [...]`; the most specific one names `language`."""
+        if isinstance(raw, dict) and "language" not in raw and "languages" in raw:
+            langs = raw["languages"]
+            if not isinstance(langs, list) or not langs:
+                raise ValueError("languages must be a non-empty list")
+            unknown = [x for x in langs if x not in SOL_LANGUAGES]
+            if unknown:
+                raise ValueError(f"languages: unknown {unknown[0]!r} (known: {', '.join(SOL_LANGUAGES)})")
+            mapped = {SOL_LANGUAGES[x] for x in langs}
+            if "cuda" in mapped and mapped != {"cuda"}:
+                raise ValueError("languages: C++ and Python languages cannot be mixed")
+            raw = {**raw, "language": "triton" if "triton" in mapped else mapped.pop()}
+        return raw
 
     @model_validator(mode="after")
     def _entry(self) -> "BuildSpec":

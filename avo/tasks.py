@@ -55,17 +55,20 @@ class Task(BaseModel):
 
 
 CPU_AUTO_BYTES = 8 << 20
-_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "float4_e2m1": 1,
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "float4_e2m1": 1,
              "int64": 8, "int32": 4, "int16": 2, "int8": 1, "bool": 1}
 
 
 def _io_bytes(d: Definition, w: Workload) -> int:
-    axes = {**d.const_axes, **w.axes}
+    try:
+        axes = d.axis_values(w.axes)
+    except (ValueError, KeyError):
+        return 1 << 62  # unresolvable here: never picked as a small interpreter workload
     total = 0
     for name, spec in {**d.inputs, **d.outputs}.items():
         n = 1
         for a in spec.shape or []:
-            n *= axes.get(a, 1)
+            n *= int(a) if a.isdigit() else axes.get(a, 1)
         total += n * _ITEMSIZE[w.dtypes.get(name, spec.dtype)]
     return total
 
@@ -130,17 +133,50 @@ def reference_seed(d: Definition) -> str:
             return node
 
     body = ast.unparse(Rename().visit(mod))
-    ins, outs = list(d.inputs), list(d.outputs)
-    call = f"reference_run({', '.join(ins)})"
-    if not outs:  # in-place task: the reference mutates its inputs, as the kernel must
-        tail = f"    {call}\n"
-    elif len(outs) == 1:
-        tail = f"    {outs[0]}.copy_({call})\n"
-    else:
-        tail = f"    results = {call}\n" + "".join(f"    {o}.copy_(results[{i}])\n" for i, o in enumerate(outs))
     return (f'"""Seed of {d.name}, made by avo from the task\'s reference (the problem came with no solution):\n'
             f'the reference itself, writing into the harness\'s output buffers. A correct start, not a kernel."""\n'
-            f"{body}\n\n\ndef run({', '.join(ins + outs)}):\n{tail}")
+            f"{body}\n\n\n{dps_run(d, 'reference_run', returns=True)}")
+
+
+def dps_run(d: Definition, callee: str, returns: bool) -> str:
+    """A `run(*inputs, *outputs)` that calls `callee`: with its inputs, copying what it returns
+    into the outputs (returns=True: a tensor, a tuple in output order or a dict by name), or with
+    inputs and outputs (a destination-passing entry under another name)."""
+    ins = [_ident(n, f"in{i}") for i, n in enumerate(d.inputs)]
+    outs = [_ident(n, f"out{i}") for i, n in enumerate(d.outputs)]
+    if not returns:
+        return f"def run({', '.join(ins + outs)}):\n    {callee}({', '.join(ins + outs)})\n"
+    call = f"{callee}({', '.join(ins)})"
+    if not outs:  # in-place task: the callee mutates its inputs, as the kernel must
+        return f"def run({', '.join(ins)}):\n    {call}\n"
+    if len(outs) == 1:
+        return (f"def run({', '.join(ins + outs)}):\n    result = {call}\n"
+                f"    {outs[0]}.copy_(result[{list(d.outputs)[0]!r}] if isinstance(result, dict) else result)\n")
+    keys = list(d.outputs)
+    return (f"def run({', '.join(ins + outs)}):\n    results = {call}\n"
+            f"    if isinstance(results, dict):\n        results = [results[k] for k in {keys!r}]\n"
+            + "".join(f"    {o}.copy_(results[{i}])\n" for i, o in enumerate(outs)))
+
+
+def _ident(name: str, fallback: str) -> str:
+    import keyword
+    ok = name.isidentifier() and not keyword.iskeyword(name) and name not in ("run", "result", "results")
+    return name if ok else fallback
+
+
+def seed_from_solution(d: Definition, sol: Solution) -> str:
+    """A problem's own single-file Python solution as a seed kernel file: its source as written,
+    plus a destination-passing `run` when its entry has another name or returns its outputs."""
+    src = sol.sources[0].content
+    if sol.entry_symbol == "run" and sol.spec.destination_passing_style:
+        return src
+    import ast
+    if any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == "run" for n in ast.parse(src).body):
+        raise TaskError(f"solution {sol.name!r}: its entry is {sol.spec.entry_point!r} but it also defines "
+                        f"`run`; avo's seed needs `run` for the destination-passing entry")
+    return (src.rstrip("\n") + "\n\n\n# avo: the problem's entry point "
+            f"{sol.spec.entry_point} as the destination-passing `run` avo evolves\n"
+            + dps_run(d, sol.entry_symbol, returns=not sol.spec.destination_passing_style))
 
 
 def _read_json(path: Path) -> dict:
@@ -168,29 +204,79 @@ def _one_line(e: ValidationError) -> str:
     return f"{loc}: {err['msg']}{more}"
 
 
+def is_dataset_root(folder: Path) -> bool:
+    """A FlashInfer-Trace dataset: definitions/ and workloads/ folders (solutions/, traces/, blob/)."""
+    return (Path(folder) / "definitions").is_dir() and (Path(folder) / "workloads").is_dir()
+
+
+def dataset_definitions(root: Path) -> dict[str, Path]:
+    """Definition name -> file, for a FlashInfer-Trace dataset root (definitions/<op_type>/<name>.json;
+    any depth, as flashinfer-bench's TraceSet reads it)."""
+    out = {}
+    for p in sorted((Path(root) / "definitions").rglob("*.json")):
+        name = _read_json(p).get("name")
+        if isinstance(name, str):
+            out.setdefault(name, p)
+    return out
+
+
+def load_dataset_task(root: Path, name: Optional[str]) -> Task:
+    """One definition of a FlashInfer-Trace dataset with its workloads (workloads/**/<name>.jsonl,
+    or any workload trace naming it); safetensors paths are relative to the root."""
+    root = Path(root)
+    defs = dataset_definitions(root)
+    if name is None or name not in defs:
+        some = ", ".join(list(defs)[:8]) + (f", ... ({len(defs)} in all)" if len(defs) > 8 else "")
+        what = "pick a definition with --definition NAME (or ROOT::NAME)" if name is None else f"no definition {name!r}"
+        raise TaskError(f"{root} is a FlashInfer-Trace dataset: {what}; definitions: {some or 'none'}")
+    dpath = defs[name]
+    definition = _definition(_read_json(dpath), dpath)
+    wpaths = sorted((root / "workloads").rglob(f"{name}.jsonl")) or sorted((root / "workloads").rglob("*.jsonl"))
+    workloads = []
+    for wpath in wpaths:
+        for i, row in enumerate(_read_jsonl(wpath), 1):
+            if row.get("definition", name) != name:
+                continue
+            workloads.append(_workload(row, wpath, i))
+    if not workloads:
+        raise TaskError(f"{root}: no workloads for {name!r} under workloads/")
+    _check_workloads(definition, workloads, root / "workloads")
+    return Task(definition=definition, workloads=workloads, root=root)
+
+
+def _definition(raw: dict, dpath: Path) -> Definition:
+    try:
+        return Definition.model_validate(raw)
+    except ValidationError as e:
+        raise TaskError(f"{dpath}: {_one_line(e)}") from None
+
+
+def _workload(row: dict, wpath: Path, line: int) -> Workload:
+    row = row.get("workload", row)  # FlashInfer workload traces wrap the workload
+    try:
+        return Workload.model_validate(row)
+    except ValidationError as e:
+        raise TaskError(f"{wpath}:{line}: {_one_line(e)}") from None
+
+
 def load_task_dir(folder: Path) -> Task:
     """One folder: definition.json, workloads.jsonl or workload.jsonl, reference.py/baseline.py."""
     folder = Path(folder)
     dpath = folder / "definition.json"
     if not dpath.exists():
+        if is_dataset_root(folder):
+            return load_dataset_task(folder, None)
         raise TaskError(f"{folder}: no definition.json (not a task folder)")
     raw = _read_json(dpath)
     if (folder / "reference.py").exists():
         raw["reference"] = (folder / "reference.py").read_text()
-    try:
-        definition = Definition.model_validate(raw)
-    except ValidationError as e:
-        raise TaskError(f"{dpath}: {_one_line(e)}") from None
+    definition = _definition(raw, dpath)
     wpath = next((p for p in (folder / "workloads.jsonl", folder / "workload.jsonl") if p.exists()), None)
     if wpath is None:
         raise TaskError(f"{folder}: no workloads.jsonl / workload.jsonl")
     workloads = []
     for i, row in enumerate(_read_jsonl(wpath), 1):
-        row = row.get("workload", row)  # FlashInfer workload traces wrap the workload
-        try:
-            workloads.append(Workload.model_validate(row))
-        except ValidationError as e:
-            raise TaskError(f"{wpath}:{i}: {_one_line(e)}") from None
+        workloads.append(_workload(row, wpath, i))
     _check_workloads(definition, workloads, wpath)
     baseline = (folder / "baseline.py").read_text() if (folder / "baseline.py").exists() else None
     return Task(definition=definition, workloads=workloads, root=folder, baseline=baseline)
@@ -214,9 +300,17 @@ def list_tasks() -> list[Task]:
     return [load_task_dir(p) for p in sorted(root.iterdir()) if (p / "definition.json").exists()]
 
 
-def load_task(target: str) -> Task:
-    """A task name under evaluators/, or a path to a problem directory."""
+def load_task(target: str, definition: Optional[str] = None) -> Task:
+    """A task name under evaluators/, a path to a problem directory, or a FlashInfer-Trace dataset
+    root with a definition name (`definition`, or `ROOT::NAME`)."""
+    if "::" in target and definition is None:
+        target, definition = target.rsplit("::", 1)
     p = Path(target)
+    if definition is not None:
+        if not p.is_dir() or not is_dataset_root(p):
+            raise TaskError(f"{target}: not a FlashInfer-Trace dataset root (definitions/, workloads/), "
+                            f"so a definition name ({definition!r}) does not apply")
+        return load_dataset_task(p, definition)
     if p.is_dir():
         return load_task_dir(p)
     folder = evaluators_dir() / target
@@ -248,8 +342,17 @@ def load_solution(task: Task, path: Path) -> Solution:
     if not path.exists():
         raise TaskError(f"{path}: no such file")
     if path.suffix == ".json":
+        raw = _read_json(path)
+        # SOL-ExecBench's CLI reads a source whose content is empty or absent from its path,
+        # relative to the solution JSON
+        for src in raw.get("sources", []) if isinstance(raw, dict) else []:
+            if isinstance(src, dict) and not src.get("content") and isinstance(src.get("path"), str):
+                f = path.parent / src["path"]
+                if not f.is_file() or ".." in Path(src["path"]).parts:
+                    raise TaskError(f"{path}: sources: {src['path']!r} has no content and no such file beside it")
+                src["content"] = f.read_text()
         try:
-            sol = Solution.model_validate(_read_json(path))
+            sol = Solution.model_validate(raw)
         except ValidationError as e:
             raise TaskError(f"{path}: {_one_line(e)}") from None
         if sol.definition != task.name:
@@ -260,9 +363,21 @@ def load_solution(task: Task, path: Path) -> Solution:
     return solution_from_kernel_file(task, path)
 
 
-def find_solution_json(folder: Path) -> Optional[Path]:
-    """A foreign problem directory may carry its solution: solution.json or solutions/*.json."""
-    for cand in [folder / "solution.json", *sorted((folder / "solutions").glob("*.json"))]:
+def find_solution_json(folder: Path, definition: Optional[str] = None) -> Optional[Path]:
+    """A foreign problem's own solution: solution.json, solution_*.json or solutions/*.json in a
+    problem directory (SOL-ExecBench, FlashInfer-Bench); in a dataset root, the first solution under
+    solutions/ (any depth) that names `definition`."""
+    folder = Path(folder)
+    if definition is not None:
+        for cand in sorted((folder / "solutions").rglob("*.json")):
+            try:
+                if json.loads(cand.read_text()).get("definition") == definition:
+                    return cand
+            except (json.JSONDecodeError, OSError, AttributeError):
+                continue
+        return None
+    for cand in [folder / "solution.json", *sorted(folder.glob("solution_*.json")),
+                 *sorted((folder / "solutions").glob("*.json"))]:
         if cand.exists():
             return cand
     return None

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from avo.config import ConfigError, RunConfig
 from avo.schema import Workload
 from avo.tasks import (REFERENCE_SEED, Task, TaskError, default_seed_path, find_solution_json, load_solution, load_task,
-                       reference_seed, source_hash)
+                       reference_seed, seed_from_solution, source_hash)
 
 
 class TaskSetup(BaseModel):
@@ -49,12 +49,14 @@ def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str, str]:
     """(source, path, kind): the configured seed, else kernels/<family>/<name>_seed.py, else the
     problem directory's own solution, else one made from the task's reference."""
     path, kind = cfg.seed_path(entry, task.name), "file"
+    folder, _, dataset_name = entry.partition("::")  # a FlashInfer-Trace dataset: ROOT::NAME
     if path is None:
         cand = default_seed_path(task.name)
+        own = find_solution_json(Path(folder), dataset_name or None) if Path(folder).is_dir() else None
         if cand.exists():
             path = cand
-        elif Path(entry).is_dir() and find_solution_json(Path(entry)):
-            path, kind = find_solution_json(Path(entry)), "problem solution"
+        elif own is not None:
+            path, kind = own, "problem solution"
     if path is None:
         return reference_seed(task.definition), REFERENCE_SEED, "reference"
     if not Path(path).exists():
@@ -63,6 +65,11 @@ def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str, str]:
         sol = load_solution(task, Path(path))
     except TaskError as e:
         raise ConfigError(str(e)) from None
+    if kind == "problem solution" and len(sol.sources) == 1 and sol.spec.language in ("python", "triton"):
+        try:
+            return seed_from_solution(task.definition, sol), str(path), kind
+        except TaskError as e:
+            raise ConfigError(str(e)) from None
     if len(sol.sources) != 1 or sol.entry_symbol != "run":
         raise ConfigError(f"seed {path}: avo evolves single-file kernels whose entry point is run() "
                           f"(got {len(sol.sources)} files, entry {sol.spec.entry_point})")

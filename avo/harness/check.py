@@ -52,9 +52,12 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, expect_dtype: torch
     max_rel = (diff[fin] / r[fin].abs().clamp_min(1e-6)).max().item() if fin.any() else 0.0
     unwritten = int((o_nan & ~r_nan).sum().item())
     allowed_bad = int((1.0 - tol.matched_ratio) * o.numel() + 1e-9)
-    passed = n_bad <= allowed_bad and unwritten == 0
+    capped = tol.max_error_cap is not None and max_abs > tol.max_error_cap
+    passed = n_bad <= allowed_bad and unwritten == 0 and not capped
     detail = ""
-    if not passed:
+    if capped and n_bad <= allowed_bad and not unwritten:
+        detail = f"{name}: max abs err {max_abs:.3g} over the cap {tol.max_error_cap:g}"
+    elif not passed:
         bad = (~ok).nonzero()
         first = tuple(bad[0].tolist()) if len(bad) else ()
         example = f"; first at {list(first)}: got {o[first].item():g}, expected {r[first].item():g}" if first else ""

@@ -7,10 +7,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from avo.schema import Definition, SafetensorsInput, ScalarInput, Workload
+from avo.schema import CustomInput, Definition, SafetensorsInput, ScalarInput, Workload
 
 TORCH_DTYPES = {
-    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
     "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2,
     "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
     "bool": torch.bool,
@@ -26,9 +26,7 @@ def tensor_dtype(d: Definition, w: Workload, name: str) -> torch.dtype:
 
 
 def shape_of(d: Definition, w: Workload, name: str) -> tuple[int, ...]:
-    spec = {**d.inputs, **d.outputs}[name]
-    axes = {**d.const_axes, **w.axes}
-    return tuple(axes[a] for a in spec.shape or [])
+    return d.dims(name, d.axis_values(w.axes))
 
 
 def _default_tensor(shape, dtype, gen, device) -> torch.Tensor:
@@ -40,14 +38,22 @@ def _default_tensor(shape, dtype, gen, device) -> torch.Tensor:
 
 
 def make_inputs(d: Definition, w: Workload, seed: int, device: str,
-                custom: Optional[Callable] = None, root: Optional[Path] = None) -> dict[str, Any]:
+                custom: Optional[Callable] = None, root: Optional[Path] = None,
+                entrypoint: Optional[Callable] = None) -> dict[str, Any]:
     """Inputs in the definition's order. A reference module may define
-    `make_inputs(axes, dtypes, gen, device) -> dict` for inputs with structure (indices, masks)."""
+    `make_inputs(axes, dtypes, gen, device) -> dict` for inputs with structure (indices, masks);
+    a SOL-ExecBench definition names its own `custom_inputs_entrypoint(axes_and_scalars, device)`,
+    which draws from torch's global generator: it runs seeded, inside a fork of that generator."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    axes = {**d.const_axes, **w.axes}
+    axes = d.axis_values(w.axes)
     dtypes = {n: tensor_dtype(d, w, n) for n in d.inputs}
     made = dict(custom(axes, dtypes, gen, device)) if custom else {}
+    if entrypoint is not None and any(isinstance(s, CustomInput) for s in w.inputs.values()):
+        scalars = {k: s.value for k, s in w.inputs.items() if isinstance(s, ScalarInput)}
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device != "cpu" else []):
+            torch.manual_seed(seed)
+            made.update(entrypoint({**axes, **scalars}, device))
     out: dict[str, Any] = {}
     for name in d.inputs:
         spec = w.inputs.get(name)

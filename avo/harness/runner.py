@@ -155,7 +155,7 @@ class Evaluator:
                 return checks.CheckResult(status=S.RUNTIME_ERROR, detail=f"no output {name!r}")
             spec = {**d.inputs, **d.outputs}[name]
             expect = TORCH_DTYPES[w.dtypes.get(name, spec.dtype)]
-            results.append(checks.compare(name, got[name], ref[name], expect, d.tolerance,
+            results.append(checks.compare(name, got[name], ref[name], expect, d.tolerance_for(w),
                                           device="cuda" if self.device == "cuda" else "cpu"))
         return checks.worst(results)
 

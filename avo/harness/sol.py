@@ -70,20 +70,20 @@ def detect_gpu_name() -> Optional[str]:
 
 
 def _itemsize(dtype: str) -> int:
-    return {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
+    return {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
             "float4_e2m1": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "bool": 1}[dtype]
 
 
 def expr_env(d: Definition, w: Workload) -> dict[str, Any]:
     """Names usable in SOL expressions: axes, scalar inputs, isz_<t>, numel_<t> for each tensor."""
-    axes = {**d.const_axes, **w.axes}
+    axes = d.axis_values(w.axes)
     env: dict[str, Any] = dict(axes)
     env.update({k: s.value for k, s in w.inputs.items() if isinstance(s, ScalarInput)})
     for name, spec in {**d.inputs, **d.outputs}.items():
         if spec.shape is None:
             continue
         env[f"isz_{name}"] = _itemsize(w.dtypes.get(name, spec.dtype))
-        env[f"numel_{name}"] = math.prod(axes[a] for a in spec.shape)
+        env[f"numel_{name}"] = math.prod(d.dims(name, axes))
     env.update(ceil=math.ceil, min=min, max=max, log2=math.log2)
     return env
 
