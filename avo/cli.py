@@ -180,10 +180,19 @@ def lineage_best(run: str, task: Optional[str] = None) -> None:
 def export(run: str = typer.Argument(...), out: Path = typer.Option(Path("artifacts"), "--out"),
            task: Optional[str] = typer.Option(None),
            ship: Optional[Path] = typer.Option(None, help="write the task's best version as the one artifact at "
-                                               "this folder (e.g. kernels/<family>/evolved/<name>); needs --task")) -> None:
-    """Export the best solution per task (and per workload key) as apply() artifacts."""
-    from avo.apply.export import ExportError, export_run, ship_best
+                                               "this folder (e.g. kernels/<family>/evolved/<name>); needs --task"),
+           fmt: str = typer.Option("artifact", "--format", help="artifact (apply()) | sol-execbench (problem "
+                                   "directories) | flashinfer-trace (a dataset root)")) -> None:
+    """Export the best solution per task (and per workload key) as apply() artifacts, or the best
+    per task back in a problem format."""
+    from avo.apply.export import ExportError, export_foreign, export_run, ship_best
     try:
+        if fmt != "artifact":
+            if ship is not None:
+                die("--ship writes an artifact; it does not take --format")
+            for p in export_foreign(run, out, fmt, task=task):
+                console.print(f"{fmt} -> {p}")
+            return
         if ship is not None:
             if task is None:
                 die("--ship needs --task (one task's best version per artifact folder)")

@@ -265,3 +265,37 @@ device: interpret
     assert a.solution.sources[0].content == best.source and a.manifest.commit == best.sha
     assert [k.workload for k in a.manifest.keys] == [B3] and a.manifest.keys[0].won
     assert a.manifest.device_mode == "interpret" and a.manifest.run == "tiny"
+
+
+def test_export_back_in_the_problem_formats(lineage, tmp_path, quick_evaluator):
+    """`avo export RUN --format sol-execbench|flashinfer-trace`: the best version as a problem
+    directory / a dataset root that flashinfer-bench's own models read and that load and pass again."""
+    import flashinfer_bench.data as fib
+    from avo.apply.export import export_foreign
+    from avo.tasks import find_solution_json, load_solution, load_task
+    best = lineage["shas"]["v1"]
+    [sol_dir] = export_foreign(str(lineage["path"]), tmp_path / "sol", "sol-execbench")
+    assert sorted(p.name for p in sol_dir.iterdir()) == ["definition.json", "kernel.py", "solution.json",
+                                                         "traces.jsonl", "workload.jsonl"]
+    raw = json.loads((sol_dir / "solution.json").read_text())
+    assert raw["spec"]["languages"] == ["triton"] and raw["spec"]["language"] == "triton"
+    assert raw["spec"]["target_hardware"] == ["LOCAL"] and raw["spec"]["entry_point"] == "kernel.py::run"
+    assert best in raw["description"] and (sol_dir / "kernel.py").read_text() == variant(512)
+    task = load_task(str(sol_dir))
+    assert quick_evaluator.evaluate(task, load_solution(task, sol_dir / "solution.json"),
+                                    task.select("cpu")[:1]).status == EvaluationStatus.PASSED
+    root = tmp_path / "fib"
+    [spath] = export_foreign(str(lineage["path"]), root, "flashinfer-trace", task=TASK)
+    op = json.loads((REPO_ROOT / "evaluators" / TASK / "definition.json").read_text())["op_type"]
+    assert spath == root / "solutions" / "avo" / op / TASK / f"{TASK}_{best[:10]}.json"
+    fib.Definition.model_validate_json((root / "definitions" / op / f"{TASK}.json").read_text())
+    fib.Solution.model_validate_json(spath.read_text())
+    lines = (root / "traces" / "avo" / op / f"{TASK}.jsonl").read_text().splitlines()
+    assert lines and all(fib.Trace.model_validate_json(x).solution == f"{TASK}_{best[:10]}" for x in lines)
+    for x in (root / "workloads" / op / f"{TASK}.jsonl").read_text().splitlines():
+        assert fib.Trace.model_validate_json(x).evaluation is None
+    task = load_task(str(root), TASK)
+    assert quick_evaluator.evaluate(task, load_solution(task, find_solution_json(root, TASK)),
+                                    task.select("cpu")[:1]).status == EvaluationStatus.PASSED
+    r = _cli("export", "run1", "--format", "kernelbench", "--out", "x", cwd=lineage["root"])
+    assert r.returncode == 2 and "--format must be one of artifact, sol-execbench, flashinfer-trace" in r.stderr

@@ -27,15 +27,23 @@ from avo.schema import Definition, Solution
 KEY_MARGIN = 0.03
 
 
+FORMATS = ("artifact", "sol-execbench", "flashinfer-trace")
+
+
 class ExportError(Exception):
     """An export that cannot be done; the message is one line for the user."""
 
 
 def _definition_for(lin, task: str) -> Definition:
-    """The task's definition: evaluators/<task>, else the run config's task entries (problem dirs)."""
+    return _task_for(lin, task).definition
+
+
+def _task_for(lin, task: str):
+    """The task: evaluators/<task>, else the run config's task entries (problem dirs, dataset
+    ROOT::NAME)."""
     from avo.tasks import TaskError, load_task
     try:
-        return load_task(task).definition
+        return load_task(task)
     except TaskError:
         pass
     try:
@@ -49,7 +57,7 @@ def _definition_for(lin, task: str) -> Definition:
         except TaskError:
             continue
         if t.name == task:
-            return t.definition
+            return t
     raise ExportError(f"cannot find the definition of task {task!r} (not under evaluators/, nor among "
                       "the run config's task entries)")
 
@@ -223,6 +231,74 @@ def reexport_diff(folder: Path) -> list[str]:
         extra = {x.relative_to(art.path) for x in art.path.rglob("*") if x.is_file()} - \
                 {x.relative_to(out) for x in out.rglob("*") if x.is_file()}
         return diffs + [f"{x}: not written by avo export" for x in sorted(extra)]
+
+
+def solution_json(d: Definition, source: str, sha: str, note: str) -> dict:
+    """A version as a solution both harnesses read: flashinfer-bench's `language` and SOL-ExecBench's
+    `languages` side by side (each ignores the other's key), entry `kernel.py::run`, destination-
+    passing, `target_hardware: ["LOCAL"]` (a SOL-ExecBench enum value; free text for flashinfer-bench)."""
+    sol = _solution(d.name, source, sha).model_dump(mode="json", exclude_none=True)
+    sol["spec"].update(target_hardware=["LOCAL"], languages=["triton" if sol["spec"]["language"] == "triton" else "pytorch"],
+                       dependencies=["torch", "triton"] if sol["spec"]["language"] == "triton" else ["torch"])
+    sol["description"] = f"avo lineage commit {sha}: {note}"[:500]
+    return sol
+
+
+def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None) -> list[Path]:
+    """The best version per task written back in a problem format, so the problem's own harness
+    takes it: `sol-execbench` (OUT/<task>/: definition.json, workload.jsonl, solution.json,
+    kernel.py, traces.jsonl: a problem directory `sol-execbench OUT/<task>` runs) or
+    `flashinfer-trace` (OUT as a dataset root: definitions/, workloads/, solutions/avo/, traces/avo/,
+    each under <op_type>/ as flashinfer-bench's TraceSet lays them out)."""
+    if fmt not in FORMATS[1:]:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    lin, path = _open_run(run)
+    out_dir, written = Path(out_dir), []
+    try:
+        tasks = lin.tasks()
+        if task is not None:
+            _check_task(lin, run, task)
+            tasks = [task]
+        if not tasks:
+            raise ExportError(f"run {run!r} has no versions yet: nothing to export")
+        for t in tasks:
+            problem = _task_for(lin, t)
+            d = problem.definition
+            best = lin.best(t)
+            if _latencies(d, best) is None:
+                raise ExportError(f"the best version {best.sha[:10]} of {t!r} has a trace that is not PASSED: not exportable")
+            sol = solution_json(d, best.source, best.sha, best.meta.note)
+            traces = [tr.model_copy(update={"solution": sol["name"]}) for tr in best.traces if tr.passed]
+            workloads = problem.workloads
+            ddump = d.model_dump(mode="json", exclude_none=True)
+            if fmt == "sol-execbench":
+                folder = out_dir / safe_name(t)
+                folder.mkdir(parents=True, exist_ok=True)
+                _write(folder / "definition.json", json.dumps(ddump, indent=2) + "\n")
+                _write(folder / "workload.jsonl", "".join(w.model_dump_json(exclude_none=True) + "\n" for w in workloads))
+                _write(folder / "solution.json", json.dumps(sol, indent=2) + "\n")
+                _write(folder / "kernel.py", best.source)
+                _write(folder / "traces.jsonl", "".join(x.model_dump_json(exclude_none=True) + "\n" for x in traces))
+                written.append(folder)
+            else:
+                op = safe_name(d.op_type or "unknown")
+                _write(out_dir / "definitions" / op / f"{t}.json", json.dumps({**ddump, "op_type": d.op_type or "unknown"}, indent=2) + "\n")
+                rows = [{"definition": t, "solution": None, "workload": w.model_dump(mode="json", exclude_none=True),
+                         "evaluation": None} for w in workloads]
+                _write(out_dir / "workloads" / op / f"{t}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+                spath = out_dir / "solutions" / "avo" / op / t / f"{sol['name']}.json"
+                _write(spath, json.dumps(sol, indent=2) + "\n")
+                _write(out_dir / "traces" / "avo" / op / f"{t}.jsonl",
+                       "".join(x.model_dump_json(exclude_none=True) + "\n" for x in traces))
+                written.append(spath)
+        return written
+    finally:
+        lin.close()
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def export_run(run: str, out_dir: Path, task: Optional[str] = None) -> list[Path]:
