@@ -171,6 +171,16 @@ def _check_task(lin, run: str, task: str) -> None:
         raise ExportError(f"run {run!r} has no task {task!r} (tasks: {', '.join(lin.tasks()) or 'none'})")
 
 
+def _tasks_of(lin, run: str, task: Optional[str]) -> list[str]:
+    """The tasks to export: `task`, else every task of the run (at least one)."""
+    if task is not None:
+        _check_task(lin, run, task)
+        return [task]
+    if not lin.tasks():
+        raise ExportError(f"run {run!r} has no versions yet: nothing to export")
+    return lin.tasks()
+
+
 def ship_best(run: str, task: str, dest: Path) -> Path:
     """The task's best version of a run, written as the single artifact `dest` (every key its own)."""
     from avo.lineage import LineageError
@@ -255,12 +265,7 @@ def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None
     lin, path = _open_run(run)
     out_dir, written = Path(out_dir), []
     try:
-        tasks = lin.tasks()
-        if task is not None:
-            _check_task(lin, run, task)
-            tasks = [task]
-        if not tasks:
-            raise ExportError(f"run {run!r} has no versions yet: nothing to export")
+        tasks = _tasks_of(lin, run, task)
         for t in tasks:
             problem = _task_for(lin, t)
             d = problem.definition
@@ -305,12 +310,7 @@ def export_run(run: str, out_dir: Path, task: Optional[str] = None) -> list[Path
     """Export the best version per task (and per-key winners) of a run; returns artifact folders."""
     lin, path = _open_run(run)
     try:
-        tasks = lin.tasks()
-        if task is not None:
-            _check_task(lin, run, task)
-            tasks = [task]
-        if not tasks:
-            raise ExportError(f"run {run!r} has no versions yet: nothing to export")
+        tasks = _tasks_of(lin, run, task)
         out_dir = Path(out_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise ExportError(f"--out {out_dir} is a file, not a directory")
