@@ -16,9 +16,9 @@ from __future__ import annotations
 import ast
 import math
 from enum import Enum
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
                "int64", "int32", "int16", "int8", "bool")
@@ -29,6 +29,18 @@ DType = Literal["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "f
 class AvoModel(BaseModel):
     # Unknown keys are kept (not dropped) so foreign JSON round-trips through avo losslessly.
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # Optional fields written only when set: what other formats define and avo's own files never
+    # carried, so avo's JSON (and every exported artifact) stays byte for byte what it was.
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_extensions(self, handler):
+        data = handler(self)
+        if isinstance(data, dict):
+            for k in self._OMIT_IF_NONE:
+                if k in data and data[k] is None:
+                    del data[k]
+        return data
 
 
 class AxisConst(AvoModel):
@@ -82,6 +94,7 @@ class Tolerance(AvoModel):
     rtol: float = 1e-2
     matched_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     max_error_cap: Optional[float] = None
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("max_error_cap",)
 
 
 class WorkloadTolerance(AvoModel):
@@ -120,6 +133,7 @@ class Definition(AvoModel):
     inplace: list[str] = Field(default_factory=list)  # inputs the kernel mutates: they are the outputs
     forbidden_calls: list[str] = Field(default_factory=list)  # names/aten ops that do the task for you
     custom_inputs_entrypoint: Optional[str] = None  # SOL-ExecBench: reference function making "custom" inputs
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("op_type", "custom_inputs_entrypoint")
 
     @model_validator(mode="after")
     def _check(self) -> "Definition":
@@ -211,6 +225,7 @@ class Workload(AvoModel):
     target: Literal["gpu", "cpu"] = "gpu"
     label: Optional[str] = None
     tolerance: Optional[WorkloadTolerance] = None  # SOL-ExecBench: overrides the definition's
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("tolerance",)
 
     @model_validator(mode="after")
     def _custom_alone(self) -> "Workload":
