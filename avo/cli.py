@@ -52,14 +52,13 @@ def eval_cmd(target: str = typer.Argument(..., help="task name, problem director
              peer: bool = typer.Option(False, help="trusted peer implementation: allow library calls that do the task"),
              definition: Optional[str] = typer.Option(None, help="in a FlashInfer-Trace dataset root: the definition's name")) -> None:
     """Evaluate one candidate on a task: correctness on every workload, timing, SOL score."""
-    from avo.tasks import TaskError, find_solution_json, load_solution, load_task
+    from avo.tasks import TaskError, load_solution, load_task, own_solution
     if device not in ("auto", "cuda", "interpret"):
         die(f"--device must be auto, cuda or interpret, not {device!r}")
     try:
         task = load_task(target, definition)
         if candidate is None:
-            folder, _, name = target.rpartition("::") if definition is None and "::" in target else (target, "", definition)
-            found = find_solution_json(Path(folder), name or None) if Path(folder).is_dir() else None
+            found = own_solution(target, definition)
             if found is None:
                 die("no CANDIDATE given and the target has no solution (solution.json, solution_*.json, solutions/)")
             candidate = found

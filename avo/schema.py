@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 
 DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
                "int64", "int32", "int16", "int8", "bool")
+DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
+               "float4_e2m1": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "bool": 1}  # per element
 DType = Literal["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
                 "int64", "int32", "int16", "int8", "bool"]
 
@@ -176,6 +178,12 @@ class Definition(AvoModel):
         """A tensor's shape from resolved axes (a digit string in a shape is a literal size)."""
         spec = {**self.inputs, **self.outputs}[tensor]
         return tuple(int(a) if a.isdigit() else axes[a] for a in spec.shape or [])
+
+    def io_bytes(self, w: "Workload") -> int:
+        """Unique input + output bytes of a workload (each tensor read or written once)."""
+        axes = self.axis_values(w.axes)
+        return sum(math.prod(self.dims(n, axes)) * DTYPE_BYTES[w.dtypes.get(n, s.dtype)]
+                   for n, s in {**self.inputs, **self.outputs}.items() if s.shape is not None)
 
     def tolerance_for(self, w: "Workload") -> Tolerance:
         """The definition's tolerance with what the workload sets (SOL-ExecBench) on top."""

@@ -55,22 +55,13 @@ class Task(BaseModel):
 
 
 CPU_AUTO_BYTES = 8 << 20
-_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "float4_e2m1": 1,
-             "int64": 8, "int32": 4, "int16": 2, "int8": 1, "bool": 1}
 
 
 def _io_bytes(d: Definition, w: Workload) -> int:
     try:
-        axes = d.axis_values(w.axes)
+        return d.io_bytes(w)
     except (ValueError, KeyError):
         return 1 << 62  # unresolvable here: never picked as a small interpreter workload
-    total = 0
-    for name, spec in {**d.inputs, **d.outputs}.items():
-        n = 1
-        for a in spec.shape or []:
-            n *= int(a) if a.isdigit() else axes.get(a, 1)
-        total += n * _ITEMSIZE[w.dtypes.get(name, spec.dtype)]
-    return total
 
 
 def evaluators_dir() -> Path:
@@ -300,11 +291,23 @@ def list_tasks() -> list[Task]:
     return [load_task_dir(p) for p in sorted(root.iterdir()) if (p / "definition.json").exists()]
 
 
+def split_target(target: str, definition: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """(task name or folder, definition name in a dataset root): `ROOT::NAME`, or `ROOT` with `definition`."""
+    if definition is None and "::" in target:
+        target, definition = target.rsplit("::", 1)
+    return target, definition
+
+
+def own_solution(target: str, definition: Optional[str] = None) -> Optional[Path]:
+    """The solution a problem came with (find_solution_json), for a target as load_task takes it."""
+    folder, name = split_target(target, definition)
+    return find_solution_json(Path(folder), name) if Path(folder).is_dir() else None
+
+
 def load_task(target: str, definition: Optional[str] = None) -> Task:
     """A task name under evaluators/, a path to a problem directory, or a FlashInfer-Trace dataset
     root with a definition name (`definition`, or `ROOT::NAME`)."""
-    if "::" in target and definition is None:
-        target, definition = target.rsplit("::", 1)
+    target, definition = split_target(target, definition)
     p = Path(target)
     if definition is not None:
         if not p.is_dir() or not is_dataset_root(p):

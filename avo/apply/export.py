@@ -181,6 +181,14 @@ def _tasks_of(lin, run: str, task: Optional[str]) -> list[str]:
     return lin.tasks()
 
 
+def _exportable_best(lin, d: Definition, task: str):
+    """The task's best version, refused when any of its traces is not PASSED."""
+    v = lin.best(task)
+    if _latencies(d, v) is None:
+        raise ExportError(f"the best version {v.sha[:10]} of {task!r} has a trace that is not PASSED: not exportable")
+    return v
+
+
 def ship_best(run: str, task: str, dest: Path) -> Path:
     """The task's best version of a run, written as the single artifact `dest` (every key its own)."""
     from avo.lineage import LineageError
@@ -188,9 +196,7 @@ def ship_best(run: str, task: str, dest: Path) -> Path:
     try:
         _check_task(lin, run, task)
         d = _definition_for(lin, task)
-        v = lin.best(task)
-        if _latencies(d, v) is None:
-            raise ExportError(f"the best version {v.sha[:10]} of {task!r} has a trace that is not PASSED: not exportable")
+        v = _exportable_best(lin, d, task)
         dest = Path(dest)
         if dest.exists() and not (dest / "manifest.json").exists():
             raise ExportError(f"--ship {dest} exists and is not an artifact: not replacing it")
@@ -269,11 +275,10 @@ def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None
         for t in tasks:
             problem = _task_for(lin, t)
             d = problem.definition
-            best = lin.best(t)
-            if _latencies(d, best) is None:
-                raise ExportError(f"the best version {best.sha[:10]} of {t!r} has a trace that is not PASSED: not exportable")
+            best = _exportable_best(lin, d, t)
             sol = solution_json(d, best.source, best.sha, best.meta.note)
-            traces = [tr.model_copy(update={"solution": sol["name"]}) for tr in best.traces if tr.passed]
+            traces = "".join(tr.model_copy(update={"solution": sol["name"]}).model_dump_json(exclude_none=True) + "\n"
+                             for tr in best.traces if tr.passed)
             workloads = problem.workloads
             ddump = d.model_dump(mode="json", exclude_none=True)
             if fmt == "sol-execbench":
@@ -283,7 +288,7 @@ def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None
                 _write(folder / "workload.jsonl", "".join(w.model_dump_json(exclude_none=True) + "\n" for w in workloads))
                 _write(folder / "solution.json", json.dumps(sol, indent=2) + "\n")
                 _write(folder / "kernel.py", best.source)
-                _write(folder / "traces.jsonl", "".join(x.model_dump_json(exclude_none=True) + "\n" for x in traces))
+                _write(folder / "traces.jsonl", traces)
                 written.append(folder)
             else:
                 op = safe_name(d.op_type or "unknown")
@@ -293,8 +298,7 @@ def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None
                 _write(out_dir / "workloads" / op / f"{t}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
                 spath = out_dir / "solutions" / "avo" / op / t / f"{sol['name']}.json"
                 _write(spath, json.dumps(sol, indent=2) + "\n")
-                _write(out_dir / "traces" / "avo" / op / f"{t}.jsonl",
-                       "".join(x.model_dump_json(exclude_none=True) + "\n" for x in traces))
+                _write(out_dir / "traces" / "avo" / op / f"{t}.jsonl", traces)
                 written.append(spath)
         return written
     finally:

@@ -52,10 +52,10 @@ def seed_islands(state: RunState, ev) -> None:
             scores, traces = existing[0].meta.scores, existing[0].traces_jsonl
             mode, hw = existing[0].meta.device_mode, existing[0].meta.hardware
         else:
-            state.display.event(f"{name}: evaluating the seed ({setup.seed_text}) on {len(setup.workloads)} workloads")
+            state.display.event(f"{name}: evaluating the seed ({setup.seed_text()}) on {len(setup.workloads)} workloads")
             rep = ev.evaluate(setup.task, kernel_solution(name, setup.seed_source, f"{name}-seed"), setup.workloads)
             if not rep.passed:
-                raise EvolveError(f"the seed kernel {setup.seed_text} fails on {name}: {rep.status.value}: "
+                raise EvolveError(f"the seed kernel {setup.seed_text()} fails on {name}: {rep.status.value}: "
                                   f"{' '.join(rep.message.split())[:400]}", EXIT_FAILED)
             scores = scores_from(rep, 1.0)
             traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from avo.config import ConfigError, RunConfig
 from avo.schema import Workload
-from avo.tasks import (REFERENCE_SEED, Task, TaskError, default_seed_path, find_solution_json, load_solution, load_task,
+from avo.tasks import (REFERENCE_SEED, Task, TaskError, default_seed_path, load_solution, load_task, own_solution,
                        reference_seed, seed_from_solution, source_hash)
 
 
@@ -23,12 +23,11 @@ class TaskSetup(BaseModel):
     seed_path: str  # the seed's file, or REFERENCE_SEED for one made from the reference
     seed_kind: str = "file"  # file (configured or kernels/) | problem solution | reference
 
-    @property
-    def seed_text(self) -> str:
-        """The seed as `avo evolve` names it: its path and where it came from."""
+    def seed_text(self, show_path=str) -> str:
+        """The seed as `avo evolve` names it: its path (as `show_path` writes it) and where it came from."""
         if self.seed_kind == "reference":
             return "made from the task's reference (the problem has no solution)"
-        return self.seed_path + (" (the problem's own solution)" if self.seed_kind == "problem solution" else "")
+        return show_path(self.seed_path) + (" (the problem's own solution)" if self.seed_kind == "problem solution" else "")
 
     @property
     def name(self) -> str:
@@ -49,14 +48,13 @@ def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str, str]:
     """(source, path, kind): the configured seed, else kernels/<family>/<name>_seed.py, else the
     problem directory's own solution, else one made from the task's reference."""
     path, kind = cfg.seed_path(entry, task.name), "file"
-    folder, _, dataset_name = entry.partition("::")  # a FlashInfer-Trace dataset: ROOT::NAME
     if path is None:
         cand = default_seed_path(task.name)
-        own = find_solution_json(Path(folder), dataset_name or None) if Path(folder).is_dir() else None
         if cand.exists():
             path = cand
-        elif own is not None:
-            path, kind = own, "problem solution"
+        else:
+            path = own_solution(entry)
+            kind = "problem solution" if path is not None else kind
     if path is None:
         return reference_seed(task.definition), REFERENCE_SEED, "reference"
     if not Path(path).exists():

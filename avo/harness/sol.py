@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from avo.schema import Definition, ScalarInput, Workload
+from avo.schema import DTYPE_BYTES, Definition, ScalarInput, Workload
 
 
 class Hardware(BaseModel):
@@ -69,11 +69,6 @@ def detect_gpu_name() -> Optional[str]:
         return None
 
 
-def _itemsize(dtype: str) -> int:
-    return {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
-            "float4_e2m1": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "bool": 1}[dtype]
-
-
 def expr_env(d: Definition, w: Workload) -> dict[str, Any]:
     """Names usable in SOL expressions: axes, scalar inputs, isz_<t>, numel_<t> for each tensor."""
     axes = d.axis_values(w.axes)
@@ -82,7 +77,7 @@ def expr_env(d: Definition, w: Workload) -> dict[str, Any]:
     for name, spec in {**d.inputs, **d.outputs}.items():
         if spec.shape is None:
             continue
-        env[f"isz_{name}"] = _itemsize(w.dtypes.get(name, spec.dtype))
+        env[f"isz_{name}"] = DTYPE_BYTES[w.dtypes.get(name, spec.dtype)]
         env[f"numel_{name}"] = math.prod(d.dims(name, axes))
     env.update(ceil=math.ceil, min=min, max=max, log2=math.log2)
     return env
@@ -97,9 +92,7 @@ def _eval(expr: str, env: dict[str, Any]) -> float:
 
 def io_bytes(d: Definition, w: Workload) -> float:
     """Unique input + output bytes (each read once, each written once)."""
-    env = expr_env(d, w)
-    names = list(d.inputs) + list(d.outputs)
-    return float(sum(env[f"numel_{n}"] * env[f"isz_{n}"] for n in names if f"numel_{n}" in env))
+    return float(d.io_bytes(w))
 
 
 def reference_flops(d: Definition, w: Workload) -> float:

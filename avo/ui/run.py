@@ -43,7 +43,7 @@ def print_start(c: Console, cfg: RunConfig, device: str, tasks: dict[str, TaskSe
     for name, s in tasks.items():
         isl = [i for i in islands if i.task == name]
         ops = sorted({i.operator for i in isl})
-        seed = s.seed_text if s.seed_kind == "reference" else s.seed_text.replace(s.seed_path, _rel(Path(s.seed_path)))
+        seed = s.seed_text(lambda p: _rel(Path(p)))
         c.print(f"  task {name}: seed {seed}, {len(s.workloads)} workloads, "
                 f"{len(isl)} islands ({', '.join(ops)})", highlight=False)
     c.print(f"  budget: {stats.budget}; gate: gain > max({cfg.gate.min_gain:.1%}, noise); "
