@@ -121,6 +121,8 @@ class RunConfig(Strict):
     lineage_dir: Optional[Path] = None  # default lineages/<run>
     tasks: list[str] = Field(min_length=1)  # task names under evaluators/ or problem directories
     seed_kernels: dict[str, Path] = Field(default_factory=dict)  # task -> kernel .py
+    # a problem with only a reference: Inductor's Triton for it (plain reference if refused) or the plain reference
+    reference_seed: Literal["inductor", "plain"] = "inductor"
     workloads: dict[str, list[str]] = Field(default_factory=dict)  # task -> workload uuids (default: all for the device)
     operators: list[OperatorSpec] = Field(default_factory=lambda: [HeuristicSpec()])
     islands: list[IslandSpec] = Field(default_factory=list)  # explicit; else islands_per_task

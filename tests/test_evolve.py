@@ -172,8 +172,9 @@ def test_llm_budget_and_exhausted_operators_end_the_run(tmp_path, capsys):
 
 
 def test_a_problem_with_only_a_reference_starts_from_a_seed_made_of_it(tmp_path):
-    """A foreign problem directory with a definition and workloads but no solution: the seed is the
-    reference in destination-passing form, evaluated like any kernel (PASSED), and the run says so."""
+    """A foreign problem directory with a definition and workloads but no solution, with Inductor's
+    seed turned off: the seed is the reference in destination-passing form, evaluated like any
+    kernel (PASSED), and the run says so (tests/test_inductor_seed.py covers the default)."""
     import shutil
     problem = tmp_path / "rmsnorm_ref_only"
     problem.mkdir()
@@ -182,13 +183,13 @@ def test_a_problem_with_only_a_reference_starts_from_a_seed_made_of_it(tmp_path)
         shutil.copy(fib / f, problem / f)
     cfg = tmp_path / "ref.yaml"
     cfg.write_text(f"run: ref-only\nlineage_dir: {tmp_path / 'lin'}\ntasks: [{problem}]\n"
-                   f"budget: {{attempts: 1}}\ndevice: interpret\n")
+                   f"budget: {{attempts: 1}}\ndevice: interpret\nreference_seed: plain\n")
     r = subprocess.run([sys.executable, "-m", "avo.cli", "evolve", "-c", str(cfg), "--no-live"], capture_output=True,
                        text=True, timeout=600, cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "budget was already spent" not in r.stdout
-    assert "seed made from the task's reference (the problem has no solution)" in r.stdout
+    assert "the task's reference in plain PyTorch (the problem has no solution; Inductor's seed: off in the config" in " ".join(r.stdout.split())
     with Lineage.open(tmp_path / "lin") as lin:
         seed = lin.best("rmsnorm_h256")
         attempts = lin.attempts()

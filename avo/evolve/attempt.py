@@ -40,36 +40,54 @@ def scores_from(rep: EvalReport, speedup_vs_seed: Optional[float]) -> Scores:
 
 def seed_islands(state: RunState, ev) -> None:
     """Evaluate each task's seed once and commit it to every island that has none yet. `ev`:
-    a harness Evaluator, or the Ray backend's RemoteEvaluator."""
+    a harness Evaluator, or the Ray backend's RemoteEvaluator. All seeds are evaluated before any
+    is committed, so a seed made by Inductor that fails can still give way to the plain reference
+    seed while the lineage holds nothing (its identity names the seeds)."""
     lin = state.lineage
+    judged = {}
     for name, setup in state.tasks.items():
-        state.seen[name].add(source_hash(setup.seed_source))
         missing = [i for i in state.islands if i.task == name and lin.head_sha(name, i.island) is None]
         if not missing:
             continue
         existing = [v for v in lin.versions(name) if v.meta.kind == "seed"]
         if existing:
-            scores, traces = existing[0].meta.scores, existing[0].traces_jsonl
-            mode, hw = existing[0].meta.device_mode, existing[0].meta.hardware
-        else:
-            state.display.event(f"{name}: evaluating the seed ({setup.seed_text()}) on {len(setup.workloads)} workloads")
-            rep = ev.evaluate(setup.task, kernel_solution(name, setup.seed_source, f"{name}-seed"), setup.workloads)
-            if not rep.passed:
-                raise EvolveError(f"the seed kernel {setup.seed_text()} fails on {name}: {rep.status.value}: "
-                                  f"{' '.join(rep.message.split())[:400]}", EXIT_FAILED)
-            scores = scores_from(rep, 1.0)
-            traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)
-            mode, hw = rep.device_mode, rep.hardware
+            v = existing[0]
+            judged[name] = (missing, v.meta.scores, v.traces_jsonl, v.meta.device_mode, v.meta.hardware)
+            continue
+        rep = _evaluate_seed(state, ev, setup)
+        if not rep.passed and setup.seed_kind == "inductor":
+            why = f"it failed here ({rep.status.value}: {' '.join(rep.message.split())[:160]})"
+            state.display.event(f"{name}: Inductor's seed {why}; using the plain reference seed", "yellow")
+            setup.plain_seed(why)
+            state.reidentify()
+            rep = _evaluate_seed(state, ev, setup)
+        if not rep.passed:
+            raise EvolveError(f"the seed kernel {setup.seed_text()} fails on {name}: {rep.status.value}: "
+                              f"{' '.join(rep.message.split())[:400]}", EXIT_FAILED)
+        judged[name] = (missing, scores_from(rep, 1.0), "".join(t.model_dump_json() + "\n" for t in rep.traces),
+                        rep.device_mode, rep.hardware)
+    for name, (missing, scores, traces, mode, hw) in judged.items():
+        setup = state.tasks[name]
+        state.seen[name].add(source_hash(setup.seed_source))
+        note = {"reference": "seed made from the reference", "inductor": "seed made from the reference by Inductor"}
         for isl in missing:
             meta = VersionMeta(run=state.cfg.run, task=name, island=isl.island, kind="seed", operator="seed",
-                               note=Path(setup.seed_path).name if setup.seed_kind != "reference" else "seed made from the reference",
+                               note=note.get(setup.seed_kind, Path(setup.seed_path).name),
                                source_hash=source_hash(setup.seed_source),
                                scores=scores, device_mode=mode, hardware=hw, run_elapsed_s=state.stats.elapsed_s)
             parsed = [Trace.model_validate_json(x) for x in traces.splitlines() if x.strip()]
             with_phase(state.stop, "commit", lambda: lin.commit_version(meta, setup.seed_source, traces,
                                                                         version_message(meta, parsed)))
             state.display.event(f"{isl.label}: seed committed")
+    for name, setup in state.tasks.items():
+        state.seen[name].add(source_hash(setup.seed_source))
     state.refresh_bests()
+
+
+def _evaluate_seed(state: RunState, ev, setup):
+    name = setup.name
+    state.display.event(f"{name}: evaluating the seed ({setup.seed_text()}) on {len(setup.workloads)} workloads")
+    return ev.evaluate(setup.task, kernel_solution(name, setup.seed_source, f"{name}-seed"), setup.workloads)
 
 
 def operator_error(e: BaseException) -> str:

@@ -10,6 +10,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from avo.config import ConfigError, RunConfig
+from avo.evolve.inductor_seed import INDUCTOR_SEED, make_inductor_seed
 from avo.schema import Workload
 from avo.tasks import (REFERENCE_SEED, Task, TaskError, default_seed_path, load_solution, load_task, own_solution,
                        reference_seed, seed_from_solution, source_hash)
@@ -21,17 +22,26 @@ class TaskSetup(BaseModel):
     workloads: list[Workload]
     seed_source: str
     seed_path: str  # the seed's file, or REFERENCE_SEED for one made from the reference
-    seed_kind: str = "file"  # file (configured or kernels/) | problem solution | reference
+    seed_kind: str = "file"  # file (configured or kernels/) | problem solution | inductor | reference
+    seed_note: str = ""  # why a problem with only a reference got the plain reference seed
 
     def seed_text(self, show_path=str) -> str:
         """The seed as `avo evolve` names it: its path (as `show_path` writes it) and where it came from."""
+        if self.seed_kind == "inductor":
+            return "made from the task's reference by TorchInductor (Triton kernels, no solution came with the problem)"
         if self.seed_kind == "reference":
-            return "made from the task's reference (the problem has no solution)"
+            return ("the task's reference in plain PyTorch (the problem has no solution"
+                    + (f"; Inductor's seed: {self.seed_note}" if self.seed_note else "") + ")")
         return show_path(self.seed_path) + (" (the problem's own solution)" if self.seed_kind == "problem solution" else "")
 
     @property
     def name(self) -> str:
         return self.task.name
+
+    def plain_seed(self, why: str) -> None:
+        """Fall back from Inductor's seed to the plain reference seed."""
+        self.seed_source, self.seed_path, self.seed_kind = reference_seed(self.task.definition), REFERENCE_SEED, "reference"
+        self.seed_note = why
 
 
 class IslandRef(BaseModel):
@@ -44,9 +54,10 @@ class IslandRef(BaseModel):
         return f"{self.task}/island-{self.island}"
 
 
-def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str, str]:
-    """(source, path, kind): the configured seed, else kernels/<family>/<name>_seed.py, else the
-    problem directory's own solution, else one made from the task's reference."""
+def _seed(cfg: RunConfig, entry: str, task: Task, workloads: list[Workload], device: str) -> tuple[str, str, str, str]:
+    """(source, path, kind, note): the configured seed, else kernels/<family>/<name>_seed.py, else
+    the problem directory's own solution, else Inductor's Triton for the reference, else the
+    reference itself (note: why Inductor's was not used)."""
     path, kind = cfg.seed_path(entry, task.name), "file"
     if path is None:
         cand = default_seed_path(task.name)
@@ -56,7 +67,12 @@ def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str, str]:
             path = own_solution(entry)
             kind = "problem solution" if path is not None else kind
     if path is None:
-        return reference_seed(task.definition), REFERENCE_SEED, "reference"
+        why = "off in the config (reference_seed: plain)"
+        if cfg.reference_seed == "inductor":
+            src, why = make_inductor_seed(task, workloads, device)
+            if src is not None:
+                return src, INDUCTOR_SEED, "inductor", ""
+        return reference_seed(task.definition), REFERENCE_SEED, "reference", why
     if not Path(path).exists():
         raise ConfigError(f"seed kernel for {task.name!r} not found: {path}")
     try:
@@ -65,13 +81,13 @@ def _seed(cfg: RunConfig, entry: str, task: Task) -> tuple[str, str, str]:
         raise ConfigError(str(e)) from None
     if kind == "problem solution" and len(sol.sources) == 1 and sol.spec.language in ("python", "triton"):
         try:
-            return seed_from_solution(task.definition, sol), str(path), kind
+            return seed_from_solution(task.definition, sol), str(path), kind, ""
         except TaskError as e:
             raise ConfigError(str(e)) from None
     if len(sol.sources) != 1 or sol.entry_symbol != "run":
         raise ConfigError(f"seed {path}: avo evolves single-file kernels whose entry point is run() "
                           f"(got {len(sol.sources)} files, entry {sol.spec.entry_point})")
-    return sol.sources[0].content, str(path), kind
+    return sol.sources[0].content, str(path), kind, ""
 
 
 def resolve_tasks(cfg: RunConfig, device: str) -> dict[str, TaskSetup]:
@@ -96,9 +112,9 @@ def resolve_tasks(cfg: RunConfig, device: str) -> dict[str, TaskSetup]:
             wls = task.select("gpu" if device == "cuda" else "cpu")
         if not wls:
             raise ConfigError(f"task {task.name!r} has no workloads for device {device}")
-        src, path, kind = _seed(cfg, entry, task)
+        src, path, kind, note = _seed(cfg, entry, task, wls, device)
         out[task.name] = TaskSetup(entry=entry, task=task, workloads=wls, seed_source=src, seed_path=path,
-                                   seed_kind=kind)
+                                   seed_kind=kind, seed_note=note)
     for key in cfg.workloads:
         if key not in out and key not in [s.entry for s in out.values()]:
             raise ConfigError(f"workloads names {key!r}, which is not among tasks")

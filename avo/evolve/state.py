@@ -19,12 +19,12 @@ from pydantic import BaseModel, Field
 from avo.config import BudgetConfig, RunConfig, SupervisorConfig
 from avo.evolve.setup import IslandRef, TaskSetup, identity_mismatch, resolve_islands, resolve_tasks, run_identity
 from avo.evolve.stop import StopSignal
-from avo.lineage import Lineage, Version
+from avo.lineage import Lineage, LineageError, Version
 from avo.lineage.records import AttemptRecord, now_iso
 from avo.operators.base import AttemptView, LineageView, Operator, StepContext, TrajectoryReview, VersionView
 from avo.operators.factory import make_meter, make_operators, review_hook
 from avo.operators.recipes import RecipeError
-from avo.tasks import REPO_ROOT, kernel_solution
+from avo.tasks import REPO_ROOT, kernel_solution, reference_seed, source_hash
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RECENT_ATTEMPTS = 24  # attempts of the island an operator sees
@@ -273,6 +273,14 @@ class RunState:
         self.next_n = 1
         self.stats = RunStats(run=cfg.run, device=device, budget=budget_text(cfg.budget))
 
+    def reidentify(self) -> None:
+        """Rewrite the identity of a lineage that holds nothing yet, after a seed changed."""
+        cfg_yaml = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+        try:
+            self.lineage.reset_root(self.cfg.run, cfg_yaml, run_identity(self.device, self.tasks, self.islands))
+        except LineageError as e:
+            raise EvolveError(f"a seed changed after the run began ({e}); start a new --run", EXIT_FAILED) from None
+
     def island(self, label: str) -> IslandRef:
         return next(i for i in self.islands if i.label == label)
 
@@ -284,6 +292,11 @@ class RunState:
         lin, created = Lineage.open_or_create(self.cfg.lineage_path, self.cfg.run, cfg_yaml, ident)
         self.lineage = lin
         if not created:
+            stored = lin.identity().get("seeds", {})
+            for name, setup in self.tasks.items():  # the run fell back from Inductor's seed when it began
+                if setup.seed_kind == "inductor" and stored.get(name) == source_hash(reference_seed(setup.task.definition)):
+                    setup.plain_seed("it failed when this run began")
+            ident = run_identity(self.device, self.tasks, self.islands)
             why = identity_mismatch(lin.identity(), ident)
             if why and not lin.branches() and not lin.attempts():
                 lin.reset_root(self.cfg.run, cfg_yaml, ident)  # nothing recorded yet (a failed seed): start over
