@@ -4,14 +4,15 @@
 #   bash scripts/gpu_verify.sh evals            # avo eval of seeds and peers + the GPU tests
 #   bash scripts/gpu_verify.sh evolve CONFIG    # avo evolve of configs/CONFIG.yaml (or a path) + report, best, export
 #        CONFIG: gpu_grammar gpu_attention gpu_attention_gqa gpu_attention_prefill gpu_attention_gluon
-#                gpu_gqa_decode gpu_mha_decode gpu_layout gpu_megakernel; MINUTES is the run's total wall
+#                gpu_gqa_decode gpu_mha_decode gpu_layout gpu_megakernel gpu_problems; MINUTES is the run's total wall
 #                budget (default 8): a resumed run (lineages/<run> carried along) counts the minutes it
 #                already ran, so pass the old total plus what you want to add
 #   bash scripts/gpu_verify.sh ray1             # avo evolve --backend ray on this one GPU (RAY=1 prepare_device_wheels.sh; carry .whl-ray)
 #   bash scripts/gpu_verify.sh agentic          # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e              # avo.apply in transformers + xgrammar: tokens and tokens/s
 #   bash scripts/gpu_verify.sh bench [WHICH]    # peer benchmarks (rewrite docs/benchmarks.md sections); WHICH:
-#        (none) both scripts on the seeds; attention | memory | grammar | megakernel: the evolved kernels vs seeds and peers
+#        (none) both scripts on the seeds; attention | memory | grammar | megakernel: the evolved kernels vs seeds and peers;
+#        problems: scripts/bench_problem.py on the run of configs/gpu_problems.yaml (reference-only user problems)
 #   bash scripts/gpu_verify.sh sweep GRID       # scripts/sweep_knobs.py --grid GRID (scripts/sweeps/GRID.json); WL overrides its workloads
 #   bash scripts/gpu_verify.sh ncu              # Nsight Compute per launch of the exported decode layer (target: scripts/call_kernel.py)
 set -uo pipefail
@@ -60,6 +61,8 @@ case "${1:-evals}" in
   e2e) python3 scripts/bench_apply_e2e.py --device cuda --json "$OUT/e2e.json" 2>&1 | tail -c 4000 ;;
   bench)
     case "${2:-}" in
+      problems)  # the user problems of configs/gpu_problems.yaml after `evolve gpu_problems`: seed, best, eager, torch.compile
+        python3 scripts/bench_problem.py gpu-problems 2>&1 | tail -40 ;;
       "")
         python3 scripts/bench_attention.py 2>&1 | tail -40
         python3 scripts/bench_memory_bound.py 2>&1 | tail -40 ;;

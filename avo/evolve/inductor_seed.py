@@ -469,7 +469,9 @@ def make_inductor_seed(task, workloads: list, device: str, timeout_s: float = 30
     version, so a resumed run gets the same seed (its hash is part of the run's identity)."""
     import hashlib
     from importlib.metadata import version
-    w = workloads[0]
+    # a sample whose var axes are all >= 2: Dynamo specialises a size of 1 into the code
+    var = [k for k, a in task.definition.axes.items() if a.type == "var"]
+    w = next((x for x in workloads if all(x.axes.get(k, 2) >= 2 for k in var)), workloads[0])
     key = hashlib.sha256(json.dumps([task.definition.model_dump(mode="json"), w.model_dump(mode="json"),
                                      device, version("torch")], sort_keys=True).encode()).hexdigest()[:24]
     cached = cache_dir() / f"{key}.py"
