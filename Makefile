@@ -16,7 +16,7 @@ else
 	$(BIN)/pip install -q torch==2.13.0
 endif
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps flashinfer-bench
+	$(BIN)/pip install -q --no-deps "flashinfer-bench>=0.1.2"  # the `flashinfer` extra, without its CUDA stack
 	touch $@
 
 venv: $(VENV)/.installed

@@ -112,3 +112,34 @@ device: interpret
     assert evaluated, [(a.status, a.error[:200]) for a in attempts]
     knob_names = {"block_m", "TILE_N", "num_warps", "num_stages"}
     assert all(a.note.split()[0] in knob_names for a in attempts), [a.note for a in attempts]
+
+
+PERSISTENT = '''import torch
+import triton
+import triton.language as tl
+
+NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 4
+
+
+@triton.jit
+def scale_kernel(x, out, n, BLOCK: tl.constexpr):
+    for start in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        tl.store(out + offs, tl.load(x + offs, mask=offs < n) * 2, mask=offs < n)
+
+
+def run(x, out):
+    n = x.numel()
+    grid = (min(NUM_SMS * 2, triton.cdiv(n, 1024)),)
+    scale_kernel[grid](x, out, n, BLOCK=1024)
+'''
+
+
+def test_a_persistent_launchs_programs_per_sm_is_a_knob():
+    """`NUM_SMS * 2` in the grid (NUM_SMS read from multi_processor_count): the 2 is GRID_PER_SM."""
+    k = parse_knobs(PERSISTENT)
+    assert k.config["GRID_PER_SM"] == 2 and k.tunables["GRID_PER_SM"] == [1, 2, 3, 4, 8]
+    new = rewrite_config(PERSISTENT, k, {**k.config, "GRID_PER_SM": 4})
+    assert changed_lines(PERSISTENT, new) == [("    grid = (min(NUM_SMS * 2, triton.cdiv(n, 1024)),)",
+                                               "    grid = (min(NUM_SMS * 4, triton.cdiv(n, 1024)),)")]
+    assert parse_knobs(new).config["GRID_PER_SM"] == 4

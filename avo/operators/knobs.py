@@ -10,7 +10,8 @@ parameter is a `tl.constexpr` power of two (block sizes, tiles, group sizes) or 
 `num_warps` / `num_stages` (added to the launch when absent); a name there is followed to its one
 literal assignment in the host function or the module (`BLOCK = 128`); and `triton.autotune`
 config lists: a list of several configs can be pinned to one (`autotune` 'all'->2), a single
-config's literals are knobs like a launch's. Ranges are safe by construction: powers of two
+config's literals are knobs like a launch's; and a persistent launch's programs per SM (a literal
+times `multi_processor_count` in its grid: `GRID_PER_SM`). Ranges are safe by construction: powers of two
 within 8x of the current value (at most 8192), warps 1-16, stages 1-5. A move rewrites those
 literals only; the evaluator decides whether the kernel still computes the task."""
 from __future__ import annotations
@@ -141,6 +142,7 @@ def describe_move(old: dict[str, Any], new: dict[str, Any]) -> str:
 LAUNCH_OPTIONS = {"num_warps": [1, 2, 4, 8, 16], "num_stages": [1, 2, 3, 4, 5]}
 DEFAULT_OPTIONS = {"num_warps": 4, "num_stages": 3}  # Triton's defaults on NVIDIA GPUs
 MAX_BLOCK = 8192
+GRID_PER_SM = [1, 2, 3, 4, 8]  # resident programs per SM of a persistent launch
 
 
 @dataclass
@@ -199,6 +201,24 @@ def _single_literal(scope: list[ast.stmt], name: str) -> Optional[ast.Constant]:
     return None
 
 
+def _single_value(scope: list[ast.stmt], name: str) -> Optional[ast.AST]:
+    """The value of `name` when the scope assigns it exactly once (any expression)."""
+    hits = [n for n in scope for n in ast.walk(n) if isinstance(n, ast.Assign) and len(n.targets) == 1
+            and isinstance(n.targets[0], ast.Name) and n.targets[0].id == name]
+    return hits[0].value if len(hits) == 1 else None
+
+
+def _counts_sms(node: ast.AST, scope: list[ast.stmt], mod: ast.Module) -> bool:
+    """An expression of the GPU's SM count: `...multi_processor_count`, or a name assigned from it."""
+    text = ast.unparse(node)
+    if "multi_processor_count" in text:
+        return True
+    if isinstance(node, ast.Name):
+        value = _single_value(scope, node.id) or _single_value(mod.body, node.id)
+        return value is not None and "multi_processor_count" in ast.unparse(value)
+    return False
+
+
 def discover_knobs(mod: ast.Module, source: str) -> Knobs:
     kernels = _jit_kernels(mod)
     config: dict[str, Any] = {}
@@ -230,6 +250,17 @@ def discover_knobs(mod: ast.Module, source: str) -> Knobs:
             return
         add(base, node.value, allowed, Site("literal", _span(node)))
 
+    def grid_factors(grid: ast.AST, scope: list[ast.stmt]) -> None:
+        """A persistent launch's programs per SM: `NUM_SMS * 2` (a literal times the SM count) in
+        the grid, or in the one assignment of the name the grid is."""
+        if isinstance(grid, ast.Name):
+            grid = _single_value(scope, grid.id) or _single_value(mod.body, grid.id)
+        for node in ast.walk(grid) if grid is not None else []:
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+                for lit, other in ((node.left, node.right), (node.right, node.left)):
+                    if isinstance(lit, ast.Constant) and type(lit.value) is int and 0 < lit.value <= 64 and _counts_sms(other, scope, mod):
+                        add("GRID_PER_SM", lit.value, sorted(set(GRID_PER_SM + [lit.value])), Site("literal", _span(lit)))
+
     for fn in [n for n in mod.body if isinstance(n, ast.FunctionDef)] + [mod]:
         scope = fn.body
         for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call)):
@@ -237,6 +268,7 @@ def discover_knobs(mod: ast.Module, source: str) -> Knobs:
             if not (isinstance(target, ast.Name) and target.id in kernels) or (fn is mod and call in inside):
                 continue
             params, const, tune = kernels[target.id]
+            grid_factors(call.func.slice, scope)
             for i, arg in enumerate(call.args):
                 if i < len(params) and params[i] in const:
                     literal_knob(params[i], arg, scope, False)
@@ -272,7 +304,7 @@ def discover_knobs(mod: ast.Module, source: str) -> Knobs:
                     Site("literal", _span(kw.value)))
     if not config:
         raise KnobError("kernel has no module-level CONFIG and TUNABLES, and no Triton launch with knobs to turn "
-                        "(tl.constexpr powers of two, num_warps, num_stages, autotune configs)")
+                        "(tl.constexpr powers of two, num_warps, num_stages, autotune configs, programs per SM)")
     return Knobs(config=config, tunables=tunables, span=(0, 0, 0, 0), call_style=True, sites=sites)
 
 
