@@ -369,7 +369,8 @@ def _capture(task, workload, device: str) -> str:
     GraphLowering.codegen = keep
     ns: dict = {}
     exec(compile(d.reference, f"<{d.name}/reference>", "exec"), ns)
-    ref = ns["run"]
+    import inspect
+    ref = inspect.unwrap(ns["run"])  # past @torch.no_grad() and the like: the capture runs under no_grad
     root = Path(task.root) if task.root else None
     x = inp.make_inputs(d, workload, 0, dev, ns.get("make_inputs"), root,
                         ns.get(d.custom_inputs_entrypoint) if d.custom_inputs_entrypoint else None)
@@ -398,6 +399,9 @@ def _capture(task, workload, device: str) -> str:
                 src = ga.source.name if ga is not None else None
                 src = src() if callable(src) else src
                 m = re.fullmatch(r"L\['(\w+)'\](.*)", src or "")
+                va = re.fullmatch(r"L\['args'\]\[(\d+)\](.*)", src or "")  # a *args frame Dynamo entered
+                if va and int(va.group(1)) < len(ins):
+                    m = re.fullmatch(r"(\w+)(.*)", ins[int(va.group(1))] + va.group(2))
                 if not m or m.group(1) not in by_param:
                     raise SeedRefused(f"graph input {src!r} is not one of the reference's arguments")
                 expr = by_param[m.group(1)] + m.group(2)
