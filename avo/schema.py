@@ -336,6 +336,9 @@ class EvaluationStatus(str, Enum):
     COMPILE_ERROR = "COMPILE_ERROR"
     TIMEOUT = "TIMEOUT"
     REWARD_HACK = "REWARD_HACK"  # avo: flashinfer-bench has no such status; never exported
+    # avo: a CUDA C++ solution compile-checked on a machine with no CUDA GPU (the interpreter mode),
+    # so never run: neither a failure of the solution nor a pass. Never exported; `avo eval` exits 0.
+    COMPILED_NOT_RUN = "COMPILED_NOT_RUN"
 
 
 class Correctness(AvoModel):

@@ -4,11 +4,13 @@ threads, forbidden aten ops. Each check returns a short name that lands in the t
 
 The static scan is the first line, not the only one: Python is too dynamic for an AST scan to be
 complete, so every hack it misses must still trip a runtime check (tests/adversarial proves both
-layers; peer mode runs the runtime layer alone)."""
+layers; peer mode runs the runtime layer alone). C/C++/CUDA sources are not Python: they get only
+the forbidden-call rule (scan_native_source)."""
 from __future__ import annotations
 
 import _thread
 import ast
+import re
 import sys
 import threading
 from typing import Any, Optional
@@ -237,13 +239,36 @@ def _check_attr_name(name: str, where: str) -> None:
         raise StaticFinding("introspection", f"{where} uses .{name}")
 
 
+# C, C++ and CUDA sources of a native solution (avo/harness/build.py); headers too.
+NATIVE_SUFFIXES = (".cu", ".cuh", ".cpp", ".cc", ".cxx", ".c", ".h", ".hpp", ".hh", ".hxx", ".inl")
+_C_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_C_IDENT = re.compile(r"[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*")
+
+
+def scan_native_source(src: str, filename: str, forbidden_calls: list[str]) -> None:
+    """A C/C++/CUDA source gets the one static rule that is about the task, not about Python: it
+    must not name a forbidden call (at::scaled_dot_product_attention in an attention kernel).
+    The Python rules (imports, builtins, attributes, hooks) have no meaning here, and compiled
+    code can do anything a process can, so the rest is left to the runtime layer once it runs on
+    a GPU (poisoned outputs, input snapshots, timed-output probes, the side-stream wall check)."""
+    code = _C_COMMENT.sub(" ", src)
+    idents = set(_C_IDENT.findall(code))
+    for word in forbidden_calls:
+        hit = next((i for i in sorted(idents) if word.lower() in i.lower()), None)
+        if hit:
+            raise StaticFinding("library-call", f"{filename} uses {hit!r}, which does the task itself")
+
+
 def scan_solution(sources: dict[str, str], forbidden_calls: list[str]) -> Optional[StaticFinding]:
+    """Python files get the AST scan, C/C++/CUDA files `scan_native_source`, other files
+    (data, docs) nothing."""
     local = tuple(p[:-3].replace("/", ".") for p in sources if p.endswith(".py"))
     for path, src in sources.items():
-        if not path.endswith(".py"):
-            continue
         try:
-            scan_source(src, path, forbidden_calls, local)
+            if path.endswith(".py"):
+                scan_source(src, path, forbidden_calls, local)
+            elif path.endswith(NATIVE_SUFFIXES):
+                scan_native_source(src, path, forbidden_calls)
         except StaticFinding as f:
             return f
     return None

@@ -2,8 +2,10 @@
 device, enforces time limits (kill + restart), compares outputs in this trusted process, and turns
 the cascade into one Trace per workload.
 
-Cascade: static guard -> import/compile -> correctness on every workload (trials with fresh inputs)
--> timing interleaved with the baseline -> post-timing output checks -> SOL bound and score."""
+Cascade: static guard -> import/compile (CUDA C++: build, avo/harness/build.py) -> correctness on
+every workload (trials with fresh inputs) -> timing interleaved with the baseline -> post-timing
+output checks -> SOL bound and score. Where no CUDA GPU is, a CUDA C++ solution stops after a compile
+check as COMPILED_NOT_RUN."""
 from __future__ import annotations
 
 import datetime as dt
@@ -24,6 +26,7 @@ from avo.schema import (Correctness, Environment, Evaluation, EvaluationStatus, 
 from avo.tasks import Task
 
 S = EvaluationStatus
+BUILD_GRACE_S = 60.0  # a CUDA build stops itself at compile_timeout_s; the runner kills it this much later
 
 
 class WorkloadTiming(BaseModel):
@@ -179,6 +182,7 @@ class Evaluator:
         stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         spent: dict[str, float] = {}
         clock = [time.monotonic(), "import"]
+        built = [""]  # a CUDA C++ solution's build note (time, cache): leads the message and every trace's log
 
         def account(key: str, since: float) -> float:
             now = time.monotonic()
@@ -188,8 +192,12 @@ class Evaluator:
         def report(status, log, hack=None, per_wl=None) -> EvalReport:
             account(clock[1], clock[0])
             traces = []
+            if built[0]:
+                log = f"{built[0]}\n{log}" if log else built[0]
             for w in wls:
                 st, lg, corr, perf = (per_wl or {}).get(w.uuid, (status, log, None, None))
+                if built[0] and per_wl and w.uuid in per_wl:
+                    lg = f"{built[0]}\n{lg}" if lg else built[0]
                 ev = Evaluation(status=st, environment=env, timestamp=stamp, log=lg,
                                 correctness=corr, performance=perf,
                                 hack_check=hack if st == S.REWARD_HACK else None)
@@ -212,7 +220,7 @@ class Evaluator:
                "workloads": [w.model_dump(mode="json") for w in wls], "trial_seeds": trial_seeds,
                "set_seeds": set_seeds, "refresh_seeds": refresh_seeds, "timing": self.timing,
                "baseline": task.baseline, "root": str(task.root) if task.root else None,
-               "peer": self.cfg.peer}
+               "peer": self.cfg.peer, "compile_timeout_s": self.cfg.compile_timeout_s}
         by_uuid = {w.uuid: w for w in wls}
         ensure_workers(self.cand, self.ref)
         self.cand.send(job)
@@ -234,7 +242,14 @@ class Evaluator:
             if kind == "phase":
                 phase = msg[1]
                 clock[:] = [account(clock[1], clock[0]), phase.split(":")[0]]
-                limit = self.cfg.compile_timeout_s if phase.startswith(("import", "compile")) else self.cfg.run_timeout_s
+                limit = self.cfg.compile_timeout_s + BUILD_GRACE_S if phase == "build" else \
+                    self.cfg.compile_timeout_s if phase.startswith(("import", "compile")) else self.cfg.run_timeout_s
+            elif kind == "build":  # a CUDA C++ solution built (or found in the cache): how long it took
+                built[0] = msg[1]
+            elif kind == "not_run":  # compile-checked, and no GPU here to run it: not a failure of the solution
+                return report(S.COMPILED_NOT_RUN, msg[1])
+            elif kind == "unavailable":  # this machine cannot even check it (no nvcc): nothing was evaluated
+                raise HarnessError(msg[1])
             elif kind == "fail":
                 status, hack, log = S(msg[1]), msg[2], msg[3]
                 self.cand.kill()  # a failed candidate may leave state behind: fresh process next time
@@ -349,13 +364,15 @@ class Evaluator:
         self.cand.send({"op": "ab", "definition": task.definition.model_dump(mode="json"),
                         "solutions": [best.model_dump(mode="json"), cand.model_dump(mode="json")],
                         "workloads": [w.model_dump(mode="json") for w in wls], "set_seeds": set_seeds,
-                        "timing": self.timing, "rounds": rounds, "root": str(task.root) if task.root else None})
+                        "timing": self.timing, "rounds": rounds, "root": str(task.root) if task.root else None,
+                        "compile_timeout_s": self.cfg.compile_timeout_s})
         samples: dict[str, list[list[float]]] = {}
         while True:
-            msg = self.cand.recv(self.cfg.run_timeout_s + self.cfg.compile_timeout_s)
-            if msg is None or msg[0] in ("dead", "fail"):
+            msg = self.cand.recv(self.cfg.run_timeout_s + self.cfg.compile_timeout_s + BUILD_GRACE_S)
+            if msg is None or msg[0] in ("dead", "fail", "not_run", "unavailable"):
                 self.cand.kill()
-                raise HarnessError(f"A/B re-measurement failed: {msg[3] if msg and msg[0] == 'fail' else msg}")
+                why = msg[3] if msg and msg[0] == "fail" else msg[1] if msg and msg[0] in ("not_run", "unavailable") else msg
+                raise HarnessError(f"A/B re-measurement failed: {why}")
             if msg[0] == "timing":
                 samples[msg[1]] = msg[2]["samples"]
             elif msg[0] == "done":

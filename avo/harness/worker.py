@@ -3,7 +3,9 @@ with a scrubbed environment; talks to it over a private socket (fd passed at spa
 `candidate` (import, correctness calls, timing, A/B) and `reference` (trusted reference outputs).
 
 Messages to the runner: ("phase", name) before each time-limited step, ("outputs", uuid, seed,
-{name: cpu tensor}), ("fail", status, check, log), ("timing", uuid, dict), ("done", info)."""
+{name: cpu tensor}), ("fail", status, check, log), ("timing", uuid, dict), ("done", info); for a
+CUDA C++ solution ("build", note) after its build, or, where no GPU is, ("not_run", note) after its
+compile check and ("unavailable", why) where not even that is possible (no nvcc)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from avo.harness import channel, check, guard, inputs, timing  # imported before any candidate, on purpose
+from avo.harness import build, channel, check, guard, inputs, timing  # imported before any candidate, on purpose
 from avo.schema import Definition, EvaluationStatus, Solution, Workload
 
 S = EvaluationStatus
@@ -56,7 +58,8 @@ def _value_returning(fn: Callable, d: Definition) -> Callable:
         if len(res) != len(names):
             raise Fail(S.INCORRECT_SHAPE, f"returned {len(res)} values for {len(names)} outputs ({', '.join(names)})")
         for name, out, r in zip(names, args[n_in:], res):
-            r = r if isinstance(r, torch.Tensor) else torch.as_tensor(r, device=out.device)
+            if not isinstance(r, torch.Tensor):  # a DLPack tensor (tvm-ffi) or a Python number
+                r = torch.from_dlpack(r) if hasattr(r, "__dlpack__") else torch.as_tensor(r, device=out.device)
             if tuple(r.shape) != tuple(out.shape):
                 raise Fail(S.INCORRECT_SHAPE, f"{name}: returned shape {tuple(r.shape)} != {tuple(out.shape)}")
             if r.dtype != out.dtype:
@@ -87,7 +90,9 @@ class Worker:
         channel.send(self.conn, msg, self.bulk)
 
     # ---- loading code ----
-    def _load_module(self, sol: Solution, d: Definition) -> Callable:
+    def _load_module(self, sol: Solution, d: Definition, job: dict) -> Callable:
+        if build.is_native(sol):
+            return self._build_native(sol, d, float(job.get("compile_timeout_s") or build.DEFAULT_LIMIT_S))
         digest = hashlib.sha256(sol.model_dump_json().encode()).hexdigest()[:16]
         folder = self.tmp / f"sol_{digest}"
         for s in sol.sources:
@@ -95,7 +100,8 @@ class Worker:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(s.content)
         if sol.spec.language not in ("triton", "python"):
-            raise Fail(S.COMPILE_ERROR, f"language {sol.spec.language!r} is not built by avo's worker (triton, python)")
+            raise Fail(S.COMPILE_ERROR, f"language {sol.spec.language!r} is not built by avo's worker "
+                       f"(triton, python, cuda, cpp)")
         modname = f"avo_candidate_{digest}"
         sys.path.insert(0, str(folder))
         try:
@@ -110,6 +116,19 @@ class Worker:
         fn = getattr(mod, sol.entry_symbol, None)
         if not callable(fn):
             raise Fail(S.COMPILE_ERROR, f"{sol.spec.entry_point}: no callable {sol.entry_symbol!r}")
+        return fn if sol.spec.destination_passing_style else _value_returning(fn, d)
+
+    def _build_native(self, sol: Solution, d: Definition, limit_s: float) -> Callable:
+        """CUDA C++ / C++ (avo/harness/build.py): built and loaded where a CUDA GPU is, else only
+        compile-checked (build.NotRun, reported as COMPILED_NOT_RUN). The build time goes to the runner."""
+        self.send("phase", "build")
+        try:
+            if self.mode != "cuda":
+                raise build.NotRun(build.check(sol, limit_s))
+            fn, note = build.load(sol, limit_s)
+        except build.BuildError as e:
+            raise Fail(S.TIMEOUT if e.timeout else S.COMPILE_ERROR, e.log)
+        self.send("build", note)
         return fn if sol.spec.destination_passing_style else _value_returning(fn, d)
 
     def _reference_ns(self, d: Definition, code: str | None = None) -> dict:
@@ -201,7 +220,7 @@ class Worker:
         sol = Solution.model_validate(job["solution"])
         wls = [Workload.model_validate(w) for w in job["workloads"]]
         self.send("phase", "import")
-        fn = self._load_module(sol, d)
+        fn = self._load_module(sol, d, job)
         finding = self.guard.verify()
         if finding:
             raise Fail(S.REWARD_HACK, finding[1], finding[0])
@@ -327,7 +346,7 @@ class Worker:
         poisoned before each call and B's last output on each set must match A's: a candidate that
         skips work only here (after counting its calls) is caught."""
         d = Definition.model_validate(job["definition"])
-        fns = [self._load_module(Solution.model_validate(s), d) for s in job["solutions"]]
+        fns = [self._load_module(Solution.model_validate(s), d, job) for s in job["solutions"]]
         cfg = job["timing"]
         for w in (Workload.model_validate(x) for x in job["workloads"]):
             self.send("phase", f"ab:{w.uuid}")
@@ -396,6 +415,10 @@ def main() -> None:
             getattr(w, job["op"])(job)
         except Fail as f:
             channel.send(conn, ("fail", f.status.value, f.check, f.log))
+        except build.NotRun as n:  # compile-checked; no GPU here to run it
+            channel.send(conn, ("not_run", n.log))
+        except build.Unavailable as u:  # this machine cannot build it: not the candidate's failure
+            channel.send(conn, ("unavailable", str(u)))
         except Exception as e:  # harness bug or broken reference: report, don't hide
             channel.send(conn, ("fail", S.RUNTIME_ERROR.value, None, _tail(f"worker error: {type(e).__name__}: {e}\n{traceback.format_exc()}")))
         if a.device == "cuda":
