@@ -135,7 +135,8 @@ class Definition(AvoModel):
     inplace: list[str] = Field(default_factory=list)  # inputs the kernel mutates: they are the outputs
     forbidden_calls: list[str] = Field(default_factory=list)  # names/aten ops that do the task for you
     custom_inputs_entrypoint: Optional[str] = None  # SOL-ExecBench: reference function making "custom" inputs
-    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("op_type", "custom_inputs_entrypoint")
+    origin: Optional[str] = None  # a task converted from another format: "kernelbench:level1/19_ReLU.py"
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("op_type", "custom_inputs_entrypoint", "origin")
 
     @model_validator(mode="after")
     def _check(self) -> "Definition":

@@ -306,9 +306,16 @@ def own_solution(target: str, definition: Optional[str] = None) -> Optional[Path
 
 def load_task(target: str, definition: Optional[str] = None) -> Task:
     """A task name under evaluators/, a path to a problem directory, or a FlashInfer-Trace dataset
-    root with a definition name (`definition`, or `ROOT::NAME`)."""
+    root with a definition name (`definition`, or `ROOT::NAME`), or a KernelBench problem .py file."""
     target, definition = split_target(target, definition)
     p = Path(target)
+    if p.suffix == ".py" and definition is None:  # KernelBench: class Model + get_inputs (avo/kernelbench.py)
+        from avo.kernelbench import KernelBenchError, load_problem
+        try:
+            d, wls = load_problem(p)
+        except KernelBenchError as e:
+            raise TaskError(str(e)) from None
+        return Task(definition=d, workloads=wls, root=p.parent)
     if definition is not None:
         if not p.is_dir() or not is_dataset_root(p):
             raise TaskError(f"{target}: not a FlashInfer-Trace dataset root (definitions/, workloads/), "

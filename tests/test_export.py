@@ -297,5 +297,7 @@ def test_export_back_in_the_problem_formats(lineage, tmp_path, quick_evaluator):
     task = load_task(str(root), TASK)
     assert quick_evaluator.evaluate(task, load_solution(task, find_solution_json(root, TASK)),
                                     task.select("cpu")[:1]).status == EvaluationStatus.PASSED
+    r = _cli("export", "run1", "--format", "tensorrt", "--out", "x", cwd=lineage["root"])
+    assert r.returncode == 2 and "--format must be one of artifact, sol-execbench, flashinfer-trace, kernelbench" in r.stderr
     r = _cli("export", "run1", "--format", "kernelbench", "--out", "x", cwd=lineage["root"])
-    assert r.returncode == 2 and "--format must be one of artifact, sol-execbench, flashinfer-trace" in r.stderr
+    assert r.returncode == 2 and "did not come from a KernelBench problem file" in r.stderr

@@ -1,6 +1,6 @@
 """The house rule of avo/: imports point one way,
 
-    cli -> ui -> ray -> evolve -> operators | apply -> harness | lineage -> config -> tasks -> schema
+    cli -> ui -> ray -> evolve -> operators | apply -> harness | lineage -> config -> tasks -> kernelbench -> schema
 
 A module may import its own package and any package of a lower layer; never a higher one, and never
 a package beside it on the same layer (operators and apply, harness and lineage know nothing of each
@@ -20,7 +20,7 @@ AVO = Path(__file__).resolve().parents[1] / "avo"
 # Layer of each top-level part of avo/ (a package folder or a top-level module). Equal numbers:
 # beside each other, so neither may import the other.
 LAYERS = {
-    "schema": 0, "tasks": 1, "config": 2,
+    "schema": 0, "kernelbench": 0.5, "tasks": 1, "config": 2,
     "harness": 3, "lineage": 3,
     "operators": 4, "apply": 4,
     "evolve": 5, "ray": 6, "ui": 7, "cli": 8,

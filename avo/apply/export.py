@@ -27,7 +27,7 @@ from avo.schema import Definition, Solution
 KEY_MARGIN = 0.03
 
 
-FORMATS = ("artifact", "sol-execbench", "flashinfer-trace")
+FORMATS = ("artifact", "sol-execbench", "flashinfer-trace", "kernelbench")
 
 
 class ExportError(Exception):
@@ -265,7 +265,9 @@ def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None
     takes it: `sol-execbench` (OUT/<task>/: definition.json, workload.jsonl, solution.json,
     kernel.py, traces.jsonl: a problem directory `sol-execbench OUT/<task>` runs) or
     `flashinfer-trace` (OUT as a dataset root: definitions/, workloads/, solutions/avo/, traces/avo/,
-    each under <op_type>/ as flashinfer-bench's TraceSet lays them out)."""
+    each under <op_type>/ as flashinfer-bench's TraceSet lays them out) or `kernelbench` (for a task
+    loaded from a KernelBench problem file: OUT/<problem stem>_avo.py, the kernel and a `ModelNew`
+    KernelBench's eval takes, avo/kernelbench.py)."""
     if fmt not in FORMATS[1:]:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     lin, path = _open_run(run)
@@ -276,6 +278,9 @@ def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None
             problem = _task_for(lin, t)
             d = problem.definition
             best = _exportable_best(lin, d, t)
+            if fmt == "kernelbench":
+                written.append(_write_kernelbench(out_dir, d, best))
+                continue
             sol = solution_json(d, best.source, best.sha, best.meta.note)
             traces = "".join(tr.model_copy(update={"solution": sol["name"]}).model_dump_json(exclude_none=True) + "\n"
                              for tr in best.traces if tr.passed)
@@ -303,6 +308,20 @@ def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None
         return written
     finally:
         lin.close()
+
+
+def _write_kernelbench(out_dir: Path, d: Definition, best) -> Path:
+    from avo.kernelbench import KernelBenchError, is_problem_origin, solution_file, solution_filename
+    if not is_problem_origin(d):
+        raise ExportError(f"task {d.name!r} did not come from a KernelBench problem file: --format kernelbench "
+                          "writes only those (pick one with --task)")
+    try:
+        text = solution_file(d, best.source, f"avo lineage commit {best.sha}: {best.meta.note}"[:300])
+    except KernelBenchError as e:
+        raise ExportError(str(e)) from None
+    out = out_dir / solution_filename(d)
+    _write(out, text)
+    return out
 
 
 def _write(path: Path, text: str) -> None:
