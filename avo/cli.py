@@ -184,7 +184,7 @@ def export(run: str = typer.Argument(...), out: Path = typer.Option(Path("artifa
            ship: Optional[Path] = typer.Option(None, help="write the task's best version as the one artifact at "
                                                "this folder (e.g. kernels/<family>/evolved/<name>); needs --task"),
            fmt: str = typer.Option("artifact", "--format", help="artifact (apply()) | sol-execbench (problem "
-                                   "directories) | flashinfer-trace (a dataset root)")) -> None:
+                                   "directories) | flashinfer-trace (a dataset root) | kernelbench (ModelNew files)")) -> None:
     """Export the best solution per task (and per workload key) as apply() artifacts, or the best
     per task back in a problem format."""
     from avo.apply.export import ExportError, export_foreign, export_run, ship_best
