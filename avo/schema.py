@@ -22,10 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 
 DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
                "int64", "int32", "int16", "int8", "bool")
+# Bytes per element of a definition's shape. FP4 is packed two to a byte (SOL-ExecBench's
+# float4_e2m1fn_x2; its float4_e2m1 names the same torch dtype): the tensor's last dim is half the shape's.
 DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
-               "float4_e2m1": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "bool": 1}  # per element
+               "float4_e2m1": 0.5, "float4_e2m1fn_x2": 0.5, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "bool": 1}
+PACKED_FP4 = ("float4_e2m1", "float4_e2m1fn_x2")
 DType = Literal["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
-                "int64", "int32", "int16", "int8", "bool"]
+                "float4_e2m1fn_x2", "int64", "int32", "int16", "int8", "bool"]
 
 
 class AvoModel(BaseModel):
@@ -183,8 +186,8 @@ class Definition(AvoModel):
     def io_bytes(self, w: "Workload") -> int:
         """Unique input + output bytes of a workload (each tensor read or written once)."""
         axes = self.axis_values(w.axes)
-        return sum(math.prod(self.dims(n, axes)) * DTYPE_BYTES[w.dtypes.get(n, s.dtype)]
-                   for n, s in {**self.inputs, **self.outputs}.items() if s.shape is not None)
+        return int(sum(math.prod(self.dims(n, axes)) * DTYPE_BYTES[w.dtypes.get(n, s.dtype)]
+                       for n, s in {**self.inputs, **self.outputs}.items() if s.shape is not None))
 
     def tolerance_for(self, w: "Workload") -> Tolerance:
         """The definition's tolerance with what the workload sets (SOL-ExecBench) on top."""

@@ -215,3 +215,34 @@ def test_a_plain_kernel_file_still_wraps_as_before():
     sol = solution_from_kernel_file(task, SOL / "rmsnorm_h256" / "kernel.py", entry="rmsnorm_fwd")
     assert sol.spec.language == "triton" and sol.spec.entry_point == "kernel.py::rmsnorm_fwd"
     assert Workload.model_validate({"uuid": "u", "axes": {}, "inputs": {}}).tolerance is None
+
+
+# ---- packed FP4 (float4_e2m1fn_x2) ----
+def test_packed_fp4_inputs_are_built_as_sol_execbench_packs_them(quick_evaluator):
+    """A float4_e2m1fn_x2 input of shape [m, 64] is a tensor [m, 32] of packed pairs: an honest
+    dequantiser PASSES; one that reads the nibbles in the wrong order is INCORRECT."""
+    task = load_task(str(SOL / "fp4_dequant"))
+    from avo.harness.inputs import make_inputs
+    x = make_inputs(task.definition, task.workloads[0], 0, "cpu")["x"]
+    assert str(x.dtype) == "torch.float4_e2m1fn_x2" and tuple(x.shape) == (3, 32)
+    assert task.definition.io_bytes(task.workloads[0]) == 3 * 32 + 3 * 64 * 2
+    good = quick_evaluator.evaluate(task, solution_from_kernel_file(task, SOL / "fp4_dequant" / "kernel.py"))
+    assert good.status == S.PASSED, good.message
+    bad = quick_evaluator.evaluate(task, solution_from_kernel_file(task, SOL / "fp4_dequant" / "kernel_swapped.py"))
+    assert bad.status == S.INCORRECT_NUMERICAL, bad.message
+
+
+def test_packed_fp4_outputs_are_compared_as_values():
+    import torch
+    from avo.harness.check import compare
+    from avo.harness.inputs import FP4X2, poison_
+    from avo.schema import Tolerance
+    ref = torch.tensor([[0x21, 0x7F]], dtype=torch.uint8).view(FP4X2)  # (0.5, 1.0), (-6.0, 6.0)
+    same = ref.clone()
+    swapped = torch.tensor([[0x12, 0xF7]], dtype=torch.uint8).view(FP4X2)
+    tol = Tolerance(atol=0.0, rtol=0.0)
+    assert compare("y", same, ref, FP4X2, tol).status == S.PASSED
+    assert compare("y", swapped, ref, FP4X2, tol).status == S.INCORRECT_NUMERICAL
+    poisoned = torch.empty(1, 2, dtype=FP4X2)
+    poison_(poisoned)
+    assert compare("y", poisoned, ref, FP4X2, tol).status == S.INCORRECT_NUMERICAL

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from pydantic import BaseModel
 
+from avo.harness import inputs
 from avo.schema import EvaluationStatus, Tolerance
 
 
@@ -29,6 +30,8 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, expect_dtype: torch
     if out.dtype != expect_dtype:
         return CheckResult(status=EvaluationStatus.INCORRECT_DTYPE, detail=f"{name}: dtype {out.dtype} != {expect_dtype}")
     out, ref = out.to(device), ref.to(device)
+    if inputs.FP4X2 is not None and out.dtype == inputs.FP4X2:  # packed FP4: compare the values
+        out, ref = inputs.fp4_unpack(out), inputs.fp4_unpack(ref)
     if out.dtype.is_floating_point:
         o, r = out.double(), ref.double()
     else:

@@ -15,6 +15,11 @@ TORCH_DTYPES = {
     "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
     "bool": torch.bool,
 }
+FP4X2 = getattr(torch, "float4_e2m1fn_x2", None)  # two FP4 E2M1 values per byte (torch >= 2.8)
+if FP4X2 is not None:
+    TORCH_DTYPES.update({"float4_e2m1": FP4X2, "float4_e2m1fn_x2": FP4X2})
+# the 16 FP4 E2M1 values by code (sign bit 3), for comparing packed outputs as numbers
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 # Byte-identical view dtypes used for bitwise equality (NaN-safe) of snapshots.
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 POISON_INT = -0x5A5A5A5B
@@ -26,10 +31,23 @@ def tensor_dtype(d: Definition, w: Workload, name: str) -> torch.dtype:
 
 
 def shape_of(d: Definition, w: Workload, name: str) -> tuple[int, ...]:
-    return d.dims(name, d.axis_values(w.axes))
+    """The tensor's shape: the definition's, with the last dim halved for packed FP4 (as SOL-ExecBench packs it)."""
+    dims = d.dims(name, d.axis_values(w.axes))
+    if FP4X2 is not None and dims and tensor_dtype(d, w, name) == FP4X2:
+        dims = (*dims[:-1], dims[-1] // 2)
+    return dims
+
+
+def fp4_unpack(t: torch.Tensor) -> torch.Tensor:
+    """Packed FP4 as float32 values, low nibble first (the last dim doubles)."""
+    b = t.view(torch.uint8).long()
+    table = torch.tensor(FP4_VALUES, dtype=torch.float32, device=t.device)
+    return torch.stack((table[b & 15], table[b >> 4]), dim=-1).flatten(-2)
 
 
 def _default_tensor(shape, dtype, gen, device) -> torch.Tensor:
+    if dtype == FP4X2 and FP4X2 is not None:  # any byte is two valid FP4 values (no NaN or inf in E2M1)
+        return torch.randint(0, 256, shape, generator=gen, device=device, dtype=torch.uint8).view(dtype)
     if dtype.is_floating_point:
         return torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
     if dtype == torch.bool:
@@ -75,7 +93,9 @@ def alloc_outputs(d: Definition, w: Workload, device: str) -> dict[str, torch.Te
 
 def poison_(t: torch.Tensor) -> None:
     """Fill with a value no correct kernel leaves behind, so unwritten or stale output fails."""
-    if t.dtype.is_floating_point:
+    if FP4X2 is not None and t.dtype == FP4X2:
+        t.view(torch.uint8).fill_(0xF7)  # (6.0, -6.0): the extremes, in an order no rounding gives twice
+    elif t.dtype.is_floating_point:
         t.fill_(float("nan"))
     elif t.dtype == torch.bool:
         t.fill_(True)
@@ -98,7 +118,7 @@ def changed(values: dict[str, Any], snap: dict[str, torch.Tensor]) -> list[str]:
 
 def upcast(values: dict[str, Any]) -> dict[str, Any]:
     """Reference precision: floating tensors to float32 (float64 gains little for bf16 kernels)."""
-    return {k: (v.float() if isinstance(v, torch.Tensor) and v.dtype.is_floating_point else v)
+    return {k: (v.float() if isinstance(v, torch.Tensor) and v.dtype.is_floating_point and v.dtype != FP4X2 else v)
             for k, v in values.items()}
 
 
