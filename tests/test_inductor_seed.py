@@ -144,3 +144,18 @@ def test_the_rewrite_maps_inductors_host_code_and_refuses_what_it_cannot_map():
     with pytest.raises(SeedRefused, match="uses alloc_from_pool"):
         rewrite(_WRAPPER.replace("GRID", "Grid1D").replace("EXTRA", "buf9 = alloc_from_pool(buf0, 0)"),
                 ["x.size()[0]", "x"], ["x"], ["y"], [0], "t")
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_seed_is_inductors_cuda_triton_and_passes(tmp_path, cache):
+    """The same path on a GPU: Inductor generates for CUDA (libdevice calls kept), the file runs
+    standalone and PASSES every GPU workload of the Llama-shaped RMSNorm."""
+    task = load_task(str(REPO_ROOT / "examples" / "problems" / "rmsnorm_llama3_8b"))
+    src, why = make_inductor_seed(task, task.select("gpu"), "cuda")
+    assert src is not None, why
+    assert "generated for CUDA" in src and "torch._inductor" not in src
+    kernel = tmp_path / "seed.py"
+    kernel.write_text(src)
+    r = _avo("eval", str(REPO_ROOT / "examples" / "problems" / "rmsnorm_llama3_8b"), str(kernel), "--device", "cuda",
+             cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.count("PASSED") == len(task.select("gpu")), r.stdout[-3000:]
