@@ -102,8 +102,17 @@ class SupervisorConfig(Strict):
 
 
 class GateConfig(Strict):
-    min_gain: float = Field(default=0.01, ge=0.0)  # accept only gain > max(min_gain, measured noise)
+    """The commit gate (avo/evolve/gate.py, docs/architecture.md): a candidate is accepted only when
+    gain > max(min_gain, noise), the lower bound of the gain's confidence interval > min_gain, and
+    no workload is slower than the best beyond its limit."""
+    min_gain: float = Field(default=0.01, ge=0.0)
     rounds: int = Field(default=2, ge=1)  # A/B rounds (each = the evaluator's timed iterations)
+    # how much slower than the best one workload may be: "noise" = that workload's own measured
+    # noise (2 standard errors of its median paired ratio), at least workload_noise_floor; or a fraction
+    max_workload_regression: Union[Literal["noise"], Annotated[float, Field(ge=0.0)]] = "noise"
+    workload_noise_floor: float = Field(default=0.01, ge=0.0)
+    confidence: float = Field(default=0.95, gt=0.0, lt=1.0)  # of the gain's bootstrap interval
+    resamples: int = Field(default=1000, ge=100)  # bootstrap resamples of the paired rounds
 
 
 class RayConfig(Strict):

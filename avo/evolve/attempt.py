@@ -193,11 +193,16 @@ def close_record(state: RunState, isl: IslandRef, rec: AttemptRecord, eval_s: fl
     line.last = rec.status
     state.refresh_bests()
     gain = f" gain {rec.gain:+.1%} (noise {rec.noise:.1%})" if rec.gain is not None else ""
+    g = rec.gate
+    if g is not None and g.ci_lo is not None:
+        gain = f" gain {g.gain:+.1%} (CI [{g.ci_lo:+.1%}, {g.ci_hi:+.1%}], noise {g.noise:.1%})"
     if rec.accepted:
         text = f"{rec.id} {isl.label} ACCEPTED{gain} -> {rec.speedup_vs_seed:.2f}x vs seed, commit {rec.commit[:8]}: {rec.note}"
         state.display.event(text, "bold green")
     else:
         why = f" [{rec.hack_check}]" if rec.hack_check else ""
         err = f" | {' '.join(rec.error.split())[:100]}" if rec.error and rec.status not in ("REJECTED",) else ""
+        if rec.status == "REJECTED" and g is not None and g.regressed:  # faster overall, slower on a workload
+            err = " | " + ", ".join(f"{u} {x:+.1%} slower" for u, x in g.regressed.items())[:120]
         state.display.event(f"{rec.id} {isl.label} {rec.status}{why}{gain}: {rec.note[:80]}{err}",
                             "yellow" if rec.status in ("REJECTED", "GAVE_UP", "DUPLICATE") else "red")

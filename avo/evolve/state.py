@@ -155,6 +155,7 @@ class Intervention(BaseModel):
     widen: int
     attempt: Optional[str] = None  # the attempt after which it happened
     target: Optional[str] = None  # migrate: source commit; restart: elite commit
+    unconfirmed: list[str] = Field(default_factory=list)  # migrate/restart: versions whose re-measure failed
     directions: list[str] = Field(default_factory=list)
     cost_usd: float = 0.0
     time: str = Field(default_factory=now_iso)
@@ -225,9 +226,11 @@ class Supervisor:
         st.episode += 1
         if iv.kind == "widen":
             st.widen = iv.widen
-        elif iv.kind == "restart" and iv.target:
-            st.restart_from, st.restart_left = iv.target, self.cfg.restart_steps
-            st.used_elites.append(iv.target)
+        elif iv.kind == "restart":
+            st.used_elites.extend(iv.unconfirmed)  # an elite whose gain did not reproduce is not tried again
+            if iv.target:
+                st.restart_from, st.restart_left = iv.target, self.cfg.restart_steps
+                st.used_elites.append(iv.target)
 
 
 def budget_text(b: BudgetConfig) -> str:

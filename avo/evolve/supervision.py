@@ -1,19 +1,28 @@
 """The supervisor's turn after a step (both backends call `supervise`): when an island stagnates
 (K attempts without a commit), take the next rung of its ladder (avo/evolve/state.py: Supervisor)
 and carry it out: widen exploration, migrate the task's global best onto the island (through the
-commit gate's A/B), or restart exploration from another elite ancestor. Each intervention is
-logged to interventions.jsonl and shown. An optional trajectory review (an operator's `review`
-hook, an LLM) adds free-text directions that the next steps see in `view.directions`. Functions
-of the run's explicit state; nothing here keeps state of its own."""
+commit gate's A/B), or restart exploration from another elite ancestor. A version is re-measured
+before it seeds another island or a restart, so a false elite (a gain that was noise) never
+does: a migration's candidate is timed against the island head it would replace, a restart's
+elite against the version its gate measured it against; when the gate does not accept it again,
+the next version is tried (REMEASURE_TRIES at most), and the event names the ones not confirmed.
+Each intervention is logged to interventions.jsonl and shown. An optional trajectory review (an
+operator's `review` hook, an LLM) adds free-text directions that the next steps see in
+`view.directions`. Functions of the run's explicit state; nothing here keeps state of its own."""
 from __future__ import annotations
 
-from avo.evolve.gate import measure_gate
+from typing import Optional
+
+from avo.evolve.gate import GateDecision, measure_gate
 from avo.evolve.setup import IslandRef
 from avo.evolve.state import Intervention, RunState, elite_versions
 from avo.evolve.stop import with_phase
-from avo.lineage import Version, VersionMeta, version_message
+from avo.lineage import LineageError, Version, VersionMeta, version_message
 from avo.operators.base import Review
 from avo.tasks import kernel_solution
+
+REMEASURE_TRIES = 3  # versions re-measured for one migration or restart, best first
+
 
 # ---- the supervisor's turn in a run ----
 def supervise(state: RunState, ev, isl: IslandRef) -> None:
@@ -30,32 +39,105 @@ def supervise(state: RunState, ev, isl: IslandRef) -> None:
     iv = sup.plan(isl.task, isl.island, (other.sha, other.speedup) if other else None, head.speedup, elites, head.sha)
     iv.attempt = state.attempts[-1].id if state.attempts else None
     if iv.kind == "migrate":
-        iv.detail += migrate(state, ev, isl, head, other)
+        iv.detail += migrate(state, ev, isl, head, migration_candidates(versions, isl, head), iv)
+    elif iv.kind == "restart":
+        iv.detail = restart_from_confirmed(state, ev, isl, head, versions, iv)
     _log(state, isl, iv, iv.detail)
     if sup.review is not None:
         review_island(state, ev, isl)
     state.refresh_bests()
 
 
-def migrate(state: RunState, ev, isl: IslandRef, head: Version, other: Version) -> str:
-    """Copy another island's better version onto `isl` if the gate's A/B confirms it; the detail."""
-    setup, cfg = state.tasks[isl.task], state.cfg
-    best = kernel_solution(isl.task, head.source, f"{isl.task}-{head.sha[:10]}")
-    cand = kernel_solution(isl.task, other.source, f"{isl.task}-{other.sha[:10]}")
+def migration_candidates(versions: list[Version], isl: IslandRef, head: Version) -> list[Version]:
+    """Other islands' versions better than `head` by their records, best first, one per source."""
+    out, seen = [], {head.meta.source_hash}
+    for v in sorted((v for v in versions if v.meta.island != isl.island), key=lambda v: -v.speedup):
+        if v.speedup > head.speedup and v.meta.source_hash not in seen:
+            seen.add(v.meta.source_hash)
+            out.append(v)
+    return out
+
+
+def _ab(state: RunState, ev, isl: IslandRef, a: Version, b: Version) -> GateDecision:
+    """The commit gate's A/B of version b against version a (one session, both re-timed)."""
+    setup = state.tasks[isl.task]
+    best = kernel_solution(isl.task, a.source, f"{isl.task}-{a.sha[:10]}")
+    cand = kernel_solution(isl.task, b.source, f"{isl.task}-{b.sha[:10]}")
     state.stop.phase = "evaluate"
-    dec = measure_gate(ev, setup.task, best, head.sha, cand, setup.workloads, cfg.gate)
-    state.stop.phase = "idle"
-    if not dec.accepted:
-        return f": not taken, {dec.reason}"
-    meta = VersionMeta(run=cfg.run, task=isl.task, island=isl.island, kind="migration", parent=other.sha,
-                       operator="supervisor", note=f"migrate {other.meta.task} island-{other.meta.island} "
-                       f"{other.sha[:8]}: {other.meta.note}", source_hash=other.meta.source_hash,
-                       scores=other.meta.scores, gate=dec.record, device_mode=other.meta.device_mode,
-                       hardware=other.meta.hardware, migrated_from=other.sha,
-                       run_elapsed_s=round(state.stats.elapsed_s, 3))
-    sha = with_phase(state.stop, "commit", lambda: state.lineage.commit_version(
-        meta, other.source, other.traces_jsonl, version_message(meta, other.traces)))
-    return f": committed {sha[:8]} ({dec.reason})"
+    try:
+        return measure_gate(ev, setup.task, best, a.sha, cand, setup.workloads, state.cfg.gate)
+    finally:
+        state.stop.phase = "idle"
+
+
+def _short(reason: str) -> str:
+    return " ".join(reason.split(" | ")[0].split())[:160]
+
+
+def migrate(state: RunState, ev, isl: IslandRef, head: Version, candidates: list[Version],
+            iv: Optional[Intervention] = None) -> str:
+    """Copy another island's better version onto `isl`: the first of `candidates` (best first)
+    whose gain over the island head the gate's A/B confirms; the detail. The candidates it did not
+    confirm go into iv.unconfirmed, the one taken into iv.target."""
+    cfg = state.cfg
+    missed = []
+    for other in candidates[:REMEASURE_TRIES]:
+        dec = _ab(state, ev, isl, head, other)
+        if not dec.accepted:
+            missed.append(f"{other.sha[:8]} ({other.speedup:.2f}x recorded) not confirmed: {_short(dec.reason)}")
+            if iv is not None:
+                iv.unconfirmed.append(other.sha)
+            continue
+        meta = VersionMeta(run=cfg.run, task=isl.task, island=isl.island, kind="migration", parent=other.sha,
+                           operator="supervisor", note=f"migrate {other.meta.task} island-{other.meta.island} "
+                           f"{other.sha[:8]}: {other.meta.note}", source_hash=other.meta.source_hash,
+                           scores=other.meta.scores, gate=dec.record, device_mode=other.meta.device_mode,
+                           hardware=other.meta.hardware, migrated_from=other.sha,
+                           run_elapsed_s=round(state.stats.elapsed_s, 3))
+        sha = with_phase(state.stop, "commit", lambda: state.lineage.commit_version(
+            meta, other.source, other.traces_jsonl, version_message(meta, other.traces)))
+        if iv is not None:
+            iv.target = other.sha
+        before = f"; {'; '.join(missed)}; next confirmed" if missed else ""
+        return f"{before}: committed {sha[:8]} from {other.sha[:8]} ({dec.reason})"
+    if not candidates:
+        return ": not taken, no version better than the island head"
+    if len(missed) == 1:
+        return f": not taken, {missed[0]}"
+    return f": not taken, none confirmed: {'; '.join(missed)}"
+
+
+def confirm(state: RunState, ev, isl: IslandRef, v: Version) -> tuple[bool, str]:
+    """Whether v's recorded gain reproduces: the gate accepts it again against the version its gate
+    measured it against (a seed has no gain to confirm)."""
+    if v.meta.gate is None:
+        return True, "a seed"
+    try:
+        a = state.lineage.version(v.meta.gate.against)
+    except LineageError as e:
+        return False, str(e)
+    dec = _ab(state, ev, isl, a, v)
+    return dec.accepted, (f"re-measured against {a.sha[:8]}: {dec.reason}" if dec.accepted else _short(dec.reason))
+
+
+def restart_from_confirmed(state: RunState, ev, isl: IslandRef, head: Version, versions: list[Version],
+                           iv: Intervention) -> str:
+    """Choose a restart's elite among those not used yet (best first): the first whose gain
+    reproduces. iv.target becomes it (None when none does), iv.unconfirmed the others; the detail."""
+    st = state.supervisor.state(isl.task, isl.island)
+    fresh = [v for v in elite_versions(versions) if v.sha != head.sha and v.sha not in st.used_elites]
+    missed = []
+    for v in fresh[:REMEASURE_TRIES]:
+        ok, why = confirm(state, ev, isl, v)
+        if ok:
+            iv.target = v.sha
+            before = f"{'; '.join(missed)}; " if missed else ""
+            return (f"{before}explore from elite {v.sha[:8]} ({v.speedup:.2f}x) for "
+                    f"{state.cfg.supervisor.restart_steps} steps ({why})")
+        iv.unconfirmed.append(v.sha)
+        missed.append(f"elite {v.sha[:8]} ({v.speedup:.2f}x recorded) not confirmed: {why}")
+    iv.target = None
+    return f"no elite confirmed ({'; '.join(missed)}); the island goes on from its head"
 
 
 def review_island(state: RunState, ev, isl: IslandRef) -> None:

@@ -75,7 +75,8 @@ class ABResult(BaseModel):
     per_workload: dict[str, float]  # median speedup of candidate over best
     gain: float  # geomean speedup across workloads, minus 1
     noise: float  # measured spread of the aggregate (2 standard errors of the paired log-ratios)
-    samples: dict[str, list[list[float]]]
+    samples: dict[str, list[list[float]]]  # per workload [A ms, B ms], call i of each = paired round i
+    workload_noise: dict[str, float] = {}  # per workload: 2 standard errors of its median log-ratio, exp - 1
 
 
 def resolve_device(device: str) -> str:
@@ -382,9 +383,10 @@ class Evaluator:
 
 def ab_statistics(samples: dict[str, list[list[float]]]) -> ABResult:
     """Paired log-ratios per iteration; the aggregate is the mean over workloads of the median
-    log-ratio; noise is 2 standard errors of that mean, from the ratios' median absolute deviation."""
+    log-ratio; noise is 2 standard errors of that mean, from the ratios' median absolute deviation
+    (and per workload, 2 standard errors of its own median)."""
     import statistics
-    per, logs, var = {}, [], []
+    per, logs, var, wnoise = {}, [], [], {}
     for uuid, (a, b) in samples.items():
         lr = [math.log(x / y) for x, y in zip(a, b) if x > 0 and y > 0]
         med = statistics.median(lr)
@@ -392,7 +394,9 @@ def ab_statistics(samples: dict[str, list[list[float]]]) -> ABResult:
         per[uuid] = math.exp(med)
         logs.append(med)
         var.append((1.2533 * mad) ** 2 / max(len(lr), 1))  # variance of a median ~ (pi/2) sigma^2 / n
+        wnoise[uuid] = math.exp(2 * math.sqrt(var[-1])) - 1
     n = len(logs)
     agg = sum(logs) / n
     se = math.sqrt(sum(var)) / n
-    return ABResult(per_workload=per, gain=math.exp(agg) - 1, noise=math.exp(2 * se) - 1, samples=samples)
+    return ABResult(per_workload=per, gain=math.exp(agg) - 1, noise=math.exp(2 * se) - 1, samples=samples,
+                    workload_noise=wnoise)

@@ -34,6 +34,16 @@ class GateRecord(BaseModel):
     per_workload: dict[str, float] = Field(default_factory=dict)  # median speedup of B over A
     best_ms: dict[str, float] = Field(default_factory=dict)  # median A latency per workload
     cand_ms: dict[str, float] = Field(default_factory=dict)  # median B latency per workload
+    # Written since the confidence interval and the per-workload rule (None / empty in older records).
+    ci_lo: Optional[float] = None  # the gain's confidence interval, as gains (speedup - 1)
+    ci_hi: Optional[float] = None
+    ci_level: Optional[float] = None  # e.g. 0.95
+    ci_method: str = ""  # "bootstrap": paired rounds resampled with replacement, per workload
+    ci_rounds: Optional[int] = None  # paired A/B rounds per workload it was computed from (the fewest)
+    workload_noise: dict[str, float] = Field(default_factory=dict)  # per workload: its own measured noise
+    workload_limit: dict[str, float] = Field(default_factory=dict)  # the slowdown each workload was allowed
+    regressed: dict[str, float] = Field(default_factory=dict)  # workloads slower beyond it: slowdown (T_B/T_A - 1)
+    verdict: str = ""  # the gate's sentence (the attempt's error when rejected)
 
 
 class Scores(BaseModel):
@@ -169,13 +179,16 @@ def version_message(meta: VersionMeta, traces: list[Trace]) -> str:
         note = meta.note if len(meta.note) <= 60 else meta.note[:57] + "..."
         subject = f"{where}: {note} ({gain}, {vs_seed})"
         if meta.kind == "migration":
-            body = f"Migrated the task's best version {meta.migrated_from} onto this stagnant island."
+            body = f"Migrated version {meta.migrated_from} (the best the gate confirmed) onto this stagnant island."
         else:
             body = f"Operator {meta.operator}, attempt {meta.attempt}, from {(meta.parent or '')[:10]}."
         if meta.gate:
             g = meta.gate
             body += (f"\nGate: A/B interleaved against {g.against[:10]}, {g.rounds} rounds: gain {g.gain:+.2%} "
                      f"> max(min_gain {g.min_gain:.2%}, noise {g.noise:.2%}).")
+            if g.ci_lo is not None:
+                body += (f"\n{g.ci_level or 0.95:.0%} CI of the gain [{g.ci_lo:+.2%}, {g.ci_hi:+.2%}] ({g.ci_method} "
+                         f"over {g.ci_rounds} paired rounds): low end > min_gain; no workload slower beyond its limit.")
     gate_best = meta.gate.best_ms if meta.gate else {}
     gate_cand = meta.gate.cand_ms if meta.gate else {}
     extra = ""

@@ -125,8 +125,10 @@ def show_version(lin: Lineage, ref: str, console: Console) -> None:
                   highlight=False)
     if m.gate:
         g = m.gate
+        ci = f", {g.ci_level or 0.95:.0%} CI [{g.ci_lo:+.2%}, {g.ci_hi:+.2%}] ({g.ci_method}, {g.ci_rounds} paired rounds)" \
+            if g.ci_lo is not None else ""
         console.print(f"  gate: gain {g.gain:+.2%} vs {g.against[:10]}, noise {g.noise:.2%}, threshold {g.threshold:.2%}, "
-                      f"{g.rounds} rounds", highlight=False)
+                      f"{g.rounds} rounds{ci}", highlight=False)
     if m.transcript:
         console.print(f"  transcript: {m.transcript}", highlight=False)
     traces = v.traces
