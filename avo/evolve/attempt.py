@@ -8,6 +8,7 @@ The local loop (loop.py) runs these in one process, one after the other. The Ray
 owns the lineage. Either way an attempt's record is built here, once."""
 from __future__ import annotations
 
+import math
 import statistics
 import traceback
 from pathlib import Path
@@ -140,10 +141,21 @@ def judge(ev, setup: TaskSetup, name: str, head_sha: str, head_source: str, out:
     return rep, commit_gate(ev, setup.task, best, head_sha, cand, rep, setup.workloads, gate)
 
 
+def measured_vs_seed(cand: Scores, seed: Scores) -> Optional[float]:
+    """A version's speedup over the seed from the two evaluations' own latencies (geomean over
+    the shared workloads), not a chain of gate gains. Two sessions, so drift between them stays
+    in it; the run's final measurement times both in one session and is what the summary shows.
+    (Normalising by each session's baseline was tried: the baseline drifts most, 10x and more.)"""
+    logs = [math.log(seed.latency_ms[w] / t) for w, t in cand.latency_ms.items() if t and seed.latency_ms.get(w)]
+    return math.exp(sum(logs) / len(logs)) if logs else None
+
+
 def accepted_meta(cfg: RunConfig, rec: AttemptRecord, out: Proposal, rep: EvalReport, dec: GateDecision,
-                  head: Version, elapsed_s: float) -> VersionMeta:
+                  head: Version, elapsed_s: float, seed: Optional[Version] = None) -> VersionMeta:
     """The meta.json of an accepted attempt's commit (sets rec.speedup_vs_seed)."""
-    speedup = (head.meta.scores.speedup_vs_seed or 1.0) * (1.0 + dec.record.gain)
+    speedup = measured_vs_seed(scores_from(rep, None), seed.meta.scores) if seed is not None else None
+    if speedup is None:  # no comparable seed timings (an old lineage): the chained gate gains
+        speedup = (head.meta.scores.speedup_vs_seed or 1.0) * (1.0 + dec.record.gain)
     rec.speedup_vs_seed = speedup
     return VersionMeta(run=cfg.run, task=rec.task, island=rec.island, kind="version", attempt=rec.id,
                        parent=rec.parent, operator=out.operator, note=out.note, source_hash=rec.source_hash,
@@ -164,7 +176,7 @@ def settle(state: RunState, rec: AttemptRecord, out: Proposal, rep: EvalReport, 
     if dec.record:
         rec.gate, rec.gain, rec.noise = dec.record, dec.record.gain, dec.record.noise
     if dec.accepted:
-        meta = accepted_meta(state.cfg, rec, out, rep, dec, head, state.stats.elapsed_s)
+        meta = accepted_meta(state.cfg, rec, out, rep, dec, head, state.stats.elapsed_s, state.seed_version(rec.task))
         for k, v in meta_extra.items():
             setattr(meta, k, v)
         traces = "".join(t.model_dump_json() + "\n" for t in rep.traces)

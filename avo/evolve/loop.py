@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from avo.config import ConfigError
-from avo.evolve import attempt
+from avo.evolve import attempt, final
 from avo.evolve.setup import IslandRef
 from avo.evolve.state import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, GIVE_UPS_TO_STOP, EvolveError,
                               RunState)
@@ -69,6 +69,24 @@ def loop(state: RunState, ev: Evaluator) -> str:
         supervise(state, ev, isl)
 
 
+def final_measurement(state: RunState, ev) -> None:
+    """Each task's best decided by timing its contenders with the seed in one session (final.py);
+    a failure leaves the recorded best in place and says so."""
+    for name, setup in state.tasks.items():
+        try:
+            remeasure_and_say(state, ev, setup)
+        except HarnessError as e:
+            state.display.event(f"{name}: the final measurement failed ({' '.join(str(e).split())[:200]}); "
+                                "the best shown is the recorded one", "yellow")
+
+
+def remeasure_and_say(state: RunState, ev, setup) -> None:
+    state.display.event(f"{setup.name}: re-measuring the best contenders with the seed in one session")
+    m = final.remeasure(state.lineage, ev, setup.task, setup.workloads, state.cfg.gate.rounds, state.device)
+    if m is not None:
+        state.display.event(final.describe(m))
+
+
 @dataclass
 class RunEnd:
     code: int  # the process exit code
@@ -86,6 +104,8 @@ def run_local(state: RunState) -> RunEnd:
             attempt.seed_islands(state, ev)
             with state.display:
                 end.why = loop(state, ev)
+                if not state.stop.count:
+                    final_measurement(state, ev)
     except KeyboardInterrupt:
         end.why = "interrupted"
     except (EvolveError, LineageError, ConfigError) as e:

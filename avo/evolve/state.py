@@ -274,7 +274,14 @@ class RunState:
         self.seen: dict[str, set[str]] = {}  # task -> source hashes tried or committed
         self.give_ups: dict[str, int] = {}  # island label -> consecutive give-ups / operator errors
         self.next_n = 1
+        self._seeds: dict[str, Optional[Version]] = {}
         self.stats = RunStats(run=cfg.run, device=device, budget=budget_text(cfg.budget))
+
+    def seed_version(self, task: str) -> Optional[Version]:
+        """The task's seed commit (the first island's): every "vs seed" is measured against it."""
+        if task not in self._seeds:
+            self._seeds[task] = next((v for v in self.lineage.versions(task) if v.meta.kind == "seed"), None)
+        return self._seeds[task]
 
     def reidentify(self) -> None:
         """Rewrite the identity of a lineage that holds nothing yet, after a seed changed."""

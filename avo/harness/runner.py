@@ -357,13 +357,26 @@ class Evaluator:
         finally:
             self.busy_s += time.monotonic() - t0
 
+    def measure(self, task: Task, solutions: list[Solution], workloads: Optional[list[Workload]] = None,
+                rounds: int = 2) -> dict[str, list[list[float]]]:
+        """Time several passing solutions call by call in one worker session (the gate's method
+        with more than two): per workload, per solution, the ms of each paired call."""
+        t0 = time.monotonic()
+        try:
+            return self._interleaved(task, solutions, workloads, rounds)
+        finally:
+            self.busy_s += time.monotonic() - t0
+
     def _ab(self, task, best, cand, workloads, rounds) -> ABResult:
+        return ab_statistics(self._interleaved(task, [best, cand], workloads, rounds))
+
+    def _interleaved(self, task, sols, workloads, rounds) -> dict[str, list[list[float]]]:
         wls = workloads if workloads is not None else self.default_workloads(task)
         rng = secrets.SystemRandom()
         set_seeds = {w.uuid: [rng.randrange(1, 2**62) for _ in range(self._n_sets(task, w))] for w in wls}
         self.cand.ensure()
         self.cand.send({"op": "ab", "definition": task.definition.model_dump(mode="json"),
-                        "solutions": [best.model_dump(mode="json"), cand.model_dump(mode="json")],
+                        "solutions": [x.model_dump(mode="json") for x in sols],
                         "workloads": [w.model_dump(mode="json") for w in wls], "set_seeds": set_seeds,
                         "timing": self.timing, "rounds": rounds, "root": str(task.root) if task.root else None,
                         "compile_timeout_s": self.cfg.compile_timeout_s})
@@ -378,7 +391,7 @@ class Evaluator:
                 samples[msg[1]] = msg[2]["samples"]
             elif msg[0] == "done":
                 break
-        return ab_statistics(samples)
+        return samples
 
 
 def ab_statistics(samples: dict[str, list[list[float]]]) -> ABResult:

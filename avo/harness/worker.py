@@ -379,12 +379,14 @@ class Worker:
             tol = wt.model_copy(update={"atol": 2 * wt.atol, "rtol": 2 * wt.rtol,
                                         "max_error_cap": 2 * wt.max_error_cap if wt.max_error_cap else None})
             for i in range(len(base)):  # on the device: a CPU float64 compare of 311 MB of logits takes seconds
-                a, b = self._results_dev(d, sets[0][i], outs[0][i]), self._results_dev(d, sets[-1][i], outs[-1][i])
-                for k in a:
-                    r = check.compare(k, b[k], a[k], a[k].dtype, tol, device=self.dev)
-                    if r.status != S.PASSED:
-                        raise Fail(S.REWARD_HACK, f"A/B: the candidate's timed output differs from the best's: {r.detail}",
-                                   "timed-output")
+                a = self._results_dev(d, sets[0][i], outs[0][i])
+                for j in range(1, len(fns)):  # every other solution against the first (the gate: B against A)
+                    b = self._results_dev(d, sets[j][i], outs[j][i])
+                    for k in a:
+                        r = check.compare(k, b[k], a[k], a[k].dtype, tol, device=self.dev)
+                        if r.status != S.PASSED:
+                            raise Fail(S.REWARD_HACK, f"A/B: the candidate's timed output differs from the best's: {r.detail}",
+                                       "timed-output")
             self.send("timing", w.uuid, {"samples": samples})
         self.send("done", {})
 

@@ -109,6 +109,33 @@ class AttemptRecord(BaseModel):
     recovered: bool = False  # re-logged from its commit after a crash
 
 
+class MeasuredVersion(BaseModel):
+    """One contender of a final measurement: its speedup over the seed in that one session."""
+    commit: str
+    vs_seed: float  # geomean over workloads of the median paired ratio T_seed / T_version
+    noise: float  # 2 standard errors of that geomean (as the gate computes it)
+    per_workload: dict[str, float] = {}  # workload -> median paired T_seed / T_version
+    median_ms: dict[str, float] = {}
+
+
+class Measurement(BaseModel):
+    """The contenders for a task's best, timed with its seed in one interleaved session (every
+    version against the same calls of the seed), so "best" and "vs seed" are measured, not the
+    product of gate gains along a chain. Appended to measurements.jsonl at the end of a run."""
+    task: str
+    at: str  # ISO time
+    device_mode: str
+    rounds: int
+    workloads: list[str]
+    versions_count: int  # versions of the task when measured: a later commit makes this one stale
+    seed: str  # the seed's commit
+    contenders: list[MeasuredVersion]
+    best: str  # commit
+
+    def of(self, commit: str) -> Optional[MeasuredVersion]:
+        return next((c for c in self.contenders if c.commit == commit), None)
+
+
 def attempt_number(attempt_id: str) -> int:
     try:
         return int(attempt_id.lstrip("a"))
@@ -124,6 +151,7 @@ class Version:
     meta: VersionMeta
     traces_jsonl: str = field(repr=False, default="")
     committed: str = ""  # commit time, ISO (meta.timestamp)
+    measured: Optional[MeasuredVersion] = None  # set by Lineage.best from the task's final measurement
 
     @property
     def traces(self) -> list[Trace]:
@@ -131,7 +159,8 @@ class Version:
 
     @property
     def speedup(self) -> float:
-        return self.meta.scores.speedup_vs_seed or 0.0
+        """Speedup over the seed: the final measurement's when there is one, else the recorded figure."""
+        return self.measured.vs_seed if self.measured else (self.meta.scores.speedup_vs_seed or 0.0)
 
 
 # ---- commit messages ----

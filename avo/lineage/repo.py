@@ -10,6 +10,7 @@ The records themselves (meta.json, attempts.jsonl lines, commit messages) are in
 avo/lineage/records.py."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,15 +20,16 @@ from typing import Any, Iterator, Optional
 
 from avo.lineage.durable import (LineageError, RunLock, append_jsonl_durable, read_jsonl_tolerant,
                                  repair_after_kill)
-from avo.lineage.records import AttemptRecord, Version, VersionMeta, attempt_number
+from avo.lineage.records import AttemptRecord, Measurement, Version, VersionMeta, attempt_number
 from avo.tasks import REPO_ROOT
 
 ROOT_BRANCH = "main"
 KERNEL_FILE, TRACES_FILE, META_FILE = "kernel.py", "traces.jsonl", "meta.json"
 ATTEMPTS_FILE, INTERVENTIONS_FILE, LOCK_FILE = "attempts.jsonl", "interventions.jsonl", "run.lock"
+MEASUREMENTS_FILE = "measurements.jsonl"
 CONFIG_FILE, IDENTITY_FILE = "config.yaml", "identity.json"
 # Files next to .git that are not versioned (git status stays clean).
-UNTRACKED = [ATTEMPTS_FILE, INTERVENTIONS_FILE, LOCK_FILE, "report/", "work/", "transcripts/"]
+UNTRACKED = [ATTEMPTS_FILE, INTERVENTIONS_FILE, MEASUREMENTS_FILE, LOCK_FILE, "report/", "work/", "transcripts/"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "avo", "GIT_AUTHOR_EMAIL": "avo@localhost",
            "GIT_COMMITTER_NAME": "avo", "GIT_COMMITTER_EMAIL": "avo@localhost",
            "GIT_TERMINAL_PROMPT": "0"}
@@ -122,7 +124,7 @@ class Lineage:
     def _take_lock(self, lock: RunLock) -> None:
         """Hold the run lock, then repair what a killed writer may have left behind."""
         self._lock = lock
-        repair_after_kill(self.path, [ATTEMPTS_FILE, INTERVENTIONS_FILE])
+        repair_after_kill(self.path, [ATTEMPTS_FILE, INTERVENTIONS_FILE, MEASUREMENTS_FILE])
 
     def close(self) -> None:
         self.repo.close()
@@ -255,12 +257,30 @@ class Lineage:
         sha = self.head_sha(task, island)
         return self.version(sha) if sha else None
 
-    def best(self, task: str, island: Optional[int] = None) -> Version:
+    def best(self, task: str, island: Optional[int] = None, recorded: bool = False) -> Version:
+        """The best version: of the task, the one its latest final measurement chose (with the
+        measured figures) unless a version was committed since; else, and per island, the highest
+        recorded speedup. `recorded`: ignore measurements."""
         vs = self.versions(task, island)
         if not vs:
             where = f"{task}" + (f" island {island}" if island is not None else "")
             raise LineageError(f"no versions for {where} in {self.path}")
-        return max(vs, key=lambda v: v.speedup)  # max() keeps the first: ties go to the earliest
+        m = self.measurement(task) if island is None and not recorded else None
+        if m is not None and m.versions_count == len(vs):
+            v = next((v for v in vs if v.sha == m.best), None)
+            if v is not None:
+                return dataclasses.replace(v, measured=m.of(v.sha))  # a copy: versions are cached
+        return max(vs, key=lambda v: v.meta.scores.speedup_vs_seed or 0.0)  # max() keeps the first: ties go to the earliest
+
+    def measurements(self) -> list[Measurement]:
+        return [Measurement.model_validate(r) for r in read_jsonl_tolerant(self.path / MEASUREMENTS_FILE)]
+
+    def measurement(self, task: str) -> Optional[Measurement]:
+        """The task's latest final measurement, or None."""
+        return next((m for m in reversed(self.measurements()) if m.task == task), None)
+
+    def append_measurement(self, m: Measurement) -> None:
+        append_jsonl_durable(self.path / MEASUREMENTS_FILE, m.model_dump(mode="json"))
 
     def commit_version(self, meta: VersionMeta, source: str, traces_jsonl: str, message: str) -> str:
         """Append a version to its island branch (atomic ref update); returns the commit sha."""

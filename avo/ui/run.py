@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avo.config import ConfigError, RunConfig
+from avo.evolve.final import describe
 from avo.evolve.loop import RunEnd, resolve_run_device, run_local
 from avo.evolve.setup import IslandRef, TaskSetup
 from avo.evolve.state import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EvolveError, RunState, RunStats
@@ -59,6 +60,7 @@ def print_summary(c: Console, cfg: RunConfig, device: str, tasks: dict[str, Task
     s = stats
     c.print(f"[bold]{why or 'done'}[/] after {fmt_elapsed(s.elapsed_s)}: {s.attempts} attempts, "
             f"{s.accepted} accepted, {s.evals_per_hour:.0f} evals/hour this session", highlight=False)
+    measured = {n: m for n in tasks if (m := lin.measurement(n)) is not None}
     t = Table(title=f"best per task ({device})")
     for col in ("task", "commit", "island", "vs seed", "vs baseline", "% SOL"):
         t.add_column(col, no_wrap=True, justify="left" if col in ("task", "commit") else "right")
@@ -76,6 +78,13 @@ def print_summary(c: Console, cfg: RunConfig, device: str, tasks: dict[str, Task
     c.print(t)
     for line in notes:
         c.print(line, highlight=False, soft_wrap=True)
+    for name in tasks:
+        b = lin.best(name) if lin.versions(name) else None
+        if b is not None and b.measured is not None:
+            c.print("  " + describe(measured[name]), highlight=False, soft_wrap=True)
+        elif b is not None and b.meta.kind != "seed":
+            c.print(f"  {name}: vs seed is the version's recorded figure (not re-measured with the seed)",
+                    highlight=False, soft_wrap=True)
     if device == "interpret":
         c.print("[yellow]Triton interpreter on CPU: these speedups rank kernels in the interpreter; "
                 "they are not GPU performance.[/]", highlight=False)
