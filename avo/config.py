@@ -34,6 +34,10 @@ class EvalConfig(Strict):
     set_bytes_budget: int = 2 << 30
     side_stream_factor: float = 2.0  # wall/call above factor*event median + slack => work off-stream
     side_stream_slack_ms: float = 0.1
+    # Device time of a call on CUDA: events on the timed stream, or CUPTI activity records (every
+    # kernel on any stream; needs cupti-python); auto = CUPTI where importable. Events stay the
+    # default until the events-vs-CUPTI table is measured on an H100 (docs/benchmarks.md).
+    timing_method: Literal["events", "cupti", "auto"] = "events"
     # Peer mode evaluates a trusted reference implementation (torch SDPA, xgrammar's kernel) with
     # the same cascade, minus the checks that forbid calling a library that does the task.
     peer: bool = False

@@ -374,10 +374,12 @@ class Environment(AvoModel):
     # avo: timing conditions
     device_mode: Literal["cuda", "interpret"] = "cuda"
     sol_hardware: Optional[str] = None
+    timing_method: Optional[str] = None  # events | cupti (CUDA), wall (interpreter); absent in older traces
     sm_clock_mhz_before: Optional[int] = None
     sm_clock_mhz_after: Optional[int] = None
     throttle_reasons: list[str] = Field(default_factory=list)
     throttled: bool = False
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("timing_method",)
 
 
 class Evaluation(AvoModel):

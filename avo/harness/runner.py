@@ -117,7 +117,7 @@ class Evaluator:
         if cuda:
             iters = max(iters, 50)
         return {"warmup": self.cfg.warmup if self.cfg.warmup is not None else (10 if cuda else 1),
-                "iters": iters, "wall_reps": 20}
+                "iters": iters, "wall_reps": 20, "method": self.cfg.timing_method}
 
     def _env(self) -> Environment:
         import torch
@@ -340,6 +340,7 @@ class Evaluator:
         for t in rep.traces:  # clocks and throttling per workload
             tm = timings[t.workload.uuid]
             env = t.evaluation.environment.model_copy(update={
+                "timing_method": tm.get("method"),
                 "sm_clock_mhz_before": tm.get("clock_before"), "sm_clock_mhz_after": tm.get("clock_after"),
                 "throttle_reasons": tm.get("throttle", []),
                 "throttled": any(r in tm.get("throttle", []) for r in ("hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake"))})

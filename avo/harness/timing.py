@@ -1,6 +1,8 @@
-"""Timing inside the worker: L2 flush before each call, device events around it, several
-functions interleaved call by call (candidate/baseline, or best/candidate for the gate) so that
-drift and clock changes hit all of them alike; median and IQR. Clocks are read, never set."""
+"""Timing inside the worker: L2 flush before each call, then its device time, several functions
+interleaved call by call (candidate/baseline, or best/candidate for the gate) so that drift and
+clock changes hit all of them alike; median and IQR. Clocks are read, never set. Device time:
+CUDA events around the call on the current stream, or CUPTI activity records (`method="cupti"`):
+every kernel, copy and memset launched inside the call's host window, on any stream or thread."""
 from __future__ import annotations
 
 import statistics
@@ -13,6 +15,13 @@ import torch
 _perf_counter = time.perf_counter
 _Event = torch.cuda.Event
 _synchronize = torch.cuda.synchronize
+try:  # cupti-python (the `cupti` extra); its functions bound here for the same reason
+    from cupti import cupti as _cupti
+    _CUPTI = {n: getattr(_cupti, n) for n in ("get_timestamp", "activity_enable", "activity_disable",
+                                              "activity_register_callbacks", "activity_flush_all", "finalize")}
+    _CUPTI_ERROR = None
+except Exception as _e:  # not installed, or its CUDA libraries are missing
+    _cupti, _CUPTI, _CUPTI_ERROR = None, {}, f"cupti-python is not importable ({type(_e).__name__}: {_e})"
 
 
 class L2Flusher:
@@ -29,9 +38,86 @@ class L2Flusher:
             self.buf.zero_()
 
 
+# ---- CUPTI: each kernel's device time, on any stream, from any thread ----
+def cupti_missing() -> Optional[str]:
+    """Why CUPTI timing cannot run here (None: it can)."""
+    return _CUPTI_ERROR
+
+
+def resolve_method(requested: str, device: str) -> tuple[str, str]:
+    """(method, note): `wall` in the interpreter; on CUDA `cupti` when asked for and importable
+    (`auto`: when importable), else `events`, with why in the note."""
+    if device != "cuda":
+        return "wall", ""
+    if requested == "events":
+        return "events", ""
+    why = cupti_missing()
+    if why is None:
+        return "cupti", ""
+    return "events", f"CUPTI timing unavailable ({why}); CUDA events used"
+
+
+def spans_ms(windows: list[tuple[int, int]], launches: list[tuple[int, int]],
+             activities: list[tuple[int, int, int]]) -> list[Optional[float]]:
+    """Device ms of each timed call from CUPTI records: `windows` are the host timestamps (ns)
+    around each call, `launches` (host start ns, correlation id) the API calls that launched GPU
+    work (from any thread), `activities` (start ns, end ns, correlation id) the kernels, copies and
+    memsets they ran (on any stream). A call's time is the span from the first start to the last end
+    of the work launched inside its window; None when it launched none."""
+    import bisect
+    launches = sorted(launches)
+    starts = [t for t, _ in launches]
+    by_corr: dict[int, list[tuple[int, int]]] = {}
+    for a, b, c in activities:
+        by_corr.setdefault(c, []).append((a, b))
+    out: list[Optional[float]] = []
+    for t0, t1 in windows:
+        lo, hi = bisect.bisect_left(starts, t0), bisect.bisect_right(starts, t1)
+        work = [x for _, c in launches[lo:hi] for x in by_corr.get(c, [])]
+        out.append((max(b for _, b in work) - min(a for a, _ in work)) / 1e6 if work else None)
+    return out
+
+
+class CuptiRecorder:
+    """Activity records of kernels, copies and memsets and of the runtime/driver calls that made
+    them, between enter and exit (one recorder at a time per process)."""
+    KINDS = ("CONCURRENT_KERNEL", "MEMCPY", "MEMSET", "RUNTIME", "DRIVER")
+
+    def __init__(self):
+        self.kind = _cupti.ActivityKind
+        self.launches: list[tuple[int, int]] = []
+        self.activities: list[tuple[int, int, int]] = []
+
+    def now(self) -> int:
+        return _CUPTI["get_timestamp"]()
+
+    def _requested(self):
+        return 8 << 20, 0  # buffer size, max records (0: as many as fit)
+
+    def _completed(self, activities) -> None:
+        k = self.kind
+        for a in activities:
+            if a.kind in (k.CONCURRENT_KERNEL, k.MEMCPY, k.MEMSET):
+                self.activities.append((a.start, a.end, a.correlation_id))
+            elif a.kind in (k.RUNTIME, k.DRIVER):
+                self.launches.append((a.start, a.correlation_id))
+
+    def __enter__(self) -> "CuptiRecorder":
+        for name in self.KINDS:
+            _CUPTI["activity_enable"](getattr(self.kind, name))
+        _CUPTI["activity_register_callbacks"](self._requested, self._completed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _CUPTI["activity_flush_all"](0)
+        for name in self.KINDS:
+            _CUPTI["activity_disable"](getattr(self.kind, name))
+        _CUPTI["finalize"]()
+
+
 def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[Callable[[int], None]]],
                      n_sets: int, warmup: int, iters: int, device: str,
-                     schedule: Optional[list[int]] = None) -> list[list[float]]:
+                     schedule: Optional[list[int]] = None, method: str = "events") -> list[list[float]]:
     """ms per call for each function; timed call i of each uses argument set schedule[i] (default
     i % n_sets; a random schedule keeps a candidate from knowing which call is the last one on a
     set, whose output is checked). `prepare` (poisoning outputs) runs outside the timed region.
@@ -49,7 +135,31 @@ def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[
             calls[j](i % n_sets)
             host_s[j] = max(host_s[j], _perf_counter() - t0)
     samples: list[list[float]] = [[] for _ in range(k)]
-    if device == "cuda":
+    if device == "cuda" and method == "cupti":
+        # Each call alone between two syncs: the flush and the spin are launched before its host
+        # window opens, so only the call's own work (any stream, any thread) is counted.
+        windows, who = [], []
+        _synchronize()
+        with CuptiRecorder() as rec:
+            for i in range(iters):
+                order = range(k) if i % 2 == 0 else reversed(range(k))
+                for j in order:
+                    if prepare[j]:
+                        prepare[j](sched[i])
+                    flush()
+                    gpu_spin(2.0 * host_s[j])
+                    t0 = rec.now()
+                    calls[j](sched[i])
+                    t1 = rec.now()
+                    _synchronize()
+                    windows.append((t0, t1))
+                    who.append(j)
+        spans = spans_ms(windows, rec.launches, rec.activities)
+        if any(x is None for x in spans):
+            raise RuntimeError("CUPTI saw no GPU work for a timed call")
+        for j, ms in zip(who, spans):
+            samples[j].append(ms)
+    elif device == "cuda":
         _synchronize()
         pending = []
         for i in range(iters):

@@ -292,9 +292,10 @@ class Worker:
             base_fn(*base_sets[i].values())
 
         clk0, why0 = timing.gpu_clock_state() if self.mode == "cuda" else (None, [])
+        method, method_note = timing.resolve_method(cfg.get("method", "events"), self.mode)
         try:
             samples = timing.time_interleaved([cand, base], [prep, None], n, cfg["warmup"], cfg["iters"],
-                                              self.mode, schedule=schedule)
+                                              self.mode, schedule=schedule, method=method)
             if self.mode == "cuda":
                 torch.cuda.synchronize()
         except Exception as e:
@@ -336,7 +337,7 @@ class Worker:
         bmed, biqr = timing.median_iqr(samples[1])
         return dict(median_ms=med, iqr_ms=iqr, base_median_ms=bmed, base_iqr_ms=biqr, iters=len(samples[0]),
                     wall_ms=wall, issue_ms=issue, n_sets=n, clock_before=clk0, clock_after=clk1,
-                    throttle=sorted(set(why0) | set(why1)))
+                    throttle=sorted(set(why0) | set(why1)), method=method, method_note=method_note)
 
     def _results_dev(self, d: Definition, args: dict, outs: dict) -> dict:
         return {**outs, **{k: args[k] for k in d.inplace}}
@@ -366,7 +367,8 @@ class Worker:
 
             try:
                 samples = timing.time_interleaved(calls, [prep_for(j) for j in range(len(fns))], len(base),
-                                                  cfg["warmup"], cfg["iters"] * job.get("rounds", 1), self.mode)
+                                                  cfg["warmup"], cfg["iters"] * job.get("rounds", 1), self.mode,
+                                                  method=timing.resolve_method(cfg.get("method", "events"), self.mode)[0])
                 if self.mode == "cuda":
                     torch.cuda.synchronize()
             except Exception as e:
