@@ -68,3 +68,16 @@ def test_cupti_and_events_agree_on_a_single_stream_kernel_and_cupti_sees_a_side_
     med = sorted(ev)[10]
     assert sorted(cu[0])[10] == pytest.approx(med, rel=0.2)
     assert sorted(cu[1])[10] == pytest.approx(med, rel=0.2)
+
+
+@pytest.mark.gpu
+def test_clocks_are_read_from_the_gpu_the_worker_uses():
+    """NVML numbers GPUs its own way; the handle is found by the UUID of torch's current device."""
+    import pynvml
+    import torch
+    pynvml.nvmlInit()
+    uuid = pynvml.nvmlDeviceGetUUID(timing.nvml_handle(pynvml))
+    uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+    assert uuid.removeprefix("GPU-") == str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid).removeprefix("GPU-")
+    clock, _ = timing.gpu_clock_state()
+    assert clock and clock > 100

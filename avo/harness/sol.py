@@ -56,12 +56,14 @@ def match_gpu_name(gpu_name: str) -> Optional[Hardware]:
 
 
 def detect_gpu_name() -> Optional[str]:
-    """The first GPU's name via pynvml (nvidia-ml-py), None without a driver."""
+    """The name of the first GPU this process can see (CUDA_VISIBLE_DEVICES) via pynvml
+    (nvidia-ml-py), None without a driver."""
     try:
         import pynvml
+        from avo.harness.timing import nvml_handle
         pynvml.nvmlInit()
         try:
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+            name = pynvml.nvmlDeviceGetName(nvml_handle(pynvml, use_torch=False))
             return name.decode() if isinstance(name, bytes) else name
         finally:
             pynvml.nvmlShutdown()

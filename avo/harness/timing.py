@@ -233,12 +233,32 @@ def median_iqr(xs: list[float]) -> tuple[float, float]:
     return statistics.median(xs), q[2] - q[0]
 
 
+def nvml_handle(pynvml, use_torch: bool = True):
+    """NVML's handle of the GPU this process computes on (torch's current device), found by UUID:
+    CUDA_VISIBLE_DEVICES (and a Ray evaluator's GPU) renumbers CUDA devices, NVML's index does not.
+    `use_torch=False` (a process that should not open a CUDA context): the first visible device."""
+    try:
+        if use_torch and torch.cuda.is_available():
+            uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+            if uuid is not None:
+                u = str(uuid)
+                return pynvml.nvmlDeviceGetHandleByUUID(u if u.startswith("GPU-") else f"GPU-{u}")
+    except Exception:
+        pass
+    import os
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    if first.startswith("GPU-"):
+        return pynvml.nvmlDeviceGetHandleByUUID(first)
+    return pynvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+
+
 def gpu_clock_state() -> tuple[Optional[int], list[str]]:
-    """(SM clock MHz, active throttle reasons) via pynvml; (None, []) without a GPU."""
+    """(SM clock MHz, active throttle reasons) of the GPU this worker uses, via pynvml; (None, [])
+    without a GPU."""
     try:
         import pynvml
         pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        h = nvml_handle(pynvml)
         sm = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
         mask = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)
         names = {
