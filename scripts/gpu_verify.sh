@@ -10,6 +10,7 @@
 #   bash scripts/gpu_verify.sh ray1             # avo evolve --backend ray on this one GPU (RAY=1 prepare_device_wheels.sh; carry .whl-ray)
 #   bash scripts/gpu_verify.sh agentic          # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e              # avo.apply in transformers + xgrammar: tokens and tokens/s
+#   bash scripts/gpu_verify.sh throughput [TASKS]  # scripts/bench_throughput.py: evals/GPU-hour, GPU busy, phase seconds
 #   bash scripts/gpu_verify.sh bench [WHICH]    # peer benchmarks (rewrite docs/benchmarks.md sections); WHICH:
 #        (none) both scripts on the seeds; attention | memory | grammar | megakernel: the evolved kernels vs seeds and peers;
 #        problems: scripts/bench_problem.py on the run of configs/gpu_problems.yaml (reference-only user problems)
@@ -26,7 +27,7 @@ fi
 export COLUMNS=160 PYTHONUNBUFFERED=1
 avo() { python3 -m avo.cli "$@"; }
 usage() {
-  echo "usage: $0 evals | evolve CONFIG | ray1 | agentic | e2e | bench [attention|memory|grammar|megakernel] | sweep GRID | ncu" >&2
+  echo "usage: $0 evals | evolve CONFIG | ray1 | agentic | e2e | throughput [TASKS] | bench [attention|memory|grammar|megakernel] | sweep GRID | ncu" >&2
   exit 2
 }
 evolve_part() {  # run name, config, minutes, extra `avo evolve` arguments
@@ -58,6 +59,10 @@ case "${1:-evals}" in
     evolve_part gpu-ray-one-gpu configs/gpu_ray_one_gpu.yaml "${MINUTES:-8}" --backend ray ;;
   agentic) timeout 540 python3 scripts/agentic_scripted_run.py --device cuda --out "$OUT/agentic-lineage" \
              --json "$OUT/agentic.json" 2>&1 | tail -c 4000 ;;
+  throughput)  # evaluations per GPU-hour, GPU busy fraction, seconds per phase (issue 22's before/after)
+    for t in ${2:-grammar_bitmask attention_mha_fwd}; do
+      timeout 280 python3 scripts/bench_throughput.py --task "$t" --attempts "${N:-20}" --device cuda 2>&1 | tail -6
+    done ;;
   e2e) python3 scripts/bench_apply_e2e.py --device cuda --json "$OUT/e2e.json" 2>&1 | tail -c 4000 ;;
   bench)
     case "${2:-}" in
