@@ -123,6 +123,11 @@ def test_heuristic_islands_give_the_local_lineage_format(cluster, tmp_path, caps
         assert [t.solution for t in va.traces] == [f"grammar_bitmask-{va.meta.attempt}"]  # named as local names it
         parent = subprocess.run(["git", "-C", str(a.path), "rev-parse", f"{va.sha}^"], capture_output=True, text=True)
         assert va.meta.gate.against == parent.stdout.strip()  # gated against the island head it extends
+        # both backends end with the final measurement, and the best is the one it measured fastest
+        for lin in (a, b):
+            m = lin.measurement("grammar_bitmask")
+            assert m is not None and lin.best("grammar_bitmask").sha == m.best
+    assert "re-measured against" in " ".join(out.split())
     for f in ("report.html", "progress.png"):
         assert (tmp_path / "rayfmt" / "report" / f).stat().st_size > 1000
     r = subprocess.run([sys.executable, "-m", "avo.cli", "lineage", "log", str(tmp_path / "rayfmt"), "--attempts"],

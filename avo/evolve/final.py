@@ -80,3 +80,17 @@ def describe(m: Measurement) -> str:
     return (f"{m.task}: best {m.best[:10]} at {best.vs_seed:.2f}x vs seed, re-measured against "
             f"{len(m.contenders) - 1} contender(s) and the seed in one interleaved session "
             f"({m.rounds} rounds, {len(m.workloads)} workloads, noise up to ±{100 * noise:.1f}%)")
+
+
+def measure_run(state, ev) -> None:
+    """The end of a run (either backend): each task's final measurement, said on the display; a
+    failure leaves the recorded best in place and says so. `ev`: an Evaluator or RemoteEvaluator."""
+    for name, setup in state.tasks.items():
+        try:
+            state.display.event(f"{name}: re-measuring the best contenders with the seed in one session")
+            m = remeasure(state.lineage, ev, setup.task, setup.workloads, state.cfg.gate.rounds, state.device)
+            if m is not None:
+                state.display.event(describe(m))
+        except HarnessError as e:
+            state.display.event(f"{name}: the final measurement failed ({' '.join(str(e).split())[:200]}); "
+                                "the best shown is the recorded one", "yellow")

@@ -69,24 +69,6 @@ def loop(state: RunState, ev: Evaluator) -> str:
         supervise(state, ev, isl)
 
 
-def final_measurement(state: RunState, ev) -> None:
-    """Each task's best decided by timing its contenders with the seed in one session (final.py);
-    a failure leaves the recorded best in place and says so."""
-    for name, setup in state.tasks.items():
-        try:
-            remeasure_and_say(state, ev, setup)
-        except HarnessError as e:
-            state.display.event(f"{name}: the final measurement failed ({' '.join(str(e).split())[:200]}); "
-                                "the best shown is the recorded one", "yellow")
-
-
-def remeasure_and_say(state: RunState, ev, setup) -> None:
-    state.display.event(f"{setup.name}: re-measuring the best contenders with the seed in one session")
-    m = final.remeasure(state.lineage, ev, setup.task, setup.workloads, state.cfg.gate.rounds, state.device)
-    if m is not None:
-        state.display.event(final.describe(m))
-
-
 @dataclass
 class RunEnd:
     code: int  # the process exit code
@@ -105,7 +87,7 @@ def run_local(state: RunState) -> RunEnd:
             with state.display:
                 end.why = loop(state, ev)
                 if not state.stop.count:
-                    final_measurement(state, ev)
+                    final.measure_run(state, ev)
     except KeyboardInterrupt:
         end.why = "interrupted"
     except (EvolveError, LineageError, ConfigError) as e:

@@ -191,6 +191,16 @@ class EvaluatorActor:
         finally:
             self._remember_workers()
 
+    def measure(self, task: Task, solutions: list[Solution], workloads: Optional[list[Workload]],
+                rounds: int) -> tuple[Any, float]:
+        b0 = self.ev.busy_s
+        try:
+            return self.ev.measure(task, solutions, workloads, rounds), self.ev.busy_s - b0
+        except HarnessError as e:
+            return str(e), self.ev.busy_s - b0
+        finally:
+            self._remember_workers()
+
     def close(self) -> None:
         self.ev.close()
 
@@ -222,6 +232,10 @@ class RemoteEvaluator:
     def ab(self, task: Task, best: Solution, cand: Solution, workloads: Optional[list[Workload]] = None,
            rounds: int = 2) -> ABResult:
         return self._call("ab", task, best, cand, workloads, rounds)
+
+    def measure(self, task: Task, solutions: list[Solution], workloads: Optional[list[Workload]] = None,
+                rounds: int = 2) -> dict[str, list[list[float]]]:
+        return self._call("measure", task, solutions, workloads, rounds)
 
 
 # ---- operator ----

@@ -239,6 +239,7 @@ class RayRun:
             return "interrupted"
         if stopping == "lost":
             raise FatalError("every operator actor is lost (out of restarts); see the OPERATOR_ERROR attempts")
+        self.show(self.call("final"))  # the final measurement, on the evaluator actors
         if stopping == "exhausted":
             return (f"every island's operator gave up or failed {GIVE_UPS_TO_STOP} times in a row "
                     f"(search space exhausted, or see the errors above)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from avo.config import ConfigError, RunConfig
-from avo.evolve import attempt
+from avo.evolve import attempt, final
 from avo.evolve.gate import GateDecision
 from avo.evolve.state import EventLog, EvolveError, RunState, RunStats
 from avo.evolve.supervision import supervise
@@ -116,6 +116,11 @@ class LineageStore:
             return self._reply(error=str(e), code=getattr(e, "code", 2))
         except Exception as e:  # HarnessError: the evaluator could not run the seed
             return self._reply(error=f"evaluator: {e}", code=1)
+        return self._reply()
+
+    def final(self) -> StoreReply:
+        """The run's final measurement of each task's contenders (evolve/final.py)."""
+        final.measure_run(self.evo, self.ev)
         return self._reply()
 
     # ---- one step ----
