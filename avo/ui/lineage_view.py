@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
+from avo.evolve.final import describe
 from avo.harness import RUNNER_WORK
 from avo.lineage import Lineage, LineageError, Version, resolve_run
 
@@ -31,7 +32,7 @@ def print_report(rep, console: Console) -> None:
                   _f(p and p.reference_latency_ms, ".4f", ""), _f(p and p.speedup_factor, ".2f", "x"),
                   _f(p and p.sol_fraction and 100 * p.sol_fraction, ".1f", "%"), _f(p and p.sol_score, ".3f", ""))
     console.print(t)
-    if rep.device_mode == "interpret":
+    if rep.device_mode == "interpret" and rep.status.value != "COMPILED_NOT_RUN":
         console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")
     elif getattr(rep, "sol_model", ""):
         console.print(f"SOL bound: {rep.sol_model}", highlight=False, soft_wrap=True)
@@ -166,6 +167,9 @@ def best_versions(lin: Lineage, task: Optional[str], console: Console) -> None:
                   _f(s.speedup_vs_baseline), _f(s.sol_fraction and 100 * s.sol_fraction, ".1f", "%"))
     console.print(t)
     for name in tasks:
-        console.print(f"{name}: {lin.best(name).meta.note}", highlight=False)
+        v = lin.best(name)
+        console.print(f"{name}: {v.meta.note}", highlight=False)
+        if v.measured is not None:  # decided by the run's final measurement (evolve/final.py)
+            console.print("  " + describe(lin.measurement(name)), highlight=False, soft_wrap=True)
     if any(lin.best(n).meta.device_mode == "interpret" for n in tasks):
         console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")
