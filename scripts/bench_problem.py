@@ -36,6 +36,13 @@ def load_kernel(source: str, name: str, tmp: Path):
     return mod
 
 
+def results(value, outputs) -> list:
+    """A reference's return value in the definition's output order (a tensor, a tuple, a dict by name)."""
+    if isinstance(value, dict):
+        return [value[k] for k in outputs]
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
 def bench_run(run: str, lineage_dir: Path, iters: int) -> list[str]:
     import torch
     from avo.harness import inputs as inp
@@ -68,10 +75,7 @@ def bench_run(run: str, lineage_dir: Path, iters: int) -> list[str]:
                 with torch.no_grad():
                     expect = ref(*args)
                     got_c = compiled(*args)
-                expect = list(expect.values()) if isinstance(expect, dict) else (
-                    list(expect) if isinstance(expect, (tuple, list)) else [expect])
-                got_c = list(got_c.values()) if isinstance(got_c, dict) else (
-                    list(got_c) if isinstance(got_c, (tuple, list)) else [got_c])
+                expect, got_c = results(expect, d.outputs), results(got_c, d.outputs)
                 tol = d.tolerance_for(w)
                 for k, mod in kernels.items():
                     mod.run(*args, *outs[k].values())

@@ -218,7 +218,7 @@ def test_a_plain_kernel_file_still_wraps_as_before():
 
 
 # ---- packed FP4 (float4_e2m1fn_x2) ----
-def test_packed_fp4_inputs_are_built_as_sol_execbench_packs_them(quick_evaluator):
+def test_packed_fp4_inputs_are_built_as_sol_execbench_packs_them(quick_evaluator, tmp_path):
     """A float4_e2m1fn_x2 input of shape [m, 64] is a tensor [m, 32] of packed pairs: an honest
     dequantiser PASSES; one that reads the nibbles in the wrong order is INCORRECT."""
     task = load_task(str(SOL / "fp4_dequant"))
@@ -228,7 +228,11 @@ def test_packed_fp4_inputs_are_built_as_sol_execbench_packs_them(quick_evaluator
     assert task.definition.io_bytes(task.workloads[0]) == 3 * 32 + 3 * 64 * 2
     good = quick_evaluator.evaluate(task, solution_from_kernel_file(task, SOL / "fp4_dequant" / "kernel.py"))
     assert good.status == S.PASSED, good.message
-    bad = quick_evaluator.evaluate(task, solution_from_kernel_file(task, SOL / "fp4_dequant" / "kernel_swapped.py"))
+    swapped = tmp_path / "kernel_swapped.py"  # the same dequantiser, nibbles read high first
+    honest = (SOL / "fp4_dequant" / "kernel.py").read_text()
+    assert "(_value(b & 15), _value(b >> 4))" in honest
+    swapped.write_text(honest.replace("(_value(b & 15), _value(b >> 4))", "(_value(b >> 4), _value(b & 15))"))
+    bad = quick_evaluator.evaluate(task, solution_from_kernel_file(task, swapped))
     assert bad.status == S.INCORRECT_NUMERICAL, bad.message
 
 

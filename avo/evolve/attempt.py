@@ -69,7 +69,6 @@ def seed_islands(state: RunState, ev) -> None:
                         rep.device_mode, rep.hardware)
     for name, (missing, scores, traces, mode, hw) in judged.items():
         setup = state.tasks[name]
-        state.seen[name].add(source_hash(setup.seed_source))
         note = {"reference": "seed made from the reference", "inductor": "seed made from the reference by Inductor"}
         for isl in missing:
             meta = VersionMeta(run=state.cfg.run, task=name, island=isl.island, kind="seed", operator="seed",
@@ -80,7 +79,7 @@ def seed_islands(state: RunState, ev) -> None:
             with_phase(state.stop, "commit", lambda: lin.commit_version(meta, setup.seed_source, traces,
                                                                         version_message(meta, parsed)))
             state.display.event(f"{isl.label}: seed committed")
-    for name, setup in state.tasks.items():
+    for name, setup in state.tasks.items():  # the seed each task has now (Inductor's may have given way)
         state.seen[name].add(source_hash(setup.seed_source))
     state.refresh_bests()
 
@@ -153,13 +152,14 @@ def measured_vs_seed(cand: Scores, seed: Scores) -> Optional[float]:
 def accepted_meta(cfg: RunConfig, rec: AttemptRecord, out: Proposal, rep: EvalReport, dec: GateDecision,
                   head: Version, elapsed_s: float, seed: Optional[Version] = None) -> VersionMeta:
     """The meta.json of an accepted attempt's commit (sets rec.speedup_vs_seed)."""
-    speedup = measured_vs_seed(scores_from(rep, None), seed.meta.scores) if seed is not None else None
+    scores = scores_from(rep, None)
+    speedup = measured_vs_seed(scores, seed.meta.scores) if seed is not None else None
     if speedup is None:  # no comparable seed timings (an old lineage): the chained gate gains
         speedup = (head.meta.scores.speedup_vs_seed or 1.0) * (1.0 + dec.record.gain)
-    rec.speedup_vs_seed = speedup
+    rec.speedup_vs_seed = scores.speedup_vs_seed = speedup
     return VersionMeta(run=cfg.run, task=rec.task, island=rec.island, kind="version", attempt=rec.id,
                        parent=rec.parent, operator=out.operator, note=out.note, source_hash=rec.source_hash,
-                       scores=scores_from(rep, speedup), gate=dec.record, device_mode=rep.device_mode,
+                       scores=scores, gate=dec.record, device_mode=rep.device_mode,
                        hardware=rep.hardware, transcript=out.transcript, cost_usd=out.cost_usd,
                        run_elapsed_s=round(elapsed_s, 3))
 

@@ -148,7 +148,8 @@ class _Kernel:
                 raise SeedRefused(f"kernel {name}: no {dim} parameter for its grid")
 
         class Helpers(ast.NodeTransformer):
-            used: set[str] = set()
+            def __init__(self):
+                self.used: set[str] = set()
 
             def visit_Attribute(self, node):
                 self.generic_visit(node)
@@ -162,7 +163,6 @@ class _Kernel:
                 return node
 
         h = Helpers()
-        h.used = set()
         fn = h.visit(fn)
         self.helpers = h.used
         self.source = ast.unparse(fn)
@@ -196,7 +196,7 @@ class _Kernel:
         return "\n".join(lines)
 
 
-def _call_body(code: str, kernels: dict[str, _Kernel], out_names: list) -> ast.FunctionDef:
+def _call_body(code: str, kernels: dict[str, _Kernel]) -> ast.FunctionDef:
     """Inductor's `call(args)` as `inductor_call(args, outs)`: buffers and views as torch calls,
     kernel launches through the launchers, a returned buffer allocated as the harness's output."""
     mod = ast.parse(code)
@@ -295,7 +295,7 @@ def rewrite(code: str, arg_exprs: list[str], ins: list[str], outs: list[str], ou
             kernels[name] = _Kernel(len(kernels), name, node.value.args[1].value, interpret)
     if not kernels:
         raise SeedRefused("Inductor made no Triton kernel for the reference (library calls only)")
-    body = _call_body(code, kernels, outs)
+    body = _call_body(code, kernels)
     config, tunables = {}, {}
     for k in kernels.values():
         config.update(k.config)

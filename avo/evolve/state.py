@@ -283,11 +283,14 @@ class RunState:
             self._seeds[task] = next((v for v in self.lineage.versions(task) if v.meta.kind == "seed"), None)
         return self._seeds[task]
 
+    def config_yaml(self) -> str:
+        """The run config as the lineage's root commit holds it."""
+        return yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+
     def reidentify(self) -> None:
         """Rewrite the identity of a lineage that holds nothing yet, after a seed changed."""
-        cfg_yaml = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
         try:
-            self.lineage.reset_root(self.cfg.run, cfg_yaml, run_identity(self.device, self.tasks, self.islands))
+            self.lineage.reset_root(self.cfg.run, self.config_yaml(), run_identity(self.device, self.tasks, self.islands))
         except LineageError as e:
             raise EvolveError(f"a seed changed after the run began ({e}); start a new --run", EXIT_FAILED) from None
 
@@ -298,7 +301,7 @@ class RunState:
     def open_lineage(self) -> None:
         """Open (resume) or create the run's lineage and rebuild the state from its logs."""
         ident = run_identity(self.device, self.tasks, self.islands)
-        cfg_yaml = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+        cfg_yaml = self.config_yaml()
         lin, created = Lineage.open_or_create(self.cfg.lineage_path, self.cfg.run, cfg_yaml, ident)
         self.lineage = lin
         if not created:

@@ -134,6 +134,18 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _once(folder: Path, done: Path, make) -> bool:
+    """Run `make` (which writes `done`) unless `done` exists, checked again under the folder's
+    lock; True when it was already there (cached)."""
+    if done.exists():
+        return True
+    with _locked(folder):
+        if done.exists():
+            return True
+        make()
+    return False
+
+
 def _write_sources(sol: Solution, src: Path) -> None:
     for s in sol.sources:
         p = src / s.path
@@ -287,12 +299,7 @@ def check(sol: Solution, limit_s: float = DEFAULT_LIMIT_S) -> str:
     key = _key(sol, "check", nvcc=nvcc)
     folder = cache_root() / key[:32]
     done = folder / "checked.json"
-    cached = done.exists()
-    if not cached:
-        with _locked(folder):
-            cached = done.exists()
-            if not cached:
-                _check_into(sol, folder, key, cu, cxx, nvcc, limit_s)
+    cached = _once(folder, done, lambda: _check_into(sol, folder, key, cu, cxx, nvcc, limit_s))
     info = json.loads(done.read_text())
     took = f"cached: checked in {info['seconds']:.1f} s on {info['when']}" if cached else \
         f"checked in {info['seconds']:.1f} s"
@@ -390,12 +397,7 @@ def load(sol: Solution, limit_s: float = DEFAULT_LIMIT_S) -> tuple[Callable, str
     name = f"avo_{key[:16]}"
     done = folder / "built.json"
     t0 = time.monotonic()
-    cached = done.exists()
-    if not cached:
-        with _locked(folder):
-            cached = done.exists()
-            if not cached:
-                _build_into(sol, folder, name, cu, cxx, b, limit_s)
+    cached = _once(folder, done, lambda: _build_into(sol, folder, name, cu, cxx, b, limit_s))
     info = json.loads(done.read_text())
     lib = info["lib"]
     try:

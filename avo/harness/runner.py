@@ -352,24 +352,17 @@ class Evaluator:
     # ---- commit-gate re-measurement ----
     def ab(self, task: Task, best: Solution, cand: Solution, workloads: Optional[list[Workload]] = None,
            rounds: int = 2) -> ABResult:
-        t0 = time.monotonic()
-        try:
-            return self._ab(task, best, cand, workloads, rounds)
-        finally:
-            self.busy_s += time.monotonic() - t0
+        return ab_statistics(self.measure(task, [best, cand], workloads, rounds))
 
     def measure(self, task: Task, solutions: list[Solution], workloads: Optional[list[Workload]] = None,
                 rounds: int = 2) -> dict[str, list[list[float]]]:
-        """Time several passing solutions call by call in one worker session (the gate's method
-        with more than two): per workload, per solution, the ms of each paired call."""
+        """Time several passing solutions call by call in one worker session (the gate's A/B with
+        any number): per workload, per solution, the ms of each paired call."""
         t0 = time.monotonic()
         try:
             return self._interleaved(task, solutions, workloads, rounds)
         finally:
             self.busy_s += time.monotonic() - t0
-
-    def _ab(self, task, best, cand, workloads, rounds) -> ABResult:
-        return ab_statistics(self._interleaved(task, [best, cand], workloads, rounds))
 
     def _interleaved(self, task, sols, workloads, rounds) -> dict[str, list[list[float]]]:
         wls = workloads if workloads is not None else self.default_workloads(task)

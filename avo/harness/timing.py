@@ -121,7 +121,7 @@ def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[
     """ms per call for each function; timed call i of each uses argument set schedule[i] (default
     i % n_sets; a random schedule keeps a candidate from knowing which call is the last one on a
     set, whose output is checked). `prepare` (poisoning outputs) runs outside the timed region.
-    The order alternates every iteration."""
+    The order alternates every iteration (_call_order)."""
     flush = L2Flusher(device)
     k = len(calls)
     sched = schedule if schedule is not None else [i % n_sets for i in range(iters)]
@@ -141,19 +141,17 @@ def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[
         windows, who = [], []
         _synchronize()
         with CuptiRecorder() as rec:
-            for i in range(iters):
-                order = range(k) if i % 2 == 0 else reversed(range(k))
-                for j in order:
-                    if prepare[j]:
-                        prepare[j](sched[i])
-                    flush()
-                    gpu_spin(2.0 * host_s[j])
-                    t0 = rec.now()
-                    calls[j](sched[i])
-                    t1 = rec.now()
-                    _synchronize()
-                    windows.append((t0, t1))
-                    who.append(j)
+            for i, j in _call_order(iters, k):
+                if prepare[j]:
+                    prepare[j](sched[i])
+                flush()
+                gpu_spin(2.0 * host_s[j])
+                t0 = rec.now()
+                calls[j](sched[i])
+                t1 = rec.now()
+                _synchronize()
+                windows.append((t0, t1))
+                who.append(j)
         spans = spans_ms(windows, rec.launches, rec.activities)
         if any(x is None for x in spans):
             raise RuntimeError("CUPTI saw no GPU work for a timed call")
@@ -162,34 +160,38 @@ def time_interleaved(calls: list[Callable[[int], None]], prepare: list[Optional[
     elif device == "cuda":
         _synchronize()
         pending = []
-        for i in range(iters):
-            order = range(k) if i % 2 == 0 else reversed(range(k))
-            for j in order:
-                if prepare[j]:
-                    prepare[j](sched[i])
-                flush()
-                # Keep the GPU busy while the host enqueues the call, so the events measure the
-                # kernels' device time rather than Python launch latency (as CUDA graphs do in an
-                # engine); host time is reported separately as the synced wall time per call.
-                gpu_spin(2.0 * host_s[j])
-                start, end = _Event(enable_timing=True), _Event(enable_timing=True)
-                start.record()
-                calls[j](sched[i])
-                end.record()
-                pending.append((j, start, end))
+        for i, j in _call_order(iters, k):
+            if prepare[j]:
+                prepare[j](sched[i])
+            flush()
+            # Keep the GPU busy while the host enqueues the call, so the events measure the
+            # kernels' device time rather than Python launch latency (as CUDA graphs do in an
+            # engine); host time is reported separately as the synced wall time per call.
+            gpu_spin(2.0 * host_s[j])
+            start, end = _Event(enable_timing=True), _Event(enable_timing=True)
+            start.record()
+            calls[j](sched[i])
+            end.record()
+            pending.append((j, start, end))
         _synchronize()
         for j, start, end in pending:
             samples[j].append(start.elapsed_time(end))
     else:
-        for i in range(iters):
-            order = range(k) if i % 2 == 0 else reversed(range(k))
-            for j in order:
-                if prepare[j]:
-                    prepare[j](sched[i])
-                t0 = _perf_counter()
-                calls[j](sched[i])
-                samples[j].append((_perf_counter() - t0) * 1e3)
+        for i, j in _call_order(iters, k):
+            if prepare[j]:
+                prepare[j](sched[i])
+            t0 = _perf_counter()
+            calls[j](sched[i])
+            samples[j].append((_perf_counter() - t0) * 1e3)
     return samples
+
+
+def _call_order(iters: int, k: int):
+    """(iteration, function) of each timed call: all k functions every iteration, the order
+    reversed every other one, so neither always goes first."""
+    for i in range(iters):
+        for j in (range(k) if i % 2 == 0 else reversed(range(k))):
+            yield i, j
 
 
 def gpu_spin(seconds: float) -> None:

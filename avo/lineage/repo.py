@@ -49,6 +49,7 @@ class Lineage:
             raise LineageError(f"{self.path}: not a lineage (no git repository)") from None
         self._lock: Optional[RunLock] = None
         self._attempts: Optional[list[AttemptRecord]] = None
+        self._measurements: Optional[list[Measurement]] = None
         self._versions: dict[str, Version] = {}
 
     # ---- opening ----
@@ -273,7 +274,9 @@ class Lineage:
         return max(vs, key=lambda v: v.meta.scores.speedup_vs_seed or 0.0)  # max() keeps the first: ties go to the earliest
 
     def measurements(self) -> list[Measurement]:
-        return [Measurement.model_validate(r) for r in read_jsonl_tolerant(self.path / MEASUREMENTS_FILE)]
+        if self._measurements is None:  # read once: best() consults it on every call
+            self._measurements = [Measurement.model_validate(r) for r in read_jsonl_tolerant(self.path / MEASUREMENTS_FILE)]
+        return list(self._measurements)
 
     def measurement(self, task: str) -> Optional[Measurement]:
         """The task's latest final measurement, or None."""
@@ -281,6 +284,8 @@ class Lineage:
 
     def append_measurement(self, m: Measurement) -> None:
         append_jsonl_durable(self.path / MEASUREMENTS_FILE, m.model_dump(mode="json"))
+        if self._measurements is not None:
+            self._measurements.append(m)
 
     def commit_version(self, meta: VersionMeta, source: str, traces_jsonl: str, message: str) -> str:
         """Append a version to its island branch (atomic ref update); returns the commit sha."""

@@ -160,16 +160,15 @@ def best_versions(lin: Lineage, task: Optional[str], console: Console) -> None:
     for col, just in (("task", "left"), ("commit", "left"), ("isl", "right"), ("attempt", "left"), ("vs seed", "right"),
                       ("vs baseline", "right"), ("% SOL", "right")):
         t.add_column(col, justify=just, no_wrap=True)
-    for name in tasks:
-        v = lin.best(name)
+    bests = {name: lin.best(name) for name in tasks}
+    for name, v in bests.items():
         s = v.meta.scores
         t.add_row(name, v.sha[:10], str(v.meta.island), v.meta.attempt or v.meta.kind, _f(v.speedup),
                   _f(s.speedup_vs_baseline), _f(s.sol_fraction and 100 * s.sol_fraction, ".1f", "%"))
     console.print(t)
-    for name in tasks:
-        v = lin.best(name)
+    for name, v in bests.items():
         console.print(f"{name}: {v.meta.note}", highlight=False)
         if v.measured is not None:  # decided by the run's final measurement (evolve/final.py)
             console.print("  " + describe(lin.measurement(name)), highlight=False, soft_wrap=True)
-    if any(lin.best(n).meta.device_mode == "interpret" for n in tasks):
+    if any(v.meta.device_mode == "interpret" for v in bests.values()):
         console.print("[yellow]Triton interpreter on CPU: timings are not GPU performance.[/]")

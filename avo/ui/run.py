@@ -60,14 +60,13 @@ def print_summary(c: Console, cfg: RunConfig, device: str, tasks: dict[str, Task
     s = stats
     c.print(f"[bold]{why or 'done'}[/] after {fmt_elapsed(s.elapsed_s)}: {s.attempts} attempts, "
             f"{s.accepted} accepted, {s.evals_per_hour:.0f} evals/hour this session", highlight=False)
-    measured = {n: m for n in tasks if (m := lin.measurement(n)) is not None}
     t = Table(title=f"best per task ({device})")
     for col in ("task", "commit", "island", "vs seed", "vs baseline", "% SOL"):
         t.add_column(col, no_wrap=True, justify="left" if col in ("task", "commit") else "right")
-    notes = []
+    notes, bests = [], {}
     for name in tasks:
         try:
-            b = lin.best(name)
+            b = bests[name] = lin.best(name)
         except Exception:
             continue
         sc = b.meta.scores
@@ -78,11 +77,10 @@ def print_summary(c: Console, cfg: RunConfig, device: str, tasks: dict[str, Task
     c.print(t)
     for line in notes:
         c.print(line, highlight=False, soft_wrap=True)
-    for name in tasks:
-        b = lin.best(name) if lin.versions(name) else None
-        if b is not None and b.measured is not None:
-            c.print("  " + describe(measured[name]), highlight=False, soft_wrap=True)
-        elif b is not None and b.meta.kind != "seed":
+    for name, b in bests.items():
+        if b.measured is not None:
+            c.print("  " + describe(lin.measurement(name)), highlight=False, soft_wrap=True)
+        elif b.meta.kind != "seed":
             c.print(f"  {name}: vs seed is the version's recorded figure (not re-measured with the seed)",
                     highlight=False, soft_wrap=True)
     if device == "interpret":
