@@ -38,6 +38,10 @@ class EvalConfig(Strict):
     # kernel on any stream; needs cupti-python); auto = CUPTI where importable. Events stay the
     # default until the events-vs-CUPTI table is measured on an H100 (docs/benchmarks.md).
     timing_method: Literal["events", "cupti", "auto"] = "events"
+    # How outputs reach the runner's comparison on CUDA: `device` shares them by CUDA IPC and
+    # compares on the GPU (no host copies); `host` copies them through host memory (where a
+    # container forbids CUDA IPC). The interpreter always uses host memory.
+    output_transfer: Literal["device", "host"] = "device"
     # Peer mode evaluates a trusted reference implementation (torch SDPA, xgrammar's kernel) with
     # the same cascade, minus the checks that forbid calling a library that does the task.
     peer: bool = False

@@ -1,6 +1,7 @@
 """Evaluator throughput: evaluations per GPU-hour and how busy the GPU is during `avo evolve`.
 
     .venv/bin/python scripts/bench_throughput.py --task grammar_bitmask --attempts 30 [--device cuda]
+    .venv/bin/python scripts/bench_throughput.py --task grammar_bitmask --minutes 2 --transfer host device
     .venv/bin/python scripts/bench_throughput.py --lineage lineages/RUN     # an existing run's attempts
 
 Runs a fresh offline-operator evolve of TASK (its seed and the device's workloads, two islands, a
@@ -9,7 +10,9 @@ the process uses (every 100 ms: the share of time a kernel was running), then pr
 evaluations per hour of wall time, GPU busy fraction over the run, and where an attempt's
 seconds go (operator, the candidate evaluation's phases: import, compile, check, time, and the
 reference and compare within them; the gate and the rest of `eval_s`). In the interpreter the
-"GPU busy" column is the evaluator's busy share instead (no GPU), and says so.
+"GPU busy" column is the evaluator's busy share instead (no GPU), and says so. `--transfer host
+device` runs it once per `eval.output_transfer` (outputs through host memory, the old path, or
+shared on the GPU), one after the other in this process, for a before/after on one machine.
 """
 from __future__ import annotations
 
@@ -86,6 +89,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="grammar_bitmask")
     ap.add_argument("--attempts", type=int, default=30)
+    ap.add_argument("--minutes", type=float, default=60.0, help="wall budget of each run (whichever ends first)")
+    ap.add_argument("--transfer", nargs="+", choices=["device", "host"], default=["device"],
+                    help="eval.output_transfer of each run (CUDA only; one run per value)")
     ap.add_argument("--device", choices=["auto", "cuda", "interpret"], default="auto")
     ap.add_argument("--lineage", type=Path, help="report an existing run's attempts instead of running one")
     a = ap.parse_args()
@@ -95,15 +101,23 @@ def main() -> int:
             return 2
         print("\n".join(breakdown(Lineage.open(a.lineage))))
         return 0
-    from avo.config import RunConfig
     from avo.evolve.loop import resolve_run_device
-    from avo.ui.run import evolve_local
     device = resolve_run_device(a.device)
+    for transfer in a.transfer:
+        code = one_run(a, device, transfer)
+        if code:
+            return code
+    return 0
+
+
+def one_run(a, device: str, transfer: str) -> int:
+    from avo.config import RunConfig
+    from avo.ui.run import evolve_local
     with tempfile.TemporaryDirectory(prefix="avo-throughput-") as tmp:
         cfg = RunConfig.model_validate({
             "run": "throughput", "lineage_dir": str(Path(tmp) / "lin"), "tasks": [a.task], "islands_per_task": 2,
-            "budget": {"attempts": a.attempts, "wall_minutes": 60}, "gate": {"min_gain": 0.01, "rounds": 2},
-            "device": device})
+            "budget": {"attempts": a.attempts, "wall_minutes": a.minutes}, "gate": {"min_gain": 0.01, "rounds": 2},
+            "device": device, "eval": {"output_transfer": transfer}})
         t0 = time.monotonic()
         with Utilisation() as util:
             code = evolve_local(cfg, live=False)
@@ -116,7 +130,8 @@ def main() -> int:
         n = sum(1 for x in lin.attempts() if x.eval_s > 0)
     busy = f"{100 * util.busy:.0f}% GPU busy (NVML, {len(util.samples)} samples)" if util.busy is not None else \
         "GPU busy: n/a (no NVML here; interpreter run)"
-    print(f"\n{a.task} on {device}: {n} evaluations in {wall:.0f} s of wall time = {3600 * n / wall:.0f} "
+    how = f", outputs {'shared on the GPU' if transfer == 'device' else 'through host memory'}" if device == "cuda" else ""
+    print(f"\n{a.task} on {device}{how}: {n} evaluations in {wall:.0f} s of wall time = {3600 * n / wall:.0f} "
           f"evaluations/hour; {busy}")
     print("\n".join(rows))
     return 0

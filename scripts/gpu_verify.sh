@@ -10,7 +10,9 @@
 #   bash scripts/gpu_verify.sh ray1             # avo evolve --backend ray on this one GPU (RAY=1 prepare_device_wheels.sh; carry .whl-ray)
 #   bash scripts/gpu_verify.sh agentic          # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e              # avo.apply in transformers + xgrammar: tokens and tokens/s
-#   bash scripts/gpu_verify.sh throughput [TASKS]  # scripts/bench_throughput.py: evals/GPU-hour, GPU busy, phase seconds
+#   bash scripts/gpu_verify.sh throughput [TASKS]  # scripts/bench_throughput.py: evals/GPU-hour, GPU busy, phase seconds,
+#        outputs through host memory (before) and shared on the GPU (after); MINUTES per run (default 2)
+#   bash scripts/gpu_verify.sh timing [TASKS]   # the channel/timing GPU tests, then events vs CUPTI per workload (bench_timing_methods.py)
 #   bash scripts/gpu_verify.sh bench [WHICH]    # peer benchmarks (rewrite docs/benchmarks.md sections); WHICH:
 #        (none) both scripts on the seeds; attention | memory | grammar | megakernel: the evolved kernels vs seeds and peers;
 #        problems: scripts/bench_problem.py on the run of configs/gpu_problems.yaml (reference-only user problems)
@@ -27,7 +29,7 @@ fi
 export COLUMNS=160 PYTHONUNBUFFERED=1
 avo() { python3 -m avo.cli "$@"; }
 usage() {
-  echo "usage: $0 evals | evolve CONFIG | ray1 | agentic | e2e | throughput [TASKS] | bench [attention|memory|grammar|megakernel] | sweep GRID | ncu" >&2
+  echo "usage: $0 evals | evolve CONFIG | ray1 | agentic | e2e | throughput [TASKS] | timing [TASKS] | bench [attention|memory|grammar|megakernel] | sweep GRID | ncu" >&2
   exit 2
 }
 evolve_part() {  # run name, config, minutes, extra `avo evolve` arguments
@@ -61,8 +63,13 @@ case "${1:-evals}" in
              --json "$OUT/agentic.json" 2>&1 | tail -c 4000 ;;
   throughput)  # evaluations per GPU-hour, GPU busy fraction, seconds per phase (issue 22's before/after)
     for t in ${2:-grammar_bitmask attention_mha_fwd}; do
-      timeout 280 python3 scripts/bench_throughput.py --task "$t" --attempts "${N:-20}" --device cuda 2>&1 | tail -6
+      timeout "${THROUGHPUT_S:-330}" python3 scripts/bench_throughput.py --task "$t" --attempts "${N:-200}" --minutes "${MINUTES:-2}" \
+        --transfer host device --device cuda 2>&1 | grep -A4 "evaluations/hour" | tee -a "$OUT/throughput.log"
     done ;;
+  timing)  # CUDA IPC outputs and CUPTI on this GPU, then the events-vs-CUPTI table (docs/benchmarks.md)
+    timeout 120 python3 -m pytest -q -m gpu -o addopts="" -p no:cacheprovider tests/test_channel.py tests/test_timing_method.py 2>&1 | tail -5
+    timeout "${TIMING_S:-240}" python3 scripts/bench_timing_methods.py ${2:+--tasks $2} --json "$OUT/timing_methods.json" 2>&1 \
+      | tee "$OUT/timing_methods.log" | grep -v "^| ---" | tail -60 ;;
   e2e) python3 scripts/bench_apply_e2e.py --device cuda --json "$OUT/e2e.json" 2>&1 | tail -c 4000 ;;
   bench)
     case "${2:-}" in

@@ -56,3 +56,40 @@ def test_scratch_folders_of_dead_runners_are_swept():
     assert not stale.exists() and live.exists() and again.exists()
     channel.remove_bulk_dir(live)
     channel.remove_bulk_dir(again)
+
+
+@pytest.mark.parametrize("forge", ["host-mode", "short", "types", "size"])
+def test_forged_cuda_ipc_header_is_refused(forge):
+    """Checked before any CUDA call, so this runs without a GPU."""
+    a, b = Pipe()
+    ok = (channel.IPC_MARK, "torch.float32", (1 << 20,), 0, 0, b"h" * 64, 4 << 20, 0, b"r", 0, None, True)
+    header = {"host-mode": ok, "short": ok[:5], "types": ok[:5] + ("not bytes",) + ok[6:],
+              "size": ok[:6] + (1 << 20,) + ok[7:]}[forge]
+    channel.send(b, ("outputs", "w", 1, {"y": header}))
+    with pytest.raises(channel.ChannelError):
+        channel.recv(a, None, ipc=forge != "host-mode")
+
+
+def _share_from_child(conn):
+    torch.manual_seed(7)
+    t = torch.randn(1 << 20, 3, device="cuda")
+    channel.send(conn, ("outputs", "w", 1, {"y": t, "small": t[:4, 0].clone()}), None, ipc=True)
+    del t  # the runner's reference count keeps the block until it lets go
+    conn.recv()  # stay alive until the parent has its copy
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_cross_by_ipc_as_private_copies():
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=_share_from_child, args=(b,))
+    p.start()
+    kind, _, _, got = channel.recv(a, None, ipc=True)
+    a.send("done")
+    p.join(60)
+    torch.manual_seed(7)
+    want = torch.randn(1 << 20, 3, device="cuda")
+    assert kind == "outputs" and got["y"].is_cuda and torch.equal(got["y"], want)
+    assert got["small"].device.type == "cpu" and torch.equal(got["small"], want[:4, 0].cpu())  # small: inline host copy
+    assert p.exitcode == 0

@@ -7,7 +7,13 @@ scratch folder the runner created (tmpfs where it has room) and sends (marker, n
 shape); the receiver checks name, dtype and size against its own rules, reads and deletes the
 file. A 311 MB message between two processes on the 2-core dev machine: ~2 s (send + receive)
 through pickle + socket, ~0.4 s this way; on an H100 host `avo eval` of the grammar_bitmask seed
-went from 170 s to 78 s (docs/architecture.md, Evaluation)."""
+went from 170 s to 78 s (docs/architecture.md, Evaluation).
+
+On a GPU the outputs need not leave it at all (`eval.output_transfer: device`, the default): the
+sender shares a large CUDA tensor through CUDA IPC (torch's own handles and reference counts, as
+torch.multiprocessing does) and sends plain values (marker, dtype, shape, offset, device, handle
+bytes, ...); the runner checks them, opens the handle, copies the tensor on the GPU and drops the
+mapping, so the comparison runs on device memory the sender can no longer touch."""
 from __future__ import annotations
 
 import io
@@ -24,14 +30,22 @@ import torch
 
 BULK_MIN_BYTES = 1 << 20
 BULK_MARK = "__avo_bulk__"
+IPC_MARK = "__avo_cuda_ipc__"
 _BULK_NAME = re.compile(r"^[0-9a-f]{16}\.bin$")
 _BULK_DTYPES = {str(t): t for t in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
                                     torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
                                     torch.float8_e4m3fn, torch.float8_e5m2)}
+for _n in ("float4_e2m1fn_x2", "float8_e8m0fnu", "uint16", "uint32", "uint64"):  # where this torch has them
+    if hasattr(torch, _n):
+        _BULK_DTYPES[str(getattr(torch, _n))] = getattr(torch, _n)
 
 
 class ChannelError(Exception):
     pass
+
+
+class IpcUnavailable(ChannelError):
+    """A well-formed CUDA IPC handle this process could not open (a container without IPC rights)."""
 
 
 def bulk_dir(role: str) -> Path:
@@ -83,18 +97,66 @@ def _map(obj: Any, leaf) -> Any:
     return obj
 
 
-def _spill(obj: Any, d: Path) -> Any:
-    if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and str(obj.dtype) in _BULK_DTYPES \
-            and obj.numel() * obj.element_size() >= BULK_MIN_BYTES:
+def _spill(obj: Any, d: Optional[Path], ipc: bool) -> Any:
+    if not isinstance(obj, torch.Tensor):
+        return _KEEP
+    big = str(obj.dtype) in _BULK_DTYPES and obj.numel() * obj.element_size() >= BULK_MIN_BYTES
+    if obj.device.type == "cuda":
+        if ipc and big:
+            t = obj.detach().contiguous()
+            dev, handle, size_b, off_b, rc_handle, rc_off, ev_handle, ev_sync = t.untyped_storage()._share_cuda_()
+            return (IPC_MARK, str(t.dtype), tuple(t.shape), t.storage_offset(), dev, handle, size_b, off_b,
+                    rc_handle, rc_off, ev_handle, ev_sync)
+        obj = obj.detach().cpu()
+    if d is not None and big:
         name = secrets.token_hex(8) + ".bin"
         obj.detach().contiguous().view(-1).view(torch.uint8).numpy().tofile(d / name)
         return (BULK_MARK, name, str(obj.dtype), tuple(obj.shape))
-    return _KEEP
+    return obj if obj.device.type == "cpu" else _KEEP
 
 
-def _fill(obj: Any, d: Path) -> Any:
-    if not (isinstance(obj, tuple) and len(obj) == 4 and obj[0] == BULK_MARK):
+def _open_ipc(obj: tuple, ipc: bool) -> torch.Tensor:
+    """A private GPU copy of a tensor another process shared by CUDA IPC; every field checked first."""
+    if not ipc:
+        raise ChannelError("a CUDA IPC tensor where host transfer was asked for")
+    try:
+        _, dtype, shape, offset, dev, handle, size_b, off_b, rc_handle, rc_off, ev_handle, ev_sync = obj
+    except ValueError:
+        raise ChannelError("malformed CUDA IPC header") from None
+    ints = (offset, dev, size_b, off_b, rc_off)
+    if not (dtype in _BULK_DTYPES and isinstance(shape, tuple) and all(isinstance(x, int) and x >= 0 for x in shape)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ints)
+            and isinstance(handle, bytes) and isinstance(rc_handle, bytes) and isinstance(ev_sync, bool)
+            and (ev_handle is None or isinstance(ev_handle, bytes))):
+        raise ChannelError("malformed CUDA IPC header")
+    dt = _BULK_DTYPES[dtype]
+    n = 1
+    for x in shape:
+        n *= x
+    need = (offset + n) * dt.itemsize
+    if need > size_b:
+        raise ChannelError(f"CUDA IPC tensor: {need} bytes from a {size_b}-byte allocation")
+    if dev != torch.cuda.current_device():
+        raise ChannelError(f"CUDA IPC tensor on device {dev}, this process uses {torch.cuda.current_device()}")
+    try:
+        storage = torch.UntypedStorage._new_shared_cuda(dev, handle, size_b, off_b, rc_handle, rc_off, ev_handle, ev_sync)
+    except Exception as e:
+        raise IpcUnavailable(f"cannot open a CUDA IPC handle ({type(e).__name__}: {e}); "
+                           "set eval.output_transfer: host where CUDA IPC is not allowed") from None
+    view = torch.empty(0, dtype=dt, device=f"cuda:{dev}").set_(storage, offset, shape)
+    own = view.clone()
+    del view, storage  # the sender's block is released (its reference count drops) with the mapping
+    return own
+
+
+def _fill(obj: Any, d: Optional[Path], ipc: bool) -> Any:
+    mark = obj[0] if isinstance(obj, tuple) and obj and isinstance(obj[0], str) else None
+    if mark == IPC_MARK:
+        return _open_ipc(obj, ipc)
+    if not (mark == BULK_MARK and len(obj) == 4):
         return _KEEP
+    if d is None:
+        raise ChannelError("a bulk tensor header on a channel without a scratch folder")
     _, name, dtype, shape = obj
     if not (isinstance(name, str) and _BULK_NAME.match(name) and dtype in _BULK_DTYPES
             and isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
@@ -113,12 +175,14 @@ def _fill(obj: Any, d: Path) -> Any:
     return raw.view(dt).reshape(shape)
 
 
-def send(conn: Connection, obj: Any, bulk: Optional[Path] = None) -> None:
+def send(conn: Connection, obj: Any, bulk: Optional[Path] = None, ipc: bool = False) -> None:
+    """CUDA tensors go by IPC handle (`ipc`, large ones) or as host copies; large host tensors
+    through `bulk` when given."""
     buf = io.BytesIO()
-    torch.save(_map(obj, lambda x: _spill(x, bulk)) if bulk is not None else obj, buf)
+    torch.save(_map(obj, lambda x: _spill(x, bulk, ipc)), buf)
     conn.send_bytes(buf.getvalue())
 
 
-def recv(conn: Connection, bulk: Optional[Path] = None) -> Any:
+def recv(conn: Connection, bulk: Optional[Path] = None, ipc: bool = False) -> Any:
     obj = torch.load(io.BytesIO(conn.recv_bytes()), weights_only=True)
-    return _map(obj, lambda x: _fill(x, bulk)) if bulk is not None else obj
+    return _map(obj, lambda x: _fill(x, bulk, ipc))

@@ -93,8 +93,9 @@ class Evaluator:
     def __init__(self, cfg: Optional[EvalConfig] = None):
         self.cfg = cfg or EvalConfig()
         self.device = resolve_device(self.cfg.device)
-        self.cand = WorkerProc(self.device, "candidate")
-        self.ref = WorkerProc(self.device, "reference")
+        ipc = self.cfg.output_transfer == "device"  # outputs stay on the GPU (channel.py)
+        self.cand = WorkerProc(self.device, "candidate", ipc)
+        self.ref = WorkerProc(self.device, "reference", ipc)
         self.gpu_name = sol.detect_gpu_name() if self.device == "cuda" else None
         self.hw = sol.match_gpu_name(self.gpu_name) if self.gpu_name else None
         self.hardware = self.gpu_name or "CPU (Triton interpreter)"

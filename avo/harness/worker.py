@@ -3,7 +3,7 @@ with a scrubbed environment; talks to it over a private socket (fd passed at spa
 `candidate` (import, correctness calls, timing, A/B) and `reference` (trusted reference outputs).
 
 Messages to the runner: ("phase", name) before each time-limited step, ("outputs", uuid, seed,
-{name: cpu tensor}), ("fail", status, check, log), ("timing", uuid, dict), ("done", info); for a
+{name: tensor}) (a GPU copy shared by CUDA IPC with `--ipc`, else a host copy), ("fail", status, check, log), ("timing", uuid, dict), ("done", info); for a
 CUDA C++ solution ("build", note) after its build, or, where no GPU is, ("not_run", note) after its
 compile check and ("unavailable", why) where not even that is possible (no nvcc)."""
 from __future__ import annotations
@@ -79,15 +79,15 @@ def _is_compile_error(e: BaseException) -> bool:
 
 
 class Worker:
-    def __init__(self, conn: Connection, device: str, role: str, bulk: Path):
-        self.conn, self.mode, self.role, self.bulk = conn, device, role, bulk
+    def __init__(self, conn: Connection, device: str, role: str, bulk: Path, ipc: bool = False):
+        self.conn, self.mode, self.role, self.bulk, self.ipc = conn, device, role, bulk, ipc
         self.dev = "cuda" if device == "cuda" else "cpu"
         self.tmp = Path(tempfile.mkdtemp(prefix=f"avo-{role}-"))
         self.guard = guard.RuntimeGuard()  # pristine ids, before any candidate exists in this process
         self.refs: dict[str, dict] = {}
 
     def send(self, *msg: Any) -> None:
-        channel.send(self.conn, msg, self.bulk)
+        channel.send(self.conn, msg, self.bulk, self.ipc)
 
     # ---- loading code ----
     def _load_module(self, sol: Solution, d: Definition, job: dict) -> Callable:
@@ -155,14 +155,15 @@ class Worker:
         d = Definition.model_validate(job["definition"])
         w = Workload.model_validate(job["workload"])
         run = self._reference_ns(d)["run"]
+        self._release_shared()
         for seed in job["seeds"]:
             x = inputs.upcast(self._inputs(d, w, seed, job.get("root")))
             with torch.no_grad():
                 ret = run(*x.values())
             rets = [ret[n] for n in d.outputs] if isinstance(ret, dict) else \
                 ret if isinstance(ret, (tuple, list)) else (ret,)
-            result = {n: t.detach().cpu() for n, t in zip(d.outputs, rets)}
-            result.update({n: x[n].detach().cpu() for n in d.inplace})
+            result = {n: self._own(t) for n, t in zip(d.outputs, rets)}
+            result.update({n: self._own(x[n]) for n in d.inplace})
             self.send("outputs", w.uuid, seed, result)
         self.send("done", {})
 
@@ -208,11 +209,22 @@ class Worker:
         if mutated:
             raise Fail(S.REWARD_HACK, f"input {mutated[0]!r} was modified", "input-mutation")
 
+    def _own(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy for the runner that the code under test no longer touches: on the GPU when it goes
+        by CUDA IPC, else on the host (.cpu() of a CUDA tensor already is a copy)."""
+        if t.is_cuda and not self.ipc:
+            return t.detach().cpu()
+        return t.detach().clone()
+
+    def _release_shared(self) -> None:
+        """Free the GPU copies the runner has already opened and dropped (torch keeps a shared
+        block until its consumers let go; ipc_collect returns those to the allocator)."""
+        if self.ipc:
+            torch.cuda.ipc_collect()
+
     def _results(self, d: Definition, args: dict, outs: dict) -> dict:
-        # A copy the candidate can no longer touch: .cpu() of a CUDA tensor already is one.
-        own = lambda t: t.detach().cpu() if t.is_cuda else t.detach().clone()
-        res = {n: own(t) for n, t in outs.items()}
-        res.update({n: own(args[n]) for n in d.inplace})
+        res = {n: self._own(t) for n, t in outs.items()}
+        res.update({n: self._own(args[n]) for n in d.inplace})
         return res
 
     def evaluate(self, job: dict) -> None:
@@ -226,6 +238,7 @@ class Worker:
             raise Fail(S.REWARD_HACK, finding[1], finding[0])
         # Correctness: every workload, fresh inputs per trial, outputs poisoned before each call.
         for w in wls:
+            self._release_shared()
             for t, seed in enumerate(job["trial_seeds"][w.uuid]):
                 self.send("phase", f"compile:{w.uuid}" if t == 0 else f"check:{w.uuid}")
                 args = self._inputs(d, w, seed, job.get("root"))
@@ -246,6 +259,7 @@ class Worker:
                 self.send("quiet")
                 if channel.recv(self.conn) != "go":
                     return
+                self._release_shared()  # every earlier output has been compared
             self.send("timing", w.uuid, self._time_workload(fn, base_ns["run"], d, w, job))
         self.send("done", {})
 
@@ -317,7 +331,7 @@ class Worker:
         if self.mode == "cuda":  # before any output goes out, so no reference work shares the GPU
             wall, issue = timing.wall_per_call_ms(cand, n, cfg.get("wall_reps", 20), self.mode)
         for key, res in probes:
-            self.send("outputs", w.uuid, key, {k: v.cpu() for k, v in res.items()})
+            self.send("outputs", w.uuid, key, res)  # already copies (host ones without --ipc)
         for i in range(n):
             self.send("outputs", w.uuid, (set_seeds[i], pert[i]), last[i])
         # ...and after new values land in the same buffers (a cache keyed by pointer or shape
@@ -404,9 +418,10 @@ def main() -> None:
     ap.add_argument("--device", choices=["cuda", "interpret"], required=True)
     ap.add_argument("--role", choices=["candidate", "reference"], required=True)
     ap.add_argument("--bulk", type=Path, required=True)
+    ap.add_argument("--ipc", action="store_true", help="send large CUDA outputs by CUDA IPC handle")
     a = ap.parse_args()
     conn = Connection(a.fd)
-    w = Worker(conn, a.device, a.role, a.bulk)
+    w = Worker(conn, a.device, a.role, a.bulk, a.ipc and a.device == "cuda")
     if a.device == "cuda":
         torch.cuda.init()  # before "ready": the runner starts both workers at once, so this overlaps
     channel.send(conn, ("ready", {"pid": os.getpid()}))

@@ -38,8 +38,8 @@ def scrubbed_env(device: str) -> dict[str, str]:
 class WorkerProc:
     """A worker subprocess and its private channel; killed (whole process group) on timeout."""
 
-    def __init__(self, device: str, role: str):
-        self.device, self.role = device, role
+    def __init__(self, device: str, role: str, ipc: bool = False):
+        self.device, self.role, self.ipc = device, role, ipc and device == "cuda"
         self.proc: Optional[subprocess.Popen] = None
         self.conn: Optional[Connection] = None
         self.bulk: Optional[Path] = None  # scratch folder for bulk tensors from this worker
@@ -55,7 +55,7 @@ class WorkerProc:
         self.bulk = channel.bulk_dir(self.role)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "avo.harness.worker", "--fd", str(theirs.fileno()),
-             "--device", self.device, "--role", self.role, "--bulk", str(self.bulk)],
+             "--device", self.device, "--role", self.role, "--bulk", str(self.bulk)] + (["--ipc"] if self.ipc else []),
             pass_fds=(theirs.fileno(),), env=scrubbed_env(self.device), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         theirs.close()
@@ -79,9 +79,11 @@ class WorkerProc:
         """A message, None on timeout, ('dead', code) when the process died."""
         try:
             if self.conn.poll(timeout):
-                return channel.recv(self.conn, self.bulk)
+                return channel.recv(self.conn, self.bulk, self.ipc)
         except (EOFError, OSError):
             pass
+        except channel.IpcUnavailable as e:  # this machine's fault, not the candidate's
+            return ("fail", S.RUNTIME_ERROR.value, None, str(e))
         except Exception as e:  # bytes that are no harness message (e.g. a tensor subclass): never trust them
             return ("fail", S.REWARD_HACK.value, "channel", f"unreadable message from the worker: {type(e).__name__}")
         else:
