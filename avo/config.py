@@ -121,6 +121,9 @@ class GateConfig(Strict):
     workload_noise_floor: float = Field(default=0.01, ge=0.0)
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)  # of the gain's bootstrap interval
     resamples: int = Field(default=1000, ge=100)  # bootstrap resamples of the paired rounds
+    # A/B measurements repeated when the GPU was throttled (heat, power brake) while they ran; the
+    # decision is taken on the last one and the record says so
+    throttle_remeasures: int = Field(default=1, ge=0)
 
 
 class RayConfig(Strict):

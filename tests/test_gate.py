@@ -13,7 +13,7 @@ from avo.evolve.attempt import seed_islands
 from avo.evolve.gate import bootstrap_ci, decide, measure_gate
 from avo.evolve.state import RunState, Supervisor
 from avo.evolve.supervision import supervise
-from avo.harness.runner import Evaluator, ab_statistics
+from avo.harness.runner import ABResult, Evaluator, ab_statistics
 from avo.lineage import GateRecord, Scores, VersionMeta, version_message
 from avo.tasks import REPO_ROOT, kernel_solution, load_task, source_hash
 
@@ -217,3 +217,21 @@ def test_a_false_elite_seeds_neither_a_migration_nor_a_restart(ev, tmp_path):
         assert again.state(TASK, 0).used_elites == st.used_elites and again.state(TASK, 0).restart_from == real
     finally:
         state.close()
+
+
+def test_an_ab_taken_while_throttled_is_measured_again_and_the_record_says_so():
+    from avo.evolve.gate import unthrottled
+    hot = ABResult(per_workload={"w": 1.2}, gain=0.2, noise=0.01, samples={"w": [[1.2] * 8, [1.0] * 8]},
+                   throttled={"w": ["hw_thermal"]})
+    cool = hot.model_copy(update={"per_workload": {"w": 1.0}, "gain": 0.0, "samples": {"w": [[1.0] * 8, [1.0] * 8]},
+                                  "throttled": {}})
+    seq = iter([hot, cool])
+    ab, discarded = unthrottled(lambda: next(seq), retries=1)
+    assert ab is cool and discarded == 1
+    seq = iter([hot, hot, cool])
+    ab, discarded = unthrottled(lambda: next(seq), retries=1)  # retries spent: decide on the last one
+    assert ab.throttled and discarded == 1
+    ab, discarded = unthrottled(lambda: cool, retries=3)
+    assert ab is cool and discarded == 0
+    rec = decide(hot, GateConfig(), "abc").record
+    assert rec.throttled == {"w": ["hw_thermal"]} and rec.remeasured == 0

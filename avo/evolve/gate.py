@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from pydantic import BaseModel
@@ -50,10 +50,28 @@ def measure_gate(ev: Evaluator, task: Task, best: Solution, best_sha: str, cand:
     """The A/B half of the gate, for a candidate already known to pass (also used to re-measure
     a version before it seeds a migration or a restart)."""
     try:
-        ab = ev.ab(task, best, cand, workloads, rounds=cfg.rounds)
+        ab, discarded = unthrottled(lambda: ev.ab(task, best, cand, workloads, rounds=cfg.rounds),
+                                    cfg.throttle_remeasures)
     except HarnessError as e:
         return GateDecision(accepted=False, status="GATE_ERROR", reason=str(e)[-300:])
-    return decide(ab, cfg, best_sha)
+    dec = decide(ab, cfg, best_sha)
+    if discarded:
+        dec.record.remeasured = discarded
+        note = f"re-measured {discarded}x: the GPU was throttled during the A/B"
+        if ab.throttled:
+            note += f" (still throttled on {len(ab.throttled)} workload(s): {', '.join(sorted({r for v in ab.throttled.values() for r in v}))})"
+        dec.record.verdict = dec.reason = f"{dec.reason}; {note}"
+    return dec
+
+
+def unthrottled(measure: Callable[[], ABResult], retries: int) -> tuple[ABResult, int]:
+    """(the A/B to decide on, how many were discarded): a clock pulled down by heat or a power
+    brake mid-A/B skews the ratio of whichever calls it hit, so such a measurement is taken again,
+    up to `retries` times."""
+    ab, discarded = measure(), 0
+    while ab.throttled and discarded < retries:
+        ab, discarded = measure(), discarded + 1
+    return ab, discarded
 
 
 BOOTSTRAP_SEED = 0  # the interval is a function of the samples: the same A/B gives the same verdict
@@ -119,5 +137,6 @@ def decide(ab: ABResult, cfg: GateConfig, against: str) -> GateDecision:
         best_ms={u: statistics.median(s[0]) for u, s in ab.samples.items() if s and s[0]},
         cand_ms={u: statistics.median(s[1]) for u, s in ab.samples.items() if len(s) > 1 and s[1]},
         ci_lo=lo, ci_hi=hi, ci_level=cfg.confidence, ci_method="bootstrap", ci_rounds=rounds,
-        workload_noise=dict(ab.workload_noise), workload_limit=limits, regressed=bad, verdict=verdict)
+        workload_noise=dict(ab.workload_noise), workload_limit=limits, regressed=bad, verdict=verdict,
+        throttled=dict(ab.throttled))
     return GateDecision(accepted=accepted, status="PASSED" if accepted else "REJECTED", reason=verdict, record=rec)

@@ -20,6 +20,7 @@ from avo.config import EvalConfig
 from avo.harness import check as checks
 from avo.harness import guard, sol
 from avo.harness.inputs import TORCH_DTYPES
+from avo.harness.timing import THROTTLE_FLAGS
 from avo.harness.workerproc import HarnessError, WorkerProc, ensure_workers
 from avo.schema import (Correctness, Environment, Evaluation, EvaluationStatus, Performance, Solution,
                         Trace, Workload)
@@ -77,6 +78,7 @@ class ABResult(BaseModel):
     noise: float  # measured spread of the aggregate (2 standard errors of the paired log-ratios)
     samples: dict[str, list[list[float]]]  # per workload [A ms, B ms], call i of each = paired round i
     workload_noise: dict[str, float] = {}  # per workload: 2 standard errors of its median log-ratio, exp - 1
+    throttled: dict[str, list[str]] = {}  # workloads timed while the GPU was pulled down (timing.THROTTLE_FLAGS)
 
 
 def resolve_device(device: str) -> str:
@@ -344,7 +346,7 @@ class Evaluator:
                 "timing_method": tm.get("method"),
                 "sm_clock_mhz_before": tm.get("clock_before"), "sm_clock_mhz_after": tm.get("clock_after"),
                 "throttle_reasons": tm.get("throttle", []),
-                "throttled": any(r in tm.get("throttle", []) for r in ("hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake"))})
+                "throttled": any(r in tm.get("throttle", []) for r in THROTTLE_FLAGS)})
             t.evaluation = t.evaluation.model_copy(update={"environment": env})
         if overall != S.PASSED:
             self.cand.kill()
@@ -353,19 +355,24 @@ class Evaluator:
     # ---- commit-gate re-measurement ----
     def ab(self, task: Task, best: Solution, cand: Solution, workloads: Optional[list[Workload]] = None,
            rounds: int = 2) -> ABResult:
-        return ab_statistics(self.measure(task, [best, cand], workloads, rounds))
+        samples, throttled = self._interleaved(task, [best, cand], workloads, rounds)
+        return ab_statistics(samples).model_copy(update={"throttled": throttled})
 
     def measure(self, task: Task, solutions: list[Solution], workloads: Optional[list[Workload]] = None,
                 rounds: int = 2) -> dict[str, list[list[float]]]:
         """Time several passing solutions call by call in one worker session (the gate's A/B with
         any number): per workload, per solution, the ms of each paired call."""
+        return self._interleaved(task, solutions, workloads, rounds)[0]
+
+    def _interleaved(self, task, sols, workloads, rounds) -> tuple[dict[str, list[list[float]]], dict[str, list[str]]]:
+        """(samples, throttle flags per workload where the GPU was throttled)."""
         t0 = time.monotonic()
         try:
-            return self._interleaved(task, solutions, workloads, rounds)
+            return self._interleave(task, sols, workloads, rounds)
         finally:
             self.busy_s += time.monotonic() - t0
 
-    def _interleaved(self, task, sols, workloads, rounds) -> dict[str, list[list[float]]]:
+    def _interleave(self, task, sols, workloads, rounds):
         wls = workloads if workloads is not None else self.default_workloads(task)
         rng = secrets.SystemRandom()
         set_seeds = {w.uuid: [rng.randrange(1, 2**62) for _ in range(self._n_sets(task, w))] for w in wls}
@@ -376,6 +383,7 @@ class Evaluator:
                         "timing": self.timing, "rounds": rounds, "root": str(task.root) if task.root else None,
                         "compile_timeout_s": self.cfg.compile_timeout_s})
         samples: dict[str, list[list[float]]] = {}
+        throttled: dict[str, list[str]] = {}
         while True:
             msg = self.cand.recv(self.cfg.run_timeout_s + self.cfg.compile_timeout_s + BUILD_GRACE_S)
             if msg is None or msg[0] in ("dead", "fail", "not_run", "unavailable"):
@@ -384,9 +392,12 @@ class Evaluator:
                 raise HarnessError(f"A/B re-measurement failed: {why}")
             if msg[0] == "timing":
                 samples[msg[1]] = msg[2]["samples"]
+                flags = [r for r in msg[2].get("throttle", []) if r in THROTTLE_FLAGS]
+                if flags:
+                    throttled[msg[1]] = flags
             elif msg[0] == "done":
                 break
-        return samples
+        return samples, throttled
 
 
 def ab_statistics(samples: dict[str, list[list[float]]]) -> ABResult:

@@ -379,6 +379,7 @@ class Worker:
                         sets[j][i][k].copy_(base[i][k])
                 return prep
 
+            why0 = timing.gpu_clock_state()[1] if self.mode == "cuda" else []
             try:
                 samples = timing.time_interleaved(calls, [prep_for(j) for j in range(len(fns))], len(base),
                                                   cfg["warmup"], cfg["iters"] * job.get("rounds", 1), self.mode,
@@ -387,6 +388,7 @@ class Worker:
                     torch.cuda.synchronize()
             except Exception as e:
                 raise Fail(S.RUNTIME_ERROR, _tail(f"during A/B: {type(e).__name__}: {e}"))
+            why1 = timing.gpu_clock_state()[1] if self.mode == "cuda" else []
             finding = self.guard.verify()
             if finding:
                 raise Fail(S.REWARD_HACK, finding[1], finding[0])
@@ -403,7 +405,7 @@ class Worker:
                         if r.status != S.PASSED:
                             raise Fail(S.REWARD_HACK, f"A/B: the candidate's timed output differs from the best's: {r.detail}",
                                        "timed-output")
-            self.send("timing", w.uuid, {"samples": samples})
+            self.send("timing", w.uuid, {"samples": samples, "throttle": sorted(set(why0) | set(why1))})
         self.send("done", {})
 
 

@@ -44,6 +44,8 @@ class GateRecord(BaseModel):
     workload_limit: dict[str, float] = Field(default_factory=dict)  # the slowdown each workload was allowed
     regressed: dict[str, float] = Field(default_factory=dict)  # workloads slower beyond it: slowdown (T_B/T_A - 1)
     verdict: str = ""  # the gate's sentence (the attempt's error when rejected)
+    throttled: dict[str, list[str]] = Field(default_factory=dict)  # workloads timed while throttled (decision's A/B)
+    remeasured: int = 0  # A/B measurements discarded because the GPU was throttled during them
 
 
 class Scores(BaseModel):
