@@ -134,6 +134,18 @@ def test_segfault_kills_only_the_worker(ev, tiny):
     assert ev.evaluate(tiny, sol(HONEST)).status == S.PASSED
 
 
+def test_a_failed_candidate_worker_is_replaced_at_once(ev, tiny):
+    """After a failure the next worker is already starting (its torch import and CUDA start overlap
+    the report and the next proposal) and the next evaluation runs in it."""
+    assert ev.evaluate(tiny, sol(HONEST)).status == S.PASSED
+    before = ev.cand.proc.pid
+    rep = ev.evaluate(tiny, sol("def run(x, out):\n    raise ValueError('boom')\n"))
+    assert rep.status == S.RUNTIME_ERROR
+    assert ev.cand.proc is not None and ev.cand.proc.poll() is None and ev.cand.proc.pid != before
+    fresh = ev.cand.proc.pid
+    assert ev.evaluate(tiny, sol(HONEST)).status == S.PASSED and ev.cand.proc.pid == fresh
+
+
 def test_hangs_time_out_and_the_worker_restarts(tiny):
     """A host wrapper that never returns: killed at the compile limit on its first call, at the run
     limit when it hangs only once timing starts; each time the next evaluation works."""

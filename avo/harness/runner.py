@@ -236,12 +236,12 @@ class Evaluator:
         while True:
             msg = self.cand.recv(limit)
             if msg is None:
-                self.cand.kill()
+                self.cand.restart()
                 return report(S.TIMEOUT, f"timed out after {limit:.0f}s in phase {phase}")
             kind = msg[0]
             if kind == "dead":
                 tail = self.cand.log_tail()
-                self.cand.kill()
+                self.cand.restart()
                 return report(S.RUNTIME_ERROR, f"worker died (exit {msg[1]}) in phase {phase}: {tail}")
             if kind == "phase":
                 phase = msg[1]
@@ -256,7 +256,7 @@ class Evaluator:
                 raise HarnessError(msg[1])
             elif kind == "fail":
                 status, hack, log = S(msg[1]), msg[2], msg[3]
-                self.cand.kill()  # a failed candidate may leave state behind: fresh process next time
+                self.cand.restart()  # a failed candidate may leave state behind: a fresh process, starting now
                 return report(status, f"[{phase}] {log}", hack)
             elif kind == "outputs":
                 uuid, s, got = msg[1], msg[2], msg[3]
@@ -349,7 +349,7 @@ class Evaluator:
                 "throttled": any(r in tm.get("throttle", []) for r in THROTTLE_FLAGS)})
             t.evaluation = t.evaluation.model_copy(update={"environment": env})
         if overall != S.PASSED:
-            self.cand.kill()
+            self.cand.restart()
         return rep
 
     # ---- commit-gate re-measurement ----
@@ -387,7 +387,7 @@ class Evaluator:
         while True:
             msg = self.cand.recv(self.cfg.run_timeout_s + self.cfg.compile_timeout_s + BUILD_GRACE_S)
             if msg is None or msg[0] in ("dead", "fail", "not_run", "unavailable"):
-                self.cand.kill()
+                self.cand.restart()
                 why = msg[3] if msg and msg[0] == "fail" else msg[1] if msg and msg[0] in ("not_run", "unavailable") else msg
                 raise HarnessError(f"A/B re-measurement failed: {why}")
             if msg[0] == "timing":

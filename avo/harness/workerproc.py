@@ -43,6 +43,7 @@ class WorkerProc:
         self.proc: Optional[subprocess.Popen] = None
         self.conn: Optional[Connection] = None
         self.bulk: Optional[Path] = None  # scratch folder for bulk tensors from this worker
+        self.ready = False  # said "ready" since its spawn
         self.log_path = Path(tempfile.gettempdir()) / f"avo-worker-{role}-{os.getpid()}-{secrets.token_hex(3)}.log"
 
     def start(self) -> None:
@@ -62,12 +63,14 @@ class WorkerProc:
         log.close()
         self.conn = Connection(os.dup(ours.fileno()))
         ours.close()
+        self.ready = False
 
     def wait_ready(self) -> None:
         msg = self.recv(120.0)
         if msg is None or msg[0] != "ready":
             self.kill()
             raise HarnessError(f"{self.role} worker did not start: {self.log_tail()}")
+        self.ready = True
 
     def ensure(self) -> None:
         ensure_workers(self)
@@ -91,6 +94,12 @@ class WorkerProc:
         code = self.proc.wait(timeout=10) if self.proc else None
         return ("dead", code)
 
+    def restart(self) -> None:
+        """Kill it and start the next one now, without waiting: it imports torch and initialises
+        CUDA (seconds) while the runner reports and the operator proposes; ensure() waits for it."""
+        self.kill()
+        self.spawn()
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             try:
@@ -101,7 +110,7 @@ class WorkerProc:
         if self.conn:
             self.conn.close()
         channel.remove_bulk_dir(self.bulk)
-        self.proc, self.conn, self.bulk = None, None, None
+        self.proc, self.conn, self.bulk, self.ready = None, None, None, False
 
     def log_tail(self, n: int = 1500) -> str:
         try:
@@ -111,10 +120,12 @@ class WorkerProc:
 
 
 def ensure_workers(*procs: WorkerProc) -> None:
-    """Start the ones not running, together: their imports and CUDA initialisation overlap."""
-    todo = [p for p in procs if p.proc is None or p.proc.poll() is not None]
-    for p in todo:
-        p.kill()  # one that died on its own still holds its socket and scratch folder
-        p.spawn()
-    for p in todo:
-        p.wait_ready()
+    """Start the ones not running, together: their imports and CUDA initialisation overlap; wait
+    for those not yet ready (one restarted earlier may be ready already)."""
+    for p in procs:
+        if p.proc is None or p.proc.poll() is not None:
+            p.kill()  # one that died on its own still holds its socket and scratch folder
+            p.spawn()
+    for p in procs:
+        if not p.ready:
+            p.wait_ready()
