@@ -43,6 +43,16 @@ def tasks() -> None:
     console.print(t)
 
 
+COMPILE_TIMEOUT_HELP = "seconds for the import and each workload's first call, which compiles and runs " \
+                       "(default: 300 on a GPU, 60 in the interpreter; CUDA C++ builds 300)"
+RUN_TIMEOUT_HELP = "seconds for each later phase (default: 10x this candidate's own measured calls, at least 30)"
+
+
+def check_timeouts(*limits: Optional[float]) -> None:
+    if any(x is not None and not x > 0 for x in limits):
+        die("--compile-timeout and --run-timeout take a number of seconds above 0")
+
+
 @app.command("eval")
 def eval_cmd(target: str = typer.Argument(..., help="task name, problem directory, or FlashInfer-Trace dataset root"),
              candidate: Optional[Path] = typer.Argument(None, help="kernel .py or solution .json (default: the problem dir's solution)"),
@@ -50,11 +60,14 @@ def eval_cmd(target: str = typer.Argument(..., help="task name, problem director
              workloads: str = typer.Option("", help="comma-separated workload uuids (default: all for the device)"),
              json_out: Optional[Path] = typer.Option(None, "--json", help="write the traces (JSONL) here"),
              peer: bool = typer.Option(False, help="trusted peer implementation: allow library calls that do the task"),
-             definition: Optional[str] = typer.Option(None, help="in a FlashInfer-Trace dataset root: the definition's name")) -> None:
+             definition: Optional[str] = typer.Option(None, help="in a FlashInfer-Trace dataset root: the definition's name"),
+             compile_timeout: Optional[float] = typer.Option(None, help=COMPILE_TIMEOUT_HELP),
+             run_timeout: Optional[float] = typer.Option(None, help=RUN_TIMEOUT_HELP)) -> None:
     """Evaluate one candidate on a task: correctness on every workload, timing, SOL score."""
     from avo.tasks import TaskError, load_solution, load_task, own_solution
     if device not in ("auto", "cuda", "interpret"):
         die(f"--device must be auto, cuda or interpret, not {device!r}")
+    check_timeouts(compile_timeout, run_timeout)
     try:
         task = load_task(target, definition)
         if candidate is None:
@@ -68,7 +81,8 @@ def eval_cmd(target: str = typer.Argument(..., help="task name, problem director
     from avo.harness.runner import EvalConfig, Evaluator  # torch: after the cheap checks
     from avo.harness.workerproc import HarnessError
     try:
-        with Evaluator(EvalConfig(device=device, peer=peer)) as ev:
+        with Evaluator(EvalConfig(device=device, peer=peer, compile_timeout_s=compile_timeout,
+                                  run_timeout_s=run_timeout)) as ev:
             if ev.device == "cuda":
                 import torch
                 if not torch.cuda.is_available():
@@ -103,11 +117,15 @@ def evolve(config: Path = typer.Option(Path("configs/quickstart.yaml"), "--confi
            minutes: Optional[float] = typer.Option(None, help="override budget.wall_minutes"),
            attempts: Optional[int] = typer.Option(None, help="override budget.attempts"),
            device: Optional[str] = typer.Option(None, help="override device: auto | cuda | interpret"),
+           compile_timeout: Optional[float] = typer.Option(None, help="override eval.compile_timeout_s: " + COMPILE_TIMEOUT_HELP),
+           run_timeout: Optional[float] = typer.Option(None, help="override eval.run_timeout_s: " + RUN_TIMEOUT_HELP),
            live: bool = typer.Option(True, help="rich live display")) -> None:
     """Run (or resume) an evolution: islands of variation steps, each gated into a git lineage."""
     from avo.config import ConfigError, load_config
+    check_timeouts(compile_timeout, run_timeout)
     try:
-        cfg = load_config(config, run=run, minutes=minutes, attempts=attempts, device=device)
+        cfg = load_config(config, run=run, minutes=minutes, attempts=attempts, device=device,
+                          compile_timeout_s=compile_timeout, run_timeout_s=run_timeout)
     except ConfigError as e:
         die(str(e))
     if backend == "ray":

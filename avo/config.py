@@ -26,8 +26,12 @@ class EvalConfig(Strict):
     """The evaluator's settings (avo/harness/runner.py); `eval:` in a run config, `device` at its top level."""
     device: Literal["auto", "cuda", "interpret"] = "auto"
     trials: int = Field(default=3, ge=3)
-    compile_timeout_s: float = 300.0
-    run_timeout_s: float = 300.0
+    # Seconds per phase before the worker is killed (TIMEOUT); None = the defaults in
+    # avo/harness/runner.py (docs/architecture.md, Time limits). compile: import and each
+    # workload's first call (300 on CUDA, 60 in the interpreter; CUDA C++ builds 300 on both).
+    # run: each later phase; None derives it from the candidate's own measured calls (10x, >= 30 s).
+    compile_timeout_s: Optional[float] = Field(default=None, gt=0)
+    run_timeout_s: Optional[float] = Field(default=None, gt=0)
     warmup: Optional[int] = None  # defaults: cuda 10 / interpret 1
     iters: Optional[int] = None  # defaults: cuda 50 (minimum) / interpret 5
     max_sets: int = 8
@@ -228,7 +232,8 @@ def _error_line(e: ValidationError, path: Path) -> str:
 
 
 def load_config(path: Path, run: Optional[str] = None, minutes: Optional[float] = None,
-                attempts: Optional[int] = None, device: Optional[str] = None) -> RunConfig:
+                attempts: Optional[int] = None, device: Optional[str] = None,
+                compile_timeout_s: Optional[float] = None, run_timeout_s: Optional[float] = None) -> RunConfig:
     """Read and validate a run config; command-line overrides win over the file."""
     path = Path(path)
     if not path.exists():
@@ -253,6 +258,13 @@ def load_config(path: Path, run: Optional[str] = None, minutes: Optional[float] 
         if attempts is not None:
             budget["attempts"] = attempts
         raw["budget"] = budget
+    if compile_timeout_s is not None or run_timeout_s is not None:
+        ev = dict(raw.get("eval") or {})
+        if compile_timeout_s is not None:
+            ev["compile_timeout_s"] = compile_timeout_s
+        if run_timeout_s is not None:
+            ev["run_timeout_s"] = run_timeout_s
+        raw["eval"] = ev
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:

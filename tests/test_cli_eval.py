@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,20 @@ def test_eval_syntax_error_is_a_compile_error_verdict(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_eval_compile_timeout_stops_a_hang_at_the_limit(tmp_path):
+    """--compile-timeout bounds the first call: a kernel that never returns is TIMEOUT in seconds,
+    not after the 300 s GPU default."""
+    hang = tmp_path / "hang.py"
+    hang.write_text("def run(logits, bitmask, indices):\n    while True:\n        pass\n")
+    t0 = time.monotonic()
+    r = avo("eval", "grammar_bitmask", str(hang), "--device", "interpret", SMALL, "--compile-timeout", "3", timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "TIMEOUT" in r.stdout and "timed out after 3s in the first call on workload" in r.stdout
+    assert time.monotonic() - t0 < 60
+
+
 @pytest.mark.parametrize("args,fragment", [
+    (["eval", "grammar_bitmask", SEED, "--run-timeout", "0"], "above 0"),
     (["eval", "no_such_task", SEED], "unknown task 'no_such_task'"),
     (["eval", "grammar_bitmask", "kernels/grammar/nope.py"], "no such file"),
     (["eval", "grammar_bitmask", SEED, "--device", "gpu"], "--device must be auto, cuda or interpret"),

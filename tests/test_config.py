@@ -87,6 +87,10 @@ def test_overrides_win(tmp_path):
     cfg = load_config(write(tmp_path, BASE), run="other", minutes=2.5, attempts=7, device="interpret")
     assert (cfg.run, cfg.budget.wall_minutes, cfg.budget.attempts, cfg.device) == ("other", 2.5, 7, "interpret")
     assert "device" in error_of(write(tmp_path, BASE), device="gpu")
+    cfg = load_config(write(tmp_path, BASE + "eval: {trials: 4, run_timeout_s: 9}\n"), compile_timeout_s=5)
+    assert (cfg.eval.trials, cfg.eval.compile_timeout_s, cfg.eval.run_timeout_s) == (4, 5, 9)
+    assert load_config(write(tmp_path, BASE)).eval.run_timeout_s is None  # derived (avo/harness/runner.py)
+    assert "run_timeout_s" in error_of(write(tmp_path, BASE), run_timeout_s=0)
 
 
 def test_operator_kinds_and_islands(tmp_path):

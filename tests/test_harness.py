@@ -123,14 +123,16 @@ def test_recursion_and_huge_allocation_are_runtime_errors(ev, tiny):
 
 def test_segfault_kills_only_the_worker(ev, tiny):
     """A wild pointer in an interpreted kernel segfaults the worker process; the verdict is
-    RUNTIME_ERROR and the next evaluation gets a fresh worker."""
+    RUNTIME_ERROR, the message names the signal and the call (the first call on a workload both
+    compiles and runs), and the next evaluation gets a fresh worker."""
     wild = HONEST.replace("tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2, mask=offs < n)",
                           "far = offs.to(tl.int64) * 0 + 2000000000000\n"
                           "    tl.store(out_ptr + far, tl.load(x_ptr + far) * 2)")
     assert wild != HONEST
     rep = ev.evaluate(tiny, sol(wild))
     assert rep.status == S.RUNTIME_ERROR
-    assert "worker died" in rep.message and "-11" in rep.message
+    assert "worker died (SIGSEGV, exit -11) in the first call on workload n37, which JIT-compiles and runs it " \
+        "(phase compile:n37)" in rep.message, rep.message
     assert ev.evaluate(tiny, sol(HONEST)).status == S.PASSED
 
 

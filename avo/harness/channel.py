@@ -50,7 +50,7 @@ class IpcUnavailable(ChannelError):
 
 def bulk_dir(role: str) -> Path:
     """A private scratch folder for one worker: /dev/shm when it has 8 GiB free (containers often
-    give it 64 MB), else the temp dir."""
+    give it 64 MB), else the temp dir. Named by this (the runner's) pid."""
     root = None
     try:
         st = os.statvfs("/dev/shm")
@@ -58,20 +58,73 @@ def bulk_dir(role: str) -> Path:
             root = "/dev/shm"
     except OSError:
         pass
-    _sweep(Path(root or tempfile.gettempdir()))
+    sweep()
     return Path(tempfile.mkdtemp(prefix=f"avo-bulk-{os.getpid()}-{role}-", dir=root))
 
 
-def _sweep(root: Path) -> None:
-    """Remove scratch folders left by runners that died (kill -9): on tmpfs they hold RAM."""
-    for d in root.glob("avo-bulk-*-*-*"):
-        try:
-            pid = int(d.name.split("-")[2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
+def worker_tmp_dir(role: str) -> Path:
+    """A worker's own scratch folder (the candidate's sources): named by the worker's pid, so the
+    runner can remove it when it kills the worker and the sweep when that process is gone."""
+    return Path(tempfile.mkdtemp(prefix=f"avo-{role}-{os.getpid()}-"))
+
+
+def worker_log_path(role: str) -> Path:
+    """A worker's stdout/stderr log, named by the runner's pid (it is the runner's file)."""
+    return Path(tempfile.gettempdir()) / f"avo-worker-{role}-{os.getpid()}-{secrets.token_hex(3)}.log"
+
+
+def remove_worker_tmp(pid: int) -> None:
+    """The scratch folder of a worker this process has killed (it could not remove it itself)."""
+    for d in Path(tempfile.gettempdir()).glob(f"avo-*-{pid}-*"):
+        m = _OWNED.match(d.name)
+        if m and m.group(2) == str(pid):
             shutil.rmtree(d, ignore_errors=True)
-        except (ValueError, PermissionError, OSError):
-            pass
+
+
+# What the harness leaves in the temp dir (or /dev/shm), with the pid that owns it: a runner's bulk
+# folder (group 1), a worker's own folder (group 2), a runner's worker log (group 3). mkdtemp's
+# random suffix is [a-z0-9_]; a name without a pid (made before pids were in names) is left alone.
+_OWNED = re.compile(r"^avo-(?:bulk-(\d+)-\w+-\w+|(?:candidate|reference)-(\d+)-\w+|worker-\w+-(\d+)-[0-9a-f]+\.log)$")
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's zombie lingers where pid 1 does not reap)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's process
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
+    except (OSError, ValueError):
+        return True
+
+
+def sweep(*roots: Path) -> list[Path]:
+    """Remove what runners and workers that died (kill -9, a kill at a time limit) left behind:
+    bulk folders (on tmpfs they hold RAM), workers' own folders and worker logs, each only once the
+    pid in its name is gone. Default roots: the temp dir and /dev/shm. Returns what it removed."""
+    removed = []
+    for root in roots or {Path(tempfile.gettempdir()), Path("/dev/shm")}:
+        try:
+            entries = list(root.glob("avo-*"))
+        except OSError:
+            continue
+        for p in entries:
+            m = _OWNED.match(p.name)
+            if not m or _alive(int(m.group(1) or m.group(2) or m.group(3))):
+                continue
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
 
 
 def remove_bulk_dir(d: Optional[Path]) -> None:

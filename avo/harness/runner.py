@@ -21,13 +21,50 @@ from avo.harness import check as checks
 from avo.harness import guard, sol
 from avo.harness.inputs import TORCH_DTYPES
 from avo.harness.timing import THROTTLE_FLAGS
-from avo.harness.workerproc import HarnessError, WorkerProc, ensure_workers
+from avo.harness.workerproc import HarnessError, WorkerProc, ensure_workers, exit_words
 from avo.schema import (Correctness, Environment, Evaluation, EvaluationStatus, Performance, Solution,
                         Trace, Workload)
 from avo.tasks import Task
 
 S = EvaluationStatus
 BUILD_GRACE_S = 60.0  # a CUDA build stops itself at compile_timeout_s; the runner kills it this much later
+# Time limits where EvalConfig leaves them None (docs/architecture.md, Time limits).
+COMPILE_LIMIT_S = {"cuda": 300.0, "interpret": 60.0}  # import and a workload's first call (JIT compile + run)
+BUILD_LIMIT_S = 300.0  # a CUDA C++ build or compile check (nvcc), on either device
+RUN_FLOOR_S, RUN_FACTOR = 30.0, 10.0  # derived run limit: RUN_FACTOR x the measured estimate, at least RUN_FLOOR_S
+FIXED_RUN_S = 300.0  # where nothing of the candidate is measured: reference round trips, the A/B
+
+
+def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float], timing: dict,
+                      n_sets: int, cuda: bool) -> float:
+    """The limit of a `check:<wl>` or `time:<wl>` phase when eval.run_timeout_s is not set, from
+    what this evaluation has measured: `seen` holds the longest second of each phase so far (the
+    runner's clock, so a phase includes the reference round trip and comparison of its outputs),
+    `ref_s` the longest reference round trip per workload. A correctness call is bounded by the
+    workload's first call (which also compiled); the timing phase makes up to warmup + iters +
+    n_sets calls of the candidate and as many of the baseline, n_sets refresh calls and (CUDA) the
+    wall calls, each costing at most a checked call or a reference round trip. RUN_FACTOR times
+    that, at least RUN_FLOOR_S; FIXED_RUN_S where nothing was measured."""
+    kind, _, wl = phase.partition(":")
+    if kind == "check":
+        est = seen.get(f"compile:{wl}")
+    elif kind == "time" and (seen.get(f"check:{wl}") or seen.get(f"compile:{wl}")) is not None:
+        call = seen.get(f"check:{wl}") or seen[f"compile:{wl}"]
+        calls = timing["warmup"] + timing["iters"] + n_sets
+        est = (calls + n_sets + (timing.get("wall_reps", 20) if cuda else 0)) * call + calls * ref_s.get(wl, 0.0)
+    else:
+        est = None
+    return FIXED_RUN_S if est is None else max(RUN_FLOOR_S, RUN_FACTOR * est)
+
+
+def phase_words(phase: str) -> str:
+    """A phase as a user reads it: the first call on a workload both JIT-compiles and runs it, so a
+    crash or hang there may be either."""
+    kind, _, wl = phase.partition(":")
+    words = {"import": "while importing the solution", "build": "while building the solution",
+             "compile": f"in the first call on workload {wl}, which JIT-compiles and runs it",
+             "check": f"in a correctness call on workload {wl}", "time": f"while timing workload {wl}"}.get(kind)
+    return f"{words} (phase {phase})" if words else f"in phase {phase}"
 
 
 class WorkloadTiming(BaseModel):
@@ -110,8 +147,16 @@ class Evaluator:
         self.close()
 
     def close(self) -> None:
-        self.cand.kill()
-        self.ref.kill()
+        self.cand.close()
+        self.ref.close()
+
+    @property
+    def compile_limit_s(self) -> float:
+        return self.cfg.compile_timeout_s or COMPILE_LIMIT_S[self.device]
+
+    @property
+    def build_limit_s(self) -> float:
+        return self.cfg.compile_timeout_s or BUILD_LIMIT_S
 
     @property
     def timing(self) -> dict:
@@ -143,10 +188,11 @@ class Evaluator:
                        "root": str(task.root) if task.root else None})
         out: dict[int, dict] = {}
         while True:
-            msg = self.ref.recv(self.cfg.run_timeout_s)
+            msg = self.ref.recv(self.cfg.run_timeout_s or FIXED_RUN_S)
             if msg is None or msg[0] == "dead":
                 self.ref.kill()
-                raise HarnessError(f"reference worker failed on {w.uuid}: {self.ref.log_tail()}")
+                how = "timed out" if msg is None else f"died ({exit_words(msg[1])})"
+                raise HarnessError(f"reference worker {how} on {w.uuid}: {self.ref.log_tail()}")
             if msg[0] == "outputs":
                 out[msg[2]] = msg[3]
             elif msg[0] == "fail":
@@ -224,11 +270,14 @@ class Evaluator:
                "workloads": [w.model_dump(mode="json") for w in wls], "trial_seeds": trial_seeds,
                "set_seeds": set_seeds, "refresh_seeds": refresh_seeds, "timing": self.timing,
                "baseline": task.baseline, "root": str(task.root) if task.root else None,
-               "peer": self.cfg.peer, "compile_timeout_s": self.cfg.compile_timeout_s}
+               "peer": self.cfg.peer, "compile_timeout_s": self.build_limit_s}
         by_uuid = {w.uuid: w for w in wls}
         ensure_workers(self.cand, self.ref)
         self.cand.send(job)
-        phase, limit = "import", self.cfg.compile_timeout_s
+        phase, limit = "import", self.compile_limit_s
+        seen: dict[str, float] = {}  # longest seconds of each phase so far (derived run limits)
+        ref_s: dict[str, float] = {}  # longest reference round trip per workload
+        started = time.monotonic()
         corr: dict[str, list[checks.CheckResult]] = {w.uuid: [] for w in wls}
         timings: dict[str, dict] = {}
         post: dict[str, list[checks.CheckResult]] = {w.uuid: [] for w in wls}
@@ -237,17 +286,24 @@ class Evaluator:
             msg = self.cand.recv(limit)
             if msg is None:
                 self.cand.restart()
-                return report(S.TIMEOUT, f"timed out after {limit:.0f}s in phase {phase}")
+                how = "" if self.cfg.run_timeout_s or phase.startswith(("import", "build", "compile")) else \
+                    " (derived from this candidate's measured calls; eval.run_timeout_s sets it)"
+                return report(S.TIMEOUT, f"timed out after {limit:.0f}s{how} {phase_words(phase)}")
             kind = msg[0]
             if kind == "dead":
                 tail = self.cand.log_tail()
                 self.cand.restart()
-                return report(S.RUNTIME_ERROR, f"worker died (exit {msg[1]}) in phase {phase}: {tail}")
+                return report(S.RUNTIME_ERROR, f"worker died ({exit_words(msg[1])}) {phase_words(phase)}: {tail}")
             if kind == "phase":
-                phase = msg[1]
+                now = time.monotonic()
+                seen[phase] = max(seen.get(phase, 0.0), now - started)
+                phase, started = msg[1], now
                 clock[:] = [account(clock[1], clock[0]), phase.split(":")[0]]
-                limit = self.cfg.compile_timeout_s + BUILD_GRACE_S if phase == "build" else \
-                    self.cfg.compile_timeout_s if phase.startswith(("import", "compile")) else self.cfg.run_timeout_s
+                wl = phase.partition(":")[2]
+                limit = self.build_limit_s + BUILD_GRACE_S if phase == "build" else \
+                    self.compile_limit_s if phase.startswith(("import", "compile")) else \
+                    self.cfg.run_timeout_s or derived_run_limit(phase, seen, ref_s, self.timing,
+                                                                len(set_seeds.get(wl, ())), self.device == "cuda")
             elif kind == "build":  # a CUDA C++ solution built (or found in the cache): how long it took
                 built[0] = msg[1]
             elif kind == "not_run":  # compile-checked, and no GPU here to run it: not a failure of the solution
@@ -262,6 +318,7 @@ class Evaluator:
                 uuid, s, got = msg[1], msg[2], msg[3]
                 t0 = time.monotonic()
                 ref = self._reference(task, by_uuid[uuid], [s])[s]
+                ref_s[uuid] = max(ref_s.get(uuid, 0.0), time.monotonic() - t0)
                 t0 = account("reference", t0)
                 (post if timed else corr)[uuid].append(self._compare(task, by_uuid[uuid], got, ref))
                 account("compare", t0)
@@ -381,14 +438,17 @@ class Evaluator:
                         "solutions": [x.model_dump(mode="json") for x in sols],
                         "workloads": [w.model_dump(mode="json") for w in wls], "set_seeds": set_seeds,
                         "timing": self.timing, "rounds": rounds, "root": str(task.root) if task.root else None,
-                        "compile_timeout_s": self.cfg.compile_timeout_s})
+                        "compile_timeout_s": self.build_limit_s})
         samples: dict[str, list[list[float]]] = {}
         throttled: dict[str, list[str]] = {}
         while True:
-            msg = self.cand.recv(self.cfg.run_timeout_s + self.cfg.compile_timeout_s + BUILD_GRACE_S)
+            limit = (self.cfg.run_timeout_s or FIXED_RUN_S) + self.build_limit_s + BUILD_GRACE_S
+            msg = self.cand.recv(limit)
             if msg is None or msg[0] in ("dead", "fail", "not_run", "unavailable"):
                 self.cand.restart()
-                why = msg[3] if msg and msg[0] == "fail" else msg[1] if msg and msg[0] in ("not_run", "unavailable") else msg
+                why = f"timed out after {limit:.0f}s" if msg is None else \
+                    f"worker died ({exit_words(msg[1])})" if msg[0] == "dead" else \
+                    msg[3] if msg[0] == "fail" else msg[1]
                 raise HarnessError(f"A/B re-measurement failed: {why}")
             if msg[0] == "timing":
                 samples[msg[1]] = msg[2]["samples"]

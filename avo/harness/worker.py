@@ -13,8 +13,11 @@ import hashlib
 import importlib.util
 import os
 import random
+import shutil
+import signal
 import sys
-import tempfile
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -82,7 +85,7 @@ class Worker:
     def __init__(self, conn: Connection, device: str, role: str, bulk: Path, ipc: bool = False):
         self.conn, self.mode, self.role, self.bulk, self.ipc = conn, device, role, bulk, ipc
         self.dev = "cuda" if device == "cuda" else "cpu"
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"avo-{role}-"))
+        self.tmp = channel.worker_tmp_dir(role)  # removed at exit; by the runner or its sweep after a kill
         self.guard = guard.RuntimeGuard()  # pristine ids, before any candidate exists in this process
         self.refs: dict[str, dict] = {}
 
@@ -414,17 +417,62 @@ def _tensor_meta(values: dict) -> dict:
             for k, v in values.items() if isinstance(v, torch.Tensor)}
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> str:
+    """This process ends when `parent` (the runner) does, even by kill -9: the kernel sends SIGKILL
+    on the parent's death (prctl PR_SET_PDEATHSIG, Linux); elsewhere a daemon thread polls
+    getppid(). Then the parent is checked once more: it may have died before the prctl. Returns
+    how ("prctl" or "poll"). Call it before anything else, and the thread before RuntimeGuard's
+    snapshot of the threads (a thread started later is the candidate's)."""
+    how = "poll"
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                how = "prctl"
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        print(f"avo worker: its runner (pid {parent}) is gone; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+    if how == "poll":
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+        threading.Thread(target=watch, name="avo-parent-watch", daemon=True).start()
+    return how
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--parent", type=int, required=True, help="the runner's pid: this process dies with it")
     ap.add_argument("--device", choices=["cuda", "interpret"], required=True)
     ap.add_argument("--role", choices=["candidate", "reference"], required=True)
     ap.add_argument("--bulk", type=Path, required=True)
     ap.add_argument("--ipc", action="store_true", help="send large CUDA outputs by CUDA IPC handle")
     a = ap.parse_args()
+    die_with_parent(a.parent)
     conn = Connection(a.fd)
     w = Worker(conn, a.device, a.role, a.bulk, a.ipc and a.device == "cuda")
-    if a.device == "cuda":
+
+    def leave(code: int) -> None:  # without unwinding: the candidate's code may be on the stack
+        shutil.rmtree(w.tmp, ignore_errors=True)
+        os._exit(code)
+
+    signal.signal(signal.SIGTERM, lambda *_: leave(128 + signal.SIGTERM))
+    try:
+        serve(w, conn, a.device)
+    finally:
+        shutil.rmtree(w.tmp, ignore_errors=True)
+
+
+def serve(w: Worker, conn: Connection, device: str) -> None:
+    if device == "cuda":
         torch.cuda.init()  # before "ready": the runner starts both workers at once, so this overlaps
     channel.send(conn, ("ready", {"pid": os.getpid()}))
     while True:
@@ -442,10 +490,11 @@ def main() -> None:
             channel.send(conn, ("unavailable", str(u)))
         except Exception as e:  # harness bug or broken reference: report, don't hide
             channel.send(conn, ("fail", S.RUNTIME_ERROR.value, None, _tail(f"worker error: {type(e).__name__}: {e}\n{traceback.format_exc()}")))
-        if a.device == "cuda":
+        if device == "cuda":
             try:
                 torch.cuda.synchronize()
             except Exception:
+                shutil.rmtree(w.tmp, ignore_errors=True)
                 os._exit(3)  # CUDA context is gone (illegal address...): the runner restarts us
 
 

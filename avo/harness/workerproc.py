@@ -1,15 +1,16 @@
 """The worker processes as the runner drives them: spawn with a scrubbed environment (no API keys)
 and a private socket, wait for "ready", receive with a time limit, kill the whole process group.
+A worker never outlives its runner: it is told the runner's pid (`--parent`) and asks the kernel
+for SIGKILL when its parent dies (worker.py); what either leaves in the temp dir is named by the
+owning pid and swept once that pid is gone (channel.sweep).
 Kept apart from runner.py, which decides what to send and how to judge the replies."""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Optional
@@ -44,7 +45,7 @@ class WorkerProc:
         self.conn: Optional[Connection] = None
         self.bulk: Optional[Path] = None  # scratch folder for bulk tensors from this worker
         self.ready = False  # said "ready" since its spawn
-        self.log_path = Path(tempfile.gettempdir()) / f"avo-worker-{role}-{os.getpid()}-{secrets.token_hex(3)}.log"
+        self.log_path = channel.worker_log_path(role)
 
     def start(self) -> None:
         self.spawn()
@@ -54,8 +55,11 @@ class WorkerProc:
         ours, theirs = socket.socketpair()
         log = open(self.log_path, "ab")
         self.bulk = channel.bulk_dir(self.role)
+        # The worker dies with this process (PR_SET_PDEATHSIG, worker.py). Linux sends that signal
+        # when the *thread* that forked it ends: use an Evaluator from a thread that lives as long
+        # as it does (the CLI and the local loop use the main thread, a Ray actor its task thread).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "avo.harness.worker", "--fd", str(theirs.fileno()),
+            [sys.executable, "-m", "avo.harness.worker", "--fd", str(theirs.fileno()), "--parent", str(os.getpid()),
              "--device", self.device, "--role", self.role, "--bulk", str(self.bulk)] + (["--ipc"] if self.ipc else []),
             pass_fds=(theirs.fileno(),), env=scrubbed_env(self.device), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -107,16 +111,33 @@ class WorkerProc:
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=30)
+        if self.proc:
+            channel.remove_worker_tmp(self.proc.pid)  # a killed worker could not remove its own
         if self.conn:
             self.conn.close()
         channel.remove_bulk_dir(self.bulk)
         self.proc, self.conn, self.bulk, self.ready = None, None, None, False
+
+    def close(self) -> None:
+        """Kill it and remove its log: the Evaluator is done with this worker."""
+        self.kill()
+        self.log_path.unlink(missing_ok=True)
 
     def log_tail(self, n: int = 1500) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+
+def exit_words(code: Optional[int]) -> str:
+    """How a worker ended: "SIGSEGV, exit -11" for a signal, "exit 3" for an exit status."""
+    if code is not None and code < 0:
+        try:
+            return f"{signal.Signals(-code).name}, exit {code}"
+        except ValueError:
+            pass
+    return f"exit {code}"
 
 
 def ensure_workers(*procs: WorkerProc) -> None:
