@@ -122,6 +122,8 @@ def evolve(config: Path = typer.Option(Path("configs/quickstart.yaml"), "--confi
            live: bool = typer.Option(True, help="rich live display")) -> None:
     """Run (or resume) an evolution: islands of variation steps, each gated into a git lineage."""
     from avo.config import ConfigError, load_config
+    from avo.harness.sandbox import protect_self
+    protect_self()  # API keys in this environment: not readable by a candidate worker (sandbox.py)
     check_timeouts(compile_timeout, run_timeout)
     try:
         cfg = load_config(config, run=run, minutes=minutes, attempts=attempts, device=device,

@@ -43,6 +43,7 @@ def test_eval_pass_writes_traces(tmp_path):
     r = avo("eval", "grammar_bitmask", SEED, "--device", "interpret", SMALL, "--json", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASSED" in r.stdout and "not GPU performance" in r.stdout
+    assert "sandbox: " in r.stdout  # which layers the candidate worker got on this kernel
     traces = [Trace.model_validate_json(x) for x in out.read_text().splitlines()]
     assert [t.workload.uuid for t in traces] == ["cpu_b3_v1000_float32"]
     assert traces[0].evaluation.status == EvaluationStatus.PASSED and traces[0].solution == "bitmask_seed"
@@ -52,8 +53,12 @@ def test_eval_hack_and_failure_exit_1(tmp_path):
     out = tmp_path / "hack.jsonl"
     r = avo("eval", "grammar_bitmask", "tests/adversarial/grammar/thread_worker.py", "--device", "interpret",
             SMALL, "--json", str(out))
-    assert r.returncode == 1 and "REWARD_HACK" in r.stdout and "static:import" in r.stdout
-    assert Trace.model_validate_json(out.read_text().splitlines()[0]).evaluation.hack_check == "static:import"
+    # `import threading` is a static warning (printed); the thread it starts is caught at run time
+    assert r.returncode == 1 and "REWARD_HACK" in r.stdout and "(thread)" in r.stdout, r.stdout
+    assert "static warning" in r.stdout and "imports 'threading'" in r.stdout, r.stdout
+    assert Trace.model_validate_json(out.read_text().splitlines()[0]).evaluation.hack_check == "thread"
+    r = avo("eval", "grammar_bitmask", "tests/adversarial/grammar/timer_patch.py", "--device", "interpret", SMALL)
+    assert r.returncode == 1 and "REWARD_HACK" in r.stdout and "static:monkey-patch" in r.stdout, r.stdout
     r = avo("eval", "grammar_bitmask", "tests/adversarial/grammar/noop.py", "--device", "interpret", SMALL)
     assert r.returncode == 1 and "INCORRECT_NUMERICAL" in r.stdout
     assert "Traceback" not in r.stderr

@@ -240,8 +240,9 @@ import time
 def run(x):
     t0 = time.monotonic()
     time.sleep(0.03)
-    with open(LOG, "a") as f:  # the reference worker's calls and the timed baseline's, by pid
-        f.write(f"{os.getpid()} {t0} {time.monotonic()}\\n")
+    # the reference worker's calls and the timed baseline's, by pid, into each worker's log (the
+    # baseline runs in the candidate worker, whose sandbox lets it write only its scratch folder)
+    print(f"AVO-CALL {os.getpid()} {t0} {time.monotonic()}", flush=True)
     return x * 2
 '''
 
@@ -252,7 +253,6 @@ def test_timing_waits_for_the_reference_worker(tmp_path):
     attention kernel's synced wall time and the side-stream check called it a reward hack). The
     reference here sleeps and logs its interval; the baseline timed in the candidate worker runs
     the same code, so no interval of one process may overlap one of the other."""
-    log = tmp_path / "calls.log"
     root = tmp_path / "slow_ref"
     root.mkdir()
     (root / "definition.json").write_text(json.dumps({
@@ -260,16 +260,19 @@ def test_timing_waits_for_the_reference_worker(tmp_path):
         "inputs": {"x": {"shape": ["n"], "dtype": "float32"}},
         "outputs": {"out": {"shape": ["n"], "dtype": "float32"}},
         "tolerance": {"atol": 1e-6, "rtol": 1e-6}}))
-    (root / "reference.py").write_text(f"LOG = {str(log)!r}\n" + SLOW_LOGGING_REFERENCE)
+    (root / "reference.py").write_text(SLOW_LOGGING_REFERENCE)
     (root / "workloads.jsonl").write_text("".join(json.dumps(
         {"uuid": f"n{n}", "axes": {"n": n}, "inputs": {"x": {"type": "random"}}, "target": "cpu"}) + "\n"
         for n in (37, 64, 100)))
     with Evaluator(EvalConfig(device="interpret", warmup=1, iters=6)) as e:
         rep = e.evaluate(load_task(str(root)), sol(HONEST))
+        logs = e.cand.log_path.read_text() + e.ref.log_path.read_text()
     assert rep.status == S.PASSED, rep.message
     by_pid: dict[str, list[tuple[float, float]]] = {}
-    for line in log.read_text().splitlines():
-        pid, a, b = line.split()
+    for line in logs.splitlines():
+        if not line.startswith("AVO-CALL "):
+            continue
+        _, pid, a, b = line.split()
         if pid != str(os.getpid()):  # the orchestrator's own calls are in line with its loop
             by_pid.setdefault(pid, []).append((float(a), float(b)))
     assert len(by_pid) == 2 and all(len(v) >= 6 for v in by_pid.values())

@@ -79,7 +79,7 @@ def reports():
     cases = {"passed": good, "incorrect": _sol(wrong_big, "wrong_above_10_rows"),
              "compile": _sol("def run(hidden_states, weight, output)\n    pass\n", "syntax"),
              "runtime": _sol("def run(hidden_states, weight, output):\n    raise RuntimeError('boom')\n", "raises"),
-             "hack": _sol("import os\n\ndef run(hidden_states, weight, output):\n    pass\n", "imports_os")}
+             "hack": _sol("import ctypes\n\ndef run(hidden_states, weight, output):\n    pass\n", "imports_ctypes")}
     with Evaluator(EvalConfig(device="interpret")) as ev:
         return {k: ev.evaluate(task, s) for k, s in cases.items()}
 

@@ -1,24 +1,78 @@
 """Reward-hack checks. Static: an AST scan of the candidate's sources before anything runs.
-Runtime (in the worker): identity of timing/harness/torch functions, global torch settings, Python
-threads, forbidden aten ops. Each check returns a short name that lands in the trace.
+Runtime (in the worker): identity of timing/harness/torch functions, global torch settings and the
+environment, Python threads, forbidden aten ops; around them the worker's sandbox
+(avo/harness/sandbox.py: Landlock, seccomp, no capabilities). Each check returns a short name
+that lands in the trace.
 
 The static scan is the first line, not the only one: Python is too dynamic for an AST scan to be
 complete, so every hack it misses must still trip a runtime check (tests/adversarial proves both
-layers; peer mode runs the runtime layer alone). C/C++/CUDA sources are not Python: they get only
-the forbidden-call rule (scan_native_source)."""
+layers; peer mode runs the runtime layer alone). A rule whose hack the runtime layer catches by
+construction is a warning, not an error (`RUNTIME_COVERED_MODULES`, the layer in `BANNED_ATTRS`):
+`import time`, `import threading`, `import os` (its path, environment and file-system calls),
+`open(...)`, `.elapsed_time`, subclassing torch.Tensor. Rules with no runtime counterpart stay errors and say why. Writes to
+files are warnings only where the kernel confines them (`writes_confined`: Landlock).
+C/C++/CUDA sources are not Python: they get only the forbidden-call rule (scan_native_source)."""
 from __future__ import annotations
 
 import _thread
 import ast
+import os
 import re
 import sys
 import threading
 from typing import Any, Optional
 
-# Modules a kernel may import. Everything else (os, sys, threading, ctypes, gc, inspect, time,
-# subprocess, importlib, pickle, avo, ...) has no business in a kernel and opens a hack.
+# Modules a kernel may import without a word.
 ALLOWED_MODULES = ("torch", "triton", "math", "functools", "typing", "itertools", "dataclasses",
-                   "numpy", "operator", "collections", "enum", "__future__")
+                   "numpy", "operator", "collections", "enum", "__future__", "json", "re", "warnings",
+                   "contextlib", "abc", "copy", "string", "textwrap", "heapq", "bisect", "struct", "numbers")
+# Modules a kernel may import with a warning: what they could do to the evaluation is caught at run
+# time. module -> (layer, why). Layer "runtime": always caught; "fs": caught where the kernel
+# confines the worker's writes (Landlock), else an error.
+RUNTIME_COVERED_MODULES = {
+    "time": ("runtime", "the harness's timers are checked by identity after every call"),
+    "threading": ("runtime", "a thread started during a call is caught at run time"),
+    "os": ("runtime", "only os's path, environment and file-system calls (OS_ALLOWED); the environment "
+                      "holds no secrets and a change to it is caught at run time"),
+    "statistics": ("runtime", "the harness's statistics are checked by identity"),
+    "random": ("runtime", "the harness's random generators are checked by identity"),
+    "pathlib": ("fs", "writes are confined to the worker's scratch folder"),
+    "tempfile": ("fs", "temporary files go to the worker's scratch folder"),
+    "shutil": ("fs", "writes are confined to the worker's scratch folder"),
+}
+# Why other modules stay refused (default: NOT_ALLOWED).
+MODULE_REASONS = {
+    "ctypes": "native memory access has no runtime check",
+    "sys": "frames and sys.modules reach the harness's own objects; no runtime check covers them",
+    "gc": "gc reaches every object in the process, the harness's included; no runtime check",
+    "inspect": "frames and code objects reach the harness's own objects; no runtime check",
+    "subprocess": "a child process can work after the call returns; no runtime check",
+    "multiprocessing": "a child process can work after the call returns; no runtime check",
+    "concurrent": "a process pool can work after the call returns; no runtime check",
+    "socket": "a socket object reaches the worker's channel to the runner; no runtime check",
+    "signal": "a signal handler interrupts the harness; no runtime check",
+    "io": "raw file descriptors reach the worker's channel to the runner; no runtime check",
+    "_io": "raw file descriptors reach the worker's channel to the runner; no runtime check",
+    "fcntl": "raw file descriptors reach the worker's channel to the runner; no runtime check",
+    "mmap": "raw file descriptors reach the worker's channel to the runner; no runtime check",
+    "importlib": "loads code the scan never sees",
+    "builtins": "rebinding builtins changes the harness's own code",
+    "pickle": "unpickling runs code the scan never sees",
+    "marshal": "loads code objects the scan never sees",
+    "types": "builds functions and code objects the scan never sees",
+    "avo": "the harness is not the candidate's to call or change",
+    "evaluators": "the task's reference is not the candidate's to call",
+}
+NOT_ALLOWED = "outside the allow-list (guard.ALLOWED_MODULES)"
+# What a kernel may use of os: paths, the environment (scrubbed, and watched), file-system calls.
+OS_ALLOWED = {"path", "environ", "getenv", "getpid", "getppid", "cpu_count", "sched_getaffinity", "sep",
+              "pathsep", "linesep", "curdir", "pardir", "extsep", "altsep", "name", "devnull", "listdir",
+              "scandir", "walk", "stat", "lstat", "fspath", "fsencode", "fsdecode", "getcwd", "access",
+              "PathLike", "error", "strerror", "urandom", "get_terminal_size", "F_OK", "R_OK", "W_OK", "X_OK"}
+OS_WRITES = {"makedirs", "mkdir", "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace",
+             "symlink", "link", "chmod", "utime", "truncate"}
+OS_REFUSED = "process, file-descriptor and process-state calls have no runtime check (the worker's " \
+             "channel to the runner is a file descriptor in this process)"
 # Dotted paths inside the allowed packages that a kernel must not import or touch: process/thread
 # spawning, native-code loading, pickle/file loaders, aten overrides, and global settings that
 # would slow the baseline (which runs in the same process) or change numerics behind its back.
@@ -37,54 +91,96 @@ DENIED_PATHS = (
     "numpy.DataSource", "triton.runtime.build", "triton.tools", "triton.knobs",
     "operator.attrgetter", "operator.methodcaller", "typing.get_type_hints", "typing.ForwardRef",
 )
+DENIED_WHY = "loaders, native code, process spawning and global settings have no runtime check " \
+             "beyond a few torch settings"
 # Inside a denied path, what a kernel may still use: TMA's host-side descriptor is a plain record of
 # pointer, shape, strides and block shape (triton.tools otherwise holds compilers and disassemblers).
 ALLOWED_INSIDE_DENIED = ("triton.tools.tensor_descriptor",)
 # Builtins that run or reach code by name. Flagged wherever they are referenced (called or passed
 # as a value, e.g. functools.reduce(getattr, ...)) unless the module binds the name itself.
-BANNED_BUILTINS = {"eval", "exec", "compile", "__import__", "globals", "locals", "vars", "open", "setattr",
+BANNED_BUILTINS = {"eval", "exec", "compile", "__import__", "globals", "locals", "vars", "setattr",
                    "delattr", "breakpoint", "input", "memoryview", "help", "exit", "quit", "__build_class__"}
-# attribute -> why it is a hack vector
+DYNAMIC_WHY = "code reached by name or built at run time is code the scan never sees; no runtime check"
+# The builtin open: reads anywhere; in the worker it refuses file descriptors, and writes outside the
+# scratch folder are refused by Landlock (or by the worker's open where the kernel lacks Landlock).
+OPEN_WHY = "open() reads; in the worker it refuses file descriptors and writes outside the scratch folder"
+# attribute -> (check, layer or None, why). Layer "runtime": a warning; None: an error.
 BANNED_ATTRS = {
-    "Stream": "side-stream", "stream": "side-stream", "ExternalStream": "side-stream",
-    "set_stream": "side-stream", "current_stream": "side-stream", "default_stream": "side-stream",
-    "StreamContext": "side-stream", "default_capture_stream": "side-stream", "wait_stream": "side-stream",
-    "Event": "timer", "elapsed_time": "timer", "record_stream": "side-stream",
-    "synchronize": "timer", "_C": "internals", "do_bench": "timer",
-    "data_ptr": "pointer-cache", "untyped_storage": "pointer-cache", "_cdata": "pointer-cache",
-    "storage": "pointer-cache", "set_": "output-replaced",
-    "as_subclass": "tensor-subclass", "_make_subclass": "tensor-subclass", "_make_wrapper_subclass": "tensor-subclass",
-    "Thread": "thread", "Timer": "thread",
+    **{a: ("side-stream", None, "the runtime wall-clock check has a tolerance a small side-stream gain fits in")
+       for a in ("Stream", "stream", "ExternalStream", "set_stream", "current_stream", "default_stream",
+                 "StreamContext", "default_capture_stream", "wait_stream", "record_stream")},
+    **{a: ("timer", "runtime", "the harness binds its timers before the candidate loads and checks them by identity")
+       for a in ("Event", "elapsed_time", "synchronize", "do_bench")},
+    **{a: ("pointer-cache", "runtime", "a cache keyed by pointer is caught on refreshed buffers and perturbed inputs")
+       for a in ("data_ptr", "untyped_storage", "storage")},
+    "set_": ("output-replaced", "runtime", "the class and memory of every tensor argument are checked after each call"),
+    **{a: ("tensor-subclass", "runtime", "the class and memory of every tensor argument are checked after each call")
+       for a in ("as_subclass", "_make_subclass", "_make_wrapper_subclass")},
+    **{a: ("thread", "runtime", "a thread started during a call is caught at run time") for a in ("Thread", "Timer")},
+    "_C": ("internals", None, "torch._C bypasses every Python-level check"),
+    "_cdata": ("internals", None, "a raw object pointer is only useful to native code"),
 }
 # Attribute names that lead out of the sandbox whatever object they hang on: banned modules
-# re-exported by allowed ones (torch.sys, torch.os, dataclasses.inspect, ...), frames, code objects.
+# re-exported by allowed ones (torch.sys, torch.os, dataclasses.inspect, ...), frames, code objects,
+# process spawning and raw file descriptors (os's, whatever alias reaches them).
 ESCAPE_ATTRS = {
-    "sys", "_sys", "os", "time", "threading", "_thread", "ctypes", "ctypeslib", "gc", "inspect",
+    "sys", "_sys", "os", "_thread", "ctypes", "ctypeslib", "gc", "inspect",
     "importlib", "builtins", "bltns", "subprocess", "signal", "multiprocessing", "mp",
-    "python_multiprocessing", "reducer", "reduction", "socket", "pickle", "marshal", "shutil",
-    "tempfile", "types", "modules", "environ", "getenv", "system", "popen", "settrace", "setprofile",
+    "python_multiprocessing", "reducer", "reduction", "socket", "pickle", "marshal",
+    "types", "modules", "shutil", "tempfile", "pathlib", "system", "popen", "settrace", "setprofile",
     "tb_frame", "tb_next", "gi_frame", "cr_frame", "ag_frame", "gi_code", "f_back", "f_globals",
     "f_locals", "f_builtins", "f_code", "co_code", "attrgetter", "methodcaller", "get_type_hints",
     "ForwardRef", "cpp_extension", "load_inline", "load_library", "CodeType", "FunctionType",
+    "fork", "forkpty", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
+    "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "posix_spawn",
+    "posix_spawnp", "fdopen", "dup", "dup2", "sendfile", "writev", "pwrite", "pwritev", "openpty", "pipe",
+    "pipe2", "memfd_create", "putenv", "unsetenv", "killpg", "register_at_fork", "_exit",
 }
+ESCAPE_WHY = "it reaches modules, frames, processes or file descriptors the scan cannot follow; no runtime check"
 # Dunder attributes a kernel may use; every other one (__dict__, __class__, __globals__,
 # __subclasses__, __code__, __traceback__, __wrapped__, ...) is introspection.
 ALLOWED_DUNDERS = {"__init__", "__name__", "__doc__", "__qualname__", "__post_init__", "__len__",
-                   "__enter__", "__exit__"}
+                   "__enter__", "__exit__", "__file__"}
+INTROSPECTION_WHY = "introspection reaches the harness's own objects; no runtime check"
 # Hooks a class must not define: they let a value intercept torch calls, GC or class creation.
 BANNED_HOOKS = {"__torch_function__", "__torch_dispatch__", "__del__", "__init_subclass__", "__set_name__",
                 "__instancecheck__", "__subclasscheck__", "__subclasshook__", "__array_ufunc__",
                 "__array_function__", "__array_finalize__", "__array_wrap__", "__reduce__", "__reduce_ex__",
                 "__getattribute__", "__class_getitem__", "__cuda_array_interface__", "__dlpack__",
                 "__array_interface__"}
+HOOK_WHY = "a hook runs inside the harness's own torch calls; no runtime check"
 # Names whose attributes a kernel may assign (its own objects); anything else is a patch.
 OWN_OBJECTS = {"self", "cls"}
+PATCH_WHY = "the runtime identity checks cover the harness's timers and torch, not every object a patch can reach"
+# Layers that are always on in the worker (the others depend on the kernel: see avo/harness/sandbox.py).
+ALWAYS = ("runtime",)
 
 
 class StaticFinding(Exception):
-    def __init__(self, check: str, detail: str):
+    """One hit of the static scan: an error (the candidate is refused) or, with `warning`, a rule
+    whose hack the runtime layer catches (the candidate runs; the report lists it)."""
+
+    def __init__(self, check: str, detail: str, warning: bool = False):
         super().__init__(f"{check}: {detail}")
-        self.check, self.detail = check, detail
+        self.check, self.detail, self.warning = check, detail, warning
+
+
+class _Scan:
+    """Where a rule's hit goes: a warning when its layer is active, else raised as an error."""
+
+    def __init__(self, warnings: Optional[list], writes_confined: bool):
+        self.warnings = warnings if warnings is not None else []
+        self.active = set(ALWAYS) | ({"fs"} if writes_confined else set())
+
+    def hit(self, check: str, detail: str, layer: Optional[str], why: str) -> None:
+        if layer in self.active:
+            if not any(w.check == check and w.detail.startswith(detail) for w in self.warnings):
+                self.warnings.append(StaticFinding(check, f"{detail} (allowed: {why})", warning=True))
+            return
+        if layer == "fs":
+            why = "file writes have a runtime check only where the kernel confines them (Landlock), " \
+                  "and this worker's kernel does not"
+        raise StaticFinding(check, f"{detail} ({why})")
 
 
 def _denied(path: str) -> Optional[str]:
@@ -93,11 +189,31 @@ def _denied(path: str) -> Optional[str]:
     return next((b for b in DENIED_PATHS if path == b or path.startswith(b + ".")), None)
 
 
-def _module_ok(mod: str, local: tuple[str, ...] = ()) -> bool:
-    """Allowed packages, and the solution's own source files (a multi-file solution)."""
+def _import(scan: _Scan, mod: str, where: str, local: tuple[str, ...], what: str) -> None:
+    """An imported module: allowed, the solution's own file (a multi-file solution), covered at
+    run time (a warning), or refused with the reason."""
     if mod in local:
-        return True
-    return not _denied(mod) and any(mod == a or mod.startswith(a + ".") for a in ALLOWED_MODULES)
+        return
+    top = mod.split(".")[0]
+    if _denied(mod):
+        raise StaticFinding("import", f"{where} imports {what} ({DENIED_WHY})")
+    if top in ALLOWED_MODULES:
+        return
+    if top in RUNTIME_COVERED_MODULES and (top != "os" or mod in ("os", "os.path")):
+        layer, why = RUNTIME_COVERED_MODULES[top]
+        scan.hit("import", f"{where} imports {what}", layer, why)
+        return
+    raise StaticFinding("import", f"{where} imports {what} ({MODULE_REASONS.get(top, NOT_ALLOWED)})")
+
+
+def _os_use(scan: _Scan, name: str, where: str, path: str) -> None:
+    """os.<name>: the os allow-list (paths, environment, file-system calls), else refused."""
+    if name in OS_ALLOWED:
+        return
+    if name in OS_WRITES:
+        scan.hit("file-write", f"{where} uses {path}", "fs", "writes are confined to the worker's scratch folder")
+        return
+    raise StaticFinding("sandbox", f"{where} uses {path} ({OS_REFUSED})")
 
 
 def _dotted(node: ast.AST, aliases: dict[str, str]) -> Optional[str]:
@@ -154,13 +270,26 @@ def _aliases(tree: ast.AST) -> dict[str, str]:
     return aliases
 
 
-def scan_source(src: str, filename: str, forbidden_calls: list[str], local: tuple[str, ...] = ()) -> None:
-    """Raise StaticFinding for the first hack vector in one source file (syntax errors pass through:
-    the build step reports them as COMPILE_ERROR). `local`: module names of the solution's files."""
+def _path_rules(scan: _Scan, path: str, where: str) -> None:
+    """A dotted path that an alias, an import or a constant getattr resolves to."""
+    if _denied(path):
+        raise StaticFinding("sandbox", f"{where} uses {path} ({DENIED_WHY})")
+    parts = path.split(".")
+    if parts[0] == "os" and len(parts) > 1:
+        _os_use(scan, parts[1], where, path)
+
+
+def scan_source(src: str, filename: str, forbidden_calls: list[str], local: tuple[str, ...] = (),
+                warnings: Optional[list] = None, writes_confined: bool = False) -> None:
+    """Raise StaticFinding for the first hack vector in one source file that the runtime layer does
+    not catch (syntax errors pass through: the build step reports them as COMPILE_ERROR); append
+    the hits it does catch to `warnings`. `local`: module names of the solution's files;
+    `writes_confined`: the worker's file writes are confined by the kernel (sandbox.writes_confined)."""
     try:
         tree = ast.parse(src, filename)
     except SyntaxError:
         return
+    scan = _Scan(warnings, writes_confined)
     # Identifiers only (names, attributes, imports, string constants): docstrings may name a peer.
     idents = set()
     for node in ast.walk(tree):
@@ -182,61 +311,104 @@ def scan_source(src: str, filename: str, forbidden_calls: list[str], local: tupl
     bound = _bound_names(tree)
     getattr_funcs = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                      and n.func.id == "getattr" and len(n.args) >= 2 and isinstance(n.args[1], ast.Constant)}
+    bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}  # x in x.attr
+    first = len(scan.warnings)
+    try:
+        _walk(scan, tree, filename, local, aliases, bound, getattr_funcs, bases)
+    finally:  # in line order (the walk is breadth-first)
+        scan.warnings[first:] = sorted(scan.warnings[first:], key=lambda w: _line(w.detail))
+
+
+def _line(detail: str) -> int:
+    m = re.match(r"[^:\s]*:(\d+)", detail)
+    return int(m.group(1)) if m else 0
+
+
+def _walk(scan: _Scan, tree: ast.AST, filename: str, local: tuple[str, ...], aliases: dict[str, str],
+          bound: set[str], getattr_funcs: set[int], bases: set[int]) -> None:
     for node in ast.walk(tree):
         where = f"{filename}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Import):
             for a in node.names:
-                if not _module_ok(a.name, local):
-                    raise StaticFinding("import", f"{where} imports {a.name!r}")
+                _import(scan, a.name, where, local, repr(a.name))
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ""
-            if node.level or not _module_ok(mod, local):
-                raise StaticFinding("import", f"{where} imports from {mod or '.'!r}")
+            if node.level:
+                raise StaticFinding("import", f"{where} imports from {'.' * node.level + mod!r} (relative "
+                                    "imports reach outside the solution; import its files by name)")
+            _import(scan, mod, where, local, f"from {mod!r}")
             for a in node.names:
-                if _denied(f"{mod}.{a.name}"):
-                    raise StaticFinding("import", f"{where} imports {mod}.{a.name}")
-                _check_attr_name(a.name, where)
+                full = f"{mod}.{a.name}"
+                if a.name == "*" and mod.split(".")[0] in RUNTIME_COVERED_MODULES:
+                    raise StaticFinding("import", f"{where} imports * from {mod} (a star import hides which "
+                                        "names are used)")
+                if mod not in local and _denied(full):
+                    raise StaticFinding("import", f"{where} imports {full} ({DENIED_WHY})")
+                if mod == "os":
+                    _os_use(scan, a.name, where, full)
+                _check_attr_name(scan, a.name, where)
         elif isinstance(node, ast.Name):
             if node.id in ("__builtins__", "__loader__", "__spec__"):
-                raise StaticFinding("introspection", f"{where} uses {node.id}")
+                raise StaticFinding("introspection", f"{where} uses {node.id} ({INTROSPECTION_WHY})")
             if node.id in BANNED_BUILTINS and node.id not in bound:
-                raise StaticFinding("dynamic-code", f"{where} uses {node.id}")
+                raise StaticFinding("dynamic-code", f"{where} uses {node.id} ({DYNAMIC_WHY})")
+            if node.id == "open" and "open" not in bound:
+                scan.hit("open", f"{where} uses open", "runtime", OPEN_WHY)
             if node.id == "getattr" and "getattr" not in bound and id(node) not in getattr_funcs:
-                raise StaticFinding("dynamic-code", f"{where} uses getattr with a computed name or as a value")
+                raise StaticFinding("dynamic-code", f"{where} uses getattr with a computed name or as a value "
+                                    f"({DYNAMIC_WHY})")
+            if aliases.get(node.id) == "os" and isinstance(node.ctx, ast.Load) and id(node) not in bases:
+                raise StaticFinding("sandbox", f"{where} passes the os module as a value (the os allow-list "
+                                        "holds only where os.<name> is written out)")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             if node.func.id == "getattr" and id(node.func) in getattr_funcs:
-                _check_attr_name(str(node.args[1].value), where)
+                name = str(node.args[1].value)
+                _check_attr_name(scan, name, where)
+                base = _dotted(node.args[0], aliases)
+                if base:
+                    _path_rules(scan, f"{base}.{name}", where)
             if node.func.id == "type" and len(node.args) == 3:
-                raise StaticFinding("dynamic-code", f"{where} builds a class with type()")
+                raise StaticFinding("dynamic-code", f"{where} builds a class with type() ({DYNAMIC_WHY})")
         elif isinstance(node, ast.Attribute):
-            _check_attr_name(node.attr, where)
+            _check_attr_name(scan, node.attr, where)
             path = _dotted(node, aliases)
-            if path and _denied(path):
-                raise StaticFinding("sandbox", f"{where} uses {path}")
+            if path:
+                _path_rules(scan, path, where)
             if isinstance(node.ctx, (ast.Store, ast.Del)):
                 base = node.value
                 while isinstance(base, ast.Attribute):
                     base = base.value
                 if not (isinstance(base, ast.Name) and base.id in OWN_OBJECTS):
-                    raise StaticFinding("monkey-patch", f"{where} assigns {ast.unparse(node)}")
+                    raise StaticFinding("monkey-patch", f"{where} assigns {ast.unparse(node)} ({PATCH_WHY})")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in BANNED_HOOKS:
             raise StaticFinding("tensor-subclass" if "torch" in node.name else "introspection",
-                                f"{where} defines {node.name}")
+                                f"{where} defines {node.name} ({HOOK_WHY})")
         elif isinstance(node, ast.ClassDef):
+            for stmt in node.body:  # a hook bound by assignment in the class body, not by def
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else \
+                    [stmt.target] if isinstance(stmt, (ast.AnnAssign, ast.AugAssign)) else []
+                for t in targets:
+                    if isinstance(t, ast.Name) and t.id in BANNED_HOOKS:
+                        raise StaticFinding("tensor-subclass" if "torch" in t.id else "introspection",
+                                            f"{where} binds {t.id} in class {node.name} ({HOOK_WHY})")
             for b in node.bases:
                 if "Tensor" in ast.unparse(b):
-                    raise StaticFinding("tensor-subclass", f"{where} subclasses {ast.unparse(b)}")
+                    scan.hit("tensor-subclass", f"{where} subclasses {ast.unparse(b)}", "runtime",
+                             "the class and memory of every tensor argument are checked after each call, "
+                             "and torch hooks stay refused")
             if node.keywords:
-                raise StaticFinding("introspection", f"{where} class {node.name} sets a metaclass or class keywords")
+                raise StaticFinding("introspection", f"{where} class {node.name} sets a metaclass or class "
+                                    f"keywords ({INTROSPECTION_WHY})")
 
 
-def _check_attr_name(name: str, where: str) -> None:
+def _check_attr_name(scan: _Scan, name: str, where: str) -> None:
     if name in BANNED_ATTRS:
-        raise StaticFinding(BANNED_ATTRS[name], f"{where} uses .{name}")
-    if name in ESCAPE_ATTRS:
-        raise StaticFinding("sandbox", f"{where} uses .{name}")
-    if name.startswith("__") and name.endswith("__") and name not in ALLOWED_DUNDERS:
-        raise StaticFinding("introspection", f"{where} uses .{name}")
+        check, layer, why = BANNED_ATTRS[name]
+        scan.hit(check, f"{where} uses .{name}", layer, why)
+    elif name in ESCAPE_ATTRS:
+        raise StaticFinding("sandbox", f"{where} uses .{name} ({ESCAPE_WHY})")
+    elif name.startswith("__") and name.endswith("__") and name not in ALLOWED_DUNDERS:
+        raise StaticFinding("introspection", f"{where} uses .{name} ({INTROSPECTION_WHY})")
 
 
 # C, C++ and CUDA sources of a native solution (avo/harness/build.py); headers too.
@@ -250,7 +422,8 @@ def scan_native_source(src: str, filename: str, forbidden_calls: list[str]) -> N
     must not name a forbidden call (at::scaled_dot_product_attention in an attention kernel).
     The Python rules (imports, builtins, attributes, hooks) have no meaning here, and compiled
     code can do anything a process can, so the rest is left to the runtime layer once it runs on
-    a GPU (poisoned outputs, input snapshots, timed-output probes, the side-stream wall check)."""
+    a GPU (poisoned outputs, input snapshots, timed-output probes, the side-stream wall check)
+    and to the worker's sandbox."""
     code = _C_COMMENT.sub(" ", src)
     idents = set(_C_IDENT.findall(code))
     for word in forbidden_calls:
@@ -259,14 +432,16 @@ def scan_native_source(src: str, filename: str, forbidden_calls: list[str]) -> N
             raise StaticFinding("library-call", f"{filename} uses {hit!r}, which does the task itself")
 
 
-def scan_solution(sources: dict[str, str], forbidden_calls: list[str]) -> Optional[StaticFinding]:
-    """Python files get the AST scan, C/C++/CUDA files `scan_native_source`, other files
-    (data, docs) nothing."""
+def scan_solution(sources: dict[str, str], forbidden_calls: list[str], warnings: Optional[list] = None,
+                  writes_confined: bool = False) -> Optional[StaticFinding]:
+    """The first error, or None. Python files get the AST scan, C/C++/CUDA files
+    `scan_native_source`, other files (data, docs) nothing. Warnings (rules the runtime layer
+    covers) are appended to `warnings` when given."""
     local = tuple(p[:-3].replace("/", ".") for p in sources if p.endswith(".py"))
     for path, src in sources.items():
         try:
             if path.endswith(".py"):
-                scan_source(src, path, forbidden_calls, local)
+                scan_source(src, path, forbidden_calls, local, warnings, writes_confined)
             elif path.endswith(NATIVE_SUFFIXES):
                 scan_native_source(src, path, forbidden_calls)
         except StaticFinding as f:
@@ -290,12 +465,21 @@ def _harness_modules() -> list:
 
 def watched_namespaces() -> dict[str, Any]:
     """Namespaces a hack would edit to fake time or correctness, or to slow the baseline (which
-    runs in the same process): label -> the live dict (module globals or class __dict__)."""
+    runs in the same process): label -> the live dict (module globals or class __dict__). The
+    timers (time.perf_counter, time.monotonic, torch.cuda.Event, torch.cuda.synchronize), the
+    statistics and random generators the harness uses, and the builtins (the worker's open
+    included) are among them; the harness also binds its own references at import (timing.py)."""
+    import builtins
+    import random
+    import statistics
     import time
 
     import torch
     import torch.nn.functional as F
     ns: dict[str, Any] = {"time": vars(time), "threading": vars(threading), "threading.Thread": vars(threading.Thread),
+                          "statistics": vars(statistics), "random": vars(random),
+                          "random.Random": vars(random.Random), "random.SystemRandom": vars(random.SystemRandom),
+                          "builtins": vars(builtins),
                           "torch": vars(torch), "torch.Tensor": vars(torch.Tensor), "torch.nn.functional": vars(F),
                           "torch.cuda": vars(torch.cuda), "torch.cuda.Event": vars(torch.cuda.Event),
                           "torch.linalg": vars(torch.linalg), "torch.special": vars(torch.special)}
@@ -325,7 +509,8 @@ def global_state() -> dict[str, Any]:
                          "cudnn": (torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32,
                                    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic),
                          "sdp": (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
-                                 torch.backends.cuda.math_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled())}
+                                 torch.backends.cuda.math_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled()),
+                         "environment": dict(os.environ)}
     return s
 
 
@@ -373,6 +558,9 @@ class RuntimeGuard:
         state = global_state()
         for k, v in self.state.items():
             if state[k] != v:
+                if k == "environment":
+                    name = sorted(n for n in set(v) | set(state[k]) if v.get(n) != state[k].get(n))[0]
+                    return "global-state", f"environment variable {name} was changed"
                 return "global-state", f"torch setting {k} changed from {v} to {state[k]}"
         if self.started:
             return "thread", f"candidate started thread {self.started[0]!r}"

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from avo.config import EvalConfig
 from avo.harness import check as checks
-from avo.harness import guard, sol
+from avo.harness import guard, sandbox, sol
 from avo.harness.inputs import TORCH_DTYPES
 from avo.harness.timing import THROTTLE_FLAGS
 from avo.harness.workerproc import HarnessError, WorkerProc, ensure_workers, exit_words
@@ -89,6 +89,10 @@ class EvalReport(BaseModel):
     # reference round-trips and comparisons: where an evaluation's wall time went.
     phase_s: dict[str, float] = {}
     sol_model: str = ""  # how T_SOL was derived (sol.work_source), when SOL applies (a known GPU)
+    # Static rules the runtime layer covers, hit by this solution (guard.RUNTIME_COVERED_MODULES ...):
+    # the candidate ran; these say what the scan saw.
+    warnings: list[str] = []
+    sandbox: str = ""  # the candidate worker's sandbox layers, one line (sandbox.summary)
 
     @property
     def passed(self) -> bool:
@@ -139,6 +143,11 @@ class Evaluator:
         self.hw = sol.match_gpu_name(self.gpu_name) if self.gpu_name else None
         self.hardware = self.gpu_name or "CPU (Triton interpreter)"
         self.busy_s = 0.0  # wall time spent inside evaluate/ab: the evaluator's duty cycle
+        # This process holds what a candidate must not read (API keys in its environment, the
+        # comparison in its memory): not dumpable, so the candidate worker, which holds no
+        # capabilities, can neither read its /proc files nor ptrace it (avo/harness/sandbox.py).
+        self.protected = sandbox.protect_self()
+        self.expected_sandbox = sandbox.expected(self.device)
 
     def __enter__(self):
         return self
@@ -166,6 +175,24 @@ class Evaluator:
             iters = max(iters, 50)
         return {"warmup": self.cfg.warmup if self.cfg.warmup is not None else (10 if cuda else 1),
                 "iters": iters, "wall_reps": 20, "method": self.cfg.timing_method}
+
+    def sandbox_line(self) -> str:
+        """The candidate worker's sandbox as it reported it, with whether its peers are dumpable."""
+        if not self.cand.info:
+            return ""
+        peers = self.protected and self.ref.info.get("dumpable") is False if self.ref.info else self.protected
+        return sandbox.summary(self.cand.info.get("sandbox"), peers)
+
+    def _scan(self, solution: Solution, forbidden: list[str], info: Optional[dict]) \
+            -> tuple[Optional[guard.StaticFinding], list[str]]:
+        """The static guard, with file-write rules as warnings where the worker's kernel confines
+        writes (`info`: the candidate worker's sandbox, or what it is expected to be)."""
+        if self.cfg.peer:
+            return None, []
+        warnings: list = []
+        finding = guard.scan_solution({s.path: s.content for s in solution.sources}, forbidden, warnings,
+                                      sandbox.writes_confined(info))
+        return finding, [str(w) for w in warnings]
 
     def _env(self) -> Environment:
         import torch
@@ -233,6 +260,7 @@ class Evaluator:
         spent: dict[str, float] = {}
         clock = [time.monotonic(), "import"]
         built = [""]  # a CUDA C++ solution's build note (time, cache): leads the message and every trace's log
+        warned: list[str] = []  # the static guard's warnings (rules the runtime layer covers)
 
         def account(key: str, since: float) -> float:
             now = time.monotonic()
@@ -254,10 +282,13 @@ class Evaluator:
                 traces.append(Trace(definition=d.name, workload=w, solution=solution.name, evaluation=ev))
             return EvalReport(task=d.name, solution=solution.name, status=status, hack_check=hack, message=log,
                               device_mode=self.device, hardware=self.hardware, traces=traces, phase_s=spent,
-                              sol_model=f"{sol.work_source(d)}; {self.hw.name}" if self.hw else "")
+                              sol_model=f"{sol.work_source(d)}; {self.hw.name}" if self.hw else "",
+                              warnings=warned, sandbox=self.sandbox_line())
 
-        finding = None if self.cfg.peer else guard.scan_solution(
-            {s.path: s.content for s in solution.sources}, d.forbidden_calls)
+        # The candidate worker's sandbox decides which file rules are warnings: what it reported if
+        # it is up, else what this kernel offers (checked again below once it has said).
+        assumed = self.cand.info.get("sandbox") if self.cand.ready else self.expected_sandbox
+        finding, warned[:] = self._scan(solution, d.forbidden_calls, assumed)
         if finding:
             return report(S.REWARD_HACK, str(finding), f"static:{finding.check}")
 
@@ -273,6 +304,10 @@ class Evaluator:
                "peer": self.cfg.peer, "compile_timeout_s": self.build_limit_s}
         by_uuid = {w.uuid: w for w in wls}
         ensure_workers(self.cand, self.ref)
+        if sandbox.writes_confined(assumed) and not sandbox.writes_confined(self.cand.info.get("sandbox")):
+            finding, warned[:] = self._scan(solution, d.forbidden_calls, self.cand.info.get("sandbox"))
+            if finding:  # the worker could not confine writes after all: the file rules are errors
+                return report(S.REWARD_HACK, str(finding), f"static:{finding.check}")
         self.cand.send(job)
         phase, limit = "import", self.compile_limit_s
         seen: dict[str, float] = {}  # longest seconds of each phase so far (derived run limits)

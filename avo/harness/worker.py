@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from avo.harness import build, channel, check, guard, inputs, timing  # imported before any candidate, on purpose
+from avo.harness import build, channel, check, guard, inputs, sandbox, timing  # before any candidate, on purpose
 from avo.schema import Definition, EvaluationStatus, Solution, Workload
 
 S = EvaluationStatus
@@ -72,6 +72,17 @@ def _value_returning(fn: Callable, d: Definition) -> Callable:
     return call
 
 
+def _refused(e: BaseException, info: dict) -> Fail | None:
+    """A candidate's error that is the sandbox saying no (a write outside the scratch folder,
+    another process's /proc files, a network socket): RUNTIME_ERROR with the check "sandbox"."""
+    why = sandbox.denial(e) if info.get("layers") else None
+    if why is None:
+        return None
+    layers = sandbox.summary(info).removeprefix("sandbox: ")
+    return Fail(S.RUNTIME_ERROR, _tail(f"refused by the worker's sandbox ({layers}): {why}\n"
+                                       f"{traceback.format_exc(limit=4)}"), "sandbox")
+
+
 def _is_compile_error(e: BaseException) -> bool:
     names = {c.__name__ for c in type(e).__mro__}
     if "InterpreterError" in names:  # the interpreter wraps what a GPU compile rejects (bad arange,
@@ -86,8 +97,22 @@ class Worker:
         self.conn, self.mode, self.role, self.bulk, self.ipc = conn, device, role, bulk, ipc
         self.dev = "cuda" if device == "cuda" else "cpu"
         self.tmp = channel.worker_tmp_dir(role)  # removed at exit; by the runner or its sweep after a kill
-        self.guard = guard.RuntimeGuard()  # pristine ids, before any candidate exists in this process
+        self.sandbox: dict = {}  # what `confine` set up (candidate role), for "ready" and messages
+        self.guard: guard.RuntimeGuard | None = None  # armed by `arm`, before any candidate code loads
         self.refs: dict[str, dict] = {}
+
+    def arm(self) -> dict:
+        """Before any candidate code loads and after torch/CUDA initialisation: the candidate role's
+        sandbox (avo/harness/sandbox.py), then the runtime guard's snapshot (pristine ids, the
+        sandbox's own changes included). The reference role is trusted: it only makes itself
+        non-dumpable (main). Returns the "ready" info."""
+        if self.role == "candidate":
+            if os.environ.get("AVO_SANDBOX", "").lower() in ("0", "off", "no", "false"):
+                self.sandbox = {"off": "AVO_SANDBOX=off"}
+            else:
+                self.sandbox = sandbox.confine(self.tmp, self.bulk, self.mode, self.ipc)
+        self.guard = guard.RuntimeGuard()
+        return {"pid": os.getpid(), "sandbox": self.sandbox, "dumpable": sandbox.dumpable()}
 
     def send(self, *msg: Any) -> None:
         channel.send(self.conn, msg, self.bulk, self.ipc)
@@ -113,7 +138,8 @@ class Worker:
             sys.modules[modname] = mod
             spec.loader.exec_module(mod)
         except Exception as e:
-            raise Fail(S.COMPILE_ERROR, _tail(f"import failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
+            raise _refused(e, self.sandbox) or \
+                Fail(S.COMPILE_ERROR, _tail(f"import failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
         finally:
             sys.path.remove(str(folder))
         fn = getattr(mod, sol.entry_symbol, None)
@@ -187,6 +213,9 @@ class Worker:
         except Fail:
             raise
         except Exception as e:
+            refused = _refused(e, self.sandbox)
+            if refused:
+                raise refused
             status = S.COMPILE_ERROR if _is_compile_error(e) else S.RUNTIME_ERROR
             raise Fail(status, _tail(f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
         finding = self.guard.verify()
@@ -316,7 +345,7 @@ class Worker:
             if self.mode == "cuda":
                 torch.cuda.synchronize()
         except Exception as e:
-            raise Fail(S.RUNTIME_ERROR, _tail(f"during timing: {type(e).__name__}: {e}"))
+            raise _refused(e, self.sandbox) or Fail(S.RUNTIME_ERROR, _tail(f"during timing: {type(e).__name__}: {e}"))
         clk1, why1 = timing.gpu_clock_state() if self.mode == "cuda" else (None, [])
         finding = self.guard.verify()
         if finding:
@@ -390,7 +419,8 @@ class Worker:
                 if self.mode == "cuda":
                     torch.cuda.synchronize()
             except Exception as e:
-                raise Fail(S.RUNTIME_ERROR, _tail(f"during A/B: {type(e).__name__}: {e}"))
+                raise _refused(e, self.sandbox) or \
+                    Fail(S.RUNTIME_ERROR, _tail(f"during A/B: {type(e).__name__}: {e}"))
             why1 = timing.gpu_clock_state()[1] if self.mode == "cuda" else []
             finding = self.guard.verify()
             if finding:
@@ -457,6 +487,8 @@ def main() -> None:
     ap.add_argument("--ipc", action="store_true", help="send large CUDA outputs by CUDA IPC handle")
     a = ap.parse_args()
     die_with_parent(a.parent)
+    if a.role == "reference":  # trusted: its memory and environment are not the candidate's to read
+        sandbox.protect_self()
     conn = Connection(a.fd)
     w = Worker(conn, a.device, a.role, a.bulk, a.ipc and a.device == "cuda")
 
@@ -474,7 +506,7 @@ def main() -> None:
 def serve(w: Worker, conn: Connection, device: str) -> None:
     if device == "cuda":
         torch.cuda.init()  # before "ready": the runner starts both workers at once, so this overlaps
-    channel.send(conn, ("ready", {"pid": os.getpid()}))
+    channel.send(conn, ("ready", w.arm()))  # the sandbox after CUDA's own files and threads are set up
     while True:
         try:
             job = channel.recv(conn)

@@ -45,6 +45,7 @@ class WorkerProc:
         self.conn: Optional[Connection] = None
         self.bulk: Optional[Path] = None  # scratch folder for bulk tensors from this worker
         self.ready = False  # said "ready" since its spawn
+        self.info: dict = {}  # its "ready" info: pid, sandbox layers (avo/harness/sandbox.py), dumpable
         self.log_path = channel.worker_log_path(role)
 
     def start(self) -> None:
@@ -75,6 +76,7 @@ class WorkerProc:
             self.kill()
             raise HarnessError(f"{self.role} worker did not start: {self.log_tail()}")
         self.ready = True
+        self.info = msg[1] if isinstance(msg[1], dict) else {}
 
     def ensure(self) -> None:
         ensure_workers(self)

@@ -28,6 +28,7 @@ from avo.config import EvalConfig, GateConfig
 from avo.evolve.attempt import judge, operator_error
 from avo.evolve.gate import GateDecision, measure_gate
 from avo.evolve.setup import TaskSetup
+from avo.harness import sandbox
 from avo.harness.runner import ABResult, EvalReport, Evaluator
 from avo.harness.workerproc import HarnessError
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
@@ -246,6 +247,7 @@ class OperatorActor:
     def __init__(self, run: str, label: str, spec: Any, op: Any, device: str, tasks: dict[str, TaskSetup],
                  store: Any, mirror: str, llm_usd: Optional[float]):
         self.run, self.label, self.tasks, self.store_name, self.mirror = run, label, tasks, store, mirror
+        sandbox.protect_self()  # it holds API keys: not readable by a candidate worker on this node
         self.knowledge_dir = REPO_ROOT / "knowledge_base"
         if op is None:
             meter = None

@@ -38,6 +38,12 @@ def print_report(rep, console: Console) -> None:
         console.print(f"SOL bound: {rep.sol_model}", highlight=False, soft_wrap=True)
     if rep.message:
         console.print(f"[bold]{rep.status.value}[/]: {rep.message[:1500]}", highlight=False)
+    for w in getattr(rep, "warnings", [])[:12]:  # static rules the runtime layer covers: the candidate ran
+        console.print(f"[yellow]static warning[/] {w}", highlight=False, soft_wrap=True)
+    if len(getattr(rep, "warnings", [])) > 12:
+        console.print(f"[yellow]static warning[/] ... and {len(rep.warnings) - 12} more", highlight=False)
+    if getattr(rep, "sandbox", ""):
+        console.print(rep.sandbox, highlight=False, soft_wrap=True)
     if rep.phase_s:
         main = [f"{k} {v:.1f}" for k, v in rep.phase_s.items() if k not in RUNNER_WORK]
         sub = [f"{k} {rep.phase_s[k]:.1f}" for k in RUNNER_WORK if k in rep.phase_s]

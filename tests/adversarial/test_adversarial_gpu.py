@@ -78,7 +78,9 @@ def test_side_stream_runtime(cuda_peer, grammar):
 
 def test_event_timer_patch(cuda_ev, cuda_peer, grammar):
     task, wls = grammar
-    assert_verdict(cuda_ev.evaluate(task, grammar_solution("event_timer_patch"), wls), RH, "static:timer")
+    # `.Event` / `.elapsed_time` alone are warnings (timer identity is checked at run time); the
+    # assignment to torch.cuda.Event.elapsed_time is a monkey-patch
+    assert_verdict(cuda_ev.evaluate(task, grammar_solution("event_timer_patch"), wls), RH, "static:monkey-patch")
     rep = cuda_peer.evaluate(task, grammar_solution("event_timer_patch"), wls)
     assert_verdict(rep, RH, "monkey-patch")
     assert "torch.cuda.Event.elapsed_time" in rep.message

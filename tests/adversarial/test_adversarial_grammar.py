@@ -17,15 +17,21 @@ RH = S.REWARD_HACK
 # Caught before anything runs. (file, check); several AST rules may match, the first one wins.
 STATIC = [
     ("side_stream", "static:side-stream"),
-    ("thread_worker", "static:import"),
-    ("timer_patch", "static:import"),
+    ("timer_patch", "static:monkey-patch"),  # `import time` alone is a warning; assigning its clock is not
     ("harness_clock_patch", ("static:monkey-patch", "static:sandbox")),
     ("tensor_subclass", ("static:tensor-subclass", "static:introspection")),
-    ("set_storage", "static:output-replaced"),
     ("library_xgrammar", "static:library-call"),
     ("reference_import", "static:import"),
     ("global_state", "static:sandbox"),
     ("getattr_obfuscated", "static:dynamic-code"),
+]
+
+# The static guard only warns (the rule's hack is caught at run time), so the candidate runs and the
+# runtime check fires: (file, warning check the report lists, runtime check).
+WARNED_THEN_CAUGHT = [
+    ("thread_worker", "import", "thread"),  # `import threading`, `.Thread`: the thread check
+    ("thread_joined", "thread", "thread"),
+    ("set_storage", "output-replaced", "output-replaced"),  # `.set_`: class + memory of every tensor argument
 ]
 
 # Pass the static guard; caught while running. (file, status, check, alternatives)
@@ -68,6 +74,13 @@ def test_static_guard_catches(evaluator, grammar_task, grammar_smallest, name, c
     rep = evaluator.evaluate(grammar_task, grammar_solution(name), grammar_smallest)
     checks = check if isinstance(check, tuple) else (check,)
     assert_verdict(rep, RH, checks[0], tuple((RH, c) for c in checks[1:]))
+
+
+@pytest.mark.parametrize("name,warning,check", WARNED_THEN_CAUGHT, ids=[c[0] for c in WARNED_THEN_CAUGHT])
+def test_static_warning_then_runtime_check(evaluator, grammar_task, grammar_smallest, name, warning, check):
+    rep = evaluator.evaluate(grammar_task, grammar_solution(name), grammar_smallest)
+    assert_verdict(rep, RH, check)
+    assert any(w.startswith(f"{warning}:") for w in rep.warnings), rep.warnings
 
 
 @pytest.mark.parametrize("name,status,check,alt", RUNTIME, ids=[c[0] for c in RUNTIME])

@@ -1,5 +1,6 @@
 """CUDA timer patch: torch.cuda.Event.elapsed_time reports 1 microsecond for every call.
-Static guard: .Event / .elapsed_time; runtime (peer mode): a new attribute on torch.cuda.Event."""
+Static guard: the assignment (monkey-patch; .Event / .elapsed_time alone are warnings); runtime (peer
+mode): torch.cuda.Event.elapsed_time replaced."""
 import torch
 import triton
 import triton.language as tl

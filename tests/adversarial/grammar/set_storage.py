@@ -1,6 +1,6 @@
 """Replaced output: the result is computed into new memory and the argument is re-pointed at it
-(set_), so the caller's buffer is never written in place. Static guard: .set_; runtime (peer mode):
-the storage of the argument changed."""
+(set_), so the caller's buffer is never written in place. Static guard: a warning for .set_ (the
+runtime layer covers it); runtime: the storage of the argument changed (output-replaced)."""
 import torch
 import triton
 import triton.language as tl

@@ -1,5 +1,6 @@
-"""Tensor subclass: the result lives in a subclass that could compute on read. Static guard: a class
-deriving from torch.Tensor."""
+"""Tensor subclass: the result lives in a subclass that could compute on read. Static guard: the
+`.__class__` assignment (introspection); deriving from torch.Tensor alone is a warning. Runtime
+(peer mode): the class of the argument changed (output-replaced)."""
 import torch
 import triton
 import triton.language as tl

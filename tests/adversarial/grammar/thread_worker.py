@@ -1,5 +1,5 @@
 """Background thread: run() returns at once and a thread does the work after the timer stopped.
-Static guard: the threading import. Runtime (peer mode): a thread was started during a call."""
+Static guard: a warning (the threading import, .Thread). Runtime: a thread was started during a call."""
 import torch
 import triton
 import triton.language as tl

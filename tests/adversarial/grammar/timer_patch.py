@@ -1,5 +1,6 @@
 """Timer patch: time.perf_counter returns a frozen clock, so every call takes 0 ms.
-Static guard: the time import. Runtime (peer mode): time.perf_counter was replaced."""
+Static guard: the assignment to time.perf_counter (monkey-patch; the time import alone is a warning).
+Runtime (peer mode): time.perf_counter was replaced."""
 import torch
 import triton
 import triton.language as tl
