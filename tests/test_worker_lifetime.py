@@ -4,7 +4,6 @@ gone, a worker removes its own folder on SIGTERM, and the derived run limit scal
 candidate's measured calls. Real processes, the tiny task of test_harness.py."""
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -43,16 +42,8 @@ ev.evaluate(task, sol.model_copy(update={"sources": [SourceFile(path="k.py", con
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_double")
-    (root / "definition.json").write_text(json.dumps({
-        "name": "tiny_double", "op_type": "elementwise", "axes": {"n": {"type": "var"}},
-        "inputs": {"x": {"shape": ["n"], "dtype": "float32"}},
-        "outputs": {"out": {"shape": ["n"], "dtype": "float32"}},
-        "tolerance": {"atol": 1e-6, "rtol": 1e-6}}))
-    (root / "reference.py").write_text(REFERENCE)
-    (root / "workloads.jsonl").write_text(json.dumps(
-        {"uuid": "n37", "axes": {"n": 37}, "inputs": {"x": {"type": "random"}}, "target": "cpu"}) + "\n")
+def tiny_root(tmp_path_factory, write_tiny_double) -> Path:
+    root = write_tiny_double(tmp_path_factory.mktemp("tiny_double"), REFERENCE)
     (root / "k.py").write_text(HONEST)
     return root
 

@@ -60,17 +60,8 @@ def run(x, out):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_double_sbx")
-    (root / "definition.json").write_text(json.dumps({
-        "name": "tiny_double", "op_type": "elementwise", "axes": {"n": {"type": "var"}},
-        "inputs": {"x": {"shape": ["n"], "dtype": "float32"}},
-        "outputs": {"out": {"shape": ["n"], "dtype": "float32"}},
-        "tolerance": {"atol": 1e-6, "rtol": 1e-6}}))
-    (root / "reference.py").write_text("def run(x):\n    return x * 2\n")
-    (root / "workloads.jsonl").write_text(json.dumps(
-        {"uuid": "n37", "axes": {"n": 37}, "inputs": {"x": {"type": "random"}}, "target": "cpu"}) + "\n")
-    return load_task(str(root))
+def tiny(tmp_path_factory, write_tiny_double):
+    return load_task(str(write_tiny_double(tmp_path_factory.mktemp("tiny_double_sbx"), "def run(x):\n    return x * 2\n")))
 
 
 def sol(code: str, extra: dict[str, str] | None = None, name: str = "cand") -> Solution:
