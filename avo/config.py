@@ -231,6 +231,13 @@ def _error_line(e: ValidationError, path: Path) -> str:
     return f"{path}: {loc + ': ' if loc else ''}{msg}{more}"
 
 
+def _override(raw: dict, section: str, **values) -> None:
+    """Command-line values (those not None) over the keys of one section of a raw config."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if given:
+        raw[section] = {**(raw.get(section) or {}), **given}
+
+
 def load_config(path: Path, run: Optional[str] = None, minutes: Optional[float] = None,
                 attempts: Optional[int] = None, device: Optional[str] = None,
                 compile_timeout_s: Optional[float] = None, run_timeout_s: Optional[float] = None) -> RunConfig:
@@ -251,20 +258,8 @@ def load_config(path: Path, run: Optional[str] = None, minutes: Optional[float] 
         raw["run"] = run
     if device is not None:
         raw["device"] = device
-    if minutes is not None or attempts is not None:
-        budget = dict(raw.get("budget") or {})
-        if minutes is not None:
-            budget["wall_minutes"] = minutes
-        if attempts is not None:
-            budget["attempts"] = attempts
-        raw["budget"] = budget
-    if compile_timeout_s is not None or run_timeout_s is not None:
-        ev = dict(raw.get("eval") or {})
-        if compile_timeout_s is not None:
-            ev["compile_timeout_s"] = compile_timeout_s
-        if run_timeout_s is not None:
-            ev["run_timeout_s"] = run_timeout_s
-        raw["eval"] = ev
+    _override(raw, "budget", wall_minutes=minutes, attempts=attempts)
+    _override(raw, "eval", compile_timeout_s=compile_timeout_s, run_timeout_s=run_timeout_s)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:

@@ -17,6 +17,7 @@ mapping, so the comparison runs on device memory the sender can no longer touch.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import secrets
@@ -183,10 +184,7 @@ def _open_ipc(obj: tuple, ipc: bool) -> torch.Tensor:
             and (ev_handle is None or isinstance(ev_handle, bytes))):
         raise ChannelError("malformed CUDA IPC header")
     dt = _BULK_DTYPES[dtype]
-    n = 1
-    for x in shape:
-        n *= x
-    need = (offset + n) * dt.itemsize
+    need = (offset + math.prod(shape)) * dt.itemsize
     if need > size_b:
         raise ChannelError(f"CUDA IPC tensor: {need} bytes from a {size_b}-byte allocation")
     if dev != torch.cuda.current_device():
@@ -216,9 +214,7 @@ def _fill(obj: Any, d: Optional[Path], ipc: bool) -> Any:
         raise ChannelError("malformed bulk tensor header")
     path = d / name
     dt = _BULK_DTYPES[dtype]
-    nbytes = dt.itemsize
-    for s in shape:
-        nbytes *= s
+    nbytes = dt.itemsize * math.prod(shape)
     try:
         if path.stat().st_size != nbytes:
             raise ChannelError(f"bulk tensor {name}: {path.stat().st_size} bytes, header says {nbytes}")

@@ -46,10 +46,10 @@ def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float
     wall calls, each costing at most a checked call or a reference round trip. RUN_FACTOR times
     that, at least RUN_FLOOR_S; FIXED_RUN_S where nothing was measured."""
     kind, _, wl = phase.partition(":")
+    call = seen.get(f"check:{wl}") or seen.get(f"compile:{wl}")  # a checked call: the later ones, else the first
     if kind == "check":
         est = seen.get(f"compile:{wl}")
-    elif kind == "time" and (seen.get(f"check:{wl}") or seen.get(f"compile:{wl}")) is not None:
-        call = seen.get(f"check:{wl}") or seen[f"compile:{wl}"]
+    elif kind == "time" and call is not None:
         calls = timing["warmup"] + timing["iters"] + n_sets
         est = (calls + n_sets + (timing.get("wall_reps", 20) if cuda else 0)) * call + calls * ref_s.get(wl, 0.0)
     else:

@@ -180,11 +180,19 @@ def writes_confined(info: Optional[dict]) -> bool:
     return bool(info and info.get("layers", {}).get("fs", {}).get("on"))
 
 
+def disabled() -> Optional[dict]:
+    """The sandbox info when AVO_SANDBOX=off turns it off (diagnosing a machine), else None."""
+    if os.environ.get("AVO_SANDBOX", "").lower() in ("0", "off", "no", "false"):
+        return {"off": "AVO_SANDBOX=off"}
+    return None
+
+
 def expected(device: str) -> dict:
     """What `confine` will set up in a candidate worker on this machine, without setting it up (the
     runner scans a candidate before its worker has said what it got)."""
-    if os.environ.get("AVO_SANDBOX", "").lower() in ("0", "off", "no", "false"):
-        return {"off": "AVO_SANDBOX=off"}
+    off = disabled()
+    if off:
+        return off
     abi, why = landlock_abi()
     return {"layers": {"fs": {"on": abi > 0, "detail": f"landlock ABI {abi}" if abi else why}}}
 

@@ -107,10 +107,7 @@ class Worker:
         sandbox's own changes included). The reference role is trusted: it only makes itself
         non-dumpable (main). Returns the "ready" info."""
         if self.role == "candidate":
-            if os.environ.get("AVO_SANDBOX", "").lower() in ("0", "off", "no", "false"):
-                self.sandbox = {"off": "AVO_SANDBOX=off"}
-            else:
-                self.sandbox = sandbox.confine(self.tmp, self.bulk, self.mode, self.ipc)
+            self.sandbox = sandbox.disabled() or sandbox.confine(self.tmp, self.bulk, self.mode, self.ipc)
         self.guard = guard.RuntimeGuard()
         return {"pid": os.getpid(), "sandbox": self.sandbox, "dumpable": sandbox.dumpable()}
 
