@@ -76,16 +76,41 @@ class AgenticSpec(Strict):
     max_evaluations: int = Field(default=8, ge=1)  # evaluate-tool calls per step
     critique: bool = True  # the first submit returns a critique to answer
     profile: bool = True  # offer the ncu profile tool where a GPU and ncu exist
+    shell: bool = True  # the shell tool: bash in the workspace, sandboxed, one at a time with evaluations
+    shell_timeout_s: float = Field(default=300.0, gt=0)  # the most one shell command may run
     timeout_s: float = Field(default=180.0, gt=0)  # per HTTP call
     max_retries: int = Field(default=5, ge=0)  # on 429/5xx/timeouts, exponential backoff
     backoff_s: float = Field(default=2.0, ge=0)
 
 
 class ExternalSpec(Strict):
+    """A coding-agent CLI run headless in a scratch folder (docs/agents.md, External operator):
+    `agent: claude` (Claude Code) or `codex` (Codex CLI) builds the command line and reads the
+    cost the CLI reports; `agent: command` runs `command` as written."""
     kind: Literal["external"] = "external"
     name: str = "external"
-    command: str = Field(min_length=1)  # a coding-agent CLI run in a worktree
+    agent: Literal["command", "claude", "codex"] = "command"
+    command: Optional[str] = Field(default=None, min_length=1)  # agent: command; {workdir} {task} {kernel} {device} {python}
+    executable: Optional[str] = None  # claude / codex: the CLI (default: that name on PATH)
+    model: Optional[str] = None  # claude --model / codex --model
+    prompt: Optional[str] = None  # claude / codex: the instruction (default: follow AGENTS.md)
+    max_turns: Optional[int] = Field(default=None, ge=1)  # claude --max-turns
+    allowed_tools: Optional[list[str]] = None  # claude --allowedTools (default: avo eval/lineage, git diff/log, files)
+    extra_args: list[str] = Field(default_factory=list)  # appended to a preset's command line
+    output: Optional[Literal["text", "claude-json", "codex-jsonl"]] = None  # what stdout reports (default by agent)
+    # codex reports tokens, not dollars: priced here (USD per million tokens; cached input at its own price)
+    price_in_per_mtok: float = Field(default=1.25, ge=0.0)
+    price_cached_in_per_mtok: float = Field(default=0.125, ge=0.0)
+    price_out_per_mtok: float = Field(default=10.0, ge=0.0)
     timeout_s: float = Field(default=1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExternalSpec":
+        if self.agent == "command" and not self.command:
+            raise ValueError("agent: command needs a command (or use agent: claude | codex)")
+        if self.agent != "command" and self.command:
+            raise ValueError(f"agent: {self.agent} builds its own command line; put extra flags in extra_args")
+        return self
 
 
 OperatorSpec = Annotated[Union[HeuristicSpec, AgenticSpec, ExternalSpec], Field(discriminator="kind")]

@@ -401,8 +401,19 @@ class RunState:
         probe = lambda src: ev.evaluate(setup.task, kernel_solution(isl.task, src, f"{isl.task}-{aid}-probe"),
                                         setup.workloads)
         return StepContext(seed=self.cfg.seed * 1_000_003 + n, workdir=self.lineage.path / "work" / aid,
-                           evaluate=probe, knowledge_dir=self.knowledge_dir, lineage_root=self.lineage.path)
+                           evaluate=probe, knowledge_dir=self.knowledge_dir, lineage_root=self.lineage.path,
+                           run_shell=lambda cmd, folder, timeout_s: local_shell(ev, self.device, cmd, folder, timeout_s))
 
     def close(self) -> None:
         if self.lineage is not None:
             self.lineage.close()
+
+
+def local_shell(ev, device: str, command: str, folder, timeout_s: float):
+    """An operator's shell command on the local backend. The loop is one thread: while an operator
+    proposes nothing else evaluates, so the command has the GPU as an evaluation would; its time
+    counts as the evaluator's, like the operator's own evaluations."""
+    from avo.operators.shell import run_shell
+    res = run_shell(command, folder, timeout_s, device)
+    ev.busy_s += res.seconds
+    return res

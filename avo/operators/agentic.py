@@ -110,6 +110,8 @@ class AgenticOperator:
         self.context_tokens = int(getattr(spec, "context_tokens", 200_000))
         self.critique = bool(getattr(spec, "critique", True))
         self.profile = bool(getattr(spec, "profile", True))
+        # the shell tool (avo/operators/shell.py), where the step offers one: on unless the spec says no
+        self.shell_timeout_s = float(getattr(spec, "shell_timeout_s", 300.0)) if getattr(spec, "shell", True) else None
         self._client: Optional[LLMClient] = None
 
     def client(self) -> LLMClient:
@@ -151,7 +153,8 @@ class AgenticOperator:
         cost0, tokens0 = self.meter.spent_usd, self.meter.tokens
         repo = self._repo(ctx)
         env = ToolEnv(workspace=ws, view=view, ctx=ctx, parent_source=view.best.source, kb=self._kb(ctx),
-                      repo=repo, max_evaluations=self.max_evaluations, profiler=self._profiler(view))
+                      repo=repo, max_evaluations=self.max_evaluations, profiler=self._profiler(view),
+                      shell_timeout_s=self.shell_timeout_s)
         if self.critique:
             env.critique = lambda src: self._critique(env, src)
 

@@ -70,6 +70,9 @@ class StepContext(BaseModel):
     evaluate: Optional[Callable[[str], Any]] = None  # source -> avo.harness.runner.EvalReport
     knowledge_dir: Optional[Path] = None
     lineage_root: Optional[Path] = None  # git repo of the run, read-only for operators
+    # (command, folder, timeout_s) -> avo.operators.shell.ShellResult: a shell command run where
+    # evaluations run, one at a time with them (the agentic shell tool); None: no shell this step
+    run_shell: Optional[Callable[[str, Path, float], Any]] = None
 
 
 class Operator(Protocol):

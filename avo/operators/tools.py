@@ -43,6 +43,7 @@ class ToolEnv:
     max_evaluations: int = 8
     critique: Optional[Callable[[str], str]] = None  # kernel source -> critique prompt (first submit)
     profiler: Optional[Callable[[str, Optional[str]], str]] = None  # (source, workload) -> summary
+    shell_timeout_s: Optional[float] = None  # the most a shell command may run; None: no shell tool
     evaluations: list[EvalRecord] = field(default_factory=list)
     critiqued: bool = False
     submitted: Optional[str] = None  # the note, once submit is accepted
@@ -91,6 +92,13 @@ class WriteFileArgs(_Args):
 
 class EvaluateArgs(_Args):
     path: Optional[str] = Field(None, description="workspace kernel to evaluate; default: the step's kernel file")
+
+
+class ShellArgs(_Args):
+    command: str = Field(description="bash command line, run in the workspace folder (e.g. "
+                         "'python -c ...', 'TRITON_INTERPRET=1 python bench.py', a compile with PTX dump)")
+    timeout_s: Optional[float] = Field(None, gt=0, description="seconds before the command is killed; "
+                                       "default and maximum: the operator's shell limit")
 
 
 class LineageLogArgs(_Args):
@@ -235,6 +243,19 @@ def evaluate(env: ToolEnv, a: EvaluateArgs) -> str:
     return text + f"\n(evaluation {len(env.evaluations)} of at most {env.max_evaluations} this step)"
 
 
+def shell(env: ToolEnv, a: ShellArgs) -> str:
+    if env.ctx.run_shell is None or env.shell_timeout_s is None:
+        raise ToolError("no shell in this step")
+    if not a.command.strip():
+        raise ToolError("command is empty")
+    limit = min(a.timeout_s or env.shell_timeout_s, env.shell_timeout_s)
+    try:
+        res = env.ctx.run_shell(a.command, env.workspace, limit)
+    except Exception as e:  # the folder could not be shipped, the evaluator actor was lost, ...
+        raise ToolError(f"shell failed: {' '.join(str(e).split())[:600]}") from None
+    return res.text()
+
+
 def lineage_log(env: ToolEnv, a: LineageLogArgs) -> str:
     return _git(env, "log", "--format=%h %ad %d %s", "--date=short", "-n", str(a.n), _ref(a.ref) if a.ref else "--all")
 
@@ -332,6 +353,11 @@ ALL_TOOLS = [
     Tool("edit", "Replace one exact occurrence of `search` with `replace` in a workspace file.", EditArgs, edit),
     Tool("write_file", "Create or overwrite a workspace file.", WriteFileArgs, write_file),
     Tool("evaluate", "Run the real evaluator on the kernel: correctness on every workload, timing, speedup, % of SOL.", EvaluateArgs, evaluate),
+    Tool("shell", "Run a bash command in the workspace folder: compile a variant and dump PTX/SASS, "
+         "micro-benchmark a fragment, a quick Python check. stdout+stderr come back (head and tail of long "
+         "output) with the exit code; the command is killed at its time limit. No network, no API keys; writes "
+         "only inside the workspace and the compile caches. GPU use waits its turn like an evaluation. "
+         "`evaluate` gives the verdict that counts.", ShellArgs, shell),
     Tool("lineage_log", "Commits of the run's lineage (accepted versions), newest first.", LineageLogArgs, lineage_log),
     Tool("lineage_show", "One lineage commit: message, files, notes (traces).", LineageShowArgs, lineage_show),
     Tool("lineage_diff", "Diff between two lineage commits.", LineageDiffArgs, lineage_diff),
@@ -344,7 +370,8 @@ ALL_TOOLS = [
 
 
 def tools_for(env: ToolEnv) -> list[Tool]:
-    """The tools that work in this environment (profile only with a profiler, lineage only with a repo)."""
+    """The tools that work in this environment (profile only with a profiler, lineage only with a
+    repo, shell only where the step offers one and the operator allows it)."""
     skip = set()
     if env.profiler is None:
         skip.add("profile")
@@ -352,6 +379,8 @@ def tools_for(env: ToolEnv) -> list[Tool]:
         skip |= {"lineage_log", "lineage_show", "lineage_diff"}
     if env.kb is None:
         skip |= {"kb_search", "kb_read"}
+    if env.ctx.run_shell is None or env.shell_timeout_s is None:
+        skip.add("shell")
     return [t for t in ALL_TOOLS if t.name not in skip]
 
 

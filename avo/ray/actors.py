@@ -34,6 +34,7 @@ from avo.harness.workerproc import HarnessError
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
 from avo.operators.factory import make_operator
 from avo.operators.llm import CostMeter
+from avo.operators.shell import run_shipped
 from avo.schema import Solution, Workload
 from avo.tasks import REPO_ROOT, Task, kernel_solution
 
@@ -137,6 +138,7 @@ class EvaluatorActor:
         with open(starts, "a") as f:
             f.write(f"{os.getpid()}\n")
         self.starts = len(starts.read_text().split())
+        self.shell_root = root / f"evaluator-{index}-shell"
         self.ev = Evaluator(eval_cfg)
 
     def _remember_workers(self) -> None:
@@ -202,6 +204,14 @@ class EvaluatorActor:
         finally:
             self._remember_workers()
 
+    def shell(self, data: bytes, command: str, timeout_s: float) -> tuple[Any, float]:
+        """An operator's shell command, in this actor's slot (one request at a time on its GPU), on a
+        copy of the operator's folder: ((ShellResult, the folder after it), busy seconds)."""
+        from avo.operators.shell import shell_in_copy
+        res, back = shell_in_copy(data, command, timeout_s, self.ev.device, self.shell_root)
+        self.ev.busy_s += res.seconds
+        return (res, back), res.seconds
+
     def close(self) -> None:
         self.ev.close()
 
@@ -238,6 +248,9 @@ class RemoteEvaluator:
                 rounds: int = 2) -> dict[str, list[list[float]]]:
         return self._call("measure", task, solutions, workloads, rounds)
 
+    def shell(self, data: bytes, command: str, timeout_s: float) -> tuple[Any, bytes]:
+        return self._call("shell", data, command, timeout_s)
+
 
 # ---- operator ----
 class OperatorActor:
@@ -251,7 +264,7 @@ class OperatorActor:
         self.knowledge_dir = REPO_ROOT / "knowledge_base"
         if op is None:
             meter = None
-            if getattr(spec, "kind", "") == "agentic":
+            if getattr(spec, "kind", "") in ("agentic", "external"):
                 meter = CostMeter(llm_usd)  # set to the run's spend before every step
             op = make_operator(spec, self.knowledge_dir, device, meter)
         self.op = op
@@ -295,8 +308,10 @@ class OperatorActor:
                                             setup.workloads)
         outcome = StepOutcome(kind="error", node=self._node())
         try:
+            # the shell tool runs in the evaluator's slot, on a copy of the folder (avo/operators/shell.py)
+            shell = lambda cmd, folder, timeout_s: run_shipped(remote.shell, cmd, folder, timeout_s)
             ctx = StepContext(seed=t.seed, workdir=workdir, evaluate=probe, knowledge_dir=self.knowledge_dir,
-                              lineage_root=self._lineage_root(t))
+                              lineage_root=self._lineage_root(t), run_shell=shell)
             out = self.op.propose(t.view, ctx)
         except Exception as e:
             outcome.error = operator_error(e)
