@@ -107,3 +107,131 @@ def test_exit_without_verdict_or_change_is_a_give_up(tmp_path):
     unchanged = "import sys; from pathlib import Path; (Path(sys.argv[1]) / 'SUBMIT.md').write_text('did nothing')"
     out, _ = run_agent(tmp_path / "b", unchanged)
     assert isinstance(out, GiveUp) and "unchanged" in out.reason
+
+
+# ---- headless presets through stand-in CLIs (tests/agent_standins/claude, codex) ----
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+from avo.config import ExternalSpec  # noqa: E402
+from avo.operators.llm import CostMeter  # noqa: E402
+from fake_llm_server import FakeLLMServer, Turn  # noqa: E402
+
+STANDINS = Path(__file__).resolve().parent / "agent_standins"
+KEY = "sk-avo-external-secret-51c7"
+SMALL_WL = "cpu_b3_v1000_float32"
+
+
+@pytest.fixture
+def standins(monkeypatch):
+    """The stand-in `claude` and `codex` first on PATH; their `avo eval` on one small workload."""
+    monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("AVO_STANDIN_EVAL_ARGS", f"--workloads {SMALL_WL}")
+    for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "AVO_STANDIN_SLEEP", "AVO_STANDIN_EDIT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def run_preset(tmp_path: Path, meter=None, **spec):
+    op = ExternalOperator(ExternalSpec(name=spec.get("agent", "ext"), **spec), device="interpret", meter=meter)
+    view = LineageView(task="grammar_bitmask", island=1, best=VersionView(commit="feedc0ffee12", source=SEED, note="seed"))
+    ctx = StepContext(seed=0, workdir=tmp_path / "step")
+    return op.propose(view, ctx), ctx, op
+
+
+def test_claude_headless_preset_runs_avo_eval_and_charges_its_cost(tmp_path, standins, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    meter = CostMeter(limit_usd=1.0)
+    with FakeLLMServer([Turn(text="plan", input_tokens=1000, output_tokens=100)]) as srv:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.anthropic_url)
+        out, ctx, _ = run_preset(tmp_path, meter, agent="claude", max_turns=30, model="claude-sonnet-4-5")
+    log = (ctx.workdir / "external.log").read_text()
+    assert isinstance(out, Proposal), f"{out}\n{log}"
+    assert out.note == "BLOCK_SIZE 256 -> 1024: fewer, larger programs" and "BLOCK_SIZE=1024," in out.source
+    cmd = log.splitlines()[0]
+    assert cmd.startswith("$ claude -p ") and "--output-format json" in cmd and "--permission-mode acceptEdits" in cmd
+    assert "'Bash(avo eval *),Bash(avo lineage *)," in cmd and "--max-turns 30" in cmd and "--max-budget-usd 1.0000" in cmd
+    assert "PASSED" in (ctx.workdir / "external.stdout").read_text() or "success" in log
+    report = json.loads((ctx.workdir / "external.stdout").read_text())
+    assert report["type"] == "result" and report["subtype"] == "success" and report["permission_denials"] == []
+    cost = (1000 * 3.0 + 100 * 15.0) / 1e6  # what the stand-in reports from the server's usage
+    assert out.cost_usd == pytest.approx(cost) and out.tokens == 1100
+    assert meter.spent_usd == pytest.approx(cost) and meter.tokens == 1100  # the run's budget saw it
+    assert "claude: success" in log and "charged to the run's LLM budget" in log
+    assert "[avo] NOTES.md:\ntried BLOCK_SIZE 1024" in log  # the agent's notes join the transcript
+    assert srv.requests[0].headers.get("x-api-key") == KEY  # the agent kept its key (the evaluator never has it)
+
+
+def test_claude_without_permission_for_avo_eval_gives_up_and_still_pays(tmp_path, standins):
+    meter = CostMeter(limit_usd=None)
+    out, ctx, _ = run_preset(tmp_path, meter, agent="claude", allowed_tools=["Read", "Edit", "Write"])
+    assert isinstance(out, GiveUp) and "permission denied" in out.reason, out
+    report = json.loads((ctx.workdir / "external.stdout").read_text())
+    assert report["permission_denials"][0]["tool_name"] == "Bash"
+    assert out.cost_usd == pytest.approx(report["total_cost_usd"]) and out.cost_usd > 0
+    assert meter.spent_usd == pytest.approx(out.cost_usd)
+
+
+def test_codex_exec_preset_prices_the_reported_tokens(tmp_path, standins, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    meter = CostMeter(limit_usd=5.0)
+    with FakeLLMServer([Turn(text="plan", input_tokens=5000, output_tokens=300)]) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_url)
+        out, ctx, _ = run_preset(tmp_path, meter, agent="codex", model="gpt-5-codex",
+                                 price_in_per_mtok=2.0, price_out_per_mtok=8.0)
+    log = (ctx.workdir / "external.log").read_text()
+    assert isinstance(out, Proposal), f"{out}\n{log}"
+    cmd = log.splitlines()[0]
+    assert cmd.startswith("$ codex exec --json --sandbox workspace-write --skip-git-repo-check")
+    assert "--model gpt-5-codex" in cmd and cmd.endswith("GIVEUP.md).'")  # the prompt comes last
+    events = [json.loads(l) for l in (ctx.workdir / "external.stdout").read_text().splitlines()]
+    assert [e["type"] for e in events][:2] == ["thread.started", "turn.started"] and events[-1]["type"] == "turn.completed"
+    ran = next(e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "command_execution")
+    assert ran["exit_code"] == 0 and "PASSED" in ran["aggregated_output"]  # avo eval ran inside its sandbox mode
+    cost = (5000 * 2.0 + 300 * 8.0) / 1e6
+    assert out.cost_usd == pytest.approx(cost) and out.tokens == 5300 and meter.spent_usd == pytest.approx(cost)
+    assert "codex: 1 turns, 5000 input (0 cached) + 300 output tokens" in log
+    assert srv.requests[0].headers.get("authorization") == f"Bearer {KEY}"
+
+
+def test_codex_read_only_sandbox_cannot_edit(tmp_path, standins):
+    out, ctx, _ = run_preset(tmp_path, agent="codex", extra_args=["--sandbox", "read-only"])
+    assert isinstance(out, GiveUp) and "without SUBMIT.md" in out.reason, out
+    assert "read-only" in (ctx.workdir / "external.log").read_text()
+    assert out.cost_usd == pytest.approx((4000 * 1.25 + 20000 * 0.125 + 1500 * 10.0) / 1e6)  # priced tokens, cached apart
+
+
+def test_stand_ins_refuse_flags_their_cli_lacks(tmp_path, standins):
+    for argv in (["claude", "-p", "x", "--frobnicate"], ["codex", "exec", "--frobnicate", "x"]):
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 2 and "unrecognized arguments: --frobnicate" in r.stderr, (argv, r.stderr)
+    out, ctx, _ = run_preset(tmp_path / "bad", agent="claude", extra_args=["--frobnicate"])
+    assert isinstance(out, GiveUp) and "exited (code 2)" in out.reason and out.cost_usd == 0
+    assert "no cost reported" in (ctx.workdir / "external.log").read_text()
+
+
+def test_a_spent_budget_stops_the_step_before_the_agent_runs(tmp_path, standins):
+    meter = CostMeter(limit_usd=0.01)
+    meter.spent_usd = 0.02
+    out, ctx, _ = run_preset(tmp_path, meter, agent="claude")
+    assert isinstance(out, GiveUp) and "LLM budget exhausted" in out.reason
+    assert not (ctx.workdir / "external.log").exists()
+
+
+def test_a_timed_out_preset_is_killed_and_reports_no_cost(tmp_path, standins, monkeypatch):
+    monkeypatch.setenv("AVO_STANDIN_SLEEP", "60")
+    t0 = time.monotonic()
+    out, ctx, _ = run_preset(tmp_path, agent="claude", timeout_s=2)
+    assert time.monotonic() - t0 < 20
+    assert isinstance(out, GiveUp) and "timed out after 2s" in out.reason and out.cost_usd == 0
+    assert "(killed: timeout)" in (ctx.workdir / "external.log").read_text()
+
+
+def test_external_spec_presets_validate():
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="needs a command"):
+        ExternalSpec(agent="command")
+    with pytest.raises(ValidationError, match="builds its own command line"):
+        ExternalSpec(agent="claude", command="claude -p hi")
+    assert ExternalSpec(agent="codex").output is None  # read by agent: codex-jsonl

@@ -11,7 +11,7 @@ from avo.operators.base import Operator, TrajectoryReview
 
 def make_operator(spec, knowledge_dir: Optional[Path] = None, device: str = "auto", meter: Any = None) -> Operator:
     """One operator per spec. `meter` (avo.operators.llm.CostMeter) is shared by every agentic
-    operator of a run so `budget.llm_usd` caps their sum. Per-step context (workdir, evaluate
+    and external operator of a run so `budget.llm_usd` caps their sum. Per-step context (workdir, evaluate
     tool, lineage) comes in StepContext."""
     if isinstance(spec, HeuristicSpec):
         from avo.operators.heuristic import HeuristicOperator
@@ -21,14 +21,14 @@ def make_operator(spec, knowledge_dir: Optional[Path] = None, device: str = "aut
         return AgenticOperator(spec, meter=meter, device=device, knowledge_dir=knowledge_dir)
     elif isinstance(spec, ExternalSpec):
         from avo.operators.external import ExternalOperator
-        return ExternalOperator(spec, device=device, knowledge_dir=knowledge_dir)
+        return ExternalOperator(spec, device=device, knowledge_dir=knowledge_dir, meter=meter)
     raise ConfigError(f"unknown operator kind {getattr(spec, 'kind', spec)!r}")
 
 
 def make_meter(cfg: RunConfig, spent_usd: float = 0.0) -> Any:
-    """The run's LLM cost meter (None when no agentic operator is configured); a resumed run
-    starts it at what the earlier sessions spent."""
-    if not any(isinstance(o, AgenticSpec) for o in cfg.operators):
+    """The run's LLM cost meter (None when no agentic or external operator is configured); a
+    resumed run starts it at what the earlier sessions spent."""
+    if not any(isinstance(o, (AgenticSpec, ExternalSpec)) for o in cfg.operators):
         return None
     from avo.operators.llm import CostMeter
     meter = CostMeter(cfg.budget.llm_usd)
