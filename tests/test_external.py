@@ -235,3 +235,25 @@ def test_external_spec_presets_validate():
     with pytest.raises(ValidationError, match="builds its own command line"):
         ExternalSpec(agent="claude", command="claude -p hi")
     assert ExternalSpec(agent="codex").output is None  # read by agent: codex-jsonl
+
+
+def test_evolve_local_charges_a_headless_agent_to_the_run_budget(tmp_path, standins):
+    """A short local run whose island is Claude Code (the stand-in): the step's reported cost
+    goes into the attempt record, and the run stops when it reaches budget.llm_usd."""
+    from avo.config import BudgetConfig, GateConfig, RunConfig
+    from avo.lineage import Lineage
+    from avo.ui.run import evolve_local
+    cfg = RunConfig(run="claude-e2e", lineage_dir=tmp_path / "lineage", tasks=["grammar_bitmask"],
+                    workloads={"grammar_bitmask": [SMALL_WL]}, operators=[ExternalSpec(name="cc", agent="claude")],
+                    budget=BudgetConfig(wall_minutes=None, attempts=5, llm_usd=0.01),
+                    gate=GateConfig(min_gain=0.05, rounds=2), device="interpret")
+    assert evolve_local(cfg, live=False) == 0
+    with Lineage.open(tmp_path / "lineage") as lin:
+        attempts = lin.attempts()
+        head = lin.head("grammar_bitmask", 0)
+    (rec,) = attempts  # the stand-in's step costs $0.033: over the $0.01 budget after one attempt
+    assert rec.operator == "cc" and rec.cost_usd == pytest.approx(0.03285) and rec.tokens == 25000
+    assert rec.status in ("PASSED", "REJECTED") and rec.note.startswith("BLOCK_SIZE 256 -> 1024")
+    assert "--max-budget-usd 0.0100" in Path(rec.transcript).read_text()
+    if rec.accepted:
+        assert head.meta.cost_usd == pytest.approx(0.03285) and head.meta.operator == "cc"
