@@ -15,6 +15,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="avo: evolve GPU kernels with coding agents as the variation operator.")
 lineage_app = typer.Typer(no_args_is_help=True, help="Read a run's lineage (git) and attempts log.")
 app.add_typer(lineage_app, name="lineage")
+workspace_app = typer.Typer(no_args_is_help=True, help="Drive a variation step by hand (any coding agent): open an "
+                            "island's step folder, then submit what the agent left there.")
+app.add_typer(workspace_app, name="workspace")
 console = Console()
 err = Console(stderr=True)
 
@@ -196,6 +199,47 @@ def lineage_best(run: str, task: Optional[str] = None) -> None:
         best_cmd(run, task=task, console=console)
     except LineageError as e:
         die(str(e))
+
+
+@workspace_app.command("open")
+def workspace_open(run: str = typer.Argument(..., help="run name under lineages/ or a lineage path"),
+                   island: int = typer.Option(0, help="the island's number"),
+                   task: Optional[str] = typer.Option(None, help="the task (needed when the run has several)"),
+                   agent: str = typer.Option("workspace", help="the name the attempt is recorded under")) -> None:
+    """Make a step folder for an island (kernel, AGENTS.md, CONTEXT.md, git repo with the parent)
+    and print its path."""
+    from avo.config import ConfigError
+    from avo.evolve.state import EvolveError
+    from avo.evolve.workspace import open_workspace
+    from avo.lineage import LineageError
+    try:
+        folder = open_workspace(run, island=island, task=task, agent=agent)
+    except (LineageError, ConfigError, EvolveError) as e:
+        die(str(e), getattr(e, "code", 2))
+    print(folder)
+
+
+@workspace_app.command("submit")
+def workspace_submit(run: str = typer.Argument(..., help="run name under lineages/ or a lineage path"),
+                     folder: Path = typer.Argument(..., help="the folder `avo workspace open` printed")) -> None:
+    """Judge, gate and record what the agent left in a workspace (SUBMIT.md + kernel, or
+    GIVEUP.md), as an external-agent step; exit 0 when committed, 1 when not."""
+    from avo.config import ConfigError
+    from avo.evolve.state import EvolveError
+    from avo.evolve.workspace import submit_workspace
+    from avo.harness.workerproc import HarnessError
+    from avo.lineage import LineageError
+    try:
+        rec, events = submit_workspace(run, folder)
+    except (LineageError, ConfigError, EvolveError) as e:
+        die(str(e), getattr(e, "code", 2))
+    except HarnessError as e:
+        die(f"evaluator: {e}", 1)
+    for text, style in events:
+        console.print(text, style=style or None, highlight=False, soft_wrap=True)
+    console.print(f"attempt {rec.id}: {rec.status}" + (f", commit {rec.commit[:10]}" if rec.accepted else "")
+                  + (f"; transcript {rec.transcript}" if rec.transcript else ""), highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if rec.accepted else 1)
 
 
 @app.command()

@@ -18,20 +18,24 @@ from avo.harness.runner import Evaluator
 from avo.harness.workerproc import HarnessError
 from avo.lineage import AttemptRecord, LineageError
 from avo.lineage.records import attempt_number
-from avo.operators.base import GiveUp, Proposal
+from avo.operators.base import GiveUp, Operator, Proposal
 
 
-def step(state: RunState, ev: Evaluator, isl: IslandRef) -> AttemptRecord:
-    """One variation step on an island, recorded whatever its outcome."""
+def step(state: RunState, ev: Evaluator, isl: IslandRef, op: Optional[Operator] = None) -> AttemptRecord:
+    """One variation step on an island, recorded whatever its outcome. `op`: an operator other
+    than the island's (a workspace submitted by hand, avo/evolve/workspace.py), recorded by its name."""
     start, head = state.start_and_head(isl)
     rec = attempt.open_record(state, isl, parent=start.sha)
+    if op is not None:
+        rec.operator = op.name
+    else:
+        op = state.operators[isl.operator]
     busy0 = ev.busy_s
-    state.stats.now = f"{rec.id} {isl.label}: {isl.operator} is proposing"
+    state.stats.now = f"{rec.id} {isl.label}: {rec.operator} is proposing"
     state.stop.phase = "operator"
     error = ""
     try:
-        out = state.operators[isl.operator].propose(state.view_for(isl, start, head),
-                                                    state.step_context(isl, rec.id, attempt_number(rec.id), ev))
+        out = op.propose(state.view_for(isl, start, head), state.step_context(isl, rec.id, attempt_number(rec.id), ev))
         if not isinstance(out, (Proposal, GiveUp)):
             out, error = None, f"operator returned {type(out).__name__}, not a Proposal or GiveUp"
     except (KeyboardInterrupt, HarnessError):

@@ -248,7 +248,7 @@ class ExternalOperator:
                        f"{' (killed: timeout)' if timed_out else ''}\n".encode())
         report = self._report(out_path, log_path) if reporting else AgentReport()
         keep_notes(wd, log_path)
-        out = self._outcome(view, wd, log_path, code, timed_out)
+        out = self.outcome(view, wd, log_path, code, timed_out)
         out.cost_usd, out.tokens = report.cost_usd, report.tokens
         return out
 
@@ -270,7 +270,8 @@ class ExternalOperator:
             logf.write(f"[avo] {report.summary}; {cost}\n".encode())
         return report
 
-    def _outcome(self, view: LineageView, wd: Path, log_path: Path, code: Optional[int], timed_out: bool):
+    def outcome(self, view: LineageView, wd: Path, log_path: Path, code: Optional[int], timed_out: bool):
+        """What the agent left in `wd`: a Proposal (SUBMIT.md and a changed kernel) or a GiveUp."""
         give = lambda reason: GiveUp(operator=self.name, reason=reason, transcript=str(log_path))
         kernel = wd / view.kernel_name
         if (wd / "GIVEUP.md").exists():
