@@ -65,10 +65,22 @@ class AgenticSpec(Strict):
     base_url: Optional[str] = None  # OpenAI-compatible local servers
     api_key_env: Optional[str] = None  # None: ANTHROPIC_API_KEY / OPENAI_API_KEY by provider; "" = no key
     max_steps: int = Field(default=40, ge=1)  # model turns per variation step
-    max_tokens: int = Field(default=8192, ge=256)  # output tokens per model call
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)  # OpenAI-compatible servers only
+    # The backend (docs/agents.md, Backends): request shape, output budget, thinking / reasoning.
+    api: Literal["chat", "responses"] = "chat"  # provider openai: chat completions or the Responses API
+    max_tokens: int = Field(default=32_000, ge=256)  # output tokens per model call, thinking/reasoning included
+    max_tokens_cap: int = Field(default=64_000, ge=256)  # a cut answer is asked again with double the budget up to this
+    stream: bool = True  # stream every call; timeout_s is then an idle timeout
+    sampling: Literal["auto", "on", "off"] = "auto"  # auto: no temperature for reasoning models (reasoning_models)
+    reasoning_models: Optional[list[str]] = None  # regexes on the model name; None: o1/o3/o4, gpt-5*, codex
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)  # None: the model's default
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]] = None
+    reasoning_summary: Optional[Literal["auto", "concise", "detailed"]] = None  # Responses API
+    thinking_budget_tokens: Optional[int] = Field(default=None, ge=1024)  # Anthropic extended thinking
+    thinking_adaptive: bool = False  # Anthropic adaptive thinking instead of a budget
     price_in_per_mtok: float = Field(default=3.0, ge=0.0)
     price_out_per_mtok: float = Field(default=15.0, ge=0.0)
+    price_cache_read_per_mtok: Optional[float] = Field(default=None, ge=0.0)  # None: 0.1x input
+    price_cache_write_per_mtok: Optional[float] = Field(default=None, ge=0.0)  # None: 1.25x input (anthropic), 1x (openai)
     context_tokens: int = Field(default=200_000, ge=1000)
     # Per-step limits and call behaviour (docs/agents.md).
     step_tokens: Optional[int] = Field(default=None, ge=1000)  # input + output tokens per step
@@ -78,9 +90,20 @@ class AgenticSpec(Strict):
     profile: bool = True  # offer the ncu profile tool where a GPU and ncu exist
     shell: bool = True  # the shell tool: bash in the workspace, sandboxed, one at a time with evaluations
     shell_timeout_s: float = Field(default=300.0, gt=0)  # the most one shell command may run
-    timeout_s: float = Field(default=180.0, gt=0)  # per HTTP call
+    timeout_s: float = Field(default=300.0, gt=0)  # idle: the longest wait for the next bytes of an answer
     max_retries: int = Field(default=5, ge=0)  # on 429/5xx/timeouts, exponential backoff
     backoff_s: float = Field(default=2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> "AgenticSpec":
+        if self.thinking_budget_tokens is not None and self.thinking_budget_tokens >= self.max_tokens:
+            raise ValueError(f"thinking_budget_tokens ({self.thinking_budget_tokens}) must be below max_tokens "
+                             f"({self.max_tokens}), which includes the thinking")
+        if self.thinking_budget_tokens is not None and self.thinking_adaptive:
+            raise ValueError("thinking_budget_tokens and thinking_adaptive exclude each other")
+        if self.max_tokens_cap < self.max_tokens:
+            raise ValueError(f"max_tokens_cap ({self.max_tokens_cap}) must be at least max_tokens ({self.max_tokens})")
+        return self
 
 
 class ExternalSpec(Strict):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from avo.operators.agentic import AgenticOperator, compact, estimate_tokens
+from avo.operators.agentic import AgenticOperator
+from avo.operators.context import compact, estimate_tokens
 from avo.operators.base import AttemptView, GiveUp, LineageView, Proposal, StepContext, VersionView
 from avo.operators.llm import CostMeter, Message, ToolCall
 from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
@@ -173,7 +174,7 @@ def test_submit_refuses_unchanged_and_already_tried_kernels(tmp_path):
 
 
 def _conversation(sizes: list[int]) -> list[Message]:
-    msgs = [Message(role="system", text="s" * 2000), Message(role="user", text="step " * 500)]
+    msgs = [Message(role="system", text="s" * 2000), Message(role="user", text="step " * 500, pinned=True)]
     for i, size in enumerate(sizes):
         msgs.append(Message(role="assistant", text="t" * 600, tool_calls=[
             ToolCall(id=f"c{i}", name="write_file", arguments={"path": "k.py", "content": "x" * size})]))
@@ -181,24 +182,68 @@ def _conversation(sizes: list[int]) -> list[Message]:
     return msgs
 
 
-def test_compaction_shrinks_old_turns_first():
+def _pairs_intact(msgs: list[Message]) -> bool:
+    """Every tool result answers a call of the assistant turn before it, and every call is answered."""
+    open_calls: set[str] = set()
+    for m in msgs:
+        if m.role == "tool":
+            if m.tool_call_id not in open_calls:
+                return False
+            open_calls.discard(m.tool_call_id)
+        elif open_calls:
+            return False
+        if m.role == "assistant":
+            open_calls = {c.id for c in m.tool_calls}
+    return not open_calls
+
+
+def test_compaction_cuts_whole_old_turns_after_the_stable_prefix():
     msgs = _conversation([40_000] * 6 + [100] * 4)
     before = [m.model_copy() for m in msgs]
-    n = compact(msgs, context_tokens=50_000)
-    assert n > 0 and estimate_tokens(msgs) <= 0.6 * 50_000
-    assert msgs[:2] == before[:2] and msgs[-8:] == before[-8:]  # system, step prompt, recent turns intact
-    assert msgs[3].text.startswith("[tool result elided") and "result 0" in msgs[3].text
-    assert [m.tool_call_id for m in msgs] == [m.tool_call_id for m in before]  # call/result pairs kept
-    assert compact(msgs, context_tokens=50_000) == 0  # idempotent once under the limit
+    info = compact(msgs, context_tokens=50_000)
+    assert info and info["removed"] >= 2 and estimate_tokens(msgs) <= 0.35 * 50_000
+    assert msgs[:2] == before[:2]  # system and step prompt: byte-identical
+    note = msgs[2]
+    assert note.role == "user" and note.pinned and note.text.startswith("[context compacted")
+    assert "write_file(path=k.py, content=xxxx" in note.text and "-> result 0" in note.text
+    assert msgs[3:] == before[2 + info["removed"]:]  # the rest untouched, not edited in place
+    assert msgs[3].role == "assistant" and _pairs_intact(msgs)
+    assert compact(msgs, context_tokens=50_000) is None  # under the limit now: nothing to do
+
+    # A second compaction cuts after the first notice: the prefix up to it stays as it was.
+    prefix = [m.model_copy() for m in msgs[:3]]
+    for i in range(10, 14):
+        msgs += [Message(role="assistant", tool_calls=[ToolCall(id=f"c{i}", name="read_file", arguments={"path": "k.py"})]),
+                 Message(role="tool", tool_call_id=f"c{i}", text=f"result {i}\n" + "z" * 40_000)]
+    info = compact(msgs, context_tokens=50_000)
+    assert info and msgs[:3] == prefix and msgs[3].pinned and msgs[3].text.startswith("[context compacted")
+    assert _pairs_intact(msgs) and estimate_tokens(msgs) <= 0.35 * 50_000
 
 
-def test_compaction_reaches_into_recent_turns_only_when_needed():
-    msgs = _conversation([40_000] * 10)
-    before = [m.model_copy() for m in msgs]
-    compact(msgs, context_tokens=50_000)
-    assert estimate_tokens(msgs) <= 0.6 * 50_000
-    assert msgs[:2] == before[:2] and msgs[-2:] == before[-2:]  # the newest turn is never cut
-    assert msgs[-3].text.startswith("[tool result elided")
+def test_compaction_keeps_the_newest_turn_and_cuts_only_its_unsent_results():
+    msgs = _conversation([40_000] * 4)
+    msgs += [Message(role="assistant", text="read it", tool_calls=[ToolCall(id="big", name="read_file", arguments={"path": "log"})]),
+             Message(role="tool", tool_call_id="big", text="head line\n" + "y" * 200_000 + "\ntail line")]
+    newest = msgs[-2].model_copy()
+    info = compact(msgs, context_tokens=50_000)
+    assert info["removed"] == 8 and info["cut_results"] == 1
+    assert msgs[-2] == newest and msgs[2].text.startswith("[context compacted") and len(msgs) == 5
+    assert msgs[-1].text.startswith("head line") and msgs[-1].text.endswith("tail line")
+    assert "characters cut to fit the context window" in msgs[-1].text and estimate_tokens(msgs) <= 0.6 * 50_000
+
+
+def test_compaction_notices_stay_bounded():
+    msgs = _conversation([])
+    for round_ in range(6):
+        for i in range(4):
+            k = f"r{round_}c{i}"
+            msgs += [Message(role="assistant", tool_calls=[ToolCall(id=k, name="evaluate", arguments={})]),
+                     Message(role="tool", tool_call_id=k, text=f"status: PASSED {k}\n" + "y" * 20_000)]
+        compact(msgs, context_tokens=50_000)
+        assert _pairs_intact(msgs)
+    notes = [m for m in msgs if m.text.startswith("[context compacted")]
+    assert 1 <= len(notes) <= 3 and all(m.pinned for m in notes)
+    assert "PASSED r4c" in "".join(m.text for m in notes)  # merged notices keep the recent calls
 
 
 def test_review_proposes_directions(tmp_path):

@@ -6,15 +6,13 @@ Every step writes `transcript.jsonl` in `ctx.workdir` (prompts, each model turn 
 cost, each tool call and result, compactions, the outcome); its path goes into the Proposal or
 GiveUp. The API key never enters it (values of the key variable are redacted besides).
 
-Context: when the conversation's estimated size passes `COMPACT_AT` of `context_tokens`, old
-tool results, then large old tool arguments, then long old assistant text are replaced,
-deterministically, by a one-line stub (first line + size). The system prompt, the step prompt
-and the newest turn are never touched; the last `KEEP_RECENT` messages only when the older ones
-do not suffice. See docs/agents.md."""
+Context (avo/operators/context.py): the conversation's size comes from the provider's usage;
+above a fraction of `context_tokens` whole old turns after the stable prefix (system and step
+prompt, earlier notices) are replaced by one notice, so the cached prefix stays byte-identical.
+See docs/agents.md."""
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import shutil
@@ -24,71 +22,19 @@ from typing import Any, Optional
 
 from avo.operators.base import GiveUp, LineageView, Proposal, Review, StepContext
 from avo.operators.knowledge import KBError, KnowledgeBase
-from avo.operators.llm import (BudgetExhausted, CostMeter, LLMClient, LLMError, LLMSpec, Message, Transcript,
-                               key_env, make_client)
+from avo.operators.context import ContextWindow
+from avo.operators.llm import (BudgetExhausted, CostMeter, LLMClient, LLMError, Message, Transcript, key_env,
+                               llm_spec_from, make_client)
 from avo.operators.prompting import device_note, render, step_prompt
 from avo.operators.review import review_trajectory
 from avo.operators.tools import ToolEnv, run_tool, tools_for
 from avo.tasks import source_hash
 
 log = logging.getLogger("avo.agentic")
-COMPACT_AT = 0.6  # fraction of context_tokens at which old turns are compacted
-KEEP_RECENT = 8  # messages at the end that compaction never touches
-CHARS_PER_TOKEN = 3.5  # estimate for code-heavy text
 IDLE_TURNS = 3  # consecutive turns without a tool call before the step ends
-
-
-def llm_spec_from(spec: Any) -> LLMSpec:
-    """The backend settings from a run config's AgenticSpec (fields absent there keep LLMSpec defaults)."""
-    pairs = {"provider": "provider", "model": "model", "base_url": "base_url", "api_key_env": "api_key_env",
-             "max_tokens": "max_output_tokens", "temperature": "temperature", "timeout_s": "timeout_s",
-             "max_retries": "max_retries", "backoff_s": "backoff_s", "backoff_max_s": "backoff_max_s",
-             "price_in_per_mtok": "price_input_per_mtok", "price_out_per_mtok": "price_output_per_mtok",
-             "prompt_cache": "prompt_cache"}
-    kw = {dst: getattr(spec, src) for src, dst in pairs.items() if getattr(spec, src, None) is not None}
-    return LLMSpec(**kw)
-
-
-def estimate_tokens(messages: list[Message]) -> int:
-    n = sum(len(m.text) + sum(len(json.dumps(c.arguments)) for c in m.tool_calls) for m in messages)
-    return int(n / CHARS_PER_TOKEN)
-
-
-def _stub(text: str, what: str) -> str:
-    first = next((l for l in text.splitlines() if l.strip()), "")[:160]
-    return f"[{what} elided to fit the context ({len(text)} chars); first line: {first}]"
-
-
-def compact(messages: list[Message], context_tokens: int) -> int:
-    """Shrink old tool results, then old large tool arguments, then old assistant text, until the
-    estimate is under COMPACT_AT * context_tokens; only if that is not enough, do the same in the
-    last KEEP_RECENT messages, except the newest turn. Returns how many entries were shrunk."""
-    limit = int(COMPACT_AT * context_tokens)
-    if estimate_tokens(messages) <= limit:
-        return 0
-    n = len(messages)
-    recent = max(2, n - KEEP_RECENT)
-    newest = max(2, max((i for i, m in enumerate(messages) if m.role == "assistant"), default=n))
-    shrunk = 0
-    for window in (range(2, recent), range(recent, newest)):  # 0, 1 = system and step prompt: kept
-        for pass_ in ("tool", "args", "assistant"):
-            for i in window:
-                if estimate_tokens(messages) <= limit:
-                    return shrunk
-                m = messages[i]
-                if pass_ == "tool" and m.role == "tool" and len(m.text) > 400 and not m.text.startswith("[tool result elided"):
-                    messages[i] = m.model_copy(update={"text": _stub(m.text, "tool result")})
-                    shrunk += 1
-                elif pass_ == "args" and m.role == "assistant":
-                    calls = [c.model_copy(update={"arguments": {k: (_stub(v, k) if isinstance(v, str) and len(v) > 400 else v)
-                                                                for k, v in c.arguments.items()}}) for c in m.tool_calls]
-                    if calls != m.tool_calls:
-                        messages[i] = m.model_copy(update={"tool_calls": calls})
-                        shrunk += 1
-                elif pass_ == "assistant" and m.role == "assistant" and len(m.text) > 400:
-                    messages[i] = m.model_copy(update={"text": m.text[:300] + " [... elided]"})
-                    shrunk += 1
-    return shrunk
+TRUNCATED = ("Your last answer was cut off at the output limit, even with a larger budget, and its unfinished "
+             "tool call was not run. Make the change in smaller pieces: `edit` with a short search/replace, "
+             "or write a long file in parts.")
 
 
 class AgenticOperator:
@@ -178,7 +124,8 @@ class AgenticOperator:
         specs = [t.spec() for t in tools]
         system = render("system", kernel_name=view.kernel_name, device_note=device_note(self._device()))
         messages = [Message(role="system", text=system),
-                    Message(role="user", text=step_prompt(view, self.max_turns, self.max_evaluations))]
+                    Message(role="user", text=step_prompt(view, self.max_turns, self.max_evaluations), pinned=True)]
+        window = ContextWindow(self.context_tokens)
         tr.write("start", task=view.task, island=view.island, parent=view.best.commit, provider=self.llm.provider,
                  model=self.llm.model, base_url=self.llm.base_url, tools=[t.name for t in tools],
                  system=system, prompt=messages[1].text)
@@ -197,9 +144,9 @@ class AgenticOperator:
                 self.meter.check()
             except BudgetExhausted as e:
                 return give_up(str(e))
-            n = compact(messages, self.context_tokens)
-            if n:
-                tr.write("compact", shrunk=n, estimate_tokens=estimate_tokens(messages))
+            compacted = window.compact(messages)
+            if compacted:
+                tr.write("compact", **compacted)
             try:
                 turn = client.chat(messages, specs)
             except LLMError as e:
@@ -209,14 +156,18 @@ class AgenticOperator:
             tr.write("turn", n=turn_no, text=turn.text, tool_calls=[c.model_dump() for c in turn.tool_calls],
                      usage=turn.usage.model_dump(), cost_usd=turn.cost_usd, latency_s=round(turn.latency_s, 3),
                      retries=[r.model_dump() for r in turn.retries], stop_reason=turn.stop_reason,
+                     thinking=turn.thinking, truncated=turn.truncated,
+                     truncations=[t.model_dump() for t in turn.truncations], context_tokens=turn.context_tokens,
                      run_cost_usd=round(self.meter.spent_usd, 6))
-            messages.append(Message(role="assistant", text=turn.text, tool_calls=turn.tool_calls))
+            messages.append(Message(role="assistant", text=turn.text, tool_calls=turn.tool_calls, opaque=turn.opaque,
+                                    opaque_api=turn.opaque_api))
+            window.observe(messages, turn.context_tokens)
             if not turn.tool_calls:
                 idle += 1
                 if idle >= IDLE_TURNS:
                     return give_up(f"the model stopped calling tools ({IDLE_TURNS} turns)")
-                messages.append(Message(role="user", text="Continue with the tools. End the step with "
-                                        "submit(note) or give_up(reason)."))
+                messages.append(Message(role="user", text=TRUNCATED if turn.truncated else "Continue with the tools. "
+                                        "End the step with submit(note) or give_up(reason)."))
                 continue
             idle = 0
             for call in turn.tool_calls:

@@ -1,49 +1,119 @@
-"""LLM backends for the agentic operator: one small interface, two real SDKs.
+"""LLM backends for the agentic operator: one small interface, three real API shapes.
 
 `LLMClient.chat(messages, tools) -> LLMTurn` (text, tool calls, usage, cost). Implementations:
-`AnthropicClient` (Messages API with tool use) and `OpenAIClient` (chat completions with tool
-calls; any OpenAI-compatible server via `base_url`: vLLM, SGLang, Ollama, llama.cpp).
+`AnthropicClient` (Messages API: tool use, extended thinking with its signed blocks sent back,
+prompt caching on a stable prefix), `OpenAIClient` (chat completions; any OpenAI-compatible
+server via `base_url`: vLLM, SGLang, Ollama, llama.cpp) and `OpenAIResponsesClient` (the
+Responses API, stateless: `store: false`, encrypted reasoning items carried across turns).
+
+Every call streams by default (`stream`), so `timeout_s` is an idle timeout: the longest wait for
+the next bytes, not for the whole answer, and a long answer (a rewrite of a 9k-token kernel) is
+not cut by a wall-clock limit. The output budget (`max_output_tokens`, thinking/reasoning
+included) is sent as `max_tokens` (Anthropic), `max_completion_tokens` (chat) or
+`max_output_tokens` (Responses). An answer cut at that budget (`stop_reason: max_tokens`,
+`finish_reason: length`, `status: incomplete`) is continued once where the API allows it
+(Anthropic, a cut text answer without thinking: the partial text as an assistant prefill), else
+asked again with double the budget up to `max_output_tokens_cap`; a turn still cut comes back
+with `truncated` set and its unfinished tool calls dropped.
+
+Sampling parameters (`temperature`) are sent only where the model takes them: `sampling: auto`
+leaves them out for model names matching `reasoning_models` (o1/o3/o4, GPT-5, codex), `off`
+never sends them, `on` always does. A 400 that names an optional parameter we sent
+(`temperature`, `reasoning_effort`, `max_completion_tokens`, `stream_options`, ...) drops it (or
+falls back to `max_tokens`) for the rest of the client's life and the call is made again.
 
 Retries are ours, not the SDKs' (their `max_retries=0`): exponential backoff on 429, 408/409,
-5xx, timeouts and connection errors, honouring Retry-After, each retry logged and recorded in
-the turn. The API key is read from the environment variable the spec names at construction and
-lives only inside the SDK client: it is never logged, stored or put in a transcript.
-`Transcript` is that record: the JSONL of one exchange (an agentic step, a trajectory review).
+5xx, timeouts, connection errors and streams that break off, honouring Retry-After, each retry
+logged and recorded in the turn. The API key is read from the environment variable the spec
+names at construction and lives only inside the SDK client: it is never logged, stored or put
+in a transcript. `Transcript` is that record: the JSONL of one exchange (an agentic step, a
+trajectory review).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 log = logging.getLogger("avo.llm")
 
+# Model families (OpenAI) that refuse sampling parameters and `max_tokens`; matched anywhere after
+# a provider prefix ("openai/gpt-5" on a router).
+REASONING_MODELS = [r"(^|/)o\d", r"(^|/)gpt-5", r"(^|/)codex"]
+# Optional request parameters a server may refuse; a 400 naming one drops it and the call is made again.
+ADAPTABLE = {"temperature", "top_p", "reasoning_effort", "reasoning", "reasoning.effort", "reasoning.summary",
+             "max_completion_tokens", "stream_options", "include", "output_config", "output_config.effort"}
+
 
 class LLMSpec(BaseModel):
-    """Connection and pricing of one model endpoint (built from the run config's agentic spec)."""
+    """Connection, request shape and pricing of one model endpoint (built from the run config's
+    agentic spec by `llm_spec_from`)."""
     model_config = {"extra": "forbid"}
     provider: Literal["anthropic", "openai"] = "anthropic"
     model: str = "claude-sonnet-4-5"
+    api: Literal["chat", "responses"] = "chat"  # OpenAI: chat completions or the Responses API
     base_url: Optional[str] = None  # None = the provider's public API
     api_key_env: Optional[str] = None  # None = ANTHROPIC_API_KEY / OPENAI_API_KEY; "" = no key (local server)
-    max_output_tokens: int = Field(default=8192, ge=1)
-    temperature: Optional[float] = None  # OpenAI-compatible servers only
-    timeout_s: float = Field(default=180.0, gt=0)  # per HTTP call
+    stream: bool = True  # stream every call (timeout_s is then an idle timeout)
+    max_output_tokens: int = Field(default=32_000, ge=1)  # per call, thinking / reasoning included
+    max_output_tokens_cap: int = Field(default=64_000, ge=1)  # a cut answer is retried with double the budget up to this
+    continue_truncated: bool = True  # Anthropic: continue a cut text answer once (prefill) before retrying
+    sampling: Literal["auto", "on", "off"] = "auto"  # auto: no sampling parameters for reasoning models
+    reasoning_models: list[str] = Field(default_factory=lambda: list(REASONING_MODELS))  # regexes on the model name
+    temperature: Optional[float] = None  # None: the model's default
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]] = None
+    reasoning_summary: Optional[Literal["auto", "concise", "detailed"]] = None  # Responses API: summaries of the reasoning
+    thinking_budget_tokens: Optional[int] = Field(default=None, ge=1024)  # Anthropic extended thinking
+    thinking_adaptive: bool = False  # Anthropic: {"type": "adaptive"} thinking instead of a fixed budget
+    timeout_s: float = Field(default=300.0, gt=0)  # idle: the longest wait for the next bytes of an answer
     max_retries: int = Field(default=5, ge=0)
     backoff_s: float = Field(default=2.0, ge=0)  # first wait; doubles per retry
     backoff_max_s: float = Field(default=60.0, ge=0)
     price_input_per_mtok: float = Field(default=0.0, ge=0)  # USD per million input tokens
     price_output_per_mtok: float = Field(default=0.0, ge=0)
-    prompt_cache: bool = True  # Anthropic: cache the system prompt and the conversation prefix
+    price_cache_read_per_mtok: Optional[float] = Field(default=None, ge=0)  # None: 0.1x the input price
+    price_cache_write_per_mtok: Optional[float] = Field(default=None, ge=0)  # None: 1.25x (anthropic), 1x (openai)
+    prompt_cache: bool = True  # Anthropic: cache breakpoints on the system prompt, the stable prefix, the last block
+
+    @model_validator(mode="after")
+    def _check(self) -> "LLMSpec":
+        if self.thinking_budget_tokens is not None:
+            if self.thinking_adaptive:
+                raise ValueError("thinking_budget_tokens and thinking_adaptive exclude each other")
+            if self.thinking_budget_tokens >= self.max_output_tokens:
+                raise ValueError(f"thinking_budget_tokens ({self.thinking_budget_tokens}) must be below "
+                                 f"max_output_tokens ({self.max_output_tokens}), which includes the thinking")
+        if self.max_output_tokens_cap < self.max_output_tokens:
+            raise ValueError("max_output_tokens_cap must be at least max_output_tokens")
+        for p in self.reasoning_models:
+            re.compile(p)
+        return self
+
+    @property
+    def thinking(self) -> bool:
+        return self.provider == "anthropic" and (self.thinking_budget_tokens is not None or self.thinking_adaptive)
+
+    def reasoning_model(self) -> bool:
+        return any(re.search(p, self.model) for p in self.reasoning_models)
+
+    def sampling_allowed(self) -> bool:
+        return self.sampling == "on" or (self.sampling == "auto" and not self.reasoning_model() and not self.thinking)
 
 
 class LLMError(Exception):
-    """An LLM call that failed for good (after retries, or not retryable). One-line message."""
+    """An LLM call that failed for good (after retries, or not retryable). One-line message;
+    `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
 
 
 class BudgetExhausted(LLMError):
@@ -63,6 +133,11 @@ class ToolSpec(BaseModel):
         return {"type": "function", "function": {"name": self.name, "description": self.description,
                                                  "parameters": self.parameters}}
 
+    def responses(self) -> dict:
+        # strict is on by default in the Responses API and wants every property required: off.
+        return {"type": "function", "name": self.name, "description": self.description,
+                "parameters": self.parameters, "strict": False}
+
 
 class ToolCall(BaseModel):
     id: str
@@ -72,23 +147,43 @@ class ToolCall(BaseModel):
 
 
 class Message(BaseModel):
-    """Provider-neutral conversation entry. role=tool carries the result of one tool call."""
+    """Provider-neutral conversation entry. role=tool carries the result of one tool call.
+
+    `opaque` is an assistant turn's output as the API returned it (`opaque_api` names which):
+    Anthropic content blocks with thinking blocks and their signatures, Responses output items
+    with encrypted reasoning. A request to the same API sends it back verbatim in place of
+    `text`/`tool_calls` (those stay for avo's own use); another API ignores it.
+    `pinned` marks the stable prefix (the step prompt, compaction notices): never removed by
+    compaction, and an Anthropic cache breakpoint goes after it."""
     role: Literal["system", "user", "assistant", "tool"]
     text: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_call_id: Optional[str] = None
     is_error: bool = False
+    opaque: list[dict[str, Any]] = Field(default_factory=list)
+    opaque_api: str = ""
+    pinned: bool = False
 
 
 class Usage(BaseModel):
+    """Tokens of one or more calls as the provider reported them. input_tokens is the uncached
+    input; reasoning_tokens is the part of output_tokens spent thinking."""
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
+    def prompt(self) -> int:
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def __add__(self, o: "Usage") -> "Usage":
+        return Usage(**{k: getattr(self, k) + getattr(o, k) for k in Usage.model_fields})
 
 
 class RetryEvent(BaseModel):
@@ -97,14 +192,47 @@ class RetryEvent(BaseModel):
     wait_s: float
 
 
+class TruncationEvent(BaseModel):
+    """An answer cut at its output budget and what was done: continue | retry | gave_up."""
+    budget: int
+    action: Literal["continue", "retry", "gave_up"]
+    next_budget: Optional[int] = None
+    error: Optional[str] = None
+
+
 class LLMTurn(BaseModel):
     text: str = ""
+    thinking: str = ""  # thinking / reasoning summary text, for the transcript
     tool_calls: list[ToolCall] = Field(default_factory=list)
-    usage: Usage = Field(default_factory=Usage)
+    opaque: list[dict[str, Any]] = Field(default_factory=list)  # see Message.opaque
+    opaque_api: str = ""
+    usage: Usage = Field(default_factory=Usage)  # summed over every call the turn took
+    context_tokens: int = 0  # the conversation's size after this turn, from the last call's usage (0: unknown)
     cost_usd: float = 0.0
     stop_reason: str = ""
+    truncated: bool = False  # still cut at the largest budget: tool calls dropped
     latency_s: float = 0.0
     retries: list[RetryEvent] = Field(default_factory=list)
+    truncations: list[TruncationEvent] = Field(default_factory=list)
+
+
+class _Reply(BaseModel):
+    """One call's answer, parsed."""
+    text: str = ""
+    thinking: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    opaque: list[dict[str, Any]] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    stop_reason: str = ""
+    truncated: bool = False
+
+    @property
+    def context(self) -> int:
+        return self.usage.prompt + self.usage.output_tokens - self.usage.reasoning_tokens if self.usage.prompt else 0
+
+
+class StreamBroken(Exception):
+    """A stream that ended without its final event, or carried an error event: retried."""
 
 
 class CostMeter:
@@ -128,9 +256,14 @@ class CostMeter:
 
 
 def turn_cost(spec: LLMSpec, u: Usage) -> float:
-    # Anthropic bills cache writes at 1.25x and cache reads at 0.1x the input price.
-    inp = u.input_tokens + 1.25 * u.cache_write_tokens + 0.1 * u.cache_read_tokens
-    return (inp * spec.price_input_per_mtok + u.output_tokens * spec.price_output_per_mtok) / 1e6
+    """USD: cache reads at price_cache_read (default 0.1x input, as Anthropic and OpenAI's recent
+    models bill them), cache writes at price_cache_write (default 1.25x on Anthropic, 1x on OpenAI)."""
+    p_in = spec.price_input_per_mtok
+    p_read = spec.price_cache_read_per_mtok if spec.price_cache_read_per_mtok is not None else 0.1 * p_in
+    p_write = spec.price_cache_write_per_mtok if spec.price_cache_write_per_mtok is not None else \
+        (1.25 if spec.provider == "anthropic" else 1.0) * p_in
+    return (u.input_tokens * p_in + u.cache_read_tokens * p_read + u.cache_write_tokens * p_write
+            + u.output_tokens * spec.price_output_per_mtok) / 1e6
 
 
 def parse_arguments(raw: Any) -> tuple[dict[str, Any], Optional[str]]:
@@ -149,11 +282,15 @@ def parse_arguments(raw: Any) -> tuple[dict[str, Any], Optional[str]]:
 
 
 class LLMClient:
-    """Base: key lookup, retry loop, cost. Subclasses implement `_create` and `_parse`."""
+    """Base: key lookup, the retry loop, the truncation policy, adaptive parameters, cost.
+    Subclasses implement `_make_client` and `_request` (one call, streamed or not, parsed)."""
     provider = ""
+    api = ""  # Message.opaque_api of what this client returns and sends back
 
     def __init__(self, spec: LLMSpec):
         self.spec = spec
+        self.refused: set[str] = set()  # optional parameters the server refused: no longer sent
+        self._sent: set[str] = set()  # optional parameters of the request in flight
         env = key_env(spec)
         if env:
             key = os.environ.get(env, "")
@@ -164,49 +301,130 @@ class LLMClient:
             key = "no-key"  # the SDKs insist on a value; local servers ignore it
         self._client = self._make_client(key)  # the key lives only here
 
+    def _timeout(self, sdk: Any) -> Any:
+        # read = idle: the longest gap between bytes of a streamed answer
+        return sdk.Timeout(self.spec.timeout_s, connect=min(self.spec.timeout_s, 30.0))
+
     def _make_client(self, key: str) -> Any:
         raise NotImplementedError
 
-    def _create(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Any:
+    def _request(self, system: str, messages: list[Message], tools: list[ToolSpec], budget: int,
+                 prefill: Optional[_Reply]) -> _Reply:
         raise NotImplementedError
 
-    def _parse(self, resp: Any) -> LLMTurn:
+    def _can_continue(self, r: _Reply) -> bool:
+        return False
+
+    def _continued(self, prefill: _Reply, r: _Reply) -> _Reply:
         raise NotImplementedError
+
+    def _optional(self, kw: dict, name: str, value: Any) -> None:
+        """Put an optional parameter in the request unless the server refused it before."""
+        if name not in self.refused:
+            kw[name] = value
+            self._sent.add(name)
 
     def chat(self, messages: list[Message], tools: list[ToolSpec]) -> LLMTurn:
         system = "\n\n".join(m.text for m in messages if m.role == "system")
         rest = [m for m in messages if m.role != "system"]
+        t0 = time.monotonic()
         retries: list[RetryEvent] = []
-        for attempt in range(self.spec.max_retries + 1):
-            t0 = time.monotonic()
+        truncs: list[TruncationEvent] = []
+        usage = Usage()
+        budget = self.spec.max_output_tokens
+        prefill: Optional[_Reply] = None
+        last: Optional[_Reply] = None  # the latest (cut) answer, returned if asking again fails
+        continued = False
+        while True:
             try:
-                resp = self._create(system, rest, tools)
+                r = self._call(system, rest, tools, budget, prefill, retries)
+            except LLMError as e:
+                if last is None or e.status is None or not 400 <= e.status < 500:
+                    raise
+                if prefill is not None and budget < self.spec.max_output_tokens_cap:
+                    # the prefill was refused (a model without prefill): ask again with more room
+                    prefill, budget = None, min(self.spec.max_output_tokens_cap, 2 * budget)
+                    truncs.append(TruncationEvent(budget=budget // 2, action="retry", next_budget=budget, error=str(e)))
+                    continue
+                truncs.append(TruncationEvent(budget=budget, action="gave_up", error=str(e)))
+                r = last
+                break
+            usage = usage + r.usage
+            if prefill is not None:
+                r = self._continued(prefill, r)
+                prefill = None
+            last = r
+            if not r.truncated or r.stop_reason == "model_context_window_exceeded":
+                break
+            if self.spec.continue_truncated and not continued and self._can_continue(r):
+                continued, prefill = True, r
+                truncs.append(TruncationEvent(budget=budget, action="continue"))
+                log.warning("%s: answer cut at %d output tokens; continuing it", self.provider, budget)
+                continue
+            if budget >= self.spec.max_output_tokens_cap:
+                truncs.append(TruncationEvent(budget=budget, action="gave_up"))
+                break
+            nxt = min(self.spec.max_output_tokens_cap, 2 * budget)
+            truncs.append(TruncationEvent(budget=budget, action="retry", next_budget=nxt))
+            log.warning("%s: answer cut at %d output tokens; asking again with %d", self.provider, budget, nxt)
+            budget = nxt
+        turn = LLMTurn(text=r.text, thinking=r.thinking, tool_calls=r.tool_calls, opaque=r.opaque,
+                       opaque_api=self.api if r.opaque else "", usage=usage, context_tokens=r.context,
+                       stop_reason=r.stop_reason, truncated=r.truncated, latency_s=time.monotonic() - t0,
+                       retries=retries, truncations=truncs)
+        if r.truncated:  # unfinished tool calls (and the thinking that led to them) are not sent back
+            turn.tool_calls, turn.opaque, turn.opaque_api = [], [], ""
+        turn.cost_usd = turn_cost(self.spec, usage)
+        return turn
+
+    def _call(self, system: str, rest: list[Message], tools: list[ToolSpec], budget: int,
+              prefill: Optional[_Reply], retries: list[RetryEvent]) -> _Reply:
+        attempt = 0
+        while True:
+            self._sent = set()
+            try:
+                return self._request(system, rest, tools, budget, prefill)
             except Exception as e:  # noqa: BLE001 - classified below, re-raised as LLMError
+                param = self._refused_param(e)
+                if param is not None:
+                    self.refused.add(param)
+                    why = f"HTTP 400: the server refused {param!r}; sent without it from now on"
+                    log.warning("%s: %s", self.provider, why)
+                    retries.append(RetryEvent(attempt=len(retries) + 1, error=why, wait_s=0.0))
+                    continue
                 why, retry_after = self._retryable(e)
                 if why is None:
-                    raise LLMError(f"{self.provider} call failed: {_one_line(e)}") from None
+                    raise LLMError(f"{self.provider} call failed: {_one_line(e)}", getattr(e, "status_code", None)) from None
                 if attempt == self.spec.max_retries:
                     raise LLMError(f"{self.provider} call failed after {attempt + 1} tries: {why}") from None
                 wait = min(self.spec.backoff_max_s, self.spec.backoff_s * 2 ** attempt)
                 if retry_after is not None:
                     wait = min(self.spec.backoff_max_s, max(wait, retry_after))
-                log.warning("%s: %s; retry %d/%d in %.2fs", self.provider, why, attempt + 1,
-                            self.spec.max_retries, wait)
-                retries.append(RetryEvent(attempt=attempt + 1, error=why, wait_s=wait))
+                log.warning("%s: %s; retry %d/%d in %.2fs", self.provider, why, attempt + 1, self.spec.max_retries, wait)
+                retries.append(RetryEvent(attempt=len(retries) + 1, error=why, wait_s=wait))
                 time.sleep(wait)
-                continue
-            turn = self._parse(resp)
-            turn.latency_s = time.monotonic() - t0
-            turn.retries = retries
-            turn.cost_usd = turn_cost(self.spec, turn.usage)
-            return turn
-        raise AssertionError("unreachable")
+                attempt += 1
+
+    def _refused_param(self, e: Exception) -> Optional[str]:
+        """The optional parameter a 400 names, when we sent it (OpenAI's error `param`, or
+        "Unsupported parameter/value: 'x'" in the message)."""
+        if getattr(e, "status_code", None) != 400:
+            return None
+        names = [getattr(e, "param", None)] + re.findall(r"[Uu]nsupported (?:parameter|value): '([\w.]+)'", str(e))
+        for n in names:
+            if n and n in ADAPTABLE:
+                top = n.split(".")[0]
+                if top in self._sent:
+                    return top
+        return None
 
     def _retryable(self, e: Exception) -> tuple[Optional[str], Optional[float]]:
         """(reason, Retry-After seconds) for a transient failure; (None, None) for a final one."""
         name = type(e).__name__
+        if isinstance(e, StreamBroken):
+            return f"stream broke off: {_one_line(e)}", None
         if name in ("APITimeoutError",):
-            return f"timeout after {self.spec.timeout_s:g}s", None
+            return f"timeout: no data for {self.spec.timeout_s:g}s", None
         if name in ("APIConnectionError",):
             return f"connection error: {_one_line(e)}", None
         status = getattr(e, "status_code", None)
@@ -217,6 +435,13 @@ class LLMClient:
             except (AttributeError, TypeError, ValueError):
                 pass
             return f"HTTP {status}: {_one_line(e)}", ra
+        body = getattr(e, "body", None)
+        err = body.get("error", body) if isinstance(body, dict) else None
+        kind = err.get("type") if isinstance(err, dict) else None
+        mid_stream = (status is None and name == "APIError") or \
+            (status == 200 and kind in ("overloaded_error", "api_error", "rate_limit_error"))
+        if mid_stream:  # an error event inside a 200 stream: transient
+            return f"error event in the stream: {kind or _one_line(e)}", None
         return None, None
 
 
@@ -224,49 +449,113 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())[:300] or type(e).__name__
 
 
+# ---------------------------------------------------------------- Anthropic
+
+ANTHROPIC_EFFORT = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                    "xhigh": "xhigh", "max": "max"}
+
+
 class AnthropicClient(LLMClient):
     provider = "anthropic"
+    api = "anthropic"
 
     def _make_client(self, key: str) -> Any:
         import anthropic
-        return anthropic.Anthropic(api_key=key, base_url=self.spec.base_url, max_retries=0,
-                                   timeout=self.spec.timeout_s)
+        return anthropic.Anthropic(api_key=key, base_url=self.spec.base_url, max_retries=0, timeout=self._timeout(anthropic))
 
-    def _create(self, system, messages, tools):
-        kw: dict[str, Any] = dict(model=self.spec.model, max_tokens=self.spec.max_output_tokens,
-                                  messages=anthropic_messages(messages, self.spec.prompt_cache),
-                                  tools=[t.anthropic() for t in tools])
+    def _request(self, system, messages, tools, budget, prefill):
+        msgs = anthropic_messages(messages, self.spec.prompt_cache)
+        if prefill is not None:
+            blocks = copy.deepcopy(prefill.opaque)
+            blocks[-1]["text"] = blocks[-1]["text"].rstrip()  # the API refuses trailing whitespace in a prefill
+            msgs.append({"role": "assistant", "content": blocks})
+        kw: dict[str, Any] = dict(model=self.spec.model, max_tokens=budget, messages=msgs)
+        if tools:
+            kw["tools"] = [t.anthropic() for t in tools]
         if system:
             block: dict[str, Any] = {"type": "text", "text": system}
             if self.spec.prompt_cache:
                 block["cache_control"] = {"type": "ephemeral"}
             kw["system"] = [block]
-        # No temperature: this SDK's Messages API no longer takes one (the model's default applies).
-        return self._client.messages.create(**kw)
+        if self.spec.thinking_budget_tokens is not None:
+            kw["thinking"] = {"type": "enabled", "budget_tokens": min(self.spec.thinking_budget_tokens, budget - 1)}
+        elif self.spec.thinking_adaptive:
+            kw["thinking"] = {"type": "adaptive"}
+        if self.spec.reasoning_effort is not None:
+            self._optional(kw, "output_config", {"effort": ANTHROPIC_EFFORT[self.spec.reasoning_effort]})
+        extra: dict[str, Any] = {}
+        if self.spec.temperature is not None and self.spec.sampling_allowed():
+            self._optional(extra, "temperature", self.spec.temperature)  # not a parameter of this SDK
+        if extra:
+            kw["extra_body"] = extra
+        if not self.spec.stream:
+            return self._parse(self._client.messages.create(**kw))
+        with self._client.messages.stream(**kw) as s:
+            msg = s.get_final_message()
+        if msg.stop_reason is None:
+            raise StreamBroken("the message ended without a stop_reason")
+        return self._parse(msg)
 
-    def _parse(self, resp) -> LLMTurn:
-        texts, calls = [], []
+    def _parse(self, resp) -> _Reply:
+        texts, thinking, calls, opaque = [], [], [], []
         for b in resp.content:
             if b.type == "text":
                 texts.append(b.text)
+                if b.text:  # the API refuses empty text blocks in input
+                    opaque.append({"type": "text", "text": b.text})
+            elif b.type == "thinking":
+                thinking.append(b.thinking)
+                opaque.append({"type": "thinking", "thinking": b.thinking, "signature": b.signature})
+            elif b.type == "redacted_thinking":
+                opaque.append({"type": "redacted_thinking", "data": b.data})
             elif b.type == "tool_use":
                 args, err = parse_arguments(b.input)
                 calls.append(ToolCall(id=b.id, name=b.name, arguments=args, parse_error=err))
+                opaque.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
+            else:  # server-side tool blocks: back as they came
+                opaque.append(b.to_dict(mode="json"))
         u = resp.usage
+        details = getattr(u, "output_tokens_details", None)
         usage = Usage(input_tokens=u.input_tokens or 0, output_tokens=u.output_tokens or 0,
                       cache_read_tokens=getattr(u, "cache_read_input_tokens", None) or 0,
-                      cache_write_tokens=getattr(u, "cache_creation_input_tokens", None) or 0)
-        return LLMTurn(text="\n".join(texts), tool_calls=calls, usage=usage, stop_reason=resp.stop_reason or "")
+                      cache_write_tokens=getattr(u, "cache_creation_input_tokens", None) or 0,
+                      reasoning_tokens=getattr(details, "thinking_tokens", 0) or 0)
+        stop = resp.stop_reason or ""
+        return _Reply(text="\n".join(texts), thinking="\n".join(thinking),
+                      tool_calls=calls, opaque=opaque, usage=usage, stop_reason=stop,
+                      truncated=stop in ("max_tokens", "model_context_window_exceeded"))
+
+    def _can_continue(self, r: _Reply) -> bool:
+        # A prefill continues text; it cannot finish a tool call, and thinking forbids it.
+        return not self.spec.thinking and not r.tool_calls and bool(r.opaque) and r.opaque[-1]["type"] == "text" \
+            and all(b["type"] == "text" for b in r.opaque)
+
+    def _continued(self, prefill: _Reply, r: _Reply) -> _Reply:
+        blocks = copy.deepcopy(prefill.opaque)
+        blocks[-1]["text"] = blocks[-1]["text"].rstrip()
+        more = copy.deepcopy(r.opaque)
+        if more and more[0]["type"] == "text":
+            blocks[-1]["text"] += more.pop(0)["text"]
+        blocks += more
+        text = "\n".join(b["text"] for b in blocks if b["type"] == "text")
+        return r.model_copy(update={"text": text, "opaque": blocks})
 
 
 def anthropic_messages(messages: list[Message], cache: bool = False) -> list[dict]:
     """Alternating user/assistant messages; tool results and user text that follow each other
-    are merged into one user message of content blocks, as the Messages API requires."""
+    are merged into one user message of content blocks, as the Messages API requires. An
+    assistant turn that came from this API goes back verbatim (its thinking blocks with their
+    signatures). With `cache`, breakpoints go after the last two pinned messages (the stable
+    prefix, which compaction never changes) and on the last block."""
     out: list[dict] = []
+    pins: list[dict] = []  # the last block of each pinned message
     for m in messages:
         if m.role == "assistant":
-            blocks: list[dict] = [{"type": "text", "text": m.text}] if m.text else []
-            blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in m.tool_calls]
+            if m.opaque_api == "anthropic" and m.opaque:
+                blocks = copy.deepcopy(m.opaque)
+            else:
+                blocks = [{"type": "text", "text": m.text}] if m.text else []
+                blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in m.tool_calls]
             out.append({"role": "assistant", "content": blocks or [{"type": "text", "text": "(no output)"}]})
             continue
         if m.role == "tool":
@@ -278,41 +567,106 @@ def anthropic_messages(messages: list[Message], cache: bool = False) -> list[dic
             out[-1]["content"].append(block)
         else:
             out.append({"role": "user", "content": [block]})
-    if cache and out and out[-1]["role"] == "user":
-        out[-1]["content"][-1] = {**out[-1]["content"][-1], "cache_control": {"type": "ephemeral"}}
+        if m.pinned:
+            pins.append(block)
+    if cache and out:
+        marks = pins[-2:]
+        if out[-1]["role"] == "user":
+            marks.append(out[-1]["content"][-1])
+        for b in marks:
+            b["cache_control"] = {"type": "ephemeral"}
     return out
 
 
+# ---------------------------------------------------------------- OpenAI chat completions
+
 class OpenAIClient(LLMClient):
     provider = "openai"
+    api = "openai-chat"
 
     def _make_client(self, key: str) -> Any:
         import openai
-        return openai.OpenAI(api_key=key, base_url=self.spec.base_url, max_retries=0, timeout=self.spec.timeout_s)
+        return openai.OpenAI(api_key=key, base_url=self.spec.base_url, max_retries=0, timeout=self._timeout(openai))
 
-    def _create(self, system, messages, tools):
+    def _request(self, system, messages, tools, budget, prefill):
         msgs = ([{"role": "system", "content": system}] if system else []) + openai_messages(messages)
-        kw: dict[str, Any] = dict(model=self.spec.model, messages=msgs, max_tokens=self.spec.max_output_tokens)
+        kw: dict[str, Any] = dict(model=self.spec.model, messages=msgs)
+        if "max_completion_tokens" in self.refused:
+            kw["max_tokens"] = budget  # an older server
+        else:
+            self._optional(kw, "max_completion_tokens", budget)
         if tools:
             kw["tools"] = [t.openai() for t in tools]
-        if self.spec.temperature is not None:
-            kw["temperature"] = self.spec.temperature
-        return self._client.chat.completions.create(**kw)
+        if self.spec.temperature is not None and self.spec.sampling_allowed():
+            self._optional(kw, "temperature", self.spec.temperature)
+        if self.spec.reasoning_effort is not None:
+            self._optional(kw, "reasoning_effort", self.spec.reasoning_effort)
+        if not self.spec.stream:
+            return self._parse(self._client.chat.completions.create(**kw))
+        self._optional(kw, "stream_options", {"include_usage": True})
+        with self._client.chat.completions.create(stream=True, **kw) as stream:
+            return self._accumulate(stream)
 
-    def _parse(self, resp) -> LLMTurn:
+    def _accumulate(self, stream) -> _Reply:
+        text: list[str] = []
+        thinking: list[str] = []
+        slots: dict[int, dict[str, str]] = {}
+        finish, usage = "", None
+        for ch in stream:
+            if ch.usage is not None:
+                usage = ch.usage
+            for c in ch.choices[:1]:
+                d = c.delta
+                if d.content:
+                    text.append(d.content)
+                extra = d.model_extra or {}
+                r = extra.get("reasoning_content") or extra.get("reasoning")
+                if isinstance(r, str):
+                    thinking.append(r)
+                for tc in d.tool_calls or []:
+                    slot = slots.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                    slot["id"] = slot["id"] or tc.id or ""
+                    if tc.function is not None:
+                        slot["name"] = slot["name"] or tc.function.name or ""
+                        slot["arguments"] += tc.function.arguments or ""
+                if c.finish_reason:
+                    finish = c.finish_reason
+        if not finish:
+            raise StreamBroken("the chat stream ended without a finish_reason")
+        calls = [_tool_call(s["id"] or f"call_{i}", s["name"], s["arguments"]) for i, s in sorted(slots.items())]
+        return _Reply(text="".join(text), thinking="".join(thinking), tool_calls=calls, usage=_chat_usage(usage),
+                      stop_reason=finish, truncated=finish == "length")
+
+    def _parse(self, resp) -> _Reply:
         if not resp.choices:
             raise LLMError("openai: response without choices")
         ch = resp.choices[0]
         calls = []
         for c in ch.message.tool_calls or []:
             fn = getattr(c, "function", None)
-            if fn is None:
-                continue
-            args, err = parse_arguments(fn.arguments)
-            calls.append(ToolCall(id=c.id or f"call_{len(calls)}", name=fn.name or "", arguments=args, parse_error=err))
-        u = resp.usage
-        usage = Usage(input_tokens=(u.prompt_tokens or 0) if u else 0, output_tokens=(u.completion_tokens or 0) if u else 0)
-        return LLMTurn(text=ch.message.content or "", tool_calls=calls, usage=usage, stop_reason=ch.finish_reason or "")
+            if fn is not None:
+                calls.append(_tool_call(c.id or f"call_{len(calls)}", fn.name or "", fn.arguments))
+        extra = ch.message.model_extra or {}
+        r = extra.get("reasoning_content") or extra.get("reasoning")
+        finish = ch.finish_reason or ""
+        return _Reply(text=ch.message.content or "", thinking=r if isinstance(r, str) else "", tool_calls=calls,
+                      usage=_chat_usage(resp.usage), stop_reason=finish, truncated=finish == "length")
+
+
+def _tool_call(id_: str, name: str, raw: Any) -> ToolCall:
+    args, err = parse_arguments(raw)
+    return ToolCall(id=id_, name=name, arguments=args, parse_error=err)
+
+
+def _chat_usage(u: Any) -> Usage:
+    if u is None:
+        return Usage()
+    pd, cd = u.prompt_tokens_details, u.completion_tokens_details
+    read = (pd.cached_tokens or 0) if pd else 0
+    write = (getattr(pd, "cache_write_tokens", None) or 0) if pd else 0
+    return Usage(input_tokens=max(0, (u.prompt_tokens or 0) - read - write), output_tokens=u.completion_tokens or 0,
+                 cache_read_tokens=read, cache_write_tokens=write,
+                 reasoning_tokens=(cd.reasoning_tokens or 0) if cd else 0)
 
 
 def openai_messages(messages: list[Message]) -> list[dict]:
@@ -334,6 +688,101 @@ def openai_messages(messages: list[Message]) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------- OpenAI Responses API
+
+class OpenAIResponsesClient(OpenAIClient):
+    """The Responses API, stateless: `store: false`, every request carries the whole
+    conversation; reasoning items come back with `encrypted_content` and go out again verbatim
+    (without the item ids, which a server that stored nothing cannot resolve)."""
+    api = "openai-responses"
+
+    def _request(self, system, messages, tools, budget, prefill):
+        kw: dict[str, Any] = dict(model=self.spec.model, input=responses_input(messages), store=False,
+                                  max_output_tokens=budget)
+        if system:
+            kw["instructions"] = system
+        if tools:
+            kw["tools"] = [t.responses() for t in tools]
+        if self.spec.temperature is not None and self.spec.sampling_allowed():
+            self._optional(kw, "temperature", self.spec.temperature)
+        reasoning = {k: v for k, v in (("effort", self.spec.reasoning_effort), ("summary", self.spec.reasoning_summary))
+                     if v is not None}
+        if reasoning:
+            self._optional(kw, "reasoning", reasoning)
+        if reasoning or self.spec.reasoning_model():
+            self._optional(kw, "include", ["reasoning.encrypted_content"])
+        if not self.spec.stream:
+            return self._parse_response(self._client.responses.create(**kw))
+        items: dict[int, Any] = {}
+        final = None
+        with self._client.responses.create(stream=True, **kw) as stream:
+            for ev in stream:
+                if ev.type == "response.output_item.done":
+                    items[ev.output_index] = ev.item
+                elif ev.type in ("response.completed", "response.incomplete"):
+                    final = ev.response
+                elif ev.type == "response.failed":
+                    err = ev.response.error
+                    raise StreamBroken(f"response.failed: {err.code if err else ''} {err.message if err else ''}")
+                elif ev.type == "error":
+                    raise StreamBroken(f"error event: {ev.code or ''} {ev.message}")
+        if final is None:
+            raise StreamBroken("the response stream ended without response.completed")
+        if not final.output and items:
+            final.output = [items[i] for i in sorted(items)]
+        return self._parse_response(final)
+
+    def _parse_response(self, resp) -> _Reply:
+        texts, thinking, calls, opaque = [], [], [], []
+        for it in resp.output:
+            if it.type == "reasoning":
+                thinking += [s.text for s in it.summary] + [c.text for c in (it.content or [])]
+                if it.encrypted_content:  # without it a stateless request cannot carry the item
+                    opaque.append({"type": "reasoning", "summary": [{"type": "summary_text", "text": s.text}
+                                                                    for s in it.summary],
+                                   "encrypted_content": it.encrypted_content})
+            elif it.type == "message":
+                t = "".join(c.text if c.type == "output_text" else f"[refusal] {c.refusal}" for c in it.content)
+                texts.append(t)
+                item: dict[str, Any] = {"role": "assistant", "content": t}
+                if getattr(it, "phase", None):
+                    item["phase"] = it.phase
+                opaque.append(item)
+            elif it.type == "function_call":
+                calls.append(_tool_call(it.call_id, it.name, it.arguments))
+                opaque.append({"type": "function_call", "call_id": it.call_id, "name": it.name, "arguments": it.arguments})
+        u = resp.usage
+        usage = Usage()
+        if u is not None:
+            read = (u.input_tokens_details.cached_tokens or 0) if u.input_tokens_details else 0
+            write = (getattr(u.input_tokens_details, "cache_write_tokens", 0) or 0) if u.input_tokens_details else 0
+            usage = Usage(input_tokens=max(0, u.input_tokens - read - write), output_tokens=u.output_tokens,
+                          cache_read_tokens=read, cache_write_tokens=write,
+                          reasoning_tokens=(u.output_tokens_details.reasoning_tokens or 0) if u.output_tokens_details else 0)
+        reason = resp.incomplete_details.reason if resp.incomplete_details else None
+        stop = f"incomplete:{reason}" if resp.status == "incomplete" else (resp.status or "completed")
+        return _Reply(text="\n".join(texts), thinking="\n".join(thinking), tool_calls=calls, opaque=opaque, usage=usage,
+                      stop_reason=stop, truncated=resp.status == "incomplete" and reason == "max_output_tokens")
+
+
+def responses_input(messages: list[Message]) -> list[dict]:
+    out: list[dict] = []
+    for m in messages:
+        if m.role == "assistant":
+            if m.opaque_api == "openai-responses" and m.opaque:
+                out += copy.deepcopy(m.opaque)
+                continue
+            if m.text or not m.tool_calls:
+                out.append({"role": "assistant", "content": m.text or "(no output)"})
+            out += [{"type": "function_call", "call_id": c.id, "name": c.name, "arguments": json.dumps(c.arguments)}
+                    for c in m.tool_calls]
+        elif m.role == "tool":
+            out.append({"type": "function_call_output", "call_id": m.tool_call_id, "output": m.text or "(empty)"})
+        else:
+            out.append({"role": "user", "content": m.text or "(empty)"})
+    return out
+
+
 def key_env(spec: LLMSpec) -> str:
     """The environment variable holding the key ("" = none needed)."""
     if spec.api_key_env is not None:
@@ -345,8 +794,27 @@ def make_client(spec: LLMSpec) -> LLMClient:
     if spec.provider == "anthropic":
         return AnthropicClient(spec)
     if spec.provider == "openai":
-        return OpenAIClient(spec)
+        return OpenAIResponsesClient(spec) if spec.api == "responses" else OpenAIClient(spec)
     raise LLMError(f"unknown LLM provider {spec.provider!r} (anthropic | openai)")
+
+
+# Run-config field (AgenticSpec) -> LLMSpec field, where the names differ.
+CONFIG_NAMES = {"max_tokens": "max_output_tokens", "max_tokens_cap": "max_output_tokens_cap",
+                "price_in_per_mtok": "price_input_per_mtok", "price_out_per_mtok": "price_output_per_mtok",
+                "price_cache_read_per_mtok": "price_cache_read_per_mtok",
+                "price_cache_write_per_mtok": "price_cache_write_per_mtok"}
+
+
+def llm_spec_from(spec: Any) -> LLMSpec:
+    """The backend settings from a run config's AgenticSpec: every LLMSpec field the spec has
+    (by the same name or the one in CONFIG_NAMES); fields absent there keep LLMSpec defaults."""
+    back = {v: k for k, v in CONFIG_NAMES.items()}
+    kw = {}
+    for f in LLMSpec.model_fields:
+        v = getattr(spec, back.get(f, f), None)
+        if v is not None:
+            kw[f] = v
+    return LLMSpec(**kw)
 
 
 class Transcript:
