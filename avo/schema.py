@@ -137,9 +137,13 @@ class Definition(AvoModel):
     sol: SolModel = Field(default_factory=SolModel)
     inplace: list[str] = Field(default_factory=list)  # inputs the kernel mutates: they are the outputs
     forbidden_calls: list[str] = Field(default_factory=list)  # names/aten ops that do the task for you
+    # Integer/bool inputs the timed calls perturb like the floating ones (a stretch of the tensor
+    # copied over another): only where any such copy is still a valid input (a bitmask, not sorted
+    # indices or offsets), so a cache keyed on them cannot replay work across the timed calls.
+    perturb_integers: Optional[list[str]] = None
     custom_inputs_entrypoint: Optional[str] = None  # SOL-ExecBench: reference function making "custom" inputs
     origin: Optional[str] = None  # a task converted from another format: "kernelbench:level1/19_ReLU.py"
-    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("op_type", "custom_inputs_entrypoint", "origin")
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("op_type", "custom_inputs_entrypoint", "origin", "perturb_integers")
 
     @model_validator(mode="after")
     def _check(self) -> "Definition":
@@ -161,6 +165,18 @@ class Definition(AvoModel):
         for name in self.inplace:
             if name not in self.inputs:
                 raise ValueError(f"inplace names {name!r}, which is not an input")
+        for word in self.forbidden_calls:
+            if not word.strip():
+                raise ValueError("forbidden_calls holds an empty name (it would match every call)")
+        for name in self.perturb_integers or []:
+            spec = self.inputs.get(name)
+            if spec is None:
+                raise ValueError(f"perturb_integers names {name!r}, which is not an input")
+            if spec.shape is None:
+                raise ValueError(f"perturb_integers names {name!r}, a scalar (only tensors are perturbed)")
+            if not spec.dtype.startswith(("int", "bool")):
+                raise ValueError(f"perturb_integers names {name!r}, a {spec.dtype} input (floating inputs "
+                                 "are always perturbed)")
         if not self.outputs and not self.inplace:
             raise ValueError("a definition needs outputs or inplace inputs")
         return self

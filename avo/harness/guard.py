@@ -135,6 +135,9 @@ ESCAPE_ATTRS = {
     "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "posix_spawn",
     "posix_spawnp", "fdopen", "dup", "dup2", "sendfile", "writev", "pwrite", "pwritev", "openpty", "pipe",
     "pipe2", "memfd_create", "putenv", "unsetenv", "killpg", "register_at_fork", "_exit",
+    # attributes and code named by a string: string.Formatter().get_field("0.__globals__[sys]", ...),
+    # typing's ForwardRef evaluation (eval of any expression)
+    "get_field", "_evaluate", "_eval_type",
 }
 ESCAPE_WHY = "it reaches modules, frames, processes or file descriptors the scan cannot follow; no runtime check"
 # Dunder attributes a kernel may use; every other one (__dict__, __class__, __globals__,
@@ -315,8 +318,27 @@ def scan_source(src: str, filename: str, forbidden_calls: list[str], local: tupl
     first = len(scan.warnings)
     try:
         _walk(scan, tree, filename, local, aliases, bound, getattr_funcs, bases)
+        for expr in _string_annotations(tree):  # evaluated by typing.get_type_hints (functools.singledispatch)
+            _walk(scan, expr, filename, local, aliases, bound, getattr_funcs, bases)
     finally:  # in line order (the walk is breadth-first)
         scan.warnings[first:] = sorted(scan.warnings[first:], key=lambda w: _line(w.detail))
+
+
+def _string_annotations(tree: ast.AST) -> list[ast.AST]:
+    """Annotations written as strings, parsed as the expressions typing evaluates them as (at their
+    own line); one that is not an expression is left alone (typing fails on it too)."""
+    out = []
+    for node in ast.walk(tree):
+        anns = [node.annotation] if isinstance(node, (ast.arg, ast.AnnAssign)) else \
+            [node.returns] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
+        for a in anns:
+            if isinstance(a, ast.Constant) and isinstance(a.value, str):
+                try:
+                    expr = ast.parse(a.value.strip(), mode="eval")
+                except SyntaxError:
+                    continue
+                out.append(ast.increment_lineno(expr, a.lineno - 1))
+    return out
 
 
 def _line(detail: str) -> int:
@@ -467,7 +489,7 @@ def watched_namespaces() -> dict[str, Any]:
     """Namespaces a hack would edit to fake time or correctness, or to slow the baseline (which
     runs in the same process): label -> the live dict (module globals or class __dict__). The
     timers (time.perf_counter, time.monotonic, torch.cuda.Event, torch.cuda.synchronize), the
-    statistics and random generators the harness uses, and the builtins (the worker's open
+    statistics and random generators the harness uses, numpy's functions, and the builtins (the worker's open
     included) are among them; the harness also binds its own references at import (timing.py)."""
     import builtins
     import random
@@ -483,6 +505,11 @@ def watched_namespaces() -> dict[str, Any]:
                           "torch": vars(torch), "torch.Tensor": vars(torch.Tensor), "torch.nn.functional": vars(F),
                           "torch.cuda": vars(torch.cuda), "torch.cuda.Event": vars(torch.cuda.Event),
                           "torch.linalg": vars(torch.linalg), "torch.special": vars(torch.special)}
+    try:  # numpy's reductions (median, percentile, mean) are what a statistics patch would aim at next
+        import numpy
+        ns["numpy"] = vars(numpy)
+    except ImportError:
+        pass
     for mod in _harness_modules():
         ns[mod.__name__] = vars(mod)
         for k, v in list(vars(mod).items()):
@@ -514,11 +541,56 @@ def global_state() -> dict[str, Any]:
     return s
 
 
+# Audit events (PEP 578) that hand out frames or every object of the process: what a walk for the
+# harness's locals or a tensor holding the answer needs, however the static guard was got round.
+INTROSPECTION_EVENTS = frozenset({"sys._getframe", "sys._current_frames", "sys._current_exceptions",
+                                  "gc.get_objects", "gc.get_referrers", "gc.get_referents",
+                                  "sys.settrace", "sys.setprofile"})
+FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})  # audited as object.__getattr__
+# Standard-library functions that hand a frame (or an attribute named by a string) to their caller:
+# the caller decides. Any other standard-library caller (namedtuple, TypeVar, enum asking for their
+# caller's module name) keeps the frame to itself.
+FRAME_GETTERS = frozenset({"currentframe", "stack", "trace", "getouterframes", "getinnerframes", "walk_stack",
+                           "walk_tb", "get_field", "<lambda>"})
+_STDLIB = None
+
+
+def _stdlib() -> str:
+    global _STDLIB
+    if _STDLIB is None:
+        import sysconfig
+        _STDLIB = os.path.realpath(sysconfig.get_paths()["stdlib"]) + os.sep
+    return _STDLIB
+
+
+def candidate_caller(frame, roots: tuple[str, ...], depth: int = 12) -> Optional[str]:
+    """'file:line' of the candidate code that made an audited call, starting at the Python frame
+    that made it: candidate code itself, or through code built from a string ('<string>') and the
+    standard-library functions that evaluate such code or hand frames on. None when the call is
+    the harness's, a library's (torch, triton) or the standard library's own."""
+    dynamic = False
+    for _ in range(depth):
+        if frame is None:
+            return None
+        code = frame.f_code
+        name = code.co_filename
+        if name.startswith(roots):
+            return f"{os.path.basename(name)}:{frame.f_lineno}"
+        if name.startswith("<"):
+            dynamic = True
+        elif not (name.startswith(_stdlib()) and (dynamic or code.co_name in FRAME_GETTERS)):
+            return None
+        frame = frame.f_back
+    return None
+
+
 class RuntimeGuard:
     """Taken before the candidate is imported; `verify()` after each call returns a finding.
-    The snapshot holds the objects themselves, so identity is exact (no id reuse)."""
+    The snapshot holds the objects themselves, so identity is exact (no id reuse). With
+    `code_roots` (the folders candidate code is loaded from) an audit hook also refuses frames and
+    gc's object walks to that code (INTROSPECTION_EVENTS), and records the attempt."""
 
-    def __init__(self) -> None:
+    def __init__(self, code_roots: tuple[str, ...] = ()) -> None:
         import io
 
         import torch
@@ -539,12 +611,39 @@ class RuntimeGuard:
         # Every Python thread started through threading runs this once at start, even one that
         # ends before the next check: a call may not hand work to a thread.
         threading.setprofile(self._thread_started)
+        self.introspected: list[str] = []
+        self.code_roots = tuple(dict.fromkeys(p.rstrip(os.sep) + os.sep for r in code_roots
+                                              for p in (str(r), os.path.realpath(r))))
+        if self.code_roots:
+            _stdlib()
+            self._busy = threading.local()
+            sys.addaudithook(self._audit)  # for the life of the process (a hook cannot be removed)
+
+    def _audit(self, event: str, args: tuple) -> None:
+        if event not in INTROSPECTION_EVENTS and not (event == "object.__getattr__" and len(args) > 1
+                                                      and args[1] in FRAME_ATTRS):
+            return
+        if getattr(self._busy, "on", False):  # our own sys._getframe below
+            return
+        self._busy.on = True
+        try:
+            where = candidate_caller(sys._getframe(1), self.code_roots)
+        finally:
+            self._busy.on = False
+        if where is None:
+            return
+        what = f"{args[1]} of a {type(args[0]).__name__}" if event == "object.__getattr__" else event
+        self.introspected.append(f"{where} asked for {what}")
+        raise RuntimeError(f"refused by the runtime guard: {what} (frames and gc's object walks reach the "
+                           "harness's own objects)")
 
     def _thread_started(self, frame, event, arg):
         self.started.append(threading.current_thread().name)
         sys.setprofile(None)
 
     def verify(self) -> Optional[tuple[str, str]]:
+        if self.introspected:
+            return "introspection", f"candidate code {self.introspected[0]}"
         for label, snap in self.snap.items():
             live = self.namespaces[label]
             for k, v in snap.items():

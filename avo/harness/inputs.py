@@ -122,17 +122,21 @@ def upcast(values: dict[str, Any]) -> dict[str, Any]:
             for k, v in values.items()}
 
 
-def perturb_(values: dict[str, Any], pseed: int, fraction: float = 1 / 16) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
-    """Overwrite a random contiguous 1/16 of each floating input with another stretch of the same
-    tensor, chosen by `pseed` (deterministic in every process, so the reference rebuilds the same
-    inputs). Timed calls see a new perturbation each time: a cache keyed on a sample of the input
-    values hits and returns a stale result, and enough outputs change to exceed any matched-ratio
-    tolerance. Values stay in the tensor's own distribution (positive stays positive).
-    Returns what `unperturb_` needs to undo it."""
+def perturb_(values: dict[str, Any], pseed: int, fraction: float = 1 / 16,
+             integers: Optional[list[str]] = None) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+    """Overwrite a random contiguous 1/16 of each floating input, and of the integer inputs named in
+    `integers` (the definition's perturb_integers), with another stretch of the same tensor, chosen
+    by `pseed` (deterministic in every process, so the reference rebuilds the same inputs). Timed
+    calls see a new perturbation each time: a cache keyed on a sample of the input values hits and
+    returns a stale result, and enough outputs change to exceed any matched-ratio tolerance. Values
+    stay in the tensor's own distribution (positive stays positive). Returns what `unperturb_`
+    needs to undo it."""
     import random
     undo = []
+    extra = set(integers or ())
     for name, t in values.items():
-        if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point or t.numel() < 2 or not t.is_contiguous():
+        if not isinstance(t, torch.Tensor) or t.numel() < 2 or not t.is_contiguous() or \
+                not (t.dtype.is_floating_point or name in extra):
             continue
         rng = random.Random(f"{pseed}:{name}")
         flat = t.view(-1)

@@ -410,6 +410,9 @@ class Evaluator:
                 status, check = S.REWARD_HACK, "side-stream"
                 log = f"events saw {tm['median_ms']:.4f} ms but a synced call takes {tm['wall_ms']:.4f} ms " \
                       f"(issued in {tm.get('issue_ms') or 0:.4f} ms): work off the timed stream"
+            elif tm["median_ms"] <= 0:  # no SOL bound where no GPU is known; a 0 ms call has no speedup
+                status, check = S.REWARD_HACK, "below-sol"
+                log = f"timed at {tm['median_ms']:.4f} ms: the timer saw none of the call's work"
             elif t_sol is not None and tm["median_ms"] < t_sol:
                 status, check = S.REWARD_HACK, "below-sol"
                 log = f"{tm['median_ms']:.4f} ms is below the speed-of-light bound {t_sol:.4f} ms"
@@ -431,6 +434,11 @@ class Evaluator:
                 per_wl[w.uuid] = (status, log, None, None)
                 if overall == S.PASSED:
                     overall, overall_log, hack = status, f"{w.uuid}: {log}", check
+        if overall == S.REWARD_HACK:  # a candidate caught cheating on one workload is not trusted on the
+            # others: no PASSED trace of it is left to count in an aggregate, to gate or to export
+            for u, (st, lg, _c, _p) in per_wl.items():
+                if st == S.PASSED:
+                    per_wl[u] = (S.REWARD_HACK, f"correct and timed here, but caught on {overall_log}", None, None)
         rep = report(overall, overall_log, hack, per_wl)
         for t in rep.traces:  # clocks and throttling per workload
             tm = timings[t.workload.uuid]
@@ -503,6 +511,9 @@ def ab_statistics(samples: dict[str, list[list[float]]]) -> ABResult:
     per, logs, var, wnoise = {}, [], [], {}
     for uuid, (a, b) in samples.items():
         lr = [math.log(x / y) for x, y in zip(a, b) if x > 0 and y > 0]
+        if not lr:  # every call of one side timed at 0 ms: its ratio is no number, and no gain
+            raise HarnessError(f"A/B: workload {uuid} has no paired calls both timed above 0 ms "
+                               "(the timer saw none of one side's work)")
         med = statistics.median(lr)
         mad = statistics.median([abs(v - med) for v in lr]) * 1.4826
         per[uuid] = math.exp(med)

@@ -108,8 +108,15 @@ class Worker:
         non-dumpable (main). Returns the "ready" info."""
         if self.role == "candidate":
             self.sandbox = sandbox.disabled() or sandbox.confine(self.tmp, self.bulk, self.mode, self.ipc)
-        self.guard = guard.RuntimeGuard()
+        # candidate code loads from the scratch folder: frames and gc walks asked for from there are refused
+        self.guard = guard.RuntimeGuard(code_roots=(str(self.tmp),) if self.role == "candidate" else ())
         return {"pid": os.getpid(), "sandbox": self.sandbox, "dumpable": sandbox.dumpable()}
+
+    def _caught(self) -> Fail | None:
+        """The runtime guard's finding, if any: an error raised by candidate code may be the guard
+        refusing it (a frame asked for), which is a hack, not a crash."""
+        finding = self.guard.verify() if self.guard else None
+        return Fail(S.REWARD_HACK, finding[1], finding[0]) if finding else None
 
     def send(self, *msg: Any) -> None:
         channel.send(self.conn, msg, self.bulk, self.ipc)
@@ -135,7 +142,7 @@ class Worker:
             sys.modules[modname] = mod
             spec.loader.exec_module(mod)
         except Exception as e:
-            raise _refused(e, self.sandbox) or \
+            raise self._caught() or _refused(e, self.sandbox) or \
                 Fail(S.COMPILE_ERROR, _tail(f"import failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
         finally:
             sys.path.remove(str(folder))
@@ -173,7 +180,7 @@ class Worker:
         x = inputs.make_inputs(d, w, base, self.dev, ns.get("make_inputs"), Path(root) if root else None,
                                ns.get(d.custom_inputs_entrypoint) if d.custom_inputs_entrypoint else None)
         if pert:
-            inputs.perturb_(x, pert)
+            inputs.perturb_(x, pert, integers=d.perturb_integers)
         return x
 
     # ---- reference role ----
@@ -210,7 +217,7 @@ class Worker:
         except Fail:
             raise
         except Exception as e:
-            refused = _refused(e, self.sandbox)
+            refused = self._caught() or _refused(e, self.sandbox)
             if refused:
                 raise refused
             status = S.COMPILE_ERROR if _is_compile_error(e) else S.RUNTIME_ERROR
@@ -326,7 +333,7 @@ class Worker:
             for k, t in pristine[i].items():
                 sets[i][k].copy_(t)
             pert[i] = rng.randrange(1, 2**62)
-            undo[i] = inputs.perturb_(sets[i], pert[i])
+            undo[i] = inputs.perturb_(sets[i], pert[i], integers=d.perturb_integers)
             if step[0] in probed:
                 pending[i] = (set_seeds[i], pert[i])
             step[0] += 1
@@ -342,7 +349,8 @@ class Worker:
             if self.mode == "cuda":
                 torch.cuda.synchronize()
         except Exception as e:
-            raise _refused(e, self.sandbox) or Fail(S.RUNTIME_ERROR, _tail(f"during timing: {type(e).__name__}: {e}"))
+            raise self._caught() or _refused(e, self.sandbox) or \
+                Fail(S.RUNTIME_ERROR, _tail(f"during timing: {type(e).__name__}: {e}"))
         clk1, why1 = timing.gpu_clock_state() if self.mode == "cuda" else (None, [])
         finding = self.guard.verify()
         if finding:
@@ -416,7 +424,7 @@ class Worker:
                 if self.mode == "cuda":
                     torch.cuda.synchronize()
             except Exception as e:
-                raise _refused(e, self.sandbox) or \
+                raise self._caught() or _refused(e, self.sandbox) or \
                     Fail(S.RUNTIME_ERROR, _tail(f"during A/B: {type(e).__name__}: {e}"))
             why1 = timing.gpu_clock_state()[1] if self.mode == "cuda" else []
             finding = self.guard.verify()
