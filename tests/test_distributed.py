@@ -165,9 +165,12 @@ def test_a_proposal_queued_against_a_moved_head_is_gated_again(cluster, tmp_path
 
 def test_agentic_island_commits_and_reads_the_lineage_mirror(cluster, tmp_path):
     """A scripted agent on an operator actor: reads the lineage through its git mirror (the
-    store ships a bundle), edits, evaluates on an evaluator actor, submits; the gate commits it
-    and its transcript lands in the lineage's work/ folder."""
+    store ships a bundle), runs a shell command (on the evaluator actor, on a copy of its folder
+    that comes back), edits, evaluates on an evaluator actor, submits; the gate commits it and
+    its transcript lands in the lineage's work/ folder."""
     script = [Turn(calls=[call("lineage_log")]),
+              Turn(calls=[call("shell", command="echo made > shell_note.txt; pwd; echo key=$AVO_TEST_AGENT_KEY"),
+                          call("list_files")]),
               Turn(calls=[call("edit", path="kernel.py", search="BLOCK_SIZE=256,", replace="BLOCK_SIZE=2048,")]),
               Turn(calls=[call("evaluate")]),
               Turn(calls=[call("submit", note="one program per row: BLOCK_SIZE 2048")]),
@@ -183,6 +186,11 @@ ray: {{evaluators: 1, mirror_lineage: always}}
     msgs = srv.requests[1].body["messages"]  # what the agent got back from lineage_log
     log_result = json.dumps(msgs[max(i for i, m in enumerate(msgs) if m["role"] == "assistant") + 1:])
     assert "grammar_bitmask/island-0" in log_result and "seed" in log_result, log_result[:800]
+    msgs = srv.requests[2].body["messages"]  # the shell's result, then list_files after it
+    shell_result = json.dumps(msgs[max(i for i, m in enumerate(msgs) if m["role"] == "assistant") + 1:])
+    assert "evaluator-0-shell" in shell_result and "[exit 0 after" in shell_result, shell_result[:800]
+    assert "key=\\n" in shell_result and "sk-test-ray" not in shell_result  # no key in its environment
+    assert "shell_note.txt" in shell_result  # the file it wrote came back to the operator's workspace
     from avo.ray.actors import scratch_root
     assert (scratch_root("rayagent") / "grammar_bitmask_island-0" / "lineage" / ".git").is_dir()
     rows = check_invariants(tmp_path / "rayagent", 1)
