@@ -32,11 +32,13 @@ Besides the script the server checks requests as the real APIs do, answering wit
 bodies and without consuming a turn: OpenAI reasoning models (names matching
 `reasoning_models`) refuse `max_tokens` and `temperature`; Anthropic wants the thinking blocks
 of the last tool-use turn back, unchanged (signature checked), `budget_tokens` below
-`max_tokens`, no trailing whitespace in a prefill; every API wants each tool result to answer a
-tool call of the turn before it; with `store: false` the Responses API refuses item ids and
-encrypted reasoning it did not issue. With `emulate_cache=True` input tokens are counted from
+`max_tokens`, no trailing whitespace in a prefill (with `prefill=False`, no prefill at all);
+every API wants each tool result to answer a tool call of the turn before it; `refuse` names
+OpenAI parameters a stricter server refuses; with
+`store: false` the Responses API refuses item ids and encrypted reasoning it did not issue. With `emulate_cache=True` input tokens are counted from
 the request (JSON characters / 4) and split into cache reads and writes by prefix, as the
-providers do (Anthropic at its `cache_control` breakpoints, OpenAI at any earlier prefix).
+providers do (Anthropic at its `cache_control` breakpoints, looking back up to 20 blocks from
+each, OpenAI at any earlier prefix).
 
 Run standalone for manual checks: `python tests/fake_llm_server.py script.json` (prints the port).
 """
@@ -122,8 +124,10 @@ class FakeLLMServer:
     server answers 500 "script exhausted"."""
 
     def __init__(self, script: list[Turn], reasoning_models: tuple[str, ...] = REASONING_MODELS,
-                 emulate_cache: bool = False):
+                 emulate_cache: bool = False, prefill: bool = True, refuse: tuple[str, ...] = ()):
         self.script = list(script)
+        self.refuse = refuse  # OpenAI parameters this server refuses (an older or stricter server)
+        self.prefill = prefill  # False: a model that refuses a conversation ending with an assistant turn
         self.requests: list[Recorded] = []
         self.refusals: list[tuple[int, str]] = []  # (request index, message) of validation errors sent
         self.reasoning_models = reasoning_models
@@ -166,6 +170,10 @@ class FakeLLMServer:
             self.requests.append(rec)
             n = len(self.requests)
             try:
+                for p in self.refuse if api != "anthropic" else ():
+                    if p in rec.body:
+                        raise Refusal(400, "invalid_request_error", f"Unsupported parameter: '{p}' is not supported "
+                                      "with this model.", p, "unsupported_parameter")
                 VALIDATE[api](self, rec.body)
             except Refusal as r:
                 self.refusals.append((n - 1, r.message))
@@ -299,7 +307,9 @@ def _input_usage(srv: FakeLLMServer, turn: Turn, blocks: list[Any], breakpoints:
         return total, 0, 0
     keys = [hashlib.sha256(json.dumps(blocks[:i + 1], sort_keys=True).encode()).hexdigest() for i in range(len(blocks))]
     points = range(len(blocks)) if breakpoints is None else breakpoints
-    read = max((sum(sizes[:i + 1]) for i in points if keys[i] in srv.cache_keys), default=0)
+    # Anthropic looks for an earlier entry up to 20 blocks before each breakpoint
+    looked = set(points) if breakpoints is None else {j for i in points for j in range(max(0, i - 19), i + 1)}
+    read = max((sum(sizes[:i + 1]) for i in looked if keys[i] in srv.cache_keys), default=0)
     last = max(points, default=-1)
     write = max(0, sum(sizes[:last + 1]) - read) if breakpoints is not None and last >= 0 else 0
     srv.cache_keys.update(keys[i] for i in points)
@@ -342,6 +352,9 @@ def _validate_anthropic(srv: FakeLLMServer, body: dict) -> None:
                               f"blocks immediately after: {', '.join(missing)}. Each `tool_use` block must have a "
                               "corresponding `tool_result` block in the next message.")
             if i == len(msgs) - 1:  # a prefill
+                if not srv.prefill:
+                    raise Refusal(400, "invalid_request_error", "This model does not support assistant message "
+                                  "prefill. The conversation must end with a user message.")
                 last = content[-1] if content else {}
                 if last.get("type") == "text" and last.get("text", "") != last.get("text", "").rstrip():
                     raise Refusal(400, "invalid_request_error", "messages: final assistant content cannot end with trailing whitespace")
