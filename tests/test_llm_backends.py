@@ -128,6 +128,15 @@ def test_server_refusing_newer_parameters_gets_the_older_ones():
     assert turn.usage.total == 0 and turn.context_tokens == 0  # no usage chunk without include_usage: size unknown
 
 
+def test_anthropic_temperature_only_without_thinking():
+    with FakeLLMServer([Turn(text="a"), Turn(text="b")]) as srv:
+        make_client(spec_for(srv, "anthropic", temperature=0.3)).chat([Message(role="user", text="hi")], [])
+        make_client(spec_for(srv, "anthropic", temperature=0.3, thinking_adaptive=True)).chat([Message(role="user", text="hi")], [])
+    plain, thinking = (r.body for r in srv.requests)
+    assert plain["temperature"] == 0.3 and "thinking" not in plain
+    assert "temperature" not in thinking and thinking["thinking"] == {"type": "adaptive"}
+
+
 def test_reasoning_families_are_configurable():
     with FakeLLMServer([Turn(text="ok")], reasoning_models=("my-reasoner",)) as srv:
         spec = spec_for(srv, "chat", model="my-reasoner-2", temperature=0.7, reasoning_models=["^my-reasoner"])
@@ -162,6 +171,15 @@ def test_answer_still_cut_at_the_cap_comes_back_truncated_without_its_call(shape
     assert turn.truncated and turn.tool_calls == [] and turn.opaque == [] and turn.text == "Rewriting."
     assert [t.action for t in turn.truncations] == ["retry", "gave_up"] and turn.truncations[-1].budget == 64_000
     assert turn.stop_reason in ("max_tokens", "length", "incomplete:max_output_tokens")
+
+
+def test_larger_budget_refused_returns_the_cut_answer_and_its_cost():
+    big = call("write_file", path="kernel.py", content=LONG_KERNEL)
+    with FakeLLMServer([Turn(text="Rewriting.", calls=[big], output_tokens=40_000), Turn(status=400)]) as srv:
+        turn = make_client(spec_for(srv, "chat")).chat([Message(role="user", text="rewrite it")], [WRITE])
+    assert turn.truncated and turn.text == "Rewriting." and turn.tool_calls == []
+    assert [t.action for t in turn.truncations] == ["retry", "gave_up"] and "400" in turn.truncations[1].error
+    assert turn.usage.output_tokens == 32_000 and turn.cost_usd > 0.4
 
 
 def test_cut_text_is_continued_with_a_prefill():

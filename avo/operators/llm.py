@@ -339,12 +339,15 @@ class LLMClient:
             try:
                 r = self._call(system, rest, tools, budget, prefill, retries)
             except LLMError as e:
-                if last is None or e.status is None or not 400 <= e.status < 500:
+                if last is None:
                     raise
-                if prefill is not None and budget < self.spec.max_output_tokens_cap:
+                # asking again failed: the cut answer comes back (and what it cost is counted)
+                if prefill is not None and e.status is not None and 400 <= e.status < 500 \
+                        and budget < self.spec.max_output_tokens_cap:
                     # the prefill was refused (a model without prefill): ask again with more room
-                    prefill, budget = None, min(self.spec.max_output_tokens_cap, 2 * budget)
-                    truncs.append(TruncationEvent(budget=budget // 2, action="retry", next_budget=budget, error=str(e)))
+                    nxt = min(self.spec.max_output_tokens_cap, 2 * budget)
+                    truncs.append(TruncationEvent(budget=budget, action="retry", next_budget=nxt, error=str(e)))
+                    prefill, budget = None, nxt
                     continue
                 truncs.append(TruncationEvent(budget=budget, action="gave_up", error=str(e)))
                 r = last
