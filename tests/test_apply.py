@@ -79,6 +79,11 @@ def probe(x, scale):
     return x * scale, torch.zeros(1, dtype=torch.int32)
 
 
+def enable(*dirs, **kw):
+    """enable() for these CPU tests: the probe traces are interpreter timings (no speed claim)."""
+    return avo.apply.enable(*dirs, **{"require_faster": False, **kw})
+
+
 @pytest.fixture(autouse=True)
 def clean_runtime():
     avo.apply.disable()
@@ -109,7 +114,7 @@ def test_exact_then_nearest_within_declared_range_then_miss(tmp_path):
     # probe1 verified n=8, declared for n in [1, 32]; probe2 verified n=64, declared [16, 1024]
     write_probe(tmp_path / "a", 1, [8], 1, 32)
     write_probe(tmp_path / "b", 2, [64], 16, 1024)
-    assert sorted(avo.apply.enable(tmp_path)["apply_probe"])[0].startswith("probe1")
+    assert sorted(enable(tmp_path, nearest=True)["apply_probe"])[0].startswith("probe1")
     assert call(8)[1] == 1  # exact
     assert call(64)[1] == 2  # exact
     assert call(20)[1] == 1  # both in range; log-distance to 8 (0.92) < to 64 (1.16)
@@ -123,7 +128,7 @@ def test_exact_then_nearest_within_declared_range_then_miss(tmp_path):
 
 def test_guards_fall_back_to_the_original(tmp_path, monkeypatch):
     write_probe(tmp_path / "a", 1, [8, 64], 1, 1024)
-    avo.apply.enable(tmp_path)
+    enable(tmp_path)
     assert call(8, dtype=torch.float64)[1] == 0  # dtype no artifact covers
     x = torch.arange(16, dtype=torch.float32)[::2]  # n=8 but not contiguous
     y, tag = probe(x, 2.0)
@@ -140,7 +145,7 @@ def test_guards_fall_back_to_the_original(tmp_path, monkeypatch):
     sol = solution_from_kernel_file(task, REPO_ROOT / "kernels" / "grammar" / "bitmask_seed.py")
     cpu = task.select("cpu")
     write_artifact(tmp_path / "g", task.definition, sol, [passed_trace(task.name, sol.name, w, 1.0) for w in cpu])
-    avo.apply.enable(tmp_path / "g")
+    enable(tmp_path / "g")
     ns: dict = {}
     exec(task.definition.reference, ns)
     bitmask_fn = avo.apply("grammar_bitmask")(ns["run"])
@@ -155,7 +160,7 @@ def test_guards_fall_back_to_the_original(tmp_path, monkeypatch):
 
 def test_kernel_exception_falls_back_logged_once_and_counted(tmp_path, caplog):
     write_probe(tmp_path / "a", 1, [8, 13], 1, 64, fail_n=13)
-    avo.apply.enable(tmp_path)
+    enable(tmp_path)
     with caplog.at_level(logging.WARNING, logger="avo.apply"):
         for _ in range(3):
             assert call(13)[1] == 0  # correct result from the original every time
@@ -177,7 +182,7 @@ def test_reload_is_atomic_under_concurrent_calls(tmp_path):
         write_probe(tmp_path / "large", base + 2, [128, 512], 65, 4096)
 
     publish(0)
-    avo.apply.enable(tmp_path)
+    enable(tmp_path, nearest=True)
     stop = threading.Event()
     bad: list = []
     seen: set = set()
@@ -215,7 +220,7 @@ def test_reload_is_atomic_under_concurrent_calls(tmp_path):
 
 def test_reload_keeps_the_old_table_when_an_artifact_is_invalid(tmp_path):
     art = write_probe(tmp_path / "a", 1, [8], 1, 64)
-    avo.apply.enable(tmp_path)
+    enable(tmp_path)
     (art / "sources" / "probe.py").write_text("TAG = 99\n")  # edited by hand: sha mismatch
     with pytest.raises(ArtifactError, match="differs from solution.json"):
         avo.apply.reload()
@@ -224,7 +229,7 @@ def test_reload_keeps_the_old_table_when_an_artifact_is_invalid(tmp_path):
 
 def test_disable_kwargs_and_signature_mismatch(tmp_path):
     write_probe(tmp_path / "a", 1, [8], 1, 64)
-    avo.apply.enable(tmp_path)
+    enable(tmp_path)
     y, tag = probe(scale=2.0, x=torch.ones(8))  # keyword arguments map by name
     assert int(tag) == 1
 
@@ -243,7 +248,7 @@ def test_won_keys_take_precedence_and_nearest_prefers_the_winner(tmp_path):
     # Both verified on n=8 and n=64; probe1 won n=8 though probe2 recorded a lower latency there.
     write_probe(tmp_path / "a", 1, [8, 64], 1, 1024, latency=5.0, won=["n8_s2.0"])
     write_probe(tmp_path / "b", 2, [8, 64], 1, 1024, latency=1.0, won=["n64_s2.0"])
-    avo.apply.enable(tmp_path)
+    enable(tmp_path, nearest=True)
     assert call(8)[1] == 1 and call(64)[1] == 2
     assert call(10)[1] == 1 and call(50)[1] == 2
 

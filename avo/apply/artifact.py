@@ -73,8 +73,13 @@ class ArtifactManifest(BaseModel):
     entry_point: str
     language: str
     keys: list[KeyStat] = Field(min_length=1)
-    # Nearest-key dispatch stays inside these [lo, hi] per var axis (default: the verified keys' span).
+    # Nearest-key dispatch (opt-in: enable(nearest=True)) stays inside these [lo, hi] per var axis
+    # (default: the verified keys' span).
     ranges: dict[str, list[int]]
+    # Verified-only dispatch also serves a key inside these [lo, hi] (other axes, dtypes and scalars
+    # equal to a verified key's): ranges the artifact was checked on, both ends among its verified
+    # keys (the writer refuses one that is not). Absent: exact verified keys only.
+    checked_ranges: Optional[dict[str, list[int]]] = None
     device_mode: str
     hardware: str
     run: Optional[str] = None
@@ -96,6 +101,7 @@ class ArtifactMeta(BaseModel):
     island: Optional[str] = None
     won: Optional[list[str]] = None  # workload uuids this artifact won; None = all of them
     ranges: Optional[dict[str, list[int]]] = None  # widen/narrow the declared range by hand
+    checked_ranges: Optional[dict[str, list[int]]] = None  # axes checked over [lo, hi] (see the manifest)
 
 
 @dataclass(frozen=True)
@@ -181,11 +187,12 @@ def write_artifact(folder: Path, definition: Definition, solution: Solution, tra
                 if a in k.axes and not lo <= k.axes[a] <= hi:
                     raise ArtifactError(f"declared range {a}=[{lo}, {hi}] excludes verified key {k.key}")
         ranges.update(meta.ranges)
+    checked = _checked_ranges(definition, keys, meta.checked_ranges) if meta.checked_ranges else None
     env = mine[0].evaluation.environment
     name = safe_name(meta.name or solution.name)
     manifest = ArtifactManifest(
         task=definition.name, name=name, solution=solution.name, entry_point=solution.spec.entry_point,
-        language=solution.spec.language, keys=keys, ranges=ranges,
+        language=solution.spec.language, keys=keys, ranges=ranges, checked_ranges=checked,
         device_mode=getattr(env, "device_mode", "cuda"), hardware=env.hardware,
         run=meta.run, lineage=meta.lineage, commit=meta.commit, island=meta.island,
         avo_version=avo_version(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -202,7 +209,7 @@ def write_artifact(folder: Path, definition: Definition, solution: Solution, tra
         (tmp / "solution.json").write_text(solution.model_dump_json(indent=2) + "\n")
         (tmp / "definition.json").write_text(definition.model_dump_json(indent=2) + "\n")
         (tmp / "traces.jsonl").write_text("".join(t.model_dump_json() + "\n" for t in mine))
-        (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+        (tmp / "manifest.json").write_text(manifest_json(manifest))
         if provenance:
             if "kernel.py" in provenance and [provenance["kernel.py"]] != [s.content.encode() for s in solution.sources]:
                 raise ArtifactError(f"solution {solution.name!r}: its source is not the lineage commit's kernel.py")
@@ -214,6 +221,29 @@ def write_artifact(folder: Path, definition: Definition, solution: Solution, tra
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def manifest_json(m: ArtifactManifest) -> str:
+    """The manifest as written: `checked_ranges` only when set (older manifests lack the key)."""
+    return m.model_dump_json(indent=2, exclude={"checked_ranges"} if m.checked_ranges is None else None) + "\n"
+
+
+def _checked_ranges(definition: Definition, keys: list[KeyStat], checked: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Validate ranges declared as checked: var axes only, [lo, hi] with both ends verified keys."""
+    layout = KeyLayout.of(definition)
+    out = {}
+    for a, r in checked.items():
+        if a not in layout.var_axes:
+            raise ArtifactError(f"checked range of {a!r}: not a var axis the inputs determine ({', '.join(layout.var_axes)})")
+        if len(r) != 2 or r[0] > r[1]:
+            raise ArtifactError(f"checked range of {a!r} must be [lo, hi], got {r}")
+        seen = {k.axes[a] for k in keys}
+        missing = [v for v in r if v not in seen]
+        if missing:
+            raise ArtifactError(f"checked range {a}=[{r[0]}, {r[1]}]: {missing[0]} is not a verified key's value "
+                                "(both ends of a checked range must be verified workloads)")
+        out[a] = [int(r[0]), int(r[1])]
+    return out
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:
@@ -297,7 +327,7 @@ def read_artifact(folder: Path) -> Artifact:
         missing = [a for a in layout.var_axes if a not in k.axes]
         if missing:
             raise ArtifactError(f"{folder}/manifest.json: key {k.key} lacks axes {missing}")
-    for a, r in manifest.ranges.items():
+    for a, r in {**manifest.ranges, **(manifest.checked_ranges or {})}.items():
         if len(r) != 2 or r[0] > r[1]:
             raise ArtifactError(f"{folder}/manifest.json: range of {a!r} must be [lo, hi], got {r}")
     return Artifact(folder, manifest, solution, definition, traces)

@@ -2,14 +2,17 @@
 (one entry per call), and `snapshot()` sums every thread's dict. A reset records the totals as a
 baseline instead of clearing dicts other threads are writing.
 
-Entry keys: (task, outcome, detail) with outcome "exact" / "nearest" (detail = artifact) or
-"miss" / "fallback" / "error" (detail = reason)."""
+Entry keys: (task, outcome, detail) with outcome "exact" / "range" / "nearest" (detail = artifact)
+or "miss" / "fallback" / "error" (detail = reason), and "copy" (detail = which input was copied
+into a contiguous buffer before a kernel call: a note on a hit, not a call of its own)."""
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-OUTCOMES = ("exact", "nearest", "miss", "fallback", "error")
+HITS = ("exact", "range", "nearest")
+OUTCOMES = HITS + ("miss", "fallback", "error", "copy")
+_PLURAL = {"miss": "misses", "fallback": "fallbacks", "error": "errors"}
 
 
 class CallCounters:
@@ -41,21 +44,25 @@ class CallCounters:
         self._baseline = self._totals()
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Per task: calls, hits, exact, nearest, misses, fallbacks, errors, reasons, artifacts."""
+        """Per task: calls, hits (= exact + range + nearest), misses, fallbacks, errors, reasons,
+        artifacts (hits per artifact), copies (layout copies per input, counted on hits)."""
         base = self._baseline
         out: dict[str, dict[str, Any]] = {}
         for (task, outcome, detail), v in sorted(self._totals().items()):
             v -= base.get((task, outcome, detail), 0)
             if v <= 0:
                 continue
-            s = out.setdefault(task, {"calls": 0, "hits": 0, "exact": 0, "nearest": 0, "misses": 0,
-                                      "fallbacks": 0, "errors": 0, "reasons": {}, "artifacts": {}})
+            s = out.setdefault(task, {"calls": 0, "hits": 0, "exact": 0, "range": 0, "nearest": 0, "misses": 0,
+                                      "fallbacks": 0, "errors": 0, "reasons": {}, "artifacts": {}, "copies": {}})
+            if outcome == "copy":
+                s["copies"][detail] = s["copies"].get(detail, 0) + v
+                continue
             s["calls"] += v
-            if outcome in ("exact", "nearest"):
+            if outcome in HITS:
                 s["hits"] += v
                 s[outcome] += v
                 s["artifacts"][detail] = s["artifacts"].get(detail, 0) + v
             else:
-                s[{"miss": "misses", "fallback": "fallbacks", "error": "errors"}[outcome]] += v
+                s[_PLURAL[outcome]] += v
                 s["reasons"][detail] = s["reasons"].get(detail, 0) + v
         return out

@@ -228,7 +228,8 @@ def reexport_diff(folder: Path) -> list[str]:
         traces = [Trace.model_validate_json(x) for x in provenance["traces.jsonl"].decode().splitlines() if x.strip()]
     all_won = all(k.won for k in m.keys)
     meta = ArtifactMeta(name=m.name, run=m.run, lineage=m.lineage, commit=m.commit, island=m.island,
-                        won=None if all_won else [k.workload for k in m.keys if k.won])
+                        won=None if all_won else [k.workload for k in m.keys if k.won],
+                        checked_ranges=m.checked_ranges)
     sol = _solution(m.task, art.solution.sources[0].content, m.commit) \
         if m.commit and len(art.solution.sources) == 1 else art.solution
     with tempfile.TemporaryDirectory() as tmp:

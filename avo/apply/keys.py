@@ -150,16 +150,19 @@ def scalars_match(call: tuple, entry: tuple) -> bool:
     return all(e is ANY or c == e for c, e in zip(call, entry))
 
 
-def nearest_candidate(call: CallKey, var_axes: tuple[str, ...],
-                      candidates: Sequence[tuple[CallKey, dict[str, Sequence[int]], float, Any]]) -> Optional[Any]:
-    """The nearest-key policy. A candidate (entry key, declared ranges, latency, payload) is
-    eligible when its dtypes equal the call's, its scalars equal the call's (or are unpinned), and
-    every var-axis value of the call lies in the declared [lo, hi] of that axis (an axis without a
-    declared range must equal the entry's value). Among eligible ones: smallest log-space distance
-    over the var axes, then lowest latency. None when nothing is eligible."""
-    best, best_rank = None, None
-    for key, ranges, latency, payload in candidates:
-        if key[1] != call[1] or not scalars_match(call[2], key[2]):
+def ranked_candidates(call: CallKey, var_axes: tuple[str, ...],
+                      candidates: Sequence[tuple[CallKey, dict[str, Sequence[int]], Any, Any]],
+                      unpinned_scalars: bool = True) -> list[Any]:
+    """The candidates (entry key, ranges, rank, payload) whose ranges hold the call, nearest first.
+    Eligible: dtypes equal to the call's, scalars equal (an unpinned workload scalar matches any
+    value only when `unpinned_scalars`), and every var-axis value of the call inside the candidate's
+    [lo, hi] for that axis (an axis without a range must equal the entry's value). Order: smallest
+    log-space distance over the var axes, then `rank` (lower first)."""
+    found = []
+    for key, ranges, rank, payload in candidates:
+        if key[1] != call[1]:
+            continue
+        if not (scalars_match(call[2], key[2]) if unpinned_scalars else call[2] == key[2]):
             continue
         ok = True
         for a, v, e in zip(var_axes, call[0], key[0]):
@@ -167,9 +170,14 @@ def nearest_candidate(call: CallKey, var_axes: tuple[str, ...],
             if (r is None and v != e) or (r is not None and not (r[0] <= v <= r[1])):
                 ok = False
                 break
-        if not ok:
-            continue
-        rank = (log_distance(call[0], key[0]), latency)
-        if best_rank is None or rank < best_rank:
-            best, best_rank = payload, rank
-    return best
+        if ok:
+            found.append(((log_distance(call[0], key[0]), rank), len(found), payload))
+    found.sort(key=lambda x: x[:2])
+    return [p for _, _, p in found]
+
+
+def nearest_candidate(call: CallKey, var_axes: tuple[str, ...],
+                      candidates: Sequence[tuple[CallKey, dict[str, Sequence[int]], float, Any]]) -> Optional[Any]:
+    """The nearest-key policy's single choice (ranked_candidates' first), None when nothing is eligible."""
+    found = ranked_candidates(call, var_axes, candidates)
+    return found[0] if found else None

@@ -1,0 +1,96 @@
+"""Re-measure artifacts on this machine's GPU against the calls they replace:
+
+    python -m avo.apply.measure DIR [DIR ...] [--task T] [--device cuda|interpret] [--out FILE]
+
+For every artifact under each DIR, the evaluator (avo/harness) checks and times its kernel on the
+workloads of its traces, with T_b (the task's evaluators/<task>/baseline.py when that task has the
+same definition, else the definition's reference) timed interleaved, exactly as at export. Each
+(kernel, key) becomes a SpeedRecord (avo/apply/speed.py) in `DIR/speed-<gpu>.jsonl` (or --out),
+merged with the rows already there; `enable(DIR)` reads them, a re-measurement overriding the
+export's record for the same GPU. A workload that no longer passes writes no row (and is
+reported). `--device interpret` runs the CPU interpreter: rows are written, labelled
+`device_mode: interpret`, and make no speed claim (for checking the command itself).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from avo.apply.artifact import Artifact, find_artifacts, read_artifact
+from avo.apply.keys import canonical_key
+from avo.apply.speed import SpeedRecord, normalize_hardware, now, speed_file_name, write_speed_file
+
+
+def _task_of(art: Artifact):
+    """The artifact's definition and its traces' workloads as a Task; T_b from evaluators/ when
+    the task there has the same definition."""
+    from avo.tasks import Task, TaskError, load_task
+    baseline, replaced = None, "reference"
+    try:
+        t = load_task(art.manifest.task)
+        if t.definition.model_dump(exclude={"description", "tags"}) == \
+                art.definition.model_dump(exclude={"description", "tags"}) and t.baseline:
+            baseline, replaced = t.baseline, "baseline.py"
+    except TaskError:
+        pass
+    wls = list({t.workload.uuid: t.workload for t in art.traces}.values())
+    return Task(definition=art.definition, workloads=wls, baseline=baseline), replaced
+
+
+def measure(dirs: list[Path], device: str = "cuda", task: Optional[str] = None, out: Optional[Path] = None,
+            log=print) -> dict[Path, list[SpeedRecord]]:
+    """Measure every artifact under dirs; returns {speed file: records written}."""
+    from avo.harness.runner import EvalConfig, Evaluator
+    written: dict[Path, list[SpeedRecord]] = {}
+    with Evaluator(EvalConfig(device=device)) as ev:
+        hw = normalize_hardware(ev.hardware)
+        for d in dirs:
+            d = Path(d)
+            rows: list[SpeedRecord] = []
+            for p in find_artifacts(d):
+                art = read_artifact(p)
+                if task is not None and art.manifest.task != task:
+                    continue
+                t, replaced = _task_of(art)
+                rep = ev.evaluate(t, art.solution, t.workloads)
+                for tr in rep.traces:
+                    perf, env = tr.evaluation.performance, tr.evaluation.environment
+                    if not tr.passed or perf is None or perf.latency_ms <= 0:
+                        log(f"{art.manifest.task}/{art.manifest.name} {tr.workload.uuid}: "
+                            f"{tr.evaluation.status.value}, no record")
+                        continue
+                    r = SpeedRecord(task=art.manifest.task, artifact=art.manifest.name, digest=art.digest,
+                                    key=canonical_key(art.definition, tr.workload), hardware=hw,
+                                    device_mode=env.device_mode, latency_ms=perf.latency_ms,
+                                    replaced_latency_ms=perf.reference_latency_ms,
+                                    ratio=perf.reference_latency_ms / perf.latency_ms, replaced=replaced,
+                                    source="measure", timing_method=env.timing_method, throttled=env.throttled,
+                                    measured=now())
+                    rows.append(r)
+                    log(f"{art.manifest.task}/{art.manifest.name} {r.key}: {r.ratio:.3f}x vs {replaced} on {hw}")
+            if rows:
+                path = Path(out) if out is not None else d / speed_file_name(hw)
+                write_speed_file(path, rows)
+                written[path] = rows
+    return written
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m avo.apply.measure", description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="artifact folders (what enable() takes)")
+    ap.add_argument("--task", help="only this task's artifacts")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "interpret"])
+    ap.add_argument("--out", type=Path, help="speed file (default DIR/speed-<gpu>.jsonl)")
+    a = ap.parse_args(argv)
+    if len(a.dirs) > 1 and a.out is not None:
+        ap.error("--out takes one DIR")
+    written = measure(a.dirs, a.device, a.task, a.out)
+    for path, rows in written.items():
+        print(f"{len(rows)} records -> {path}")
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

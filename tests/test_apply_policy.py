@@ -1,0 +1,207 @@
+"""avo.apply's serving policy (issue 25 parts 3 and 4), on CPU with the probe task of test_apply.py:
+
+* verified-only: a key is served only if an artifact was verified on it, or on a range it was
+  checked on (`checked_ranges`, both ends verified); the nearest-key rule is enable(nearest=True);
+* never slower: a key is served on a GPU model only where the artifact measured faster than the
+  replaced call on that model (traces of the export, or `speed-*.jsonl` of a re-measurement);
+  the GPU is simulated by naming the CPU device as one (`hardware_name` patched);
+* device faults reported after the call (simulated fences) disable the keys in flight, raise
+  DeviceFault, and go to the quarantine file a restarted engine skips;
+* layout copies: a strided input is copied for the kernel when the function allows it."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from test_apply import call, probe, probe_definition, probe_solution, probe_workload, write_probe
+
+import avo
+import avo.apply.runtime as rt
+from avo.apply import ArtifactError, ArtifactMeta, DeviceFault, write_artifact
+from avo.apply.speed import SpeedRecord, read_speed_files, write_speed_file
+from avo.schema import Correctness, Environment, Evaluation, EvaluationStatus, Performance, Trace
+
+H100, H200 = "NVIDIA_H100_80GB_HBM3", "NVIDIA_H200"
+
+
+@pytest.fixture(autouse=True)
+def clean_runtime(monkeypatch):
+    avo.apply.disable()
+    avo.apply.stats(reset=True)
+    yield
+    avo.apply.disable()
+    avo.apply.stats(reset=True)
+
+
+def gpu_trace(n: int, latency: float, replaced: float, hardware: str = H100, sol: str = "probe_1") -> Trace:
+    ev = Evaluation(status=EvaluationStatus.PASSED,
+                    environment=Environment(hardware=hardware, device_mode="cuda"),
+                    timestamp="2026-01-01T00:00:00+00:00", correctness=Correctness(),
+                    performance=Performance(latency_ms=latency, reference_latency_ms=replaced,
+                                            speedup_factor=replaced / latency))
+    return Trace(definition="apply_probe", workload=probe_workload(n), solution=sol, evaluation=ev)
+
+
+def write_gpu_probe(folder, tag: int, speeds: dict, hardware: str = H100):
+    """A probe artifact whose traces say: on `hardware`, key n ran `ratio` x faster than T_b."""
+    d, sol = probe_definition(), probe_solution(tag)
+    traces = [gpu_trace(n, 1.0, ratio, hardware, sol.name) for n, ratio in speeds.items()]
+    return write_artifact(folder, d, sol, traces, ArtifactMeta(name=f"probe{tag}"))
+
+
+def on_gpu(monkeypatch, name: str) -> None:
+    """CPU tensors named as a GPU model, for the speed policy."""
+    monkeypatch.setattr(rt, "hardware_name", lambda device: name)
+
+
+def reasons() -> dict:
+    return avo.apply.stats()["apply_probe"]["reasons"]
+
+
+def test_verified_keys_only_by_default_nearest_and_checked_ranges_opt_in(tmp_path):
+    write_probe(tmp_path / "a", 1, [8, 64], 1, 1024)  # declared range [1, 1024], verified 8 and 64
+    avo.apply.enable(tmp_path, require_faster=False)
+    assert call(8)[1] == 1 and call(64)[1] == 1  # exact
+    assert call(20)[1] == 0  # in the declared range, never verified: the original
+    s = avo.apply.stats(reset=True)["apply_probe"]
+    assert (s["exact"], s["misses"], s["nearest"]) == (2, 1, 0)
+    avo.apply.enable(tmp_path, require_faster=False, nearest=True)  # the opt-in
+    assert call(20)[1] == 1 and avo.apply.stats(reset=True)["apply_probe"]["nearest"] == 1
+
+    # checked_ranges: both ends verified, then served in between without nearest=True
+    d, sol = probe_definition(), probe_solution(3)
+    from test_apply import passed_trace
+    traces = [passed_trace(d.name, sol.name, probe_workload(n), 1.0) for n in (8, 16, 32)]
+    write_artifact(tmp_path / "c", d, sol, traces, ArtifactMeta(name="probe3", checked_ranges={"n": [8, 32]}))
+    with pytest.raises(ArtifactError, match="40 is not a verified key's value"):
+        write_artifact(tmp_path / "x", d, sol, traces, ArtifactMeta(checked_ranges={"n": [8, 40]}))
+    avo.apply.enable(tmp_path / "c", require_faster=False)
+    assert call(20)[1] == 3 and call(32)[1] == 3 and call(33)[1] == 0 and call(20, scale=3.0)[1] == 0
+    s = avo.apply.stats()["apply_probe"]
+    assert (s["range"], s["exact"], s["misses"]) == (1, 1, 2)
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["checked_ranges"] == {"n": [8, 32]}
+    assert "checked_ranges" not in json.loads((tmp_path / "a" / "manifest.json").read_text())
+
+
+def test_served_only_where_measured_faster_on_this_gpu(tmp_path, monkeypatch, caplog):
+    # tuned on the H100: faster at n=8 (1.2x), slower at n=64 (0.77x)
+    write_gpu_probe(tmp_path / "h100", 1, {8: 1.2, 64: 0.77})
+    avo.apply.enable(tmp_path)  # require_faster is the default
+    assert call(8)[1] == 0  # CPU tensors: no speed claim
+    assert reasons() == {"not measured on cpu": 1}
+    avo.apply.stats(reset=True)
+    on_gpu(monkeypatch, H100)
+    avo.apply.reload()
+    assert call(8)[1] == 1 and call(64)[1] == 0
+    assert reasons() == {f"slower than the replaced call on {H100}": 1}
+    avo.apply.stats(reset=True)
+    on_gpu(monkeypatch, H200)  # another GPU: the H100's numbers say nothing there
+    avo.apply.reload()
+    assert call(8)[1] == 0 and reasons() == {f"not measured on {H200}": 1}
+    avo.apply.stats(reset=True)
+
+    # a kernel tuned on the H200 beside it: each GPU picks its own
+    write_gpu_probe(tmp_path / "h200", 2, {8: 1.5, 64: 1.1}, hardware=H200)
+    avo.apply.reload()
+    assert call(8)[1] == 2 and call(64)[1] == 2
+    on_gpu(monkeypatch, H100)
+    avo.apply.reload()
+    assert call(8)[1] == 1 and call(64)[1] == 0
+    # min_speedup raises the bar
+    avo.apply.enable(tmp_path, min_speedup=1.3)
+    assert call(8)[1] == 0
+
+
+def test_a_remeasurement_overrides_the_export_record(tmp_path, monkeypatch):
+    art = write_gpu_probe(tmp_path / "a", 1, {8: 1.2})
+    from avo.apply import read_artifact
+    digest = read_artifact(art).digest
+    on_gpu(monkeypatch, H200)
+    avo.apply.enable(tmp_path)
+    assert call(8)[1] == 0
+    row = SpeedRecord(task="apply_probe", artifact="probe1", digest=digest, key="n=8,x:float32,scale=2.0",
+                      hardware=H200, device_mode="cuda", latency_ms=1.0, replaced_latency_ms=1.4, ratio=1.4,
+                      replaced="baseline.py", source="measure", measured="2026-02-01T00:00:00+00:00")
+    write_speed_file(tmp_path / f"speed-{H200}.jsonl", [row])
+    avo.apply.reload()
+    assert call(8)[1] == 1  # now measured on the H200
+    on_gpu(monkeypatch, H100)
+    write_speed_file(tmp_path / f"speed-{H100}.jsonl", [row.model_copy(update={"hardware": H100, "ratio": 0.9})])
+    avo.apply.reload()
+    assert call(8)[1] == 0  # re-measured slower on the H100: the export's 1.2x no longer counts
+    assert len(read_speed_files([tmp_path])) == 2
+    (tmp_path / "speed-bad.jsonl").write_text('{"task": 1}\n')
+    with pytest.raises(ArtifactError, match="speed-bad.jsonl:1"):
+        avo.apply.reload()
+
+
+def test_measure_command_writes_records_without_a_cpu_speed_claim(tmp_path, monkeypatch):
+    from avo.apply.measure import main
+    write_probe(tmp_path / "a", 0, [8], 1, 64)  # tag 0: the reference's tag, so it passes the check
+    assert main([str(tmp_path), "--device", "interpret"]) == 0
+    files = list(tmp_path.glob("speed-*.jsonl"))
+    assert len(files) == 1
+    rows = read_speed_files([tmp_path])
+    assert [(r.key, r.device_mode, r.source, r.replaced) for r in rows] == [
+        ("n=8,x:float32,scale=2.0", "interpret", "measure", "reference")]
+    on_gpu(monkeypatch, rows[0].hardware)
+    avo.apply.enable(tmp_path)
+    assert call(8)[1] == 0 and next(iter(reasons())).startswith("not measured on")
+
+
+class FakeEvent:
+    """A fence: done unless its launch faulted (then query raises like a CUDA error)."""
+    faults: set = set()
+    made: list = []
+
+    def __init__(self, device):
+        self.n = len(FakeEvent.made)
+        FakeEvent.made.append(self)
+
+    def query(self):
+        if self.n in FakeEvent.faults:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.n not in FakeEvent.pending
+
+    pending: set = set()
+
+
+def test_device_fault_at_the_next_call_disables_the_key_and_is_quarantined(tmp_path, caplog):
+    write_probe(tmp_path / "a", 1, [8, 64], 1, 1024)
+    q = tmp_path / "quarantine.jsonl"
+    avo.apply.enable(tmp_path, require_faster=False, fault_checks=2, quarantine=q)
+    fw = rt._STATE.faults
+    fw.event_factory, fw.devices = FakeEvent, ("cpu",)
+    FakeEvent.made, FakeEvent.faults, FakeEvent.pending = [], set(), set()
+    assert call(64)[1] == 1 and call(64)[1] == 1 and call(64)[1] == 1
+    assert len(FakeEvent.made) == 2  # probation: the first 2 launches per key are fenced
+    assert not fw.pending  # completed fences are dropped at the next call
+    FakeEvent.pending = {2}  # the next launch is still running...
+    assert call(8)[1] == 1
+    FakeEvent.faults = {2}  # ...and the device reports a fault for it
+    with caplog.at_level(logging.WARNING, logger="avo.apply"), pytest.raises(DeviceFault, match=r"n=8.*probe1"):
+        call(64)
+    assert any("device fault" in r.getMessage() for r in caplog.records)
+    assert call(8)[1] == 0  # disabled until reload
+    s = avo.apply.stats()["apply_probe"]
+    assert s["reasons"]["device fault"] == 1 and s["reasons"]["disabled after device fault"] == 1
+    rows = [json.loads(x) for x in q.read_text().splitlines()]
+    assert [(r["task"], r["key"], r["artifact"]) for r in rows] == [("apply_probe", "n=8,x:float32,scale=2.0", "probe1")]
+    avo.apply.reload()  # a restarted engine: the quarantined kernel does not serve that key again
+    assert call(8)[1] == 0 and call(64)[1] == 1
+    avo.apply.synchronize()  # no CUDA here: checks the pending fences only
+
+
+def test_strided_inputs_copied_only_where_allowed(tmp_path):
+    write_probe(tmp_path / "a", 1, [8], 1, 64)
+    avo.apply.enable(tmp_path, require_faster=False)
+    x = torch.arange(16, dtype=torch.float32)[::2]
+    assert int(probe(x, 2.0)[1]) == 0  # the default: a strided input falls back
+    copying = avo.apply("apply_probe", copy_inputs=True)(probe.original)
+    y, tag = copying(x, 2.0)
+    assert int(tag) == 1 and torch.equal(y, x * 2.0)
+    s = avo.apply.stats()["apply_probe"]
+    assert s["copies"] == {"layout copy: x": 1} and s["reasons"] == {"guard:contiguous": 1}
