@@ -86,6 +86,26 @@ def test_each_shape_round_trips_a_tool_turn(shape, stream):
         assert second["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
 
 
+def test_server_refuses_reasoning_model_parameters_as_openai_does():
+    """What avo's earlier requests got from o-series / GPT-5: the SDK's BadRequestError with
+    OpenAI's param and code, and no turn consumed."""
+    import openai
+    with FakeLLMServer([Turn(text="ok")]) as srv:
+        raw = openai.OpenAI(api_key="k", base_url=srv.openai_url, max_retries=0)
+        hi = [{"role": "user", "content": "hi"}]
+        with pytest.raises(openai.BadRequestError) as e1:
+            raw.chat.completions.create(model="o3", messages=hi, max_tokens=8192)
+        with pytest.raises(openai.BadRequestError) as e2:
+            raw.chat.completions.create(model="gpt-5", messages=hi, max_completion_tokens=8192, temperature=0.7)
+        with pytest.raises(openai.BadRequestError) as e3:
+            raw.responses.create(model="o4-mini", input="hi", temperature=0.7)
+        assert raw.chat.completions.create(model="gpt-5", messages=hi, max_completion_tokens=8192).choices[0].message.content == "ok"
+    assert (e1.value.param, e1.value.code) == ("max_tokens", "unsupported_parameter")
+    assert (e2.value.param, e2.value.code) == ("temperature", "unsupported_value")
+    assert (e3.value.param, e3.value.code) == ("temperature", "unsupported_parameter")
+    assert "Use 'max_completion_tokens' instead" in str(e1.value) and srv.remaining == 0
+
+
 @pytest.mark.parametrize("shape", ["chat", "responses"])
 def test_reasoning_model_gets_no_sampling_parameters(shape):
     with FakeLLMServer([Turn(text="ok")]) as srv:
