@@ -24,17 +24,102 @@ except Exception as _e:  # not installed, or its CUDA libraries are missing
     _cupti, _CUPTI, _CUPTI_ERROR = None, {}, f"cupti-python is not importable ({type(_e).__name__}: {_e})"
 
 
+class TimingHack(RuntimeError):
+    """Something the candidate did to the GPU that makes its timing unfair, found by the timing
+    loop itself; the worker reports it as REWARD_HACK with `check`."""
+
+    def __init__(self, check: str, detail: str):
+        super().__init__(detail)
+        self.check = check
+
+
+class PersistingL2:
+    """The persisting part of the L2 (Ampere+): lines a kernel marks persisting (a stream's or a
+    launch's access-policy window, cudaAccessPropertyPersisting; PTX evict_last) live in a set-aside
+    of the L2 that normal accesses, the flush's among them, cannot evict: inputs kept hot across the
+    flush. The set-aside is 0 unless a process raises it (cudaDeviceSetLimit(
+    cudaLimitPersistingL2CacheSize)), and then persisting accesses are treated as normal ones. So
+    `finding` refuses a raised set-aside (and a window left on the timed stream) and `reset` turns
+    persisting lines back to normal before each flush. Read through the CUDA driver (libcuda, the
+    one library every CUDA machine has), bound before any candidate runs; where it cannot be
+    loaded, `why` says so and the checks are off."""
+    LIMIT_PERSISTING_L2 = 0x06  # CU_LIMIT_PERSISTING_L2_CACHE_SIZE
+    STREAM_ATTR_WINDOW = 1  # CU_STREAM_ATTRIBUTE_ACCESS_POLICY_WINDOW
+
+    def __init__(self, lib=None):
+        import ctypes
+        self._ct = ctypes
+        self.why = ""
+        try:
+            lib = lib or ctypes.CDLL("libcuda.so.1")
+            self._get_limit, self._reset = lib.cuCtxGetLimit, lib.cuCtxResetPersistingL2Cache
+            self._stream_attr = getattr(lib, "cuStreamGetAttribute", None)
+        except (OSError, AttributeError) as e:
+            self._get_limit = self._reset = self._stream_attr = None
+            self.why = f"the CUDA driver's L2 calls are not available ({e})"
+        self.base = self.limit() or 0
+
+    def limit(self) -> Optional[int]:
+        """Bytes of L2 set aside for persisting accesses in this context (None: unknown)."""
+        if self._get_limit is None:
+            return None
+        v = self._ct.c_size_t(0)
+        return int(v.value) if self._get_limit(self._ct.pointer(v), self.LIMIT_PERSISTING_L2) == 0 else None
+
+    def window_bytes(self, stream: int) -> Optional[int]:
+        """num_bytes of the access-policy window on `stream` (a CUstream handle; None: unknown)."""
+        if self._stream_attr is None:
+            return None
+        value = (self._ct.c_ubyte * 64)()  # CUstreamAttrValue: { void* base_ptr; size_t num_bytes; ... }
+        if self._stream_attr(self._ct.c_void_p(stream), self.STREAM_ATTR_WINDOW, value) != 0:
+            return None  # the legacy default stream has no attributes
+        return int.from_bytes(bytes(value[8:16]), "little")
+
+    def finding(self, stream: Optional[int] = None) -> Optional[str]:
+        lim = self.limit()
+        if lim is not None and lim > self.base:
+            return f"the persisting L2 set-aside was raised to {lim} bytes (cudaLimitPersistingL2CacheSize): " \
+                   "inputs marked persisting stay in the L2 across the flush"
+        win = self.window_bytes(stream) if stream is not None else None
+        if win:
+            return f"an access-policy window of {win} bytes was left on the timed stream (persisting L2 lines)"
+        return None
+
+    def reset(self) -> None:
+        if self._reset is not None:
+            self._reset()
+
+
+_PERSISTING: list = []
+
+
+def persisting_l2() -> PersistingL2:
+    """One per process, made at the first use (after CUDA's initialisation, before any candidate:
+    the worker arms it)."""
+    if not _PERSISTING:
+        _PERSISTING.append(PersistingL2())
+    return _PERSISTING[0]
+
+
 class L2Flusher:
-    """Writes a buffer of at least twice the L2 size so no call starts with warm inputs."""
+    """Writes a buffer of at least twice the L2 size so no call starts with warm inputs; first it
+    refuses a raised persisting-L2 set-aside or an access-policy window on the timed stream
+    (TimingHack "l2-persist") and turns persisting lines back to normal, so nothing survives it."""
 
     def __init__(self, device: str):
         self.buf = None
+        self.l2 = None
         if device == "cuda":
             l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
             self.buf = torch.empty(max(2 * l2, 64 << 20) // 4, dtype=torch.int32, device="cuda")
+            self.l2 = persisting_l2()
 
     def __call__(self) -> None:
         if self.buf is not None:
+            why = self.l2.finding(torch.cuda.current_stream().cuda_stream)
+            if why:
+                raise TimingHack("l2-persist", why)
+            self.l2.reset()
             self.buf.zero_()
 
 

@@ -107,14 +107,19 @@ class Worker:
         sandbox's own changes included). The reference role is trusted: it only makes itself
         non-dumpable (main). Returns the "ready" info."""
         if self.role == "candidate":
+            if self.mode == "cuda":  # the persisting-L2 set-aside as it is before any candidate (timing.py)
+                timing.persisting_l2()
             self.sandbox = sandbox.disabled() or sandbox.confine(self.tmp, self.bulk, self.mode, self.ipc)
         # candidate code loads from the scratch folder: frames and gc walks asked for from there are refused
         self.guard = guard.RuntimeGuard(code_roots=(str(self.tmp),) if self.role == "candidate" else ())
         return {"pid": os.getpid(), "sandbox": self.sandbox, "dumpable": sandbox.dumpable()}
 
-    def _caught(self) -> Fail | None:
+    def _caught(self, e: BaseException | None = None) -> Fail | None:
         """The runtime guard's finding, if any: an error raised by candidate code may be the guard
-        refusing it (a frame asked for), which is a hack, not a crash."""
+        refusing it (a frame asked for), which is a hack, not a crash; so is what the timing loop
+        found (timing.TimingHack: a persisting L2 set-aside)."""
+        if isinstance(e, timing.TimingHack):
+            return Fail(S.REWARD_HACK, str(e), e.check)
         finding = self.guard.verify() if self.guard else None
         return Fail(S.REWARD_HACK, finding[1], finding[0]) if finding else None
 
@@ -225,6 +230,10 @@ class Worker:
         finding = self.guard.verify()
         if finding:
             raise Fail(S.REWARD_HACK, finding[1], finding[0])
+        if self.mode == "cuda":
+            why = timing.persisting_l2().finding(torch.cuda.current_stream().cuda_stream)
+            if why:
+                raise Fail(S.REWARD_HACK, why, "l2-persist")
         if rec is not None and not peer:
             op = guard.forbidden_op(rec.ops, d.forbidden_calls)
             if op:
@@ -349,7 +358,7 @@ class Worker:
             if self.mode == "cuda":
                 torch.cuda.synchronize()
         except Exception as e:
-            raise self._caught() or _refused(e, self.sandbox) or \
+            raise self._caught(e) or _refused(e, self.sandbox) or \
                 Fail(S.RUNTIME_ERROR, _tail(f"during timing: {type(e).__name__}: {e}"))
         clk1, why1 = timing.gpu_clock_state() if self.mode == "cuda" else (None, [])
         finding = self.guard.verify()
@@ -424,7 +433,7 @@ class Worker:
                 if self.mode == "cuda":
                     torch.cuda.synchronize()
             except Exception as e:
-                raise self._caught() or _refused(e, self.sandbox) or \
+                raise self._caught(e) or _refused(e, self.sandbox) or \
                     Fail(S.RUNTIME_ERROR, _tail(f"during A/B: {type(e).__name__}: {e}"))
             why1 = timing.gpu_clock_state()[1] if self.mode == "cuda" else []
             finding = self.guard.verify()

@@ -25,6 +25,17 @@ def grammar_solution(name: str) -> Solution:
                     sources=[SourceFile(path=path.name, content=path.read_text())])
 
 
+def grammar_cuda_solution(name: str) -> Solution:
+    """A CUDA C++ candidate (torch binding, SOL-ExecBench's cuda_cpp): built and run on a GPU,
+    compile-checked (COMPILED_NOT_RUN) elsewhere."""
+    path = HERE / "grammar" / f"{name}.cu"
+    return Solution.model_validate({
+        "name": name, "definition": "grammar_bitmask", "author": "adversary",
+        "spec": {"languages": ["cuda_cpp"], "target_hardware": ["cuda"], "entry_point": f"{path.name}::run",
+                 "destination_passing_style": True, "binding": "torch"},
+        "sources": [{"path": path.name, "content": path.read_text()}]})
+
+
 def attention_solution(name: str) -> Solution:
     """The candidate file plus the seed kernel as a second source it imports."""
     path = HERE / "attention" / f"{name}.py"

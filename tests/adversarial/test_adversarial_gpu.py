@@ -1,6 +1,9 @@
-"""CUDA-only reward hacks (side stream, CUDA-event timer patch) and the no-false-positive controls
-on a real GPU: the honest seed kernels and the trusted SDPA peer must PASS with every runtime check
-on. Run on a GPU machine: `.venv/bin/python -m pytest -q -m gpu tests/adversarial`."""
+"""CUDA-only reward hacks (side stream, CUDA-event timer patch, L2 persistence, a captured CUDA graph)
+and the GPU runs of the published-hack candidates (device-side memo, freed-memory scan, the aten
+flash call; test_published_hacks.py runs them in the interpreter), with the no-false-positive
+controls on a real GPU: the honest seed kernels and the trusted SDPA peer must PASS with every
+runtime check on (the persisting-L2 check included). Run on a GPU machine:
+`.venv/bin/python -m pytest -q -m gpu tests/adversarial`."""
 from __future__ import annotations
 
 import pytest
@@ -9,13 +12,14 @@ from avo.harness.runner import EvalConfig, Evaluator
 from avo.schema import EvaluationStatus
 from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
 
-from conftest import assert_verdict, attention_solution, grammar_solution
+from conftest import assert_verdict, attention_solution, grammar_cuda_solution, grammar_solution
 
 S = EvaluationStatus
 RH = S.REWARD_HACK
 pytestmark = pytest.mark.gpu
 
 BIG_GRAMMAR = "gpu_b512_v151936_float32"  # the largest mask: ~0.1 ms of work to hide
+SMALL_GRAMMAR = "gpu_b1_v151936_float32"  # 0.6 MB of logits: what L2 persistence would keep hot
 ATTENTION = "gpu_b16_h16_s1024_d128_causal"
 
 
@@ -35,6 +39,12 @@ def cuda_peer():
 def grammar():
     task = load_task("grammar_bitmask")
     return task, [w for w in task.workloads if w.uuid == BIG_GRAMMAR]
+
+
+@pytest.fixture(scope="module")
+def small_grammar():
+    task = load_task("grammar_bitmask")
+    return task, [w for w in task.workloads if w.uuid == SMALL_GRAMMAR]
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +100,33 @@ def test_library_call_and_cache_on_cuda(cuda_ev, attention):
     task, wls = attention
     assert_verdict(cuda_ev.evaluate(task, attention_solution("mha_forward_later"), wls), RH, "library-call")
     assert_verdict(cuda_ev.evaluate(task, attention_solution("cache_by_values"), wls), RH, "timed-output")
+
+
+def test_l2_persistence_is_refused(cuda_ev, small_grammar):
+    """l2_persist.cu raises the persisting-L2 set-aside and puts an access-policy window over the
+    logits, so they would survive the flush: refused after the first checked call (`l2-persist`)."""
+    task, wls = small_grammar
+    rep = cuda_ev.evaluate(task, grammar_cuda_solution("l2_persist"), wls)
+    assert_verdict(rep, RH, "l2-persist")
+    assert "cudaLimitPersistingL2CacheSize" in rep.message, rep.message
+
+
+def test_graph_replay_is_caught(cuda_ev, attention):
+    """One attention captured as a CUDA graph of a copy and replayed on every timed call: stale for
+    the perturbed inputs and the refresh calls."""
+    task, wls = attention
+    assert_verdict(cuda_ev.evaluate(task, attention_solution("graph_replay"), wls), RH, "timed-output")
+
+
+def test_published_hacks_on_cuda(cuda_ev, small_grammar, attention):
+    """The interpreter's candidates for device-side memoisation, freed-memory scanning (the CUDA
+    caching allocator hands back the baseline's freed output) and the aten flash call, on a GPU."""
+    task, wls = small_grammar
+    assert_verdict(cuda_ev.evaluate(task, grammar_solution("device_memo"), wls), RH, "timed-output",
+                   ((S.INCORRECT_NUMERICAL, None),))
+    task, wls = attention
+    assert_verdict(cuda_ev.evaluate(task, attention_solution("freed_memory_scan"), wls), RH, "timed-output",
+                   ((S.INCORRECT_NUMERICAL, None),))
+    rep = cuda_ev.evaluate(task, attention_solution("aten_flash_forward"), wls)
+    assert_verdict(rep, RH, "library-call")
+    assert "aten._flash_attention_forward" in rep.message, rep.message
