@@ -4,21 +4,28 @@ the speed of each.
     python scripts/bench_apply_e2e.py --device cuda [--artifacts DIR] [--json OUT]
     python scripts/bench_apply_e2e.py --device interpret     # CPU, Triton interpreter, tiny shapes
 
-1. transformers: a randomly initialised LlamaForCausalLM (config only, no download, MHA so the
-   prefill goes to `attention_mha_fwd`) generates greedily with attn_implementation "sdpa" and
-   "avo" (avo.apply.transformers_attn); the new tokens must be identical. Reports prefill latency
-   and generation tokens/s (decode steps with a KV cache stay on SDPA in the integration).
+1. transformers: a randomly initialised LlamaForCausalLM shaped like Llama-3-8B (config only, no
+   download: hidden 4096, 32 query heads over 8 KV heads, head dim 128, --layers of them) generates
+   greedily with attn_implementation "sdpa" and "avo" (avo.apply.transformers_attn); the new tokens
+   must be identical. Prefill goes to `attention_gqa_fwd`, decode steps over the dynamic cache to
+   `attention_gqa_decode`. Reports prefill latency, generation tokens/s, and per task what avo
+   served and why the rest fell back.
 2. xgrammar: JSON-constrained generation with real GrammarMatchers (a byte-level BPE tokenizer
    trained here, vocab padded to --xgr-vocab) over random logits on the device, xgrammar's own
    apply_token_bitmask_inplace vs avo.apply.xgrammar_bitmask; tokens must be identical. Reports
    the per-step mask application time and whole-step tokens/s.
 
-Without --artifacts, the seed kernels are evaluated with the real harness on exactly the shapes
-used here and written as artifacts to a temporary folder. --artifacts takes `avo export`'s --out
-folder (or any folder of artifacts). The model runs in fp16 by default (bf16 keeps 3 fewer
-mantissa bits: more flips); a GPU run's export covers bf16 keys only: pass --dtype bfloat16 for it.
-Modes are interleaved over the repeats, timings are medians; exits 1 if tokens differ or avo
-served no call.
+Artifacts: on cuda the shipped winners by default (kernels/attention/evolved, kernels/grammar/
+evolved: what a user enabling avo gets), served under the library's default policy (verified keys
+only, and only where measured faster than the replaced call on this GPU model: a GPU the
+artifacts were not measured on serves nothing until `python -m avo.apply.measure DIR` has timed
+them there); --nearest and --no-require-faster relax it, --record DIR writes the shapes the
+model called (avo.apply.record) for `avo evolve`. --artifacts takes `avo export`'s --out folder;
+--seeds evaluates the seed kernels with the harness on exactly the shapes called here (prefill,
+each decode step's kv length) and serves those (the interpreter default). The model runs in bf16
+on cuda (the shipped GPU artifacts cover bf16 keys), fp16 in the interpreter (its bf16 dot is
+wrong). Modes are interleaved over the repeats, timings are medians; exits 1 if tokens differ or
+avo served no call.
 
 Near-ties. With an untied random LM head the logits, given the last hidden state, are i.i.d.
 Gaussian over the vocabulary: the top-1/top-2 margin is scale-free, about 1% of greedy decisions
@@ -32,8 +39,8 @@ script also makes untimed generations that keep every step's logits and prints s
 distribution, avo's step-logit diff and the near-ties (sdpa steps whose margin is at most twice
 that diff: the ones a diff that size can flip), and on cuda a yardstick: the same comparison for a
 second correct attention, SDPA's memory-efficient kernel in the prefill (decode on the default
-SDPA, as avo). Flips of avo with a diff of the yardstick's size are rounding at near-ties; a bug
-shows as a diff far above the yardstick's.
+SDPA). Flips of avo with a diff of the yardstick's size are rounding at near-ties; a bug shows as
+a diff far above the yardstick's.
 """
 from __future__ import annotations
 
@@ -75,16 +82,25 @@ def median(xs: list[float]) -> float:
 # ---- artifacts from the seeds -------------------------------------------------------------------
 
 def e2e_workloads(args: argparse.Namespace) -> dict[str, list[Workload]]:
-    """Per task, a workload on exactly the shape this run calls (the prefill of every layer; the
-    masked logits), so the seed artifacts are verified where they are used."""
-    b, h, s, d = args.batch, args.heads, args.prompt_len, args.head_dim
-    attn = Workload(uuid=f"e2e_b{b}_h{h}_s{s}_d{d}_causal_{args.dtype}", axes=dict(batch=b, heads=h, seq=s, dim=d),
-                    inputs={**{n: RandomInput() for n in "qkv"}, "causal": ScalarInput(value=True)},
-                    dtypes={n: args.dtype for n in "qkvo"})
+    """Per task, the workloads on exactly the shapes this run calls (every layer's prefill, each
+    decode step's kv length; the masked logits), so the seed artifacts are verified where used."""
+    b, hq, hkv, s, d = args.batch, args.heads, args.kv_heads, args.prompt_len, args.head_dim
+    qkv = {n: args.dtype for n in "qkvo"}
+    fwd = Workload(uuid=f"e2e_b{b}_hq{hq}_hkv{hkv}_s{s}_d{d}_causal_{args.dtype}",
+                   axes=dict(batch=b, q_heads=hq, kv_heads=hkv, seq=s, dim=d),
+                   inputs={**{n: RandomInput() for n in "qkv"}, "causal": ScalarInput(value=True)}, dtypes=qkv)
+    dec = [Workload(uuid=f"e2e_b{b}_hq{hq}_hkv{hkv}_kv{kv}_d{d}_{args.dtype}",
+                    axes=dict(batch=b, q_heads=hq, kv_heads=hkv, kv_len=kv, dim=d),
+                    inputs={n: RandomInput() for n in "qkv"}, dtypes=qkv)
+           for kv in range(s + 1, s + args.new_tokens)]  # decode step i attends over s + i keys
     n, v = args.xgr_batch, args.xgr_vocab
     mask = Workload(uuid=f"e2e_b{n}_v{v}_float32", axes=dict(batch=n, vocab=v, words=(v + 31) // 32, num_rows=n),
                     inputs={k: RandomInput() for k in ("logits", "bitmask", "indices")}, dtypes={"logits": "float32"})
-    return {"attention_mha_fwd": [attn], "grammar_bitmask": [mask]}
+    return {"attention_gqa_fwd": [fwd], "attention_gqa_decode": dec, "grammar_bitmask": [mask]}
+
+
+SEEDS = {"attention_gqa_fwd": "attention/gqa_fwd_seed.py", "attention_gqa_decode": "attention/gqa_decode_seed.py",
+         "grammar_bitmask": "grammar/bitmask_seed.py"}
 
 
 def build_artifacts(out: Path, device: str, args: argparse.Namespace) -> Path:
@@ -94,19 +110,19 @@ def build_artifacts(out: Path, device: str, args: argparse.Namespace) -> Path:
     from avo.tasks import REPO_ROOT, load_task, solution_from_kernel_file
 
     wls = e2e_workloads(args)
-    seeds = {"attention_mha_fwd": "attention/mha_fwd_seed.py", "grammar_bitmask": "grammar/bitmask_seed.py"}
     with Evaluator(EvalConfig(device=device)) as ev:
         for part in args.parts:
-            task = load_task(TASKS[part])
-            rel = seeds[task.name]
-            sol = solution_from_kernel_file(task, REPO_ROOT / "kernels" / rel)
-            t0 = time.perf_counter()
-            rep = ev.evaluate(task, sol, wls[task.name])
-            if not rep.passed:
-                sys.exit(f"error: seed {rel} failed its evaluation: {rep.status.value} {rep.message}")
-            write_artifact(out / task.name / "seed", task.definition, sol, rep.traces)
-            print(f"built artifact {task.name}/seed from {rel} ({len(rep.traces)} workloads, "
-                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+            for name in TASKS[part]:
+                task = load_task(name)
+                rel = SEEDS[name]
+                sol = solution_from_kernel_file(task, REPO_ROOT / "kernels" / rel)
+                t0 = time.perf_counter()
+                rep = ev.evaluate(task, sol, wls[name])
+                if not rep.passed:
+                    sys.exit(f"error: seed {rel} failed its evaluation: {rep.status.value} {rep.message}")
+                write_artifact(out / name / "seed", task.definition, sol, rep.traces)
+                print(f"built artifact {name}/seed from {rel} ({len(rep.traces)} workloads, "
+                      f"{time.perf_counter() - t0:.0f} s)", flush=True)
     return out
 
 
@@ -117,9 +133,9 @@ def bench_llama(args: argparse.Namespace, dev: str) -> dict[str, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sync = sync_fn(dev)
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.heads * args.head_dim,
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.heads * args.head_dim, head_dim=args.head_dim,
                       intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                      num_attention_heads=args.heads, num_key_value_heads=args.heads,  # MHA: GQA stays on SDPA
+                      num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, rope_theta=500000.0,
                       max_position_embeddings=args.prompt_len + args.new_tokens, initializer_range=args.init_range,
                       bos_token_id=None, eos_token_id=None, pad_token_id=0)  # no EOS: every run makes new_tokens
     torch.manual_seed(0)
@@ -130,7 +146,7 @@ def bench_llama(args: argparse.Namespace, dev: str) -> dict[str, Any]:
     mask = torch.ones_like(ids)
     avo_name = avo_attn.register()
 
-    def prefill() -> torch.Tensor:  # generate's first forward: the only one avo's attention serves
+    def prefill() -> torch.Tensor:  # generate's first forward
         return model(ids, attention_mask=mask, logits_to_keep=1).logits
 
     def generate() -> torch.Tensor:
@@ -159,19 +175,26 @@ def bench_llama(args: argparse.Namespace, dev: str) -> dict[str, Any]:
                 if rep:
                     res[m]["prefill_ms"].append(pre)
                     res[m]["generate_ms"].append(gen)
-    stats = avo.apply.stats(reset=True).get(TASKS["llama"], {})
+    all_stats = avo.apply.stats(reset=True)
+    stats = {t: all_stats[t] for t in TASKS["llama"] if t in all_stats}
     ref, got = res["sdpa"]["tokens"][0], res["avo"]["tokens"][-1]
     same = all(t == ref for m in modes for t in res[m]["tokens"])
     n_new = args.batch * args.new_tokens
     out: dict[str, Any] = {
-        "config": {k: getattr(args, k) for k in ("layers", "heads", "head_dim", "intermediate", "vocab", "dtype",
-                                                 "batch", "prompt_len", "new_tokens", "init_range", "repeats")},
+        "config": {k: getattr(args, k) for k in ("layers", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
+                                                 "dtype", "batch", "prompt_len", "new_tokens", "init_range", "repeats")},
         "tokens_identical": same,
         "tokens_differing": sum(a != b for ra, rb in zip(ref, got) for a, b in zip(ra, rb)),
         "rows_diverged": sum(ra != rb for ra, rb in zip(ref, got)),
         "last_logits_max_abs_diff": (logits["sdpa"] - logits["avo"]).abs().max().item(),  # prefill, last position
         "stats": stats, "tokens": ref,
     }
+    if args.record is not None:  # the shapes this model calls, as workloads `avo evolve` can target
+        model.set_attn_implementation(avo_name)
+        with torch.no_grad(), avo.apply.record(args.record) as rec:
+            generate()
+        out["recorded"] = rec.summary
+        print(f"recorded the model's attention shapes under {args.record}: {json.dumps(rec.summary)}")
     out.update(sensitivity(model, ids, mask, args, dev, avo_name))
     avo.apply.stats(reset=True)  # the untimed runs' calls are not the benchmark's
     for m in modes:
@@ -200,7 +223,7 @@ def sensitivity(model, ids: torch.Tensor, mask: torch.Tensor, args: argparse.Nam
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     def efficient_prefill(module, query, key, value, attention_mask, **kw):
-        if query.shape[2] != key.shape[2]:  # a decode step with a cache: the default SDPA, like avo's
+        if query.shape[2] != key.shape[2]:  # a decode step with a cache: the default SDPA
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
         with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
@@ -327,7 +350,7 @@ def bench_xgrammar(args: argparse.Namespace, dev: str) -> dict[str, Any]:
     for _ in range(args.repeats):
         for m in modes:
             res[m].append(run(m, args.xgr_steps))
-    stats = avo.apply.stats(reset=True).get(TASKS["xgrammar"], {})
+    stats = avo.apply.stats(reset=True).get(TASKS["xgrammar"][0], {})
     ref = res["xgrammar"][0]["tokens"]
     out: dict[str, Any] = {
         "config": {"batch": args.xgr_batch, "vocab": V, "tokenizer_vocab": len(tok), "steps": args.xgr_steps,
@@ -353,33 +376,44 @@ def table(title: str, r: dict[str, Any], base: str, metrics: dict[str, str]) -> 
         print(f"  {label:<22} {a:12.3f} {b:12.3f} {b / a if a else float('nan'):12.3f}   ({better})")
 
 
-def stats_line(s: dict[str, Any]) -> str:
+def stats_line(s: dict[str, Any], task: str = "") -> str:
     if not s:
-        return "  avo.apply: no calls"
+        return f"  avo.apply{' ' + task if task else ''}: no calls"
     reasons = "; ".join(f"{k}: {v}" for k, v in s.get("reasons", {}).items())
-    return (f"  avo.apply: calls={s['calls']} hits={s['hits']} (exact={s['exact']} nearest={s['nearest']}) "
-            f"misses={s['misses']} fallbacks={s['fallbacks']} errors={s['errors']} artifacts={s.get('artifacts')}"
-            + (f"\n  reasons: {reasons}" if reasons else ""))
+    copies = "; ".join(f"{k}: {v}" for k, v in s.get("copies", {}).items())
+    return (f"  avo.apply{' ' + task if task else ''}: calls={s['calls']} hits={s['hits']} (exact={s['exact']} "
+            f"range={s.get('range', 0)} nearest={s['nearest']}) misses={s['misses']} fallbacks={s['fallbacks']} "
+            f"errors={s['errors']} artifacts={s.get('artifacts')}"
+            + (f"\n    reasons: {reasons}" if reasons else "") + (f"\n    copies: {copies}" if copies else ""))
 
 
-TASKS = {"llama": "attention_mha_fwd", "xgrammar": "grammar_bitmask"}
-# (cuda, interpret). interpret: the tiny shapes of tests/test_integrations.py. init_range: 0.02 is
-# transformers' default; the tiny model uses the test's 0.5 (well separated logits at hidden 64).
+TASKS = {"llama": ("attention_gqa_fwd", "attention_gqa_decode"), "xgrammar": ("grammar_bitmask",)}
+SHIPPED = {"llama": "kernels/attention/evolved", "xgrammar": "kernels/grammar/evolved"}
+# (cuda, interpret). cuda: Llama-3-8B's shapes, --layers of them. interpret: tiny shapes (4 query
+# heads over 2 KV heads). init_range: 0.02 is transformers' default; the tiny model uses 0.5 (well
+# separated logits at hidden 64).
 DEFAULTS: dict[str, tuple] = dict(
-    layers=(4, 2), heads=(16, 2), head_dim=(128, 32), intermediate=(5632, 128), vocab=(32000, 101),
-    batch=(16, 1), prompt_len=(1024, 12), new_tokens=(32, 6), init_range=(0.02, 0.5), repeats=(5, 1),
-    xgr_batch=(64, 4), xgr_vocab=(128256, 1100), xgr_steps=(64, 20), bpe_vocab=(32000, 1100), bpe_docs=(20000, 3000))
+    layers=(4, 2), heads=(32, 4), kv_heads=(8, 2), head_dim=(128, 16), intermediate=(14336, 128),
+    vocab=(128256, 101), batch=(1, 2), prompt_len=(8191, 8), new_tokens=(32, 4), init_range=(0.02, 0.5),
+    repeats=(5, 1), xgr_batch=(64, 4), xgr_vocab=(128256, 1100), xgr_steps=(64, 20), bpe_vocab=(32000, 1100),
+    bpe_docs=(20000, 3000))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cuda", "interpret"], default="cuda")
-    ap.add_argument("--artifacts", type=Path,
-                    help="artifact folder (`avo export RUN --out DIR`); default: the seeds, evaluated now")
+    ap.add_argument("--artifacts", type=Path, action="append",
+                    help="artifact folder (`avo export RUN --out DIR`), repeatable; default: cuda the shipped "
+                         "kernels/<family>/evolved, interpret the seeds evaluated now")
+    ap.add_argument("--seeds", action="store_true", help="evaluate the seeds on this run's shapes and serve those")
+    ap.add_argument("--nearest", action="store_true", help="enable(nearest=True): unverified keys by the nearest rule")
+    ap.add_argument("--require-faster", action=argparse.BooleanOptionalAction, default=None,
+                    help="enable(require_faster=...): default on for cuda, off in the interpreter (no speed claim)")
+    ap.add_argument("--record", type=Path, help="also write the shapes the model called (avo.apply.record) here")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--parts", default="llama,xgrammar", help="comma list of llama, xgrammar")
-    ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16",
-                    help="model dtype (bf16: see the docstring)")
+    ap.add_argument("--dtype", choices=["float16", "bfloat16"], default=None,
+                    help="model dtype (default bfloat16 on cuda, float16 in the interpreter: see the docstring)")
     g = ap.add_argument_group("shapes (defaults: cuda / interpret)")
     for k, (c, i) in DEFAULTS.items():
         g.add_argument(f"--{k.replace('_', '-')}", type=type(c), help=f"{c} / {i}")
@@ -388,6 +422,9 @@ def main() -> None:
     for k, (c, i) in DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, c if cuda else i)
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float16")
+    if args.require_faster is None:
+        args.require_faster = cuda
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if any(p not in TASKS for p in args.parts):
         sys.exit(f"error: --parts takes {', '.join(TASKS)}")
@@ -396,27 +433,34 @@ def main() -> None:
     dev = "cuda" if cuda else "cpu"
 
     tmp = None
-    if args.artifacts is None:
+    if args.seeds or (args.artifacts is None and not cuda):
         tmp = tempfile.TemporaryDirectory(prefix="avo_e2e_")
-        args.artifacts = build_artifacts(Path(tmp.name), args.device, args)
-    loaded = avo.apply.enable(args.artifacts)  # the export root works: artifacts are found under it
+        args.artifacts = [build_artifacts(Path(tmp.name), args.device, args)]
+    elif args.artifacts is None:
+        from avo.tasks import REPO_ROOT
+        args.artifacts = [REPO_ROOT / SHIPPED[p] for p in args.parts]
+    # the export root works: artifacts are found under it
+    loaded = avo.apply.enable(*args.artifacts, nearest=args.nearest, require_faster=args.require_faster)
     for p in args.parts:
-        if TASKS[p] not in loaded:
-            sys.exit(f"error: {args.artifacts} holds no {TASKS[p]} artifact (loaded: {sorted(loaded)})")
+        if not any(t in loaded for t in TASKS[p]):
+            sys.exit(f"error: {args.artifacts} holds no {'/'.join(TASKS[p])} artifact (loaded: {sorted(loaded)})")
     import transformers
     import triton
     hw = torch.cuda.get_device_name() if cuda else "CPU, Triton interpreter (timings are not GPU performance)"
     print(f"device: {hw}; torch {torch.__version__}, triton {triton.__version__}, "
           f"transformers {transformers.__version__}")
-    print(f"artifacts: {args.artifacts if tmp is None else 'seeds (temporary)'} {loaded}")
+    print(f"artifacts: {[str(a) for a in args.artifacts] if tmp is None else 'seeds (temporary)'} {loaded}")
+    print(f"policy: nearest={args.nearest} require_faster={args.require_faster}")
     result: dict[str, Any] = {"device": args.device, "hardware": hw, "torch": torch.__version__,
                               "triton": triton.__version__, "transformers": transformers.__version__,
-                              "artifacts": str(args.artifacts), "loaded": loaded}
+                              "artifacts": [str(a) for a in args.artifacts], "loaded": loaded,
+                              "policy": {"nearest": args.nearest, "require_faster": args.require_faster}}
     errors = []
     if "llama" in args.parts:
         r = result["llama"] = bench_llama(args, dev)
         c = r["config"]
-        table(f"transformers Llama ({c['layers']} layers, {c['heads']} heads x {c['head_dim']}, {c['dtype']}, "
+        table(f"transformers Llama ({c['layers']} layers, {c['heads']} query heads over {c['kv_heads']} KV heads x "
+              f"{c['head_dim']}, {c['dtype']}, "
               f"batch {c['batch']} x {c['prompt_len']} prompt + {c['new_tokens']} greedy; median of {c['repeats']})",
               r, "sdpa", {"prefill_ms": "prefill ms", "prefill_tokens_per_s": "prefill tokens/s",
                           "generate_ms": "generate ms", "tokens_per_s": "new tokens/s"})
@@ -438,11 +482,13 @@ def main() -> None:
                   f"{x['near_ties']}")
         if "sdpa_efficient" not in r["compare"]:
             print("    (yardstick sdpa vs sdpa_efficient: cuda only)")
-        print(stats_line(r["stats"]))
+        for t in TASKS["llama"]:
+            print(stats_line(r["stats"].get(t, {}), t))
         if not r["tokens_identical"]:
             errors.append(f"Llama greedy tokens differ with avo ({r['tokens_differing']} tokens)")
-        if not r["stats"].get("hits"):
-            errors.append(f"avo served no attention call (dtype {args.dtype} or shape not covered by the artifacts?)")
+        if not any(v.get("hits") for v in r["stats"].values()):
+            errors.append("avo served no attention call (see the reasons above: no verified key at these shapes, "
+                          "or not measured faster on this GPU)")
     if "xgrammar" in args.parts:
         r = result["xgrammar"] = bench_xgrammar(args, dev)
         c = r["config"]

@@ -101,7 +101,7 @@ def main() -> None:
         orig = per_call_us(lambda: original(x_hit, 2.0), it, rep, sync)
         rows.append(("original function called directly", orig, None))
         rows.append(("apply, not enabled -> original", per_call_us(lambda: applied(x_hit, 2.0), it, rep, sync), orig))
-        avo.apply.enable(root)
+        avo.apply.enable(root, nearest=True, require_faster=False)  # dispatch only: synthetic traces
         # a hit allocates the outputs (the non-DPS caller would too): compare with kernel + torch.empty
         rows.append(("apply hit, exact key", per_call_us(lambda: applied(x_hit, 2.0), it, rep, sync), alloc))
         rows.append(("apply hit, nearest key (route cached)", per_call_us(lambda: applied(x_near, 2.0), it, rep, sync), alloc))
@@ -114,7 +114,7 @@ def main() -> None:
             from avo.tasks import load_task
             exec(load_task("grammar_bitmask").definition.reference, ns)
             applied_bm = avo.apply("grammar_bitmask")(ns["run"])
-            avo.apply.enable(root, bm_root)
+            avo.apply.enable(root, bm_root, nearest=True, require_faster=False)
             b, v = 16, 151936
             logits = torch.randn(b, v, device=dev)
             bits = torch.full((b, (v + 31) // 32), -1, dtype=torch.int32, device=dev)

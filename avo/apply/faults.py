@@ -57,6 +57,11 @@ def cuda_event(device) -> Any:
     return ev
 
 
+def _capturing_now() -> bool:
+    import torch
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def capturing(device) -> bool:
     import torch
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -64,35 +69,23 @@ def capturing(device) -> bool:
 
 class FaultWatch:
     """Pending fences of recent avo launches. `event_factory(device)` records one (CUDA events by
-    default; tests pass a fake with `devices=("cpu",)`)."""
+    default; tests pass a fake with `devices=("cpu",)`). How many launches per key are fenced is
+    the route's `probation` (table.py, from enable(fault_checks=...))."""
 
-    def __init__(self, checks: Optional[int] = DEFAULT_CHECKS, event_factory: Callable = cuda_event,
-                 devices: tuple = ("cuda",), quarantine: Optional[Path] = None,
-                 on_fault: Optional[Callable[[Launch, str], None]] = None):
-        self.checks = checks
+    def __init__(self, event_factory: Callable = cuda_event, devices: tuple = ("cuda",),
+                 quarantine: Optional[Path] = None, on_fault: Optional[Callable[[Launch, str], None]] = None):
         self.event_factory = event_factory
         self.devices = devices
         self.quarantine = Path(quarantine) if quarantine is not None else None
         self.on_fault = on_fault  # counts the error (runtime's counters)
         self.pending: collections.deque = collections.deque()
-        self.counts: dict = {}
         self._lock = threading.Lock()  # only on a fault, and for new probation entries
 
-    @property
-    def active(self) -> bool:
-        return self.checks is None or self.checks > 0
-
     def after_launch(self, device, tt, key, route) -> None:
-        """Called after a kernel returned: fence it if its key is still on probation."""
-        if device is None or device.type not in self.devices:
-            return
-        if self.checks is not None:
-            tag = (tt.id, key, device)
-            n = self.counts.get(tag, 0)
-            if n >= self.checks:
-                return
-            self.counts[tag] = n + 1
-        if device.type == "cuda" and capturing(device):
+        """Called after a kernel on probation returned (route.probation != 0): fence it."""
+        if route.probation > 0:
+            route.probation -= 1
+        if device is None or device.type not in self.devices or (device.type == "cuda" and capturing(device)):
             return
         self.pending.append(Launch(self.event_factory(device), tt.task, tt, key, route.key_text, route.artifact,
                                    route.digest))
@@ -100,6 +93,8 @@ class FaultWatch:
     def poll(self) -> None:
         """Drop the completed fences from the front; on a device error, fault()."""
         pending = self.pending
+        if pending and "cuda" in self.devices and _capturing_now():
+            return  # no event queries inside a CUDA graph capture: the next call after it polls
         while pending:
             try:
                 launch = pending[0]

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from avo.apply.counters import CallCounters
-from avo.apply.faults import DEFAULT_CHECKS, DeviceFault, FaultWatch, Launch
+from avo.apply.faults import DEFAULT_CHECKS, DeviceFault, FaultWatch, Launch  # noqa: F401 (re-exported)
 from avo.apply.keys import KeyGuardError
 from avo.apply.ops import build_op
 from avo.apply.record import Recorder
@@ -51,7 +51,7 @@ class _State:
         self.counters = CallCounters()
         self.logged: set = set()
         self.recorder: Optional[Recorder] = None
-        self.faults = FaultWatch(DEFAULT_CHECKS, on_fault=_count_fault)
+        self.faults = FaultWatch(on_fault=_count_fault)
         self.applied: "weakref.WeakSet[Applied]" = weakref.WeakSet()
         self.reference_ops: dict[str, "Applied"] = {}  # task -> Applied over the definition's reference
         self.definitions: dict[str, Any] = {}  # task -> (Definition, baseline) from evaluators/, or an Exception
@@ -94,11 +94,13 @@ def enable(*dirs: Union[str, Path], nearest: bool = False, require_faster: bool 
         enable()/reload() from then on."""
     if not dirs:
         raise TypeError("enable() needs at least one artifact folder")
-    policy = Policy(nearest=bool(nearest), require_faster=bool(require_faster), min_speedup=float(min_speedup))
+    policy = Policy(nearest=bool(nearest), require_faster=bool(require_faster), min_speedup=float(min_speedup),
+                    fault_checks=fault_checks)
     with _STATE.swap_lock:
         table = build_table(tuple(Path(d) for d in dirs), _interpret(), policy,
                             Path(quarantine) if quarantine is not None else None)
-        _STATE.faults = FaultWatch(fault_checks, quarantine=table.quarantine, on_fault=_count_fault)
+        fw = _STATE.faults
+        fw.quarantine = table.quarantine
         _publish(table)
     return table.summary()
 
@@ -119,7 +121,6 @@ def reload() -> dict[str, list[str]]:
 
 def _publish(table: DispatchTable) -> None:
     _STATE.logged = set()
-    _STATE.faults.counts = {}  # a new table: every key on probation again
     _STATE.table = table  # the swap: one reference assignment
     for task in table.tasks:
         _reference_op(task)
@@ -306,7 +307,11 @@ class Applied:
     def __call__(self, *args, **kwargs):
         if torch.compiler.is_compiling():
             return self._compiled(args, kwargs)
-        return self._eager(args, kwargs)
+        if _STATE.recorder is not None:
+            self._record(_STATE.recorder, args, kwargs)
+        if _STATE.faults.pending:
+            _STATE.faults.poll()
+        return self._dispatch(args, kwargs)
 
     def _compiled(self, args: tuple, kwargs: dict):
         """Under torch.compile: one opaque custom op (its implementation is _op_call at run time)."""
@@ -391,9 +396,8 @@ class Applied:
                         lambda: f"artifact {route.artifact} raised {type(e).__name__}: {e}; using the original "
                                 "function for this key until reload()", lambda: route.key_text)
             return self.original(*args, **kwargs)
-        fw = _STATE.faults
-        if fw.active:
-            fw.after_launch(device, tt, key, route)
+        if route.probation:
+            _STATE.faults.after_launch(device, tt, key, route)
         _STATE.counters.bump(task, route.kind, route.artifact)
         if not outs:
             return None

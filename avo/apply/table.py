@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from avo.apply.artifact import Artifact, ArtifactError, find_artifacts, load_entry, read_artifact
+from avo.apply.faults import DEFAULT_CHECKS
 from avo.apply.keys import ANY, CallKey, KeyLayout, ranked_candidates
 from avo.apply.speed import SpeedBook, export_records, read_speed_files
 from avo.harness.inputs import TORCH_DTYPES
@@ -38,6 +39,7 @@ class Policy:
     nearest: bool = False  # opt-in: the nearest-key rule inside declared (unchecked) ranges
     require_faster: bool = True  # serve only where measured faster than the replaced call on this GPU
     min_speedup: float = 1.0  # "faster": replaced latency / kernel latency above this
+    fault_checks: Optional[int] = DEFAULT_CHECKS  # launches per (key, GPU) fenced for device faults; None: every one
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,15 @@ class Entry:
     latency_ms: float
 
 
-@dataclass(frozen=True)
 class Route:
-    """A resolved call key: the kernel and its output buffers' shapes and dtypes."""
-    fn: Callable
-    outputs: tuple  # ((shape, dtype), ...) in definition order
-    artifact: str
-    kind: str  # "exact" | "range" | "nearest"
-    device_type: Optional[str]
-    key_text: str
-    digest: str = ""
+    """A resolved call key on a GPU model: the kernel and its output buffers' shapes and dtypes.
+    `probation`: launches still to be fenced for device faults (faults.py; -1: every launch)."""
+    __slots__ = ("fn", "outputs", "artifact", "kind", "device_type", "key_text", "digest", "probation")
+
+    def __init__(self, fn: Callable, outputs: tuple, artifact: str, kind: str, device_type: Optional[str],
+                 key_text: str, digest: str = "", probation: int = 0):
+        self.fn, self.outputs, self.artifact, self.kind = fn, outputs, artifact, kind  # outputs: ((shape, dtype), ...)
+        self.device_type, self.key_text, self.digest, self.probation = device_type, key_text, digest, probation
 
 
 @dataclass
@@ -79,7 +80,7 @@ class TaskTable:
     policy: Policy = field(default_factory=Policy)
     speed: SpeedBook = field(default_factory=SpeedBook)
     id: int = field(default_factory=lambda: next(_TABLE_IDS))
-    cache: dict = field(default_factory=dict)  # (CallKey, hardware) -> Route | reason str
+    cache: dict = field(default_factory=dict)  # hardware -> {CallKey: Route | reason str}
     disabled: dict = field(default_factory=dict)  # CallKey -> reason, until the next reload
 
     def __post_init__(self) -> None:
@@ -97,12 +98,14 @@ class TaskTable:
             why = self.disabled.get(key)
             if why is not None:
                 return why
-        ck = (key, hardware)
-        r = self.cache.get(ck)
+        cache = self.cache.get(hardware)
+        if cache is None:
+            cache = self.cache.setdefault(hardware, {})
+        r = cache.get(key)
         if r is None:
             r = self._resolve(key, hardware)
-            if len(self.cache) < ROUTE_CACHE_MAX:
-                self.cache[ck] = r
+            if len(cache) < ROUTE_CACHE_MAX:
+                cache[key] = r
         return r
 
     def disable(self, key: CallKey, reason: str) -> None:
@@ -138,7 +141,9 @@ class TaskTable:
         axes = {**entry.axes, **self.definition.const_axes, **self.layout.axes_of(key)}
         outs = tuple((tuple(int(a) if a.isdigit() else axes[a] for a in spec.shape or []), dt)
                      for spec, dt in zip(self.definition.outputs.values(), entry.out_dtypes))
-        return Route(entry.fn, outs, entry.artifact, kind, entry.device_type, self.layout.text(key), entry.digest)
+        checks = self.policy.fault_checks
+        return Route(entry.fn, outs, entry.artifact, kind, entry.device_type, self.layout.text(key), entry.digest,
+                     -1 if checks is None else max(0, int(checks)))
 
     def fastest(self, entries: list, hardware: str) -> Union[Entry, str]:
         """The entry measured fastest (vs the replaced call) on this GPU model, if faster than
