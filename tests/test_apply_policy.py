@@ -205,3 +205,98 @@ def test_strided_inputs_copied_only_where_allowed(tmp_path):
     assert int(tag) == 1 and torch.equal(y, x * 2.0)
     s = avo.apply.stats()["apply_probe"]
     assert s["copies"] == {"layout copy: x": 1} and s["reasons"] == {"guard:contiguous": 1}
+
+
+def test_shipped_attention_winners_serve_only_where_they_beat_sdpa_on_their_gpu():
+    """The shipped H100 winners under the default policy (routes only, no kernel runs here): on the
+    H100 they serve exactly the keys their export measured faster than the task's T_b (torch SDPA),
+    elsewhere nothing until re-measured there."""
+    from avo.apply.table import Policy, build_table
+    from avo.tasks import REPO_ROOT
+    table = build_table((REPO_ROOT / "kernels" / "attention" / "evolved",), False, Policy())
+    served, slower = {}, set()
+    for task, tt in table.tasks.items():
+        for key, entries in tt.exact.items():
+            r = tt.route(key, H100)
+            if isinstance(r, str):
+                assert r == f"slower than the replaced call on {H100}"
+                slower.add((task, r))
+            else:
+                served.setdefault(task, []).append(r.key_text)
+            assert tt.route(key, H200) == f"not measured on {H200}"
+    assert sorted((t, len(k)) for t, k in served.items()) == [("attention_gqa_decode", 2), ("attention_gqa_fwd", 1)]
+    assert {k for k in served["attention_gqa_decode"]} == {
+        "batch=1,dim=128,kv_heads=8,kv_len=8192,q_heads=32,k:bfloat16,q:bfloat16,v:bfloat16",
+        "batch=1,dim=128,kv_heads=8,kv_len=32768,q_heads=32,k:bfloat16,q:bfloat16,v:bfloat16"}
+    assert slower and "attention_mha_fwd" not in served  # no shipped MHA winner beats SDPA on its keys
+
+
+FAULT_SCRIPT = r'''
+import json, sys
+from pathlib import Path
+import torch
+import avo
+from avo.apply import DeviceFault, write_artifact
+from avo.schema import (BuildSpec, Correctness, Definition, Environment, Evaluation, EvaluationStatus, Performance,
+                        RandomInput, Solution, SourceFile, TensorSpec, Trace, Workload)
+
+KERNEL = """import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _double(x_ptr, y_ptr, n, BAD: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m)
+    if BAD:  # an address far outside any allocation: an asynchronous illegal-address fault
+        x = tl.load(x_ptr + offs + 1099511627776, mask=m)
+    tl.store(y_ptr + offs, x * 2, mask=m)
+
+
+def run(x, y):
+    _double[(triton.cdiv(x.numel(), 128),)](x, y, x.numel(), BAD=x.numel() == 13, BLOCK=128)
+"""
+d = Definition(name="fault_probe", op_type="probe", reference="def run(x):\n    return x * 2\n",
+               axes={"n": {"type": "var"}}, inputs={"x": TensorSpec(shape=["n"], dtype="float32")},
+               outputs={"y": TensorSpec(shape=["n"], dtype="float32")})
+sol = Solution(name="fault_1", definition=d.name, author="test",
+               spec=BuildSpec(language="triton", target_hardware=["cuda"], entry_point="kernel.py::run"),
+               sources=[SourceFile(path="kernel.py", content=KERNEL)])
+ev = Evaluation(status=EvaluationStatus.PASSED, environment=Environment(hardware="test", device_mode="cuda"),
+                timestamp="2026-01-01T00:00:00+00:00", correctness=Correctness(),
+                performance=Performance(latency_ms=1.0, reference_latency_ms=2.0, speedup_factor=2.0))
+traces = [Trace(definition=d.name, solution=sol.name, evaluation=ev,
+                workload=Workload(uuid=f"n{n}", axes={"n": n}, inputs={"x": RandomInput()})) for n in (8, 13)]
+root = Path(sys.argv[1])
+write_artifact(root / "a", d, sol, traces)
+q = root / "quarantine.jsonl"
+avo.apply.enable(root / "a", require_faster=False, quarantine=q)
+f = avo.apply("fault_probe")(lambda x: x * 2)
+ok = f(torch.ones(8, device="cuda")).tolist() == [2.0] * 8
+f(torch.ones(13, device="cuda"))  # returns: the fault is reported later
+try:
+    avo.apply.synchronize()
+    fault = None
+except DeviceFault as e:
+    fault = str(e)
+print(json.dumps({"ok": ok, "fault": fault, "quarantine": q.read_text() if q.exists() else "",
+                  "stats": avo.apply.stats()}))
+'''
+
+
+@pytest.mark.gpu
+def test_gpu_asynchronous_illegal_address_is_attributed_at_the_sync_point(tmp_path):
+    """A real device fault (in a subprocess: it leaves the CUDA context unusable)."""
+    import os
+    import subprocess
+    import sys
+    from avo.tasks import REPO_ROOT
+    r = subprocess.run([sys.executable, "-c", FAULT_SCRIPT, str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["ok"] and res["fault"] and "n=13" in res["fault"], res
+    assert json.loads(res["quarantine"].splitlines()[0])["key"] == "n=13,x:float32"
+    assert res["stats"]["fault_probe"]["reasons"]["device fault"] == 1

@@ -179,3 +179,60 @@ def test_tiny_gqa_llama_same_tokens_with_avo_eager_compiled_static(flow):
     # the compiled loop's graphs (prefill, decode) call the avo ops; generate's compiled decode none
     assert ["avo.transformers_attention_gqa_decode"] in res["graphs"] and \
         ["avo.transformers_attention_gqa_fwd"] in res["graphs"], res["graphs"]
+
+
+GPU_FLOW = MODEL.replace(".to(torch.float16).eval()", ".to(device='cuda', dtype=torch.float16).eval()").replace(
+    "generator=torch.Generator().manual_seed(1))", "generator=torch.Generator().manual_seed(1)).cuda()") + """
+from pathlib import Path
+from avo.apply import write_artifact
+from avo.harness.runner import EvalConfig, Evaluator
+from avo.tasks import load_solution, load_task
+out = Path(sys.argv[1])
+seeds = json.loads(sys.argv[2])
+with avo.apply.record(out / "recorded"):
+    gen()
+with Evaluator(EvalConfig(device="cuda")) as ev:
+    for t, s in seeds.items():
+        task = load_task(str(out / "recorded" / t))
+        sol = load_solution(task, s)
+        rep = ev.evaluate(task, sol, task.select("gpu"))
+        assert rep.passed, rep.message
+        write_artifact(out / "artifacts" / t / "seed", task.definition, sol, rep.traces)
+
+def graphs_loop():
+    torch._dynamo.reset()
+    return loop(torch.compile(model.forward, mode="reduce-overhead"))
+
+def graphs_static():
+    torch._dynamo.reset()
+    model.__dict__.pop("_compiled_call", None)
+    return gen(cache_implementation="static")  # generate compiles its decode (reduce-overhead) on GPUs
+
+runs = {"eager": gen, "graphs_loop": graphs_loop, "graphs_static": graphs_static}
+ref = {name: fn() for name, fn in runs.items()}
+avo.apply.enable(out / "artifacts", require_faster=False)  # the seeds need not beat SDPA here
+got, stats = {}, {}
+for name, fn in runs.items():
+    avo.apply.stats(reset=True)
+    got[name] = fn()
+    stats[name] = avo.apply.stats()
+print(json.dumps({"ref": ref, "got": got, "stats": stats}))
+"""
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graphs_same_tokens_with_avo(tmp_path):
+    """On a GPU: the seeds evaluated on the recorded shapes; eager, a reduce-overhead (CUDA graphs)
+    compiled greedy loop over a dynamic cache, and generate()'s compiled static-cache decode give
+    the tokens SDPA gives. The op runs while the graphs are captured (counted), not on replay."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(GPU_FLOW), str(tmp_path),
+                        json.dumps({t: str(REPO_ROOT / s) for t, s in SEEDS.items()})],
+                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["got"] == res["ref"], res
+    assert res["stats"]["eager"]["attention_gqa_decode"]["exact"] == 6
+    assert res["stats"]["graphs_loop"]["attention_gqa_decode"]["exact"] >= 1  # captured, then replayed
+    assert res["stats"]["graphs_static"]["attention_gqa_fwd"]["exact"] == 2  # the eager prefill

@@ -245,6 +245,9 @@ def record(out_dir: Union[str, Path]) -> Recorder:
 
         rec = Recorder(Path(out_dir), task_definition, stop)
         _STATE.recorder = rec
+        for a in list(_STATE.applied):  # so graphs compiled from now on record through the op
+            if a._op is None:
+                a._bind_op()
     return rec
 
 
