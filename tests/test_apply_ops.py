@@ -146,3 +146,13 @@ def test_cuda_graph_keeps_the_captured_kernel_until_recaptured(tmp_path):
     g2.replay()
     torch.cuda.synchronize()
     assert int(tag2) == 11  # re-captured: the reloaded kernel
+
+
+def test_two_functions_of_one_task_get_their_own_ops(tmp_path):
+    write_probe(tmp_path / "a", 1, [8], 1, 64)
+    avo.apply.enable(tmp_path, require_faster=False)
+    twin = avo.apply("apply_probe")(probe.original)  # same task, same function name: another op
+    assert str(twin._op) == "avo.apply_probe__probe_2" and str(probe._op) == "avo.apply_probe__probe"
+    avo.apply.reload()
+    assert str(twin._op) == "avo.apply_probe__probe_2" and str(probe._op) == "avo.apply_probe__probe"
+    assert int(torch.ops.avo.apply_probe__probe_2(torch.ones(8), 2.0)[1]) == 1

@@ -15,6 +15,7 @@ follows q), else the definition's.
 from __future__ import annotations
 
 import keyword
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -26,6 +27,7 @@ from avo.schema import AxisExpr, Definition, eval_axis_expr
 _LIB: Optional[torch.library.Library] = None
 _OPS: dict = {}  # op name -> (schema, OpOverloadPacket)
 _TARGETS: dict = {}  # op name -> dispatch callable (rebound on reload, the op stays)
+_OWNERS: dict = {}  # op name -> weakref to the object (Applied) it dispatches for
 
 
 def _lib() -> torch.library.Library:
@@ -119,20 +121,23 @@ def _own(out, args: tuple):
     return outs[0] if one else tuple(outs)
 
 
-def build_op(name: str, d: Definition, dispatch: Callable[[tuple], Any]):
-    """`torch.ops.avo.<name>` for this definition, calling `dispatch(args)`. An op of the same
-    name and schema is reused (its target rebound); another schema gets a suffixed name. None
-    when the outputs' shapes cannot be derived from the inputs (no fake implementation)."""
+def build_op(name: str, d: Definition, dispatch: Callable[[tuple], Any], owner: Any = None):
+    """`torch.ops.avo.<name>` for this definition, calling `dispatch(args)`. The op this owner
+    already has under that name and schema is reused (its target rebound, e.g. on reload); a name
+    taken by another owner or schema gets a suffix (`<name>_2`). None when the outputs' shapes
+    cannot be derived from the inputs (no fake implementation)."""
     fake = FakeOutputs(d)
     if not fake.ok:
         return None
     schema = op_schema(d)
     base, n = op_identifier(name), 1
     cur = base
-    while cur in _OPS and _OPS[cur][0] != schema:
+    while cur in _OPS and (_OPS[cur][0] != schema or _OWNERS.get(cur, lambda: None)() not in (None, owner)):
         n += 1
         cur = f"{base}_{n}"
     _TARGETS[cur] = dispatch
+    if owner is not None:
+        _OWNERS[cur] = weakref.ref(owner)
     if cur in _OPS:
         return _OPS[cur][1]
     lib = _lib()

@@ -287,7 +287,7 @@ class Applied:
         names = tuple(d.inputs)
         if self._params[:len(names)] != names:
             return  # positional arguments would not map onto the op's inputs
-        o = build_op(self.op_name, d, self._op_call)
+        o = build_op(self.op_name, d, self._op_call, owner=self)
         self._op, self._op_inputs = o, (len(names) if o is not None else -1)
 
     def _inputs(self, names: tuple, args: tuple, kwargs: dict) -> Optional[tuple]:
