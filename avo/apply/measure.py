@@ -3,8 +3,11 @@
     python -m avo.apply.measure DIR [DIR ...] [--task T] [--device cuda|interpret] [--out FILE]
 
 For every artifact under each DIR, the evaluator (avo/harness) checks and times its kernel on the
-workloads of its traces, with T_b (the task's evaluators/<task>/baseline.py when that task has the
-same definition, else the definition's reference) timed interleaved, exactly as at export. Each
+workloads of its traces, with T_b (`--baseline FILE`, else the task's evaluators/<task>/baseline.py
+when that task has the same definition, else the definition's reference) timed interleaved,
+exactly as at export. T_b should be the call the kernel replaces in the engine: for the attention
+tasks baseline.py is torch SDPA, what transformers calls; grammar_bitmask has no baseline.py, so
+its T_b is the torch reference, not xgrammar's own kernel (pass one with --baseline). Each
 (kernel, key) becomes a SpeedRecord (avo/apply/speed.py) in `DIR/speed-<gpu>.jsonl` (or --out),
 merged with the rows already there; `enable(DIR)` reads them, a re-measurement overriding the
 export's record for the same GPU. A workload that no longer passes writes no row (and is
@@ -23,24 +26,27 @@ from avo.apply.keys import canonical_key
 from avo.apply.speed import SpeedRecord, normalize_hardware, now, speed_file_name, write_speed_file
 
 
-def _task_of(art: Artifact):
-    """The artifact's definition and its traces' workloads as a Task; T_b from evaluators/ when
-    the task there has the same definition."""
+def _task_of(art: Artifact, baseline_file: Optional[Path] = None):
+    """The artifact's definition and its traces' workloads as a Task; T_b: `baseline_file`, else
+    evaluators/<task>/baseline.py when the task there has the same definition, else the reference."""
     from avo.tasks import Task, TaskError, load_task
     baseline, replaced = None, "reference"
-    try:
-        t = load_task(art.manifest.task)
-        if t.definition.model_dump(exclude={"description", "tags"}) == \
-                art.definition.model_dump(exclude={"description", "tags"}) and t.baseline:
-            baseline, replaced = t.baseline, "baseline.py"
-    except TaskError:
-        pass
+    if baseline_file is not None:
+        baseline, replaced = Path(baseline_file).read_text(), f"baseline {Path(baseline_file).name}"
+    else:
+        try:
+            t = load_task(art.manifest.task)
+            if t.definition.model_dump(exclude={"description", "tags"}) == \
+                    art.definition.model_dump(exclude={"description", "tags"}) and t.baseline:
+                baseline, replaced = t.baseline, "baseline.py"
+        except TaskError:
+            pass
     wls = list({t.workload.uuid: t.workload for t in art.traces}.values())
     return Task(definition=art.definition, workloads=wls, baseline=baseline), replaced
 
 
 def measure(dirs: list[Path], device: str = "cuda", task: Optional[str] = None, out: Optional[Path] = None,
-            log=print) -> dict[Path, list[SpeedRecord]]:
+            baseline: Optional[Path] = None, log=print) -> dict[Path, list[SpeedRecord]]:
     """Measure every artifact under dirs; returns {speed file: records written}."""
     from avo.harness.runner import EvalConfig, Evaluator
     written: dict[Path, list[SpeedRecord]] = {}
@@ -53,7 +59,7 @@ def measure(dirs: list[Path], device: str = "cuda", task: Optional[str] = None, 
                 art = read_artifact(p)
                 if task is not None and art.manifest.task != task:
                     continue
-                t, replaced = _task_of(art)
+                t, replaced = _task_of(art, baseline)
                 rep = ev.evaluate(t, art.solution, t.workloads)
                 for tr in rep.traces:
                     perf, env = tr.evaluation.performance, tr.evaluation.environment
@@ -83,10 +89,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--task", help="only this task's artifacts")
     ap.add_argument("--device", default="cuda", choices=["cuda", "interpret"])
     ap.add_argument("--out", type=Path, help="speed file (default DIR/speed-<gpu>.jsonl)")
+    ap.add_argument("--baseline", type=Path,
+                    help="a .py whose run(*inputs) is the call the kernels replace in your engine (with --task), "
+                         "instead of the task's baseline.py / reference")
     a = ap.parse_args(argv)
     if len(a.dirs) > 1 and a.out is not None:
         ap.error("--out takes one DIR")
-    written = measure(a.dirs, a.device, a.task, a.out)
+    if a.baseline is not None and a.task is None:
+        ap.error("--baseline needs --task (a baseline is one task's call)")
+    written = measure(a.dirs, a.device, a.task, a.out, a.baseline)
     for path, rows in written.items():
         print(f"{len(rows)} records -> {path}")
     return 0 if written else 1
