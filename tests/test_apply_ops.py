@@ -156,3 +156,30 @@ def test_two_functions_of_one_task_get_their_own_ops(tmp_path):
     avo.apply.reload()
     assert str(twin._op) == "avo.apply_probe__probe_2" and str(probe._op) == "avo.apply_probe__probe"
     assert int(torch.ops.avo.apply_probe__probe_2(torch.ones(8), 2.0)[1]) == 1
+
+
+def test_every_shipped_task_has_an_op_whose_fake_outputs_match_its_workloads():
+    """enable() on the shipped winners registers torch.ops.avo.<task> for each; the fake
+    implementation gives the shapes and dtypes the evaluator allocates on every CPU workload."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from avo.apply.ops import FakeOutputs
+    from avo.harness.inputs import alloc_outputs, make_inputs
+    from avo.tasks import REPO_ROOT, load_task
+    loaded = avo.apply.enable(REPO_ROOT / "kernels", require_faster=False)
+    assert len(loaded) >= 6
+    for task in loaded:
+        op = getattr(torch.ops.avo, task)
+        t = load_task(task)
+        fake = FakeOutputs(t.definition)
+        ns: dict = {}
+        exec(t.definition.reference, ns)
+        for w in t.select("cpu"):
+            args = tuple(make_inputs(t.definition, w, 0, "cpu", custom=ns.get("make_inputs")).values())
+            want = alloc_outputs(t.definition, w, "cpu")
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                got = op.default(*args) if t.definition.outputs else None
+            got = [] if got is None else [got] if isinstance(got, torch.Tensor) else list(got)
+            assert [(tuple(g.shape), g.dtype) for g in got] == [(tuple(x.shape), x.dtype) for x in want.values()], \
+                (task, w.uuid)
+            assert fake.ok
