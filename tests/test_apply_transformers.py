@@ -3,7 +3,7 @@ Llama (4 query heads over 2 KV heads, head dim 16, 2 layers; config only, no dow
 
 1. record: `avo.apply.record(DIR)` around generate() writes the shapes the model called as problem
    folders (dynamic and static cache, a padded batch whose masked calls are not recorded);
-2. `avo eval DIR/<task> SEED --json` (the real command) accepts them: the seed kernels are
+2. `avo eval DIR/<task> SEED --json` (the command's own entry, in process) accepts them: the seed kernels are
    evaluated on exactly those shapes, and their traces become artifacts (verified keys);
 3. serve: greedy tokens identical with and without avo in eager (dynamic cache, static cache,
    padded batch), under torch.compile (a greedy loop over the compiled forward: the avo ops are
@@ -23,8 +23,6 @@ import pytest
 
 from avo.tasks import REPO_ROOT, load_task
 
-AVO = Path(sys.executable).parent / "avo"
-CMD = [str(AVO)] if AVO.exists() else [sys.executable, "-m", "avo.cli"]
 SEEDS = {"attention_gqa_fwd": "kernels/attention/gqa_fwd_seed.py",
          "attention_gqa_decode": "kernels/attention/gqa_decode_seed.py"}
 
@@ -68,26 +66,27 @@ def loop(forward):
 """
 
 FLOW = MODEL + """
-import os, subprocess
 from pathlib import Path
 from torch._dynamo.backends.registry import lookup_backend
 from avo.apply import write_artifact
 from avo.schema import Trace
 from avo.tasks import load_solution, load_task
 out = Path(sys.argv[1])
-seeds, cmd = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+seeds = json.loads(sys.argv[2])
 
 # 1. record what the model calls
 with avo.apply.record(out / "recorded") as rec:
     gen(); gen(cache_implementation="static"); gen(padded)
 
-# 2. `avo eval` each recorded folder with its seed (both at once), the traces as artifacts
-env = {**os.environ, "COLUMNS": "200"}
-env.pop("TRITON_INTERPRET")  # the command sets up its own workers
-procs = {t: subprocess.Popen([*cmd, "eval", str(out / "recorded" / t), s, "--device", "interpret", "--json",
-                              str(out / f"{t}.jsonl")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env) for t, s in seeds.items()}
-evals = {t: (p.wait(), p.stdout.read()) for t, p in procs.items()}
+# 2. `avo eval` each recorded folder with its seed (the command, run in this process: torch is
+# imported already), the traces as artifacts
+from typer.testing import CliRunner
+from avo.cli import app
+evals = {}
+for t, s in seeds.items():
+    r = CliRunner().invoke(app, ["eval", str(out / "recorded" / t), s, "--device", "interpret", "--json",
+                                 str(out / f"{t}.jsonl")], env={"COLUMNS": "200"})
+    evals[t] = (r.exit_code, r.output)
 for t, s in seeds.items():
     task = load_task(str(out / "recorded" / t))
     traces = [Trace.model_validate_json(x) for x in (out / f"{t}.jsonl").read_text().splitlines()]
@@ -120,7 +119,7 @@ def flow(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("flow")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO_ROOT)}
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(FLOW), str(out),
-                        json.dumps({t: str(REPO_ROOT / s) for t, s in SEEDS.items()}), json.dumps(CMD)],
+                        json.dumps({t: str(REPO_ROOT / s) for t, s in SEEDS.items()})],
                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-4000:]
     return out, json.loads(r.stdout.strip().splitlines()[-1])
