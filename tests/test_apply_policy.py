@@ -300,3 +300,14 @@ def test_gpu_asynchronous_illegal_address_is_attributed_at_the_sync_point(tmp_pa
     assert res["ok"] and res["fault"] and "n=13" in res["fault"], res
     assert json.loads(res["quarantine"].splitlines()[0])["key"] == "n=13,x:float32"
     assert res["stats"]["fault_probe"]["reasons"]["device fault"] == 1
+
+
+def test_remeasuring_a_shipped_winner_times_it_against_sdpa():
+    """The evaluators' definitions have moved on since the export (forbidden calls, descriptions);
+    the calls are the same, so T_b stays the task's baseline.py (SDPA), not the fp32 reference."""
+    from avo.apply import read_artifact
+    from avo.apply.measure import _task_of
+    from avo.tasks import REPO_ROOT
+    t, replaced = _task_of(read_artifact(REPO_ROOT / "kernels" / "attention" / "evolved" / "gqa_decode_h100"))
+    assert replaced == "baseline.py" and "scaled_dot_product_attention" in t.baseline
+    assert [w.uuid for w in t.workloads][:1] == ["gpu_b1_hq32_hkv8_kv8192_d128"]

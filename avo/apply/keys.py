@@ -137,6 +137,17 @@ def normalized_workload(d: Definition, w: Workload) -> Workload:
     )
 
 
+def call_semantics(d: Definition) -> tuple:
+    """What a call of the task means: name, axes, the inputs' and outputs' names, shapes and dtypes,
+    in-place inputs. Two definitions with the same semantics take the same calls and kernels;
+    descriptions, tolerances, SOL models, forbidden calls and the reference's code may differ (the
+    evaluator's concerns, edited over time: an artifact keeps the definition it was checked with)."""
+    def specs(xs: dict) -> tuple:
+        return tuple((n, tuple(s.shape) if s.shape is not None else None, s.dtype) for n, s in xs.items())
+    axes = tuple((n, a.type, getattr(a, "value", None), getattr(a, "expression", None)) for n, a in d.axes.items())
+    return d.name, axes, specs(d.inputs), specs(d.outputs), tuple(d.inplace)
+
+
 def canonical_key(d: Definition, w: Workload) -> str:
     return normalized_workload(d, w).key()
 

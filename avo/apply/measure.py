@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Optional
 
 from avo.apply.artifact import Artifact, find_artifacts, read_artifact
-from avo.apply.keys import canonical_key
+from avo.apply.keys import call_semantics, canonical_key
 from avo.apply.speed import SpeedRecord, normalize_hardware, now, speed_file_name, write_speed_file
 
 
 def _task_of(art: Artifact, baseline_file: Optional[Path] = None):
     """The artifact's definition and its traces' workloads as a Task; T_b: `baseline_file`, else
-    evaluators/<task>/baseline.py when the task there has the same definition, else the reference."""
+    evaluators/<task>/baseline.py when the task there takes the same calls (keys.call_semantics),
+    else the reference."""
     from avo.tasks import Task, TaskError, load_task
     baseline, replaced = None, "reference"
     if baseline_file is not None:
@@ -36,8 +37,7 @@ def _task_of(art: Artifact, baseline_file: Optional[Path] = None):
     else:
         try:
             t = load_task(art.manifest.task)
-            if t.definition.model_dump(exclude={"description", "tags"}) == \
-                    art.definition.model_dump(exclude={"description", "tags"}) and t.baseline:
+            if call_semantics(t.definition) == call_semantics(art.definition) and t.baseline:
                 baseline, replaced = t.baseline, "baseline.py"
         except TaskError:
             pass

@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from avo.apply.keys import DTYPE_NAME, ANY, KeyGuardError, KeyLayout, canonical_key
+from avo.apply.keys import ANY, DTYPE_NAME, KeyGuardError, KeyLayout, call_semantics, canonical_key
 from avo.schema import Definition, RandomInput, ScalarInput, Workload
 
 
@@ -151,8 +151,9 @@ class Recorder:
                 old = Definition.model_validate_json(dpath.read_text())
             except ValueError as e:
                 raise RecordError(f"{dpath}: not a definition ({str(e).splitlines()[0]})") from None
-            if old.model_dump(exclude={"description", "tags"}) != d.model_dump(exclude={"description", "tags"}):
-                raise RecordError(f"{dpath}: another definition of {task!r} is recorded there; record into a new folder")
+            if call_semantics(old) != call_semantics(d):
+                raise RecordError(f"{dpath}: another definition of {task!r} (axes, inputs or outputs) is recorded "
+                                  "there; record into a new folder")
         dpath.write_text(d.model_dump_json(indent=2) + "\n")
         if tr.baseline:
             (folder / "baseline.py").write_text(tr.baseline)

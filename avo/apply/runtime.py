@@ -29,7 +29,7 @@ import torch
 
 from avo.apply.counters import CallCounters
 from avo.apply.faults import DEFAULT_CHECKS, DeviceFault, FaultWatch, Launch  # noqa: F401 (re-exported)
-from avo.apply.keys import KeyGuardError
+from avo.apply.keys import KeyGuardError, call_semantics
 from avo.apply.ops import build_op
 from avo.apply.record import Recorder
 from avo.apply.speed import hardware_name
@@ -194,8 +194,7 @@ def task_definition(task: str) -> tuple[Definition, Optional[str]]:
             got = e
         _STATE.definitions[task] = got
     if tt is not None:
-        same = not isinstance(got, Exception) and \
-            got[0].model_dump(exclude={"description", "tags"}) == tt.definition.model_dump(exclude={"description", "tags"})
+        same = not isinstance(got, Exception) and call_semantics(got[0]) == call_semantics(tt.definition)
         return tt.definition, (got[1] if same else None)
     if isinstance(got, Exception):
         raise got

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Union
 
 from avo.apply.artifact import Artifact, ArtifactError, find_artifacts, load_entry, read_artifact
 from avo.apply.faults import DEFAULT_CHECKS
-from avo.apply.keys import ANY, CallKey, KeyLayout, ranked_candidates
+from avo.apply.keys import ANY, CallKey, KeyLayout, call_semantics, ranked_candidates
 from avo.apply.speed import SpeedBook, export_records, read_speed_files
 from avo.harness.inputs import TORCH_DTYPES
 from avo.schema import Definition
@@ -209,8 +209,9 @@ def build_table(dirs: tuple, interpret: bool, policy: Optional[Policy] = None,
     for task, group in by_task.items():
         d = group[0].definition
         for a in group[1:]:
-            if a.definition.model_dump(exclude={"description", "tags"}) != d.model_dump(exclude={"description", "tags"}):
-                raise ArtifactError(f"{a.path}: definition of {task!r} differs from {group[0].path}'s")
+            if call_semantics(a.definition) != call_semantics(d):
+                raise ArtifactError(f"{a.path}: definition of {task!r} (axes, inputs or outputs) differs from "
+                                    f"{group[0].path}'s")
         tasks[task] = _task_table(task, d, group, interpret, policy, speed, skip)
     return DispatchTable(tuple(Path(d) for d in dirs), tasks, interpret, policy,
                          Path(quarantine) if quarantine is not None else None)
