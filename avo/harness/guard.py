@@ -1,6 +1,7 @@
 """Reward-hack checks. Static: an AST scan of the candidate's sources before anything runs.
 Runtime (in the worker): identity of timing/harness/torch functions, global torch settings and the
-environment, Python threads, forbidden aten ops; around them the worker's sandbox
+environment, Python threads, forbidden aten ops, frames and gc walks asked for by candidate code
+(an audit hook); around them the worker's sandbox
 (avo/harness/sandbox.py: Landlock, seccomp, no capabilities). Each check returns a short name
 that lands in the trace.
 

@@ -247,3 +247,16 @@ def test_stdlib_that_asks_for_its_callers_frame_is_not_introspection(evaluator, 
         "name": "legit_stdlib", "sources": [SourceFile(path="honest.py", content=body + textwrap.dedent(LEGIT_STDLIB))]})
     rep = evaluator.evaluate(grammar_task, sol, grammar_smallest)
     assert rep.status == S.PASSED, rep.message
+
+
+def test_every_candidate_file_is_run_and_in_the_table():
+    """Each file of grammar/ and attention/ is evaluated by some test here, and the README's table
+    names it: an adversarial candidate that nothing runs proves nothing."""
+    tests = "".join(p.read_text() for p in HERE.glob("test_*.py"))
+    readme = (HERE / "README.md").read_text()
+    for path in sorted([*HERE.glob("grammar/*"), *HERE.glob("attention/*")]):
+        if path.suffix not in (".py", ".cu"):
+            continue
+        stem = path.stem
+        assert any(f in tests for f in (f'"{stem}"', f'/{stem}"', f'"{stem}.cu"')), f"{path.name}: no test runs it"
+        assert stem == "honest" or f"`{stem}" in readme, f"{path.name}: not in README.md's table"

@@ -52,6 +52,12 @@ REFUSED = [  # (source, check)
     ("import avo.harness.timing\n", "import"),
     ("from triton.tools import disasm\n", "import"),  # triton.tools stays closed, but for the TMA descriptor
     ("import triton.tools.tensor_descriptorx\n", "import"),
+    # attribute paths and code written in strings (issue 23 part 2): string.Formatter's get_field
+    # follows "0.__globals__[sys]"; typing evaluates ForwardRefs and string annotations
+    ("import string\nsys_ = string.Formatter().get_field('0.__globals__[sys]', (print,), {})[0]", "sandbox"),
+    ("import typing\nt = typing.get_args(typing.Optional['x'])[0]._evaluate({}, {}, frozenset())", "sandbox"),
+    ("import functools\n@functools.singledispatch\ndef f(x):\n    pass\n\n@f.register\n"
+     "def _(x: \"__import__('gc').get_objects()\"):\n    pass", "dynamic-code"),
 ]
 
 ALLOWED = [
@@ -71,6 +77,10 @@ ALLOWED = [
             super().__init__()
             self.buf = torch.empty(n)
             self.n = n
+
+
+    def plan(n: "int", ws: "Workspace") -> "Workspace":  # annotations as strings: forward references
+        return ws
 
 
     def run(input, weight, out):  # 'input' as a parameter is not the builtin
