@@ -18,6 +18,8 @@ app.add_typer(lineage_app, name="lineage")
 workspace_app = typer.Typer(no_args_is_help=True, help="Drive a variation step by hand (any coding agent): open an "
                             "island's step folder, then submit what the agent left there.")
 app.add_typer(workspace_app, name="workspace")
+apply_app = typer.Typer(no_args_is_help=True, help="Artifacts in engines: re-measure them on this GPU.")
+app.add_typer(apply_app, name="apply")
 console = Console()
 err = Console(stderr=True)
 
@@ -248,27 +250,78 @@ def export(run: str = typer.Argument(...), out: Path = typer.Option(Path("artifa
            ship: Optional[Path] = typer.Option(None, help="write the task's best version as the one artifact at "
                                                "this folder (e.g. kernels/<family>/evolved/<name>); needs --task"),
            fmt: str = typer.Option("artifact", "--format", help="artifact (apply()) | sol-execbench (problem "
-                                   "directories) | flashinfer-trace (a dataset root) | kernelbench (ModelNew files)")) -> None:
+                                   "directories) | flashinfer-trace (a dataset root) | kernelbench (ModelNew files)"),
+           checked_range: list[str] = typer.Option([], "--checked-range", help="AXIS=LO:HI (repeatable; needs --task): "
+                                                   "the best artifact also serves keys with AXIS in [LO, HI]; both "
+                                                   "ends must be workloads it passed")) -> None:
     """Export the best solution per task (and per workload key) as apply() artifacts, or the best
     per task back in a problem format."""
     from avo.apply.export import ExportError, export_foreign, export_run, ship_best
+    ranges = _checked_ranges(checked_range)
+    if ranges and task is None:
+        die("--checked-range needs --task (a range is one task's axis)")
     try:
         if fmt != "artifact":
-            if ship is not None:
-                die("--ship writes an artifact; it does not take --format")
+            if ship is not None or ranges:
+                die("--ship and --checked-range write an artifact; they do not take --format")
             for p in export_foreign(run, out, fmt, task=task):
                 console.print(f"{fmt} -> {p}")
             return
         if ship is not None:
             if task is None:
                 die("--ship needs --task (one task's best version per artifact folder)")
-            paths = [ship_best(run, task, ship)]
+            paths = [ship_best(run, task, ship, checked_ranges=ranges)]
         else:
-            paths = export_run(run, out, task=task)
+            paths = export_run(run, out, task=task, checked_ranges=ranges)
     except ExportError as e:
         die(str(e))
     for p in paths:
         console.print(f"artifact -> {p}")
+
+
+def _checked_ranges(specs: list[str]) -> Optional[dict[str, list[int]]]:
+    """--checked-range AXIS=LO:HI values as {axis: [lo, hi]} (None when none given)."""
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        axis, _, r = spec.partition("=")
+        lo, _, hi = r.partition(":")
+        try:
+            out[axis.strip()] = [int(lo), int(hi)]
+        except ValueError:
+            die(f"--checked-range {spec!r}: expected AXIS=LO:HI with integers, e.g. seq_len=128:8192")
+    return out or None
+
+
+@apply_app.command("measure")
+def apply_measure(dirs: list[Path] = typer.Argument(..., help="artifact folders (what avo.apply.enable() takes)"),
+                  task: Optional[str] = typer.Option(None, help="only this task's artifacts"),
+                  device: str = typer.Option("cuda", help="cuda | interpret (interpret writes rows that claim no speed)"),
+                  out: Optional[Path] = typer.Option(None, help="speed file (default DIR/speed-<gpu>.jsonl; one DIR)"),
+                  baseline: Optional[Path] = typer.Option(None, help="a .py whose run(*inputs) is the call the kernels "
+                                                          "replace in your engine (needs --task)")) -> None:
+    """Re-measure artifacts on this GPU against the call each replaces; enable() serves a key on a
+    GPU only where its record there says faster."""
+    from avo.apply.artifact import ArtifactError
+    from avo.apply.measure import measure
+    from avo.harness.workerproc import HarnessError
+    from avo.tasks import TaskError
+    if device not in ("cuda", "interpret"):
+        die(f"--device {device!r}: expected cuda or interpret")
+    if out is not None and len(dirs) > 1:
+        die("--out takes one artifact folder")
+    if baseline is not None and task is None:
+        die("--baseline needs --task (a baseline is one task's call)")
+    for d in dirs:
+        if not d.is_dir():
+            die(f"{d}: not an artifact folder")
+    try:
+        written = measure(dirs, device, task, out, baseline, log=lambda s: console.print(s, highlight=False))
+    except (ArtifactError, HarnessError, TaskError) as e:
+        die(f"{e}", 1)
+    for path, rows in written.items():
+        console.print(f"{len(rows)} records -> {path}")
+    if not written:
+        die("no records written (no artifact passed on this device)", 1)
 
 
 def main() -> None:

@@ -142,6 +142,27 @@ def test_cli_export_by_run_name_and_errors(lineage):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_cli_export_checked_range_and_apply_measure_errors(lineage):
+    """--checked-range reaches the best artifact's manifest; a range whose end was never verified,
+    a malformed one, or one without --task is one line and exit 2; `avo apply measure` refuses a
+    folder that is not there the same way."""
+    root = lineage["root"]
+    r = _cli("export", "run1", "--out", "ranged", "--task", TASK, "--checked-range", "batch=3:8", cwd=root)
+    assert r.returncode == 0, r.stderr
+    best = next((root / "ranged" / TASK).glob("best-*"))
+    assert json.loads((best / "manifest.json").read_text())["checked_ranges"] == {"batch": [3, 8]}
+    keys = [p for p in (root / "ranged" / TASK).glob("keys-*")]
+    assert all("checked_ranges" not in json.loads((k / "manifest.json").read_text()) for k in keys)
+    for args, words in ((("--task", TASK, "--checked-range", "batch=3:7"), "7 is not a verified key"),
+                        (("--task", TASK, "--checked-range", "batch=three"), "AXIS=LO:HI"),
+                        (("--checked-range", "batch=3:8"), "needs --task")):
+        r = _cli("export", "run1", "--out", "bad", *args, cwd=root)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = _cli("apply", "measure", "no-such-folder", "--device", "interpret", cwd=root)
+    assert r.returncode == 2 and "no-such-folder: not an artifact folder" in r.stderr, r.stderr
+
+
 def test_ship_writes_the_best_version_with_its_lineage_commit(lineage, tmp_path):
     """`avo export RUN --task T --ship DIR` (how kernels/*/evolved/ are made): one artifact at DIR,
     carrying the lineage commit it came from; hashing those files as git does gives the commit back."""
@@ -297,6 +318,14 @@ def test_export_back_in_the_problem_formats(lineage, tmp_path, quick_evaluator):
     task = load_task(str(root), TASK)
     assert quick_evaluator.evaluate(task, load_solution(task, find_solution_json(root, TASK)),
                                     task.select("cpu")[:1]).status == EvaluationStatus.PASSED
+    # a scalar input keeps its `shape: null` (required upstream): attention's `causal`
+    from avo.apply.export import definition_json
+    from avo.schema import Definition
+    attn = load_task("attention_mha_fwd").definition
+    raw = definition_json(attn)
+    assert "shape" in raw["inputs"]["causal"] and raw["inputs"]["causal"]["shape"] is None
+    assert Definition.model_validate(raw) == attn
+    fib.Definition.model_validate({**raw, "op_type": attn.op_type or "unknown"})
     r = _cli("export", "run1", "--format", "tensorrt", "--out", "x", cwd=lineage["root"])
     assert r.returncode == 2 and "--format must be one of artifact, sol-execbench, flashinfer-trace, kernelbench" in r.stderr
     r = _cli("export", "run1", "--format", "kernelbench", "--out", "x", cwd=lineage["root"])

@@ -117,7 +117,8 @@ def winners(d: Definition, best, versions: list) -> dict[str, list[str]]:
     return won
 
 
-def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
+def export_task(lin, task: str, out_dir: Path, run_name: str,
+                checked_ranges: Optional[dict[str, list[int]]] = None) -> list[Path]:
     from avo.lineage import LineageError
     d = _definition_for(lin, task)
     try:
@@ -138,7 +139,8 @@ def export_task(lin, task: str, out_dir: Path, run_name: str) -> list[Path]:
             v = by_sha[sha]
             name = ("best-" if sha == best.sha else "keys-") + sha[:10]
             meta = ArtifactMeta(name=name, run=v.meta.run or run_name, lineage=str(lin.path), commit=sha,
-                                island=str(v.meta.island), won=uuids)
+                                island=str(v.meta.island), won=uuids,
+                                checked_ranges=checked_ranges if sha == best.sha else None)
             try:
                 write_artifact(stage / name, d, _solution(task, v.source, v.sha), v.traces, meta, lin.commit_record(sha))
             except ArtifactError as e:
@@ -189,7 +191,18 @@ def _exportable_best(lin, d: Definition, task: str):
     return v
 
 
-def ship_best(run: str, task: str, dest: Path) -> Path:
+def definition_json(d: Definition) -> dict:
+    """The definition as the problem formats write it: unset optional fields left out, but a
+    scalar's `shape: null` kept (upstream's tensor spec requires the key)."""
+    out = d.model_dump(mode="json", exclude_none=True)
+    for side in ("inputs", "outputs"):
+        for name, spec in getattr(d, side).items():
+            if spec.shape is None:
+                out[side][name]["shape"] = None
+    return out
+
+
+def ship_best(run: str, task: str, dest: Path, checked_ranges: Optional[dict[str, list[int]]] = None) -> Path:
     """The task's best version of a run, written as the single artifact `dest` (every key its own)."""
     from avo.lineage import LineageError
     lin, path = _open_run(run)
@@ -201,7 +214,7 @@ def ship_best(run: str, task: str, dest: Path) -> Path:
         if dest.exists() and not (dest / "manifest.json").exists():
             raise ExportError(f"--ship {dest} exists and is not an artifact: not replacing it")
         meta = ArtifactMeta(name=f"best-{v.sha[:10]}", run=v.meta.run or path.name, lineage=str(lin.path), commit=v.sha,
-                            island=str(v.meta.island))
+                            island=str(v.meta.island), checked_ranges=checked_ranges)
         try:
             return write_artifact(dest, d, _solution(task, v.source, v.sha), v.traces, meta, lin.commit_record(v.sha))
         except (ArtifactError, LineageError) as e:
@@ -286,7 +299,7 @@ def export_foreign(run: str, out_dir: Path, fmt: str, task: Optional[str] = None
             traces = "".join(tr.model_copy(update={"solution": sol["name"]}).model_dump_json(exclude_none=True) + "\n"
                              for tr in best.traces if tr.passed)
             workloads = problem.workloads
-            ddump = d.model_dump(mode="json", exclude_none=True)
+            ddump = definition_json(d)
             if fmt == "sol-execbench":
                 folder = out_dir / safe_name(t)
                 folder.mkdir(parents=True, exist_ok=True)
@@ -330,7 +343,8 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def export_run(run: str, out_dir: Path, task: Optional[str] = None) -> list[Path]:
+def export_run(run: str, out_dir: Path, task: Optional[str] = None,
+               checked_ranges: Optional[dict[str, list[int]]] = None) -> list[Path]:
     """Export the best version per task (and per-key winners) of a run; returns artifact folders."""
     lin, path = _open_run(run)
     try:
@@ -341,7 +355,7 @@ def export_run(run: str, out_dir: Path, task: Optional[str] = None) -> list[Path
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for t in tasks:
-            paths += export_task(lin, t, out_dir, path.name)
+            paths += export_task(lin, t, out_dir, path.name, checked_ranges)
         return paths
     finally:
         lin.close()
