@@ -37,9 +37,10 @@ class PersistingL2:
     """The persisting part of the L2 (Ampere+): lines a kernel marks persisting (a stream's or a
     launch's access-policy window, cudaAccessPropertyPersisting; PTX evict_last) live in a set-aside
     of the L2 that normal accesses, the flush's among them, cannot evict: inputs kept hot across the
-    flush. The set-aside is 0 unless a process raises it (cudaDeviceSetLimit(
-    cudaLimitPersistingL2CacheSize)), and then persisting accesses are treated as normal ones. So
-    `finding` refuses a raised set-aside (and a window left on the timed stream) and `reset` turns
+    flush. Without a set-aside (cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize)) persisting
+    accesses are treated as normal ones. The driver's default is not always 0 (an H100 context
+    starts with 9,830,400 bytes; read as 0 before a context exists), so `base` is read once the
+    worker's context exists and `finding` refuses a set-aside raised above it (and a window left on the timed stream) and `reset` turns
     persisting lines back to normal before each flush. Read through the CUDA driver (libcuda, the
     one library every CUDA machine has), bound before any candidate runs; where it cannot be
     loaded, `why` says so and the checks are off."""
@@ -97,6 +98,10 @@ def persisting_l2() -> PersistingL2:
     """One per process, made at the first use (after CUDA's initialisation, before any candidate:
     the worker arms it)."""
     if not _PERSISTING:
+        import torch
+        if torch.cuda.is_available():  # the driver reads limits of the current context: make it exist
+            torch.cuda.current_device()
+            torch.empty(1, device="cuda")
         _PERSISTING.append(PersistingL2())
     return _PERSISTING[0]
 
