@@ -225,6 +225,9 @@ def sensitivity(model, ids: torch.Tensor, mask: torch.Tensor, args: argparse.Nam
     def efficient_prefill(module, query, key, value, attention_mask, **kw):
         if query.shape[2] != key.shape[2]:  # a decode step with a cache: the default SDPA
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+        n_rep = query.shape[1] // key.shape[1]  # the efficient kernel takes no enable_gqa: expand K/V heads
+        if n_rep > 1:
+            key, value = key.repeat_interleave(n_rep, dim=1), value.repeat_interleave(n_rep, dim=1)
         with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
 

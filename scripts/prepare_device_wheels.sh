@@ -18,7 +18,7 @@ dl .whl pydantic pydantic-core annotated-types typing-inspection gitpython gitdb
    xgrammar apache-tvm-ffi ninja
 # flashinfer-bench is pure Python; no deps needed for its data models. cupti-python: CUPTI timing
 # (eval.timing_method: cupti | auto).
-dl .whl flashinfer-bench cupti-python
+dl .whl flashinfer-bench cupti-python pyelftools  # pyelftools: imported by cupti-python
 if [ "${RAY:-0}" = 1 ]; then
   mkdir -p .whl-ray && rm -f .whl-ray/ray-*.whl  # a slimmed one would only fail pip's hash check
   # ray + its deps the device lacks (it has click, filelock, packaging, pyyaml, requests).

@@ -294,7 +294,7 @@ def test_gpu_asynchronous_illegal_address_is_attributed_at_the_sync_point(tmp_pa
     import sys
     from avo.tasks import REPO_ROOT
     r = subprocess.run([sys.executable, "-c", FAULT_SCRIPT, str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["ok"] and res["fault"] and "n=13" in res["fault"], res

@@ -117,7 +117,7 @@ print(json.dumps({"summary": rec.summary, "evals": evals, "ref": ref, "got": got
 def flow(tmp_path_factory) -> tuple[Path, dict]:
     """One interpreted process: record, `avo eval` the recorded folders, serve with the artifacts."""
     out = tmp_path_factory.mktemp("flow")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(FLOW), str(out),
                         json.dumps({t: str(REPO_ROOT / s) for t, s in SEEDS.items()})],
                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
@@ -224,7 +224,7 @@ def test_gpu_cuda_graphs_same_tokens_with_avo(tmp_path):
     """On a GPU: the seeds evaluated on the recorded shapes; eager, a reduce-overhead (CUDA graphs)
     compiled greedy loop over a dynamic cache, and generate()'s compiled static-cache decode give
     the tokens SDPA gives. The op runs while the graphs are captured (counted), not on replay."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("TRITON_INTERPRET", None)
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(GPU_FLOW), str(tmp_path),
                         json.dumps({t: str(REPO_ROOT / s) for t, s in SEEDS.items()})],

@@ -38,7 +38,7 @@ def artifacts(tmp_path_factory) -> Path:
 
 def run_interpreted(script: str, *args: str, timeout: float = 240, env: dict | None = None) -> dict:
     """Run a script under TRITON_INTERPRET=1; its last stdout line is a JSON result."""
-    env = {**os.environ, **(env or {}), "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, **(env or {}), "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
