@@ -1,0 +1,456 @@
+"""A persistent decode megakernel for megakernel_decode_layer (issue 26): one launch, a fixed grid of
+resident programs (CTAs), a task table in global memory and per-task dependency counters.
+
+The host builds the task table per call (build_tasks: plain numpy, no compilation) from the batch,
+the KV length, the tile sizes, the attention split policy and the order policy. One row per task:
+
+  [op, a0, a1, a2, a3, a4, wait_counter, wait_count, signal_counter, 0]
+
+  op NORM1   rows [a0, a1) of x      -> xn = RMSNorm(x) * attn_norm_w      (fp32 scratch)
+  op QKV     rows [a0, a0+BLOCK_N) of [wq; wk; wv], every sequence -> qkv (fp32 scratch)
+  op ATTN    sequence a0, kv head a1, KV rows [a3, a4), split slot a2: RoPE(q, k) + online-softmax
+             partial (acc, m, l) of the group's q heads; slot 0 also takes the new token and writes
+             k_new / v_new
+  op COMBINE sequence a0, kv head a1, a2 splits -> attn (fp32 scratch), the split reduction
+  op O       rows [a0, a0+BLOCK_N) of wo:  h = x + attn @ wo^T              (fp32 scratch)
+  op NORM2   rows [a0, a1) of h      -> hn = RMSNorm(h) * mlp_norm_w
+  op MLP     rows [a0, a0+MLP_BLOCK_N) of w_gate / w_up: act = silu(hn wg^T) * (hn wu^T)
+  op DOWN    rows [a0, a0+BLOCK_N) of w_down: out = h + act @ w_down^T      (out's dtype)
+
+Each program takes tasks in table order (QUEUE: the next ticket of an atomic counter; else the
+static stride t = pid, pid + nprog, ...), waits until ctrl[wait_counter] >= wait_count (an acquire
+atomic read, bounded by spin_limit), runs the op, and adds 1 to ctrl[signal_counter] (release, after
+a CTA barrier). The table order must be topological: with QUEUE every task a program waits on was
+claimed earlier by a running program, so any grid size makes progress. A wait that runs out of spins
+(a wrong order, a count that is never reached) skips its op, counts an error and records the first
+such task; the host then raises "task graph deadlock/order violation at task i". The Triton
+interpreter runs the programs one after another, so there program 0 runs the whole table (the others
+find the queue empty) and a consumer placed before its producer always runs out of spins.
+
+Batch, KV length and the task count are runtime arguments that Triton does not specialise on (the
+scratch segments keep a 256-byte alignment), so one compiled kernel serves batch 1-64 and any KV length;
+only the tile sizes are constexpr. The counters and the queue are zeroed per launch by the host.
+"""
+import math
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+RMS_EPS = 1e-5
+
+# Current choice of every knob; the heuristic operator rewrites this line.
+CONFIG = dict(BLOCK_N=16, MLP_BLOCK_N=16, BLOCK_K=64, BLOCK_B=4, ATTN_BLOCK_KV=16, NORM_BLOCK=1024, NORM_ROWS=1, ATTN_SPLITS=4, ATTN_SPLIT_MIN=256, ORDER="stage", QUEUE=True, CTAS_PER_SM=1, num_warps=4)
+# Allowed values per knob: the search space the heuristic operator explores.
+TUNABLES = dict(
+    BLOCK_N=[16, 4, 8, 32, 64],  # weight rows per task of the q|k|v, O and down projections
+    MLP_BLOCK_N=[16, 4, 8, 32, 64],  # rows per task of the gate/up projection
+    BLOCK_K=[64, 32, 128, 256],
+    BLOCK_B=[4, 1, 2, 8, 16],  # sequences per step of a GEMV task (more sequences: loops over chunks)
+    ATTN_BLOCK_KV=[16, 8, 32, 64],
+    NORM_BLOCK=[1024, 256, 512, 2048, 4096],
+    NORM_ROWS=[1, 2, 4, 8],  # sequences per RMSNorm task
+    ATTN_SPLITS=[4, 1, 2, 8, 16, 32],  # most KV splits per (sequence, kv head)
+    ATTN_SPLIT_MIN=[256, 16, 64, 128, 512, 1024],  # fewest KV rows per split: splits = clamp(kv_len / this)
+    ORDER=["stage", "interleave", "reverse"],  # the topological order of the task table (see build_tasks)
+    QUEUE=[True, False],  # dynamic task queue (atomic ticket) or a static stride over the table
+    CTAS_PER_SM=[1, 2, 3, 4],  # resident programs per SM (GPU); the grid is min(this * SMs, tasks)
+    num_warps=[4, 1, 2, 8],
+)
+
+F = 10  # ints per task row
+OPS = ("NORM1", "QKV", "ATTN", "COMBINE", "O", "NORM2", "MLP", "DOWN")
+NORM1, QKV, ATTN, COMBINE, O, NORM2, MLP, DOWN = range(len(OPS))
+# ctrl: the queue ticket, the error count, the first failing task + 1, a counter that stays 0 (the
+# first tasks wait on it for 0), one counter per stage, then one per (sequence, kv head) for the splits.
+C_QUEUE, C_ERR, C_ERR_TASK, C_ZERO = 0, 1, 2, 3
+C_STAGE = 4  # + op index: the tasks of that op done
+C_ATTN = C_STAGE + len(OPS)  # + b * kv_heads + kvh: attention splits done
+SPIN_LIMIT_GPU = 1 << 22  # spins (atomic reads) before a wait gives up; the interpreter's order is sequential
+SPIN_LIMIT_CPU = 16
+ALIGN = 64  # scratch segments start at multiples of 64 fp32 (256 bytes): the pointer specialisation never changes
+
+
+def _knob(name):
+    return CONFIG.get(name, TUNABLES[name][0])  # a knob missing from CONFIG takes its first value
+
+
+@triton.jit
+def _rms_rows(src, w_ptr, dst, r0, r1, K, eps, NORM_BLOCK: tl.constexpr):
+    """dst[r] = src[r] / rms(src[r]) * w for rows r0..r1-1 (fp32 out)."""
+    for r in range(r0, r1):
+        sq = tl.zeros([NORM_BLOCK], tl.float32)
+        for k0 in range(0, K, NORM_BLOCK):
+            offs = k0 + tl.arange(0, NORM_BLOCK)
+            v = tl.load(src + r * K + offs, mask=offs < K, other=0.0, cache_modifier=".cg").to(tl.float32)
+            sq += v * v
+        inv = 1.0 / tl.sqrt(tl.sum(sq, 0) / K + eps)
+        for k0 in range(0, K, NORM_BLOCK):
+            offs = k0 + tl.arange(0, NORM_BLOCK)
+            v = tl.load(src + r * K + offs, mask=offs < K, other=0.0, cache_modifier=".cg").to(tl.float32)
+            w = tl.load(w_ptr + offs, mask=offs < K, other=0.0).to(tl.float32)
+            tl.store(dst + r * K + offs, v * inv * w, mask=offs < K)
+
+
+@triton.jit
+def _gemv_acc(x_ptr, w_rows, n_ok, b0, batch, K, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """acc[n, b] = sum_k x[b0 + b, k] * w_rows[n][k]: x fp32 scratch [batch, K] written in this launch
+    (read at L2: .cg), w_rows a pointer per weight row."""
+    offs_b = b0 + tl.arange(0, BLOCK_B)
+    b_ok = offs_b < batch
+    acc = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        xt = tl.load(x_ptr + offs_b[:, None] * K + offs_k[None, :], mask=b_ok[:, None] & k_ok[None, :], other=0.0,
+                     cache_modifier=".cg")
+        wt = tl.load(w_rows[:, None] + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += tl.sum(wt.to(tl.float32)[:, None, :] * xt[None, :, :], axis=2)
+    return acc
+
+
+@triton.jit
+def _attn_split(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, knew_ptr, vnew_ptr, part_ptr, m_ptr, l_ptr,
+                b, kvh, slot, start, end, batch, QD, KVH, D, G, max_kv, scale,
+                BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr):
+    """RoPE'd q heads of kv head kvh against cache rows [start, end) (+ the new token in slot 0):
+    the unnormalised partial acc with its running max m and sum l, laid out [slot, sequence, q head]."""
+    QH = KVH * G
+    NQKV = QD + 2 * KVH * D
+    cache = (b.to(tl.int64) * KVH + kvh) * max_kv * D
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    half = D // 2
+    rot = tl.where(offs_d < half, offs_d + half, offs_d - half)  # rotate-half partner
+    sign = tl.where(offs_d < half, -1.0, 1.0)
+    cos = tl.load(cos_ptr + offs_d, mask=dmask, other=0.0)
+    sin = tl.load(sin_ptr + offs_d, mask=dmask, other=0.0)
+    k_row = qkv_ptr + b * NQKV + QD + kvh * D
+    v_row = k_row + KVH * D
+    k = tl.load(k_row + offs_d, mask=dmask, other=0.0, cache_modifier=".cg")
+    k = k * cos + sign * tl.load(k_row + rot, mask=dmask, other=0.0, cache_modifier=".cg") * sin
+    v = tl.load(v_row + offs_d, mask=dmask, other=0.0, cache_modifier=".cg")
+    offs_g = tl.arange(0, BLOCK_G)
+    gmask = offs_g < G
+    qmask = gmask[:, None] & dmask[None, :]
+    heads = kvh * G + offs_g
+    q_rows = qkv_ptr + b * NQKV + heads[:, None] * D
+    q = tl.load(q_rows + offs_d[None, :], mask=qmask, other=0.0, cache_modifier=".cg")
+    q = q * cos[None, :] + sign[None, :] * tl.load(q_rows + rot[None, :], mask=qmask, other=0.0,
+                                                   cache_modifier=".cg") * sin[None, :]
+    q = q * scale
+    if slot == 0:
+        # The new token first: it is always attended to, so the running max starts finite.
+        new_row = (b * KVH + kvh) * D
+        tl.store(knew_ptr + new_row + offs_d, k.to(knew_ptr.dtype.element_ty), mask=dmask)
+        tl.store(vnew_ptr + new_row + offs_d, v.to(vnew_ptr.dtype.element_ty), mask=dmask)
+        m_i = tl.sum(q * k[None, :], axis=1)
+        l_i = tl.full([BLOCK_G], 1.0, tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + v[None, :]
+    else:
+        m_i = tl.full([BLOCK_G], -float("inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_KV):
+        offs_n = n0 + tl.arange(0, BLOCK_KV)
+        nmask = offs_n < end
+        tmask = nmask[:, None] & dmask[None, :]
+        kt = tl.load(kc_ptr + cache + offs_n[:, None] * D + offs_d[None, :], mask=tmask, other=0.0)
+        s = tl.sum(q[:, None, :] * kt.to(tl.float32)[None, :, :], axis=2)
+        s = tl.where(nmask[None, :], s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        vt = tl.load(vc_ptr + cache + offs_n[:, None] * D + offs_d[None, :], mask=tmask, other=0.0)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt.to(tl.float32)[None, :, :], axis=1)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+    rows = (slot * batch + b) * QH + heads
+    tl.store(part_ptr + rows[:, None] * D + offs_d[None, :], acc, mask=qmask)
+    tl.store(m_ptr + rows, m_i, mask=gmask)
+    tl.store(l_ptr + rows, l_i, mask=gmask)
+
+
+@triton.jit
+def _attn_combine(part_ptr, m_ptr, l_ptr, attn_ptr, b, kvh, n_splits, batch, KVH, D, G,
+                  BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The split reduction: rescale the n_splits partials of (b, kvh) to their common max (slot 0 holds
+    the new token, so it is finite; empty splits have m = -inf) and normalise into attn [batch, QH * D]."""
+    QH = KVH * G
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_g = tl.arange(0, BLOCK_G)
+    gmask = offs_g < G
+    qmask = gmask[:, None] & (offs_d < D)[None, :]
+    heads = kvh * G + offs_g
+    m_max = tl.full([BLOCK_G], -float("inf"), tl.float32)
+    for s in range(0, n_splits):
+        m_max = tl.maximum(m_max, tl.load(m_ptr + (s * batch + b) * QH + heads, mask=gmask, other=0.0,
+                                          cache_modifier=".cg"))
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    l_sum = tl.zeros([BLOCK_G], tl.float32)
+    for s in range(0, n_splits):
+        rows = (s * batch + b) * QH + heads
+        w = tl.exp(tl.load(m_ptr + rows, mask=gmask, other=0.0, cache_modifier=".cg") - m_max)
+        l_sum += w * tl.load(l_ptr + rows, mask=gmask, other=0.0, cache_modifier=".cg")
+        acc += w[:, None] * tl.load(part_ptr + rows[:, None] * D + offs_d[None, :], mask=qmask, other=0.0,
+                                    cache_modifier=".cg")
+    o = acc / tl.where(gmask, l_sum, 1.0)[:, None]
+    tl.store(attn_ptr + (b * QH + heads)[:, None] * D + offs_d[None, :], o, mask=qmask)
+
+
+@triton.jit(do_not_specialize=["n_tasks", "spin_limit", "batch"])
+def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
+                       x_ptr, anw_ptr, wq_ptr, wk_ptr, wv_ptr, wo_ptr, mnw_ptr, wg_ptr, wu_ptr, wd_ptr,
+                       kc_ptr, vc_ptr, cos_ptr, sin_ptr, out_ptr, knew_ptr, vnew_ptr,
+                       xn_ptr, qkv_ptr, part_ptr, m_ptr, l_ptr, attn_ptr, h_ptr, hn_ptr, act_ptr,
+                       batch, H, QD, KVH, D, G, MLPD, max_kv, scale, eps,
+                       F: tl.constexpr, BLOCK_N: tl.constexpr, MLP_BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_KV: tl.constexpr, NORM_BLOCK: tl.constexpr, QUEUE: tl.constexpr):
+    KVD = KVH * D
+    NQKV = QD + 2 * KVD
+    if QUEUE:
+        t = tl.atomic_add(ctrl_ptr + 0, 1)  # C_QUEUE
+    else:
+        t = tl.program_id(0)
+    while t < n_tasks:
+        row = tasks_ptr + t * F
+        op = tl.load(row)
+        a0 = tl.load(row + 1)
+        a1 = tl.load(row + 2)
+        a2 = tl.load(row + 3)
+        a3 = tl.load(row + 4)
+        a4 = tl.load(row + 5)
+        wait_ptr = ctrl_ptr + tl.load(row + 6)
+        need = tl.load(row + 7)
+        signal = tl.load(row + 8)
+        # ---- wait: acquire reads of the producer counter, bounded ----
+        seen = tl.atomic_add(wait_ptr, 0, sem="acquire")
+        spins = 0
+        while (seen < need) & (spins < spin_limit):
+            spins += 1
+            seen = tl.atomic_add(wait_ptr, 0, sem="acquire")
+        if seen < need:
+            tl.atomic_add(ctrl_ptr + 1, 1)  # C_ERR
+            tl.atomic_cas(ctrl_ptr + 2, 0, t + 1)  # C_ERR_TASK: the first one
+        else:
+            if op == 0:  # NORM1
+                _rms_rows(x_ptr, anw_ptr, xn_ptr, a0, a1, H, eps, NORM_BLOCK)
+            elif op == 1:  # QKV
+                offs_n = a0 + tl.arange(0, BLOCK_N)
+                n_ok = offs_n < NQKV
+                w_rows = tl.where(offs_n < QD, wq_ptr + offs_n * H,
+                                  tl.where(offs_n < QD + KVD, wk_ptr + (offs_n - QD) * H, wv_ptr + (offs_n - QD - KVD) * H))
+                for b0 in range(0, batch, BLOCK_B):
+                    acc = _gemv_acc(xn_ptr, w_rows, n_ok, b0, batch, H, BLOCK_N, BLOCK_B, BLOCK_K)
+                    offs_b = b0 + tl.arange(0, BLOCK_B)
+                    tl.store(qkv_ptr + offs_b[None, :] * NQKV + offs_n[:, None], acc,
+                             mask=n_ok[:, None] & (offs_b < batch)[None, :])
+            elif op == 2:  # ATTN
+                _attn_split(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, knew_ptr, vnew_ptr, part_ptr, m_ptr, l_ptr,
+                            a0, a1, a2, a3, a4, batch, QD, KVH, D, G, max_kv, scale, BLOCK_G, BLOCK_D, BLOCK_KV)
+            elif op == 3:  # COMBINE
+                _attn_combine(part_ptr, m_ptr, l_ptr, attn_ptr, a0, a1, a2, batch, KVH, D, G, BLOCK_G, BLOCK_D)
+            elif op == 4:  # O: h = x + attn @ wo^T
+                offs_n = a0 + tl.arange(0, BLOCK_N)
+                n_ok = offs_n < H
+                for b0 in range(0, batch, BLOCK_B):
+                    acc = _gemv_acc(attn_ptr, wo_ptr + offs_n * QD, n_ok, b0, batch, QD, BLOCK_N, BLOCK_B, BLOCK_K)
+                    offs_b = b0 + tl.arange(0, BLOCK_B)
+                    omask = n_ok[:, None] & (offs_b < batch)[None, :]
+                    optrs = offs_b[None, :] * H + offs_n[:, None]
+                    acc += tl.load(x_ptr + optrs, mask=omask, other=0.0).to(tl.float32)
+                    tl.store(h_ptr + optrs, acc, mask=omask)
+            elif op == 5:  # NORM2
+                _rms_rows(h_ptr, mnw_ptr, hn_ptr, a0, a1, H, eps, NORM_BLOCK)
+            elif op == 6:  # MLP: act = silu(hn wg^T) * (hn wu^T)
+                offs_n = a0 + tl.arange(0, MLP_BLOCK_N)
+                n_ok = offs_n < MLPD
+                for b0 in range(0, batch, BLOCK_B):
+                    g = _gemv_acc(hn_ptr, wg_ptr + offs_n * H, n_ok, b0, batch, H, MLP_BLOCK_N, BLOCK_B, BLOCK_K)
+                    u = _gemv_acc(hn_ptr, wu_ptr + offs_n * H, n_ok, b0, batch, H, MLP_BLOCK_N, BLOCK_B, BLOCK_K)
+                    offs_b = b0 + tl.arange(0, BLOCK_B)
+                    tl.store(act_ptr + offs_b[None, :] * MLPD + offs_n[:, None], g / (1.0 + tl.exp(-g)) * u,
+                             mask=n_ok[:, None] & (offs_b < batch)[None, :])
+            elif op == 7:  # DOWN: out = h + act @ w_down^T
+                offs_n = a0 + tl.arange(0, BLOCK_N)
+                n_ok = offs_n < H
+                for b0 in range(0, batch, BLOCK_B):
+                    acc = _gemv_acc(act_ptr, wd_ptr + offs_n * MLPD, n_ok, b0, batch, MLPD, BLOCK_N, BLOCK_B, BLOCK_K)
+                    offs_b = b0 + tl.arange(0, BLOCK_B)
+                    omask = n_ok[:, None] & (offs_b < batch)[None, :]
+                    optrs = offs_b[None, :] * H + offs_n[:, None]
+                    acc += tl.load(h_ptr + optrs, mask=omask, other=0.0, cache_modifier=".cg")
+                    tl.store(out_ptr + optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+            # ---- signal: every thread's stores issued, then one release add ----
+            tl.debug_barrier()
+            tl.atomic_add(ctrl_ptr + signal, 1, sem="release")
+        if QUEUE:
+            t = tl.atomic_add(ctrl_ptr + 0, 1)
+        else:
+            t += tl.num_programs(0)
+
+
+# ---------------------------------------------------------------- host: the task table
+
+def attn_splits(kv_len, cfg=None):
+    """KV splits per (sequence, kv head) at this KV length and the rows of each (a multiple of the
+    attention tile): at least ATTN_SPLIT_MIN rows a split, at most ATTN_SPLITS splits."""
+    cfg = cfg or {}
+    k = lambda n: cfg.get(n, _knob(n))
+    block_kv = k("ATTN_BLOCK_KV")
+    n = max(1, min(k("ATTN_SPLITS"), kv_len // max(k("ATTN_SPLIT_MIN"), 1)))
+    split_len = triton.cdiv(triton.cdiv(kv_len, n), block_kv) * block_kv if kv_len else 0
+    n = max(1, triton.cdiv(kv_len, split_len)) if split_len else 1  # no empty split past the end
+    return n, split_len
+
+
+def _rows(op, n, a=(), wait=(C_ZERO, 0), signal=C_STAGE):
+    """n task rows of op: columns a (each length n) into a0.., the wait (counter, count) and the signal."""
+    t = np.zeros((n, F), np.int32)
+    t[:, 0] = op
+    for i, col in enumerate(a):
+        t[:, 1 + i] = col
+    t[:, 6], t[:, 7], t[:, 8] = wait[0], wait[1], signal
+    return t
+
+
+def build_tasks(batch, kv_len, hidden, q_dim, kv_heads, head_dim, mlp, cfg=None):
+    """The task table [T, F] int32 (numpy) for one layer step, the number of ctrl counters and the
+    KV split count. ORDER picks one of the topological orders:
+      stage       every op's tasks before the next op's (NORM1, QKV, ATTN, COMBINE, O, NORM2, MLP, DOWN)
+      interleave  each (sequence, kv head)'s COMBINE right after its own splits
+      reverse     stage order with the tiles of every op in reverse
+    The counters a task waits on and the counts it needs are part of the table, so a search over
+    orders (or a finer dependency graph) edits data, not the kernel."""
+    cfg = cfg or {}
+    k = lambda n: cfg.get(n, _knob(n))
+    bn, mbn, nrows = k("BLOCK_N"), k("MLP_BLOCK_N"), k("NORM_ROWS")
+    kv_dim = kv_heads * head_dim
+    n_splits, split_len = attn_splits(kv_len, cfg)
+    stage = lambda op: C_STAGE + op
+
+    def norm(op, wait):
+        r0 = np.arange(0, batch, nrows)
+        return _rows(op, len(r0), (r0, np.minimum(r0 + nrows, batch)), wait, stage(op))
+
+    def tiles(op, n, block, wait):
+        return _rows(op, triton.cdiv(n, block), (np.arange(0, n, block),), wait, stage(op))
+
+    t_norm1 = norm(NORM1, (C_ZERO, 0))
+    t_qkv = tiles(QKV, q_dim + 2 * kv_dim, bn, (stage(NORM1), len(t_norm1)))
+    pairs = np.arange(batch * kv_heads)
+    b, h = np.repeat(pairs // kv_heads, n_splits), np.repeat(pairs % kv_heads, n_splits)
+    s = np.tile(np.arange(n_splits), batch * kv_heads)
+    start = s * split_len
+    t_attn = _rows(ATTN, len(s), (b, h, s, np.minimum(start, kv_len), np.minimum(start + split_len, kv_len)),
+                   (stage(QKV), len(t_qkv)), C_ATTN + b * kv_heads + h)
+    t_comb = _rows(COMBINE, len(pairs), (pairs // kv_heads, pairs % kv_heads, np.full(len(pairs), n_splits)),
+                   signal=stage(COMBINE))
+    t_comb[:, 6], t_comb[:, 7] = C_ATTN + pairs, n_splits
+    t_o = tiles(O, hidden, bn, (stage(COMBINE), len(t_comb)))
+    t_norm2 = norm(NORM2, (stage(O), len(t_o)))
+    t_mlp = tiles(MLP, mlp, mbn, (stage(NORM2), len(t_norm2)))
+    t_down = tiles(DOWN, hidden, bn, (stage(MLP), len(t_mlp)))
+    order = k("ORDER")
+    if order == "interleave":
+        # [pair 0's splits, pair 0's combine, pair 1's ...]: a combine can run while other pairs split.
+        per = np.concatenate([t_attn.reshape(len(pairs), n_splits, F), t_comb[:, None]], axis=1)
+        attn_part = per.reshape(-1, F)
+        stages = [t_norm1, t_qkv, attn_part, t_o, t_norm2, t_mlp, t_down]
+    elif order == "reverse":
+        stages = [t[::-1] for t in (t_norm1, t_qkv, t_attn, t_comb, t_o, t_norm2, t_mlp, t_down)]
+    elif order == "stage":
+        stages = [t_norm1, t_qkv, t_attn, t_comb, t_o, t_norm2, t_mlp, t_down]
+    else:
+        raise ValueError(f"unknown ORDER {order!r}")
+    return np.ascontiguousarray(np.concatenate(stages)), C_ATTN + batch * kv_heads, n_splits
+
+
+def check_topological(table):
+    """The first task index whose wait cannot be met by the tasks before it (None: a valid order)."""
+    done = {}
+    for i, (op, *_, wait, need, signal, _pad) in enumerate(table.tolist()):
+        if done.get(wait, 0) < need:
+            return i
+        done[signal] = done.get(signal, 0) + 1
+    return None
+
+
+def _num_sms(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _segments(device, **sizes):
+    """One fp32 scratch allocation cut into segments that each start on an ALIGN boundary."""
+    total = sum(triton.cdiv(max(n, 1), ALIGN) * ALIGN for n in sizes.values())
+    mem = torch.empty(total, device=device, dtype=torch.float32)
+    out, at = {}, 0
+    for name, n in sizes.items():
+        out[name] = mem[at:at + n]
+        at += triton.cdiv(max(n, 1), ALIGN) * ALIGN
+    return out
+
+
+def launch(table, n_ctrl, n_splits, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache,
+           v_cache, rope_cos, rope_sin, out, k_new, v_new, cfg=None, check=None, spin_limit=None):
+    """Run one task table (numpy [T, F] int32) through the persistent kernel; returns ctrl (the
+    counters after the launch). check (default: on CPU) raises on a deadlocked or unfinished table."""
+    cfg = cfg or {}
+    k = lambda n: cfg.get(n, _knob(n))
+    batch, hidden = x.shape
+    _, kv_heads, max_kv, head_dim = k_cache.shape
+    q_dim, mlp = wq.shape[0], w_gate.shape[0]
+    q_heads = q_dim // head_dim
+    group = q_heads // kv_heads
+    dev = x.device
+    tasks = torch.from_numpy(table).to(dev, non_blocking=True)
+    ctrl = torch.zeros(n_ctrl, device=dev, dtype=torch.int32)
+    buf = _segments(dev, xn=batch * hidden, qkv=batch * (q_dim + 2 * kv_heads * head_dim),
+                    part=n_splits * batch * q_dim, m=n_splits * batch * q_heads, l=n_splits * batch * q_heads,
+                    attn=batch * q_dim, h=batch * hidden, hn=batch * hidden, act=batch * mlp)
+    n_tasks = table.shape[0]
+    queue = bool(k("QUEUE"))
+    # The interpreter runs programs one after another: a static stride over several programs would make
+    # program 0 wait on program 1's tasks, so there the static schedule runs on one program.
+    ctas = k("CTAS_PER_SM") * _num_sms(dev) if (queue or dev.type == "cuda") else 1
+    grid = (max(1, min(ctas, n_tasks)),)
+    if spin_limit is None:
+        spin_limit = SPIN_LIMIT_GPU if dev.type == "cuda" else SPIN_LIMIT_CPU
+    _persistent_kernel[grid](
+        tasks, ctrl, n_tasks, spin_limit,
+        x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache, rope_cos, rope_sin,
+        out, k_new, v_new,
+        buf["xn"], buf["qkv"], buf["part"], buf["m"], buf["l"], buf["attn"], buf["h"], buf["hn"], buf["act"],
+        batch, hidden, q_dim, kv_heads, head_dim, group, mlp, max_kv, 1.0 / math.sqrt(head_dim), RMS_EPS,
+        F=F, BLOCK_N=k("BLOCK_N"), MLP_BLOCK_N=k("MLP_BLOCK_N"), BLOCK_K=k("BLOCK_K"), BLOCK_B=k("BLOCK_B"),
+        BLOCK_G=triton.next_power_of_2(group), BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_KV=k("ATTN_BLOCK_KV"), NORM_BLOCK=k("NORM_BLOCK"), QUEUE=queue, num_warps=k("num_warps"))
+    if check if check is not None else dev.type != "cuda":
+        _check(ctrl, table)
+    return ctrl
+
+
+def _check(ctrl, table):
+    c = ctrl.tolist()
+    if c[C_ERR]:
+        i = c[C_ERR_TASK] - 1
+        op, wait, need = OPS[table[i, 0]], int(table[i, 6]), int(table[i, 7])
+        raise RuntimeError(f"task graph deadlock/order violation at task {i} ({op}: waits for counter {wait} "
+                           f"to reach {need}, it was {c[wait]} when the wait gave up; {c[C_ERR]} task(s) skipped)")
+    done = c[C_STAGE + DOWN]
+    want = int((table[:, 0] == DOWN).sum())
+    if done != want:
+        raise RuntimeError(f"task graph unfinished: {done} of {want} DOWN tasks signalled")
+
+
+def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache,
+        rope_cos, rope_sin, kv_len, out, k_new, v_new):
+    batch, hidden = x.shape
+    _, kv_heads, _, head_dim = k_cache.shape
+    table, n_ctrl, n_splits = build_tasks(batch, int(kv_len), hidden, wq.shape[0], kv_heads, head_dim,
+                                          w_gate.shape[0])
+    launch(table, n_ctrl, n_splits, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache,
+           v_cache, rope_cos, rope_sin, out, k_new, v_new)
