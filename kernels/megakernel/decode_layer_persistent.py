@@ -200,7 +200,7 @@ def _attn_combine(part_ptr, m_ptr, l_ptr, attn_ptr, b, kvh, n_splits, batch, KVH
     tl.store(attn_ptr + (b * QH + heads)[:, None] * D + offs_d[None, :], o, mask=qmask)
 
 
-@triton.jit(do_not_specialize=["n_tasks", "spin_limit", "batch"])
+@triton.jit(do_not_specialize=["n_tasks", "spin_limit", "batch", "max_kv"])
 def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
                        x_ptr, anw_ptr, wq_ptr, wk_ptr, wv_ptr, wo_ptr, mnw_ptr, wg_ptr, wu_ptr, wd_ptr,
                        kc_ptr, vc_ptr, cos_ptr, sin_ptr, out_ptr, knew_ptr, vnew_ptr,
