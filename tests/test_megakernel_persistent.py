@@ -222,3 +222,10 @@ def test_host_task_table_cost_is_measured(capsys):
         for batch, kv_len, n, splits, med, lo in rows:
             print(f"\n  build_tasks Llama-3-8B batch {batch} kv {kv_len}: {n} tasks, {splits} splits, {med:.0f} us")
     assert [r[2] for r in rows] == sorted(r[2] for r in rows) and rows[0][2] > 1000
+
+
+def test_gpu_config_evolves_the_persistent_kernel(task):
+    from avo.config import load_config
+    cfg = load_config(REPO_ROOT / "configs" / "gpu_megakernel_persistent.yaml")
+    assert cfg.tasks == ["megakernel_decode_layer"] and cfg.seed_path(task.name, task.name) == PATH.relative_to(REPO_ROOT)
+    assert set(cfg.workloads[task.name]) <= {w.uuid for w in task.select("gpu")}
