@@ -55,7 +55,7 @@ TUNABLES = dict(
     ATTN_SPLIT_MIN=[256, 16, 64, 128, 512, 1024],  # fewest KV rows per split: splits = clamp(kv_len / this)
     ORDER=["stage", "interleave", "reverse"],  # the topological order of the task table (see build_tasks)
     QUEUE=[True, False],  # dynamic task queue (atomic ticket) or a static stride over the table
-    CTAS_PER_SM=[1, 2, 3, 4],  # resident programs per SM (GPU); the grid is min(this * SMs, tasks)
+    CTAS_PER_SM=[1, 2, 3, 4],  # QUEUE: programs per SM, the grid is min(this * SMs, tasks); static: 1 per SM
     num_warps=[4, 1, 2, 8],
 )
 
@@ -413,9 +413,13 @@ def launch(table, n_ctrl, n_splits, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, 
                     attn=batch * q_dim, h=batch * hidden, hn=batch * hidden, act=batch * mlp)
     n_tasks = table.shape[0]
     queue = bool(k("QUEUE"))
-    # The interpreter runs programs one after another: a static stride over several programs would make
-    # program 0 wait on program 1's tasks, so there the static schedule runs on one program.
-    ctas = k("CTAS_PER_SM") * _num_sms(dev) if (queue or dev.type == "cuda") else 1
+    # The static stride needs every program resident at once (a program waits on tasks of the others):
+    # on the GPU one per SM always fits, more might not (registers); the interpreter runs programs one
+    # after another, so there it runs on one program. The queue makes progress at any grid size.
+    if queue:
+        ctas = k("CTAS_PER_SM") * _num_sms(dev)
+    else:
+        ctas = _num_sms(dev) if dev.type == "cuda" else 1
     grid = (max(1, min(ctas, n_tasks)),)
     if spin_limit is None:
         spin_limit = SPIN_LIMIT_GPU if dev.type == "cuda" else SPIN_LIMIT_CPU
