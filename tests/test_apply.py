@@ -86,8 +86,11 @@ def enable(*dirs, **kw):
 
 @pytest.fixture(autouse=True)
 def clean_runtime():
+    """Every apply test starts and ends disabled, with no counters and no compiled graphs (the
+    other test_apply_*.py files import this fixture)."""
     avo.apply.disable()
     avo.apply.stats(reset=True)
+    torch._dynamo.reset()
     yield
     avo.apply.disable()
     avo.apply.stats(reset=True)

@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_apply import passed_trace, probe, probe_workload, write_probe
+from test_apply import clean_runtime, passed_trace, probe, probe_workload, write_probe  # noqa: F401 (clean_runtime: autouse)
 
 import avo
 from avo.apply import ArtifactMeta, write_artifact
 from avo.schema import BuildSpec, Definition, Solution, SourceFile, TensorSpec
 
 
-@pytest.fixture(autouse=True)
-def clean_runtime():
-    avo.apply.disable()
-    avo.apply.stats(reset=True)
-    torch._dynamo.reset()
-    yield
-    avo.apply.disable()
-    avo.apply.stats(reset=True)
 
 
 class Graphs:

@@ -15,7 +15,7 @@ import logging
 
 import pytest
 import torch
-from test_apply import call, probe, probe_definition, probe_solution, probe_workload, write_probe
+from test_apply import call, clean_runtime, probe, probe_definition, probe_solution, probe_workload, write_probe  # noqa: F401 (clean_runtime: autouse)
 
 import avo
 import avo.apply.runtime as rt
@@ -26,13 +26,6 @@ from avo.schema import Correctness, Environment, Evaluation, EvaluationStatus, P
 H100, H200 = "NVIDIA_H100_80GB_HBM3", "NVIDIA_H200"
 
 
-@pytest.fixture(autouse=True)
-def clean_runtime(monkeypatch):
-    avo.apply.disable()
-    avo.apply.stats(reset=True)
-    yield
-    avo.apply.disable()
-    avo.apply.stats(reset=True)
 
 
 def gpu_trace(n: int, latency: float, replaced: float, hardware: str = H100, sol: str = "probe_1") -> Trace:

@@ -9,20 +9,13 @@ import json
 
 import pytest
 import torch
-from test_apply import call, probe, write_probe
+from test_apply import call, clean_runtime, probe, write_probe  # noqa: F401 (clean_runtime: autouse)
 
 import avo
 from avo.apply import RecordError
 from avo.tasks import load_task
 
 
-@pytest.fixture(autouse=True)
-def clean_runtime():
-    avo.apply.disable()
-    avo.apply.stats(reset=True)
-    torch._dynamo.reset()
-    yield
-    avo.apply.disable()
 
 
 @avo.apply("attention_gqa_decode")
