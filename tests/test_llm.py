@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from avo.operators.llm import (BudgetExhausted, CostMeter, LLMError, LLMSpec, Message, ToolCall, ToolSpec,
-                               anthropic_messages, make_client)
+from avo.operators.llm import BudgetExhausted, CostMeter, LLMError, LLMSpec, Message, ToolCall, ToolSpec
+from avo.operators.providers import anthropic_messages, make_client
 from avo.operators.tools import ALL_TOOLS
 from fake_llm_server import Call, FakeLLMServer, Turn, call
 

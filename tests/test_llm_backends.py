@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from avo.operators.llm import LLMError, LLMSpec, Message, ToolSpec, llm_spec_from, make_client
+from avo.operators.llm import LLMError, LLMSpec, Message, ToolSpec, llm_spec_from
+from avo.operators.providers import make_client
 from fake_llm_server import FakeLLMServer, Turn, call, signature
 
 SHAPES = ["anthropic", "chat", "responses"]

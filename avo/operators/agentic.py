@@ -24,7 +24,8 @@ from avo.operators.base import GiveUp, LineageView, Proposal, Review, StepContex
 from avo.operators.knowledge import KBError, KnowledgeBase
 from avo.operators.context import ContextWindow
 from avo.operators.llm import (BudgetExhausted, CostMeter, LLMClient, LLMError, Message, Transcript, key_env,
-                               llm_spec_from, make_client)
+                               llm_spec_from)
+from avo.operators.providers import make_client
 from avo.operators.prompting import device_note, render, step_prompt
 from avo.operators.review import review_trajectory
 from avo.operators.tools import ToolEnv, run_tool, tools_for
