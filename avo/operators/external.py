@@ -28,6 +28,7 @@ from typing import Any, Optional
 from pydantic import BaseModel
 
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
+from avo.operators.llm import BudgetExhausted
 from avo.operators.prompting import (device_note, format_directions, format_elites, format_recent, render,
                                      task_summary)
 from avo.operators.shell import kill_group
@@ -172,12 +173,6 @@ class ExternalOperator:
         repo.close()
         return wd
 
-    def budget_left(self) -> Optional[float]:
-        m = self.meter
-        if m is None or getattr(m, "limit_usd", None) is None:
-            return None
-        return max(0.0, m.limit_usd - m.spent_usd)
-
     def command_line(self, wd: Path, view: LineageView, ctx: Optional[StepContext] = None) -> str:
         """The shell command of this step: the configured command, or a preset's command line."""
         kernel = wd / view.kernel_name
@@ -200,7 +195,7 @@ class ExternalOperator:
                 argv += ["--model", model]
             if getattr(spec, "max_turns", None):
                 argv += ["--max-turns", str(spec.max_turns)]
-            left = self.budget_left()
+            left = self.meter.left() if self.meter is not None else None
             if left is not None:
                 argv += ["--max-budget-usd", f"{left:.4f}"]
         else:  # codex: workspace-write lets it edit the folder and run avo eval there (no network)
@@ -217,10 +212,11 @@ class ExternalOperator:
         return shlex.join(argv)
 
     def propose(self, view: LineageView, ctx: StepContext) -> Proposal | GiveUp:
-        left = self.budget_left()
-        if left is not None and left <= 0:
-            return GiveUp(operator=self.name, reason=f"LLM budget exhausted: spent ${self.meter.spent_usd:.4f} "
-                                                     f"of ${self.meter.limit_usd:.4f}")
+        if self.meter is not None:
+            try:
+                self.meter.check()
+            except BudgetExhausted as e:
+                return GiveUp(operator=self.name, reason=str(e))
         wd = self.prepare(view, ctx)
         log_path = Path(ctx.workdir) / "external.log"
         out_path = Path(ctx.workdir) / "external.stdout"
@@ -260,8 +256,7 @@ class ExternalOperator:
         kind = self.output
         report = read_claude(text) if kind == "claude-json" else read_codex(text, self.spec)
         if self.meter is not None:
-            self.meter.spent_usd += report.cost_usd
-            self.meter.tokens += report.tokens
+            self.meter.charge(report.cost_usd, report.tokens)
         with open(log_path, "ab") as logf:
             logf.write(f"[avo] agent stdout ({kind}, {len(data)} bytes):\n".encode())
             logf.write(data[-STDOUT_KEPT:] + (b"" if data.endswith(b"\n") or not data else b"\n"))

@@ -248,10 +248,18 @@ class CostMeter:
         if self.limit_usd is not None and self.spent_usd >= self.limit_usd:
             raise BudgetExhausted(f"LLM budget exhausted: spent ${self.spent_usd:.4f} of ${self.limit_usd:.4f}")
 
-    def add(self, turn: LLMTurn) -> None:
-        self.spent_usd += turn.cost_usd
-        self.tokens += turn.usage.total
+    def left(self) -> Optional[float]:
+        """USD left under the cap (None: no cap)."""
+        return None if self.limit_usd is None else max(0.0, self.limit_usd - self.spent_usd)
+
+    def charge(self, cost_usd: float, tokens: int) -> None:
+        """What one call (or a whole external agent's step) cost."""
+        self.spent_usd += cost_usd
+        self.tokens += tokens
         self.calls += 1
+
+    def add(self, turn: LLMTurn) -> None:
+        self.charge(turn.cost_usd, turn.usage.total)
 
 
 def turn_cost(spec: LLMSpec, u: Usage) -> float:
