@@ -192,14 +192,10 @@ def _exportable_best(lin, d: Definition, task: str):
 
 
 def definition_json(d: Definition) -> dict:
-    """The definition as the problem formats write it: unset optional fields left out, but a
-    scalar's `shape: null` kept (upstream's tensor spec requires the key)."""
-    out = d.model_dump(mode="json", exclude_none=True)
-    for side in ("inputs", "outputs"):
-        for name, spec in getattr(d, side).items():
-            if spec.shape is None:
-                out[side][name]["shape"] = None
-    return out
+    """The definition as the problem formats write it: the model's own serializer, which leaves
+    out avo's unset extension fields (`_OMIT_IF_NONE`) but keeps a scalar's `shape: null`, a key
+    upstream's tensor spec requires (exclude_none would drop it)."""
+    return d.model_dump(mode="json")
 
 
 def ship_best(run: str, task: str, dest: Path, checked_ranges: Optional[dict[str, list[int]]] = None) -> Path:
