@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(BIN)/pip install -q "torch>=2.4" "cupti-python>=13.0"  # the `cupti` extra: CUPTI timing
+	$(BIN)/pip install -q "torch>=2.4" "cupti-python>=13.0" pyelftools  # the `cupti` extra: CUPTI timing
 else
 	$(BIN)/pip install -q torch==2.13.0
 endif

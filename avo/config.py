@@ -39,9 +39,10 @@ class EvalConfig(Strict):
     side_stream_factor: float = 2.0  # wall/call above factor*event median + slack => work off-stream
     side_stream_slack_ms: float = 0.1
     # Device time of a call on CUDA: events on the timed stream, or CUPTI activity records (every
-    # kernel on any stream; needs cupti-python); auto = CUPTI where importable. Events stay the
-    # default until the events-vs-CUPTI table is measured on an H100 (docs/benchmarks.md).
-    timing_method: Literal["events", "cupti", "auto"] = "events"
+    # kernel on any stream; needs cupti-python); auto = CUPTI where importable, else events (the
+    # trace says which). auto is the default since the H100 table in docs/benchmarks.md: CUPTI
+    # drops events' 3-6 µs per call and sees side-stream work that events miss.
+    timing_method: Literal["events", "cupti", "auto"] = "auto"
     # How outputs reach the runner's comparison on CUDA: `device` shares them by CUDA IPC and
     # compares on the GPU (no host copies); `host` copies them through host memory (where a
     # container forbids CUDA IPC). The interpreter always uses host memory.
