@@ -55,12 +55,21 @@ def static_compiled():
     cc._compile_all_devices = True  # transformers compiles generate's decode on GPUs only otherwise
     return gen(cache_implementation="static", compile_config=cc)
 
-def loop(forward):
-    # greedy decoding over a dynamic cache without a mask: what a compiled serving loop calls
+def loop(forward, graphs=False):
+    # greedy decoding over a dynamic cache without a mask: what a compiled serving loop calls.
+    # graphs (mode reduce-overhead): every call of the compiled forward is a new CUDA-graph
+    # generation, whose replay reuses the memory of the previous one's outputs; the DynamicCache's
+    # keys/values are such outputs (torch.cat inside the graph) kept for the next step, so they are
+    # cloned outside the graph, and each step is marked as torch documents
     cache, cur, out = DynamicCache(config=model.config), ids, []
     with torch.no_grad():
         for _ in range(N):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             cur = forward(input_ids=cur, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+            if graphs:
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
             out.append(cur)
     return torch.cat(out, 1).tolist()
 """
@@ -200,7 +209,7 @@ with Evaluator(EvalConfig(device="cuda")) as ev:
 
 def graphs_loop():
     torch._dynamo.reset()
-    return loop(torch.compile(model.forward, mode="reduce-overhead"))
+    return loop(torch.compile(model.forward, mode="reduce-overhead"), graphs=True)
 
 def graphs_static():
     torch._dynamo.reset()
