@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext, VersionView
 from avo.operators.external import ExternalOperator
-from avo.tasks import REPO_ROOT
+from avo.tasks import REPO_ROOT, list_tasks, load_task
 
 SEED = (REPO_ROOT / "kernels/grammar/bitmask_seed.py").read_text()
 
@@ -257,3 +257,15 @@ def test_evolve_local_charges_a_headless_agent_to_the_run_budget(tmp_path, stand
     assert "--max-budget-usd 0.0100" in Path(rec.transcript).read_text()
     if rec.accepted:
         assert head.meta.cost_usd == pytest.approx(0.03285) and head.meta.operator == "cc"
+
+
+@pytest.mark.parametrize("name", [t.name for t in list_tasks()])
+def test_task_summary_names_every_input_of_every_task(name):
+    """The task lines an agent's AGENTS.md and prompt open with, for every built-in task: a scalar
+    input (attention's `causal`, shape None) once made `avo workspace open` fail on the H100."""
+    from avo.operators.prompting import task_summary
+    text = task_summary(name)
+    d = load_task(name).definition
+    assert d.name in text
+    for n, spec in {**d.inputs, **d.outputs}.items():
+        assert f"{n} {spec.dtype}" in text

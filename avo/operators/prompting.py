@@ -38,7 +38,9 @@ def task_summary(task_name: str) -> str:
     except Exception:  # a foreign problem dir that is not loadable by name: the kernel speaks for itself
         return f"Task `{task_name}`."
     d = task.definition
-    io = lambda specs: ", ".join(f"{n} {s.dtype}[{', '.join(map(str, s.shape))}]" for n, s in specs.items())
+    # A scalar input (attention's `causal`) has shape None.
+    io = lambda specs: ", ".join(f"{n} {s.dtype}" + (f"[{', '.join(map(str, s.shape))}]" if s.shape is not None else " (scalar)")
+                                 for n, s in specs.items())
     lines = [f"Task `{d.name}` ({d.op_type}): {d.description}".rstrip(),
              f"inputs: {io(d.inputs)}", f"outputs: {io(d.outputs) or '(none: in place)'}"]
     if d.inplace:
