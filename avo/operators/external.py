@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from avo.operators.base import GiveUp, LineageView, Proposal, StepContext
 from avo.operators.llm import BudgetExhausted
-from avo.operators.prompting import (device_note, format_directions, format_elites, format_recent, render,
+from avo.operators.prompting import (device_note, fmt, format_directions, format_elites, format_recent, render,
                                      task_summary)
 from avo.operators.shell import kill_group
 
@@ -299,7 +299,8 @@ def context_md(view: LineageView) -> str:
     widen = f"\nExploration level {view.widen}: the island stagnated; prefer a structural change.\n" if view.widen else ""
     return (f"# Lineage view: {view.task}, island {view.island}\n\n"
             f"## Parent (island best): {b.commit[:10]}\n\n{b.note or '(seed)'}\n"
-            f"speedup vs seed {b.speedup_vs_seed}, vs baseline {b.speedup_vs_baseline}, fraction of SOL {b.sol_fraction}\n"
+            f"speedup vs seed {fmt(b.speedup_vs_seed)}, vs baseline {fmt(b.speedup_vs_baseline)}, "
+            f"fraction of SOL {fmt(b.sol_fraction)}\n"
             f"latency per workload: {lat}\n\n## Elites\n\n{format_elites(view)}\n\n"
             f"## Recent attempts (newest last)\n\n{format_recent(view)}\n\n"
             f"## Supervisor directions\n\n{format_directions(view)}\n{widen}")

@@ -48,8 +48,13 @@ def task_summary(task_name: str) -> str:
     lines.append(f"tolerance: atol {d.tolerance.atol:g}, rtol {d.tolerance.rtol:g}")
     gpu = task.select("gpu")
     if gpu:
-        lines.append("GPU workloads (what the gate times on a GPU): " + "; ".join(
-            ", ".join(f"{k}={v}" for k, v in w.axes.items()) + (f" {w.dtypes}" if w.dtypes else "") for w in gpu[:8]))
+        # By uuid (what `avo eval --workloads` and the latencies name), with the scalar inputs:
+        # two workloads can share every axis and differ only in a flag (attention's causal).
+        def gpu_line(w):
+            scalars = [f"{n}={i.value}" for n, i in w.inputs.items() if getattr(i, "type", "") == "scalar"]
+            return (f"{w.uuid} (" + ", ".join([f"{k}={v}" for k, v in w.axes.items()] + scalars) + ")"
+                    + (f" {w.dtypes}" if w.dtypes else ""))
+        lines.append("GPU workloads (what the gate times on a GPU): " + "; ".join(gpu_line(w) for w in gpu[:8]))
     cpu = task.select("cpu")
     if cpu:
         lines.append("CPU (interpreter) workloads: " + "; ".join(w.uuid for w in cpu[:8]))
