@@ -14,6 +14,7 @@ Both take the run's lock: not while `avo evolve` runs the same run."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -103,7 +104,11 @@ def open_workspace(run: str, island: int = 0, task: Optional[str] = None, agent:
         finish = (f"Then run `avo workspace submit {run} {folder}`: it evaluates the kernel, passes it through "
                   f"the commit gate against the island best as it is then, and records the attempt (a commit "
                   f"when accepted). Not while `avo evolve` runs this run: both need it to themselves.")
-        _operator(state, agent).prepare(view, ctx, finish_note=finish)
+        try:
+            _operator(state, agent).prepare(view, ctx, finish_note=finish)
+        except BaseException:
+            shutil.rmtree(wd, ignore_errors=True)  # no half-made step folder left in the lineage
+            raise
         meta = {"run": state.cfg.run, "lineage": str(state.lineage.path), "task": isl.task, "island": isl.island,
                 "label": isl.label, "agent": agent, "parent": start.sha, "head": head.sha, "opened": now_iso(),
                 "submitted": None}
