@@ -67,21 +67,33 @@ def _t(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp() if iso else 0.0
 
 
+TOP = ("spawn", "import", "build", "compile", "check", "time")  # the evaluation's phases (EvalReport.phase_s)
+INNER = ("reference", "compare")  # the runner's waits inside them
+
+
 def breakdown(lin: Lineage) -> list[str]:
-    """Where the seconds of each task's attempts went, from attempts.jsonl."""
-    rows = ["| task | attempts | wall s | evals/hour | operator s/attempt | eval s/attempt | import | compile | check | time (ref, compare) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    """Where the seconds of each task's attempts went, from attempts.jsonl: per evaluated attempt,
+    the evaluation's phases (spawn: waiting for a worker to start; import; build; compile: first
+    calls; check; time) with the runner's reference waits and comparisons inside them, then the
+    gate (the A/B: eval_s minus the evaluation) and the operator (wall minus eval_s)."""
+    rows = ["| task | attempts | failed | wall s | evals/hour | operator s/attempt | eval s/attempt | spawn | import | "
+            "compile | check | time (ref, compare) | gate |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     by_task: dict[str, list] = {}
     for a in lin.attempts():
         by_task.setdefault(a.task, []).append(a)
     for task, atts in by_task.items():
         evaluated = [a for a in atts if a.eval_s > 0]
+        failed = sum(1 for a in evaluated if a.status not in ("PASSED", "REJECTED", "GATE_ERROR"))
         wall = max(_t(a.finished) for a in atts) - min(_t(a.started) for a in atts) if atts else 0.0
         per = lambda k: statistics.fmean([a.eval_phases.get(k, 0.0) for a in evaluated]) if evaluated else 0.0
+        gate = statistics.fmean([max(0.0, a.eval_s - sum(a.eval_phases.get(k, 0.0) for k in TOP))
+                                 for a in evaluated]) if evaluated else 0.0
         op = statistics.fmean([max(0.0, _t(a.finished) - _t(a.started) - a.eval_s) for a in atts]) if atts else 0.0
-        rows.append(f"| {task} | {len(atts)} | {wall:.0f} | {3600 * len(evaluated) / wall if wall else 0:.0f} | {op:.1f} | "
-                    f"{statistics.fmean([a.eval_s for a in evaluated]) if evaluated else 0:.1f} | {per('import'):.1f} | "
-                    f"{per('compile'):.1f} | {per('check'):.1f} | {per('time'):.1f} ({per('reference'):.1f}, {per('compare'):.1f}) |")
+        rows.append(f"| {task} | {len(atts)} | {failed} | {wall:.0f} | {3600 * len(evaluated) / wall if wall else 0:.0f} | "
+                    f"{op:.1f} | {statistics.fmean([a.eval_s for a in evaluated]) if evaluated else 0:.2f} | "
+                    f"{per('spawn'):.2f} | {per('import') + per('build'):.2f} | {per('compile'):.2f} | {per('check'):.2f} | "
+                    f"{per('time'):.2f} ({per('reference'):.2f}, {per('compare'):.2f}) | {gate:.2f} |")
     return rows
 
 

@@ -161,3 +161,26 @@ def test_derived_run_limit_scales_with_the_measured_calls():
     assert derived_run_limit("time:w", slow, {"w": 0.5}, timing, 4, True) == RUN_FACTOR * ((10 + 4 + 20) * 2.0 + 10 * 0.5)
     assert derived_run_limit("time:w", {"check:w": 0.01}, {"w": 0.01}, timing, 4, True) == RUN_FLOOR_S
     assert derived_run_limit("time:v", slow, {}, timing, 4, False) == FIXED_RUN_S  # nothing measured on v
+
+
+def test_a_restart_promotes_the_spare_worker_and_starts_the_next():
+    """A spare (on a GPU by default) is started once its worker is up; a restart puts it in the
+    killed worker's place, ready, and starts another; close ends all of them and their logs."""
+    from avo.harness.workerproc import WorkerProc
+    w = WorkerProc("interpret", "candidate", spare=True)
+    try:
+        w.restart()  # the first start (ensure_workers' way)
+        w.wait_ready()
+        first, spare = w.proc.pid, w.spare.proc.pid
+        w.spare.wait_ready()  # the spare says ready on its own; the promoted worker keeps that
+        w.restart()
+        assert w.proc.pid == spare and w.ready and w.info.get("pid") == spare
+        assert w.spare.proc is not None and w.spare.proc.pid not in (first, spare)
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)
+        logs = [w.log_path, w.spare.log_path]
+        w.send({"op": "nothing"})  # the promoted worker serves: an unknown op is a worker error, answered
+        assert w.recv(60)[0] == "fail"
+    finally:
+        w.close()
+    assert w.spare.proc is None and not [x for x in logs if x.exists()]

@@ -86,6 +86,7 @@ def run_local(state: RunState) -> RunEnd:
     end = RunEnd(EXIT_OK)
     try:
         with Evaluator(state.cfg.eval_config()) as ev:
+            ev.start()  # the workers import while the lineage opens and the seeds are set up
             state.open_lineage()
             attempt.seed_islands(state, ev)
             with state.display:

@@ -12,6 +12,7 @@ import datetime as dt
 import math
 import secrets
 import time
+from multiprocessing.connection import wait as wait_any
 from typing import Optional
 
 from pydantic import BaseModel
@@ -33,6 +34,9 @@ COMPILE_LIMIT_S = {"cuda": 300.0, "interpret": 60.0}  # import and a workload's 
 BUILD_LIMIT_S = 300.0  # a CUDA C++ build or compile check (nvcc), on either device
 RUN_FLOOR_S, RUN_FACTOR = 30.0, 10.0  # derived run limit: RUN_FACTOR x the measured estimate, at least RUN_FLOOR_S
 FIXED_RUN_S = 300.0  # where nothing of the candidate is measured: reference round trips, the A/B
+# Candidate outputs held in the runner while their reference is computed (each a GPU copy of up to
+# a few hundred MB): beyond this many the runner waits for the oldest one's reference.
+MAX_PENDING = 4
 
 
 def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float], timing: dict,
@@ -132,12 +136,106 @@ def resolve_device(device: str) -> str:
         return "interpret"
 
 
+def _key(seed):
+    """A seed as a dict key: an int, or (seed, perturbation seed) for the inputs of a timed call."""
+    return tuple(seed) if isinstance(seed, (list, tuple)) else seed
+
+
+class RefPipe:
+    """The reference worker's outputs, asked for ahead and read as they arrive (one evaluation).
+    `ask` sends a job without waiting, so the reference worker computes while the candidate
+    imports, compiles or makes its next calls and while the runner compares; `get` waits for
+    one; `drain` reads every answer still owed (before a workload is timed: the GPU must be quiet,
+    docs/architecture.md). The reference worker answers jobs in order, each seed once."""
+
+    def __init__(self, ev: "Evaluator", task: Task, by_uuid: dict[str, Workload]):
+        self.ev, self.task, self.by_uuid = ev, task, by_uuid
+        self.results: dict[tuple, tuple[dict, float]] = {}  # (uuid, key) -> (outputs, round-trip seconds)
+        self.asked: dict[tuple, float] = {}  # (uuid, key) asked and not yet answered -> when asked
+        self.jobs = 0  # jobs sent whose "done" has not come
+
+    def ask(self, uuid: str, seeds) -> None:
+        new = [s for s in seeds if (uuid, _key(s)) not in self.asked and (uuid, _key(s)) not in self.results]
+        if not new:
+            return
+        ref, task, w = self.ev.ref, self.task, self.by_uuid[uuid]
+        ref.ensure()
+        ref.send({"op": "reference", "definition": task.definition.model_dump(mode="json"),
+                  "workload": w.model_dump(mode="json"), "seeds": new,
+                  "root": str(task.root) if task.root else None})
+        now = time.monotonic()
+        for s in new:
+            self.asked[(uuid, _key(s))] = now
+        self.jobs += 1
+
+    def ready(self, uuid: str, seed) -> bool:
+        return (uuid, _key(seed)) in self.results
+
+    def pump(self, timeout: float) -> bool:
+        """Read one message of the reference worker if one comes within `timeout`; False if none did
+        (the worker is killed when it was owed an answer and `timeout` is the reference limit)."""
+        ref = self.ev.ref
+        msg = ref.recv(timeout)
+        if msg is None and timeout <= 0:
+            return False
+        if msg is None or msg[0] == "dead":
+            ref.kill()
+            self.jobs, self.asked = 0, {}
+            how = "timed out" if msg is None else f"died ({exit_words(msg[1])})"
+            raise HarnessError(f"reference worker {how} on {self.task.name}: {ref.log_tail()}")
+        if msg[0] == "outputs":
+            k = (msg[1], _key(msg[2]))
+            t = self.asked.pop(k, None)
+            self.results[k] = (msg[3], time.monotonic() - t if t is not None else 0.0)
+        elif msg[0] == "fail":
+            ref.restart()  # its queue may still hold jobs: a fresh one owes nothing
+            self.jobs, self.asked = 0, {}
+            raise HarnessError(f"reference failed on {self.task.name}: {msg[3]}")
+        elif msg[0] == "done":
+            self.jobs -= 1
+        return True
+
+    def poll(self) -> None:
+        """Read whatever answers are already here, without waiting."""
+        while self.jobs and self.ev.ref.conn is not None and self.ev.ref.conn.poll(0):
+            self.pump(0)
+
+    def get(self, uuid: str, seed) -> tuple[dict, float]:
+        """(outputs, seconds from ask to answer) of one seed, asked for now if it was not."""
+        k = (uuid, _key(seed))
+        if k not in self.results and k not in self.asked:
+            self.ask(uuid, [seed])
+        limit = self.ev.cfg.run_timeout_s or FIXED_RUN_S
+        while k not in self.results:
+            self.pump(limit)
+        return self.results.pop(k)
+
+    def drain(self) -> None:
+        """Every job answered: nothing of the reference runs on the GPU after this."""
+        limit = self.ev.cfg.run_timeout_s or FIXED_RUN_S
+        while self.jobs > 0:
+            self.pump(limit)
+
+    def discard(self) -> None:
+        """End of the evaluation: answers still owed are read and dropped (the next evaluation
+        starts with a reference worker that owes nothing); a dead or killed one owes nothing."""
+        try:
+            if self.ev.ref.proc is not None:
+                self.drain()
+        except HarnessError:
+            pass
+        self.results.clear()
+
+
 class Evaluator:
     def __init__(self, cfg: Optional[EvalConfig] = None):
         self.cfg = cfg or EvalConfig()
         self.device = resolve_device(self.cfg.device)
         ipc = self.cfg.output_transfer == "device"  # outputs stay on the GPU (channel.py)
-        self.cand = WorkerProc(self.device, "candidate", ipc)
+        # On a GPU a spare candidate worker waits, started and sandboxed, for the restart after a
+        # failed candidate (seconds of imports and CUDA start-up each time otherwise); the 2-core
+        # interpreter machines keep their cores for the interpreter.
+        self.cand = WorkerProc(self.device, "candidate", ipc, spare=self.device == "cuda")
         self.ref = WorkerProc(self.device, "reference", ipc)
         self.gpu_name = sol.detect_gpu_name() if self.device == "cuda" else None
         self.hw = sol.match_gpu_name(self.gpu_name) if self.gpu_name else None
@@ -151,6 +249,14 @@ class Evaluator:
 
     def __enter__(self):
         return self
+
+    def start(self) -> None:
+        """Start both workers now without waiting for them: their imports and CUDA start-up overlap
+        whatever the caller does before the first evaluation (the runner's own torch and Triton
+        imports among it); the first evaluation waits for what is left."""
+        for p in (self.cand, self.ref):
+            if p.proc is None or p.proc.poll() is not None:
+                p.restart()
 
     def __exit__(self, *exc):
         self.close()
@@ -208,24 +314,11 @@ class Evaluator:
         return int(min(iters, max(2, min(self.cfg.max_sets, self.cfg.set_bytes_budget // max(nbytes, 1)))))
 
     # ---- reference outputs ----
-    def _reference(self, task: Task, w: Workload, seeds: list[int]) -> dict[int, dict]:
-        self.ref.ensure()
-        self.ref.send({"op": "reference", "definition": task.definition.model_dump(mode="json"),
-                       "workload": w.model_dump(mode="json"), "seeds": seeds,
-                       "root": str(task.root) if task.root else None})
-        out: dict[int, dict] = {}
-        while True:
-            msg = self.ref.recv(self.cfg.run_timeout_s or FIXED_RUN_S)
-            if msg is None or msg[0] == "dead":
-                self.ref.kill()
-                how = "timed out" if msg is None else f"died ({exit_words(msg[1])})"
-                raise HarnessError(f"reference worker {how} on {w.uuid}: {self.ref.log_tail()}")
-            if msg[0] == "outputs":
-                out[msg[2]] = msg[3]
-            elif msg[0] == "fail":
-                raise HarnessError(f"reference failed on {w.uuid}: {msg[3]}")
-            elif msg[0] == "done":
-                return out
+    def _reference(self, task: Task, w: Workload, seeds: list) -> dict:
+        """Reference outputs of `seeds` on workload `w`, computed now (nothing else pending)."""
+        pipe = RefPipe(self, task, {w.uuid: w})
+        pipe.ask(w.uuid, seeds)
+        return {s: pipe.get(w.uuid, s)[0] for s in seeds}
 
     def _compare(self, task: Task, w: Workload, got: dict, ref: dict) -> checks.CheckResult:
         d = task.definition
@@ -251,8 +344,15 @@ class Evaluator:
         return task.select("gpu" if self.device == "cuda" else "cpu")
 
     def _evaluate(self, task: Task, solution: Solution, workloads: Optional[list[Workload]]) -> EvalReport:
-        d = task.definition
         wls = workloads if workloads is not None else self.default_workloads(task)
+        pipe = RefPipe(self, task, {w.uuid: w for w in wls})
+        try:
+            return self._evaluate_with(task, solution, wls, pipe)
+        finally:
+            pipe.discard()
+
+    def _evaluate_with(self, task: Task, solution: Solution, wls: list[Workload], pipe: "RefPipe") -> EvalReport:
+        d = task.definition
         if not wls:
             raise HarnessError(f"task {task.name} has no workloads for device {self.device}")
         env = self._env()
@@ -303,12 +403,74 @@ class Evaluator:
                "baseline": task.baseline, "root": str(task.root) if task.root else None,
                "peer": self.cfg.peer, "compile_timeout_s": self.build_limit_s}
         by_uuid = {w.uuid: w for w in wls}
+        t_spawn = time.monotonic()
         ensure_workers(self.cand, self.ref)
+        if time.monotonic() - t_spawn > 0.01:  # waited for a worker to start (imports, CUDA): not the candidate's import
+            clock[0] = account("spawn", t_spawn) - (t_spawn - clock[0])
         if sandbox.writes_confined(assumed) and not sandbox.writes_confined(self.cand.info.get("sandbox")):
             finding, warned[:] = self._scan(solution, d.forbidden_calls, self.cand.info.get("sandbox"))
             if finding:  # the worker could not confine writes after all: the file rules are errors
                 return report(S.REWARD_HACK, str(finding), f"static:{finding.check}")
         self.cand.send(job)
+        # The first workload's correctness references are computed while the candidate imports
+        # and compiles; each later one's while the candidate works on the one before.
+        pipe.ask(wls[0].uuid, trial_seeds[wls[0].uuid])
+        order = [w.uuid for w in wls]
+        pending: list = []  # (uuid, seed, outputs, where the result goes) awaiting their reference
+        recent: dict = {}  # a reference asked for twice in this evaluation (a probed call that was also a set's last)
+
+        def fetch(uuid, s):
+            k = (uuid, _key(s))
+            if k in recent:
+                return recent[k]
+            got = pipe.get(uuid, s)
+            if any((u, _key(x)) == k for u, x, _g, _d in pending[1:]):
+                recent[k] = got
+            return got
+
+        def settle(every: bool = False) -> None:
+            """Compare the pending outputs whose reference has come (all of them with `every`; the
+            oldest ones, waiting, while more than MAX_PENDING are held)."""
+            pipe.poll()
+            while pending:
+                uuid, s, got, dest = pending[0]
+                if not (every or len(pending) > MAX_PENDING or pipe.ready(uuid, s) or (uuid, _key(s)) in recent):
+                    return
+                t0 = time.monotonic()
+                ref, rt = fetch(uuid, s)
+                ref_s[uuid] = max(ref_s.get(uuid, 0.0), rt)
+                t0 = account("reference", t0)
+                dest[uuid].append(self._compare(task, by_uuid[uuid], got, ref))
+                account("compare", t0)
+                pending.pop(0)
+
+        def quiet() -> None:
+            """Every output so far compared and every reference job answered: the GPU is the
+            candidate's alone."""
+            settle(every=True)
+            t0 = time.monotonic()
+            pipe.drain()
+            account("reference", t0)
+            recent.clear()
+
+        def recv_cand(limit: float):
+            """The candidate's next message within `limit` seconds, comparing outputs as their
+            references arrive meanwhile (that work does not count against the candidate's limit)."""
+            deadline = time.monotonic() + limit
+            while True:
+                t0 = time.monotonic()
+                settle()
+                deadline += time.monotonic() - t0
+                left = deadline - time.monotonic()
+                if not pipe.jobs or self.ref.conn is None or left <= 0:
+                    return self.cand.recv(max(0.0, left))
+                ready = wait_any([self.cand.conn, self.ref.conn], timeout=left)
+                if self.cand.conn in ready or not ready:
+                    return self.cand.recv(0)
+                t0 = time.monotonic()
+                pipe.pump(0)
+                deadline += time.monotonic() - t0
+
         phase, limit = "import", self.compile_limit_s
         seen: dict[str, float] = {}  # longest seconds of each phase so far (derived run limits)
         ref_s: dict[str, float] = {}  # longest reference round trip per workload
@@ -318,7 +480,7 @@ class Evaluator:
         post: dict[str, list[checks.CheckResult]] = {w.uuid: [] for w in wls}
         timed = False
         while True:
-            msg = self.cand.recv(limit)
+            msg = recv_cand(limit)
             if msg is None:
                 self.cand.restart()
                 how = "" if self.cfg.run_timeout_s or phase.startswith(("import", "build", "compile")) else \
@@ -335,6 +497,9 @@ class Evaluator:
                 phase, started = msg[1], now
                 clock[:] = [account(clock[1], clock[0]), phase.split(":")[0]]
                 wl = phase.partition(":")[2]
+                if phase.startswith("compile:") and wl in order:  # this workload's trials, then the next's
+                    for u in order[order.index(wl):order.index(wl) + 2]:
+                        pipe.ask(u, trial_seeds[u])
                 limit = self.build_limit_s + BUILD_GRACE_S if phase == "build" else \
                     self.compile_limit_s if phase.startswith(("import", "compile")) else \
                     self.cfg.run_timeout_s or derived_run_limit(phase, seen, ref_s, self.timing,
@@ -351,13 +516,12 @@ class Evaluator:
                 return report(status, f"[{phase}] {log}", hack)
             elif kind == "outputs":
                 uuid, s, got = msg[1], msg[2], msg[3]
-                t0 = time.monotonic()
-                ref = self._reference(task, by_uuid[uuid], [s])[s]
-                ref_s[uuid] = max(ref_s.get(uuid, 0.0), time.monotonic() - t0)
-                t0 = account("reference", t0)
-                (post if timed else corr)[uuid].append(self._compare(task, by_uuid[uuid], got, ref))
-                account("compare", t0)
+                if (uuid, _key(s)) not in recent and not any((u, _key(x)) == (uuid, _key(s)) for u, x, _g, _d in pending):
+                    pipe.ask(uuid, [s])
+                pending.append((uuid, s, got, post if timed else corr))
+                settle()
             elif kind == "checked":
+                quiet()
                 bad = [(u, r) for u, rs in corr.items() for r in rs if r.status != S.PASSED]
                 if bad:
                     self.cand.send("stop")
@@ -373,11 +537,13 @@ class Evaluator:
                     return report(status, f"{u}: {r.detail}", "output-type" if status == S.REWARD_HACK else None, per_wl)
                 self.cand.send("time")
                 timed = True
-            elif kind == "quiet":  # every earlier output is compared: the reference worker is idle
+            elif kind == "quiet":  # every earlier output compared, the reference worker idle: time it
+                quiet()
                 self.cand.send("go")
             elif kind == "timing":
                 timings[msg[1]] = msg[2]
             elif kind == "done":
+                quiet()
                 break
         return self._finish(task, wls, corr, post, timings, report)
 

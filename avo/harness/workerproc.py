@@ -39,8 +39,12 @@ def scrubbed_env(device: str) -> dict[str, str]:
 class WorkerProc:
     """A worker subprocess and its private channel; killed (whole process group) on timeout."""
 
-    def __init__(self, device: str, role: str, ipc: bool = False):
+    def __init__(self, device: str, role: str, ipc: bool = False, spare: bool = False):
         self.device, self.role, self.ipc = device, role, ipc and device == "cuda"
+        # A second process of this role, started once this one is ready and never given a job: a
+        # restart promotes it (its imports, CUDA initialisation and sandbox already done) and
+        # starts the next spare, so a failed candidate costs no start-up on the next evaluation.
+        self.spare: Optional[WorkerProc] = WorkerProc(device, role, ipc) if spare else None
         self.proc: Optional[subprocess.Popen] = None
         self.conn: Optional[Connection] = None
         self.bulk: Optional[Path] = None  # scratch folder for bulk tensors from this worker
@@ -77,6 +81,8 @@ class WorkerProc:
             raise HarnessError(f"{self.role} worker did not start: {self.log_tail()}")
         self.ready = True
         self.info = msg[1] if isinstance(msg[1], dict) else {}
+        if self.spare is not None and self.spare.proc is None:
+            self.spare.spawn()
 
     def ensure(self) -> None:
         ensure_workers(self)
@@ -102,8 +108,22 @@ class WorkerProc:
 
     def restart(self) -> None:
         """Kill it and start the next one now, without waiting: it imports torch and initialises
-        CUDA (seconds) while the runner reports and the operator proposes; ensure() waits for it."""
+        CUDA (seconds) while the runner reports and the operator proposes; ensure() waits for it.
+        With a spare alive, the spare takes its place (a process that never ran a job) and a new
+        spare starts."""
         self.kill()
+        sp = self.spare
+        if sp is not None and sp.proc is not None and sp.proc.poll() is None:
+            self.log_path.unlink(missing_ok=True)
+            self.proc, self.conn, self.bulk, self.ready, self.info, self.log_path = \
+                sp.proc, sp.conn, sp.bulk, sp.ready, sp.info, sp.log_path
+            sp.proc, sp.conn, sp.bulk, sp.ready, sp.info = None, None, None, False, {}
+            sp.log_path = channel.worker_log_path(self.role)
+            if self.ready:  # else wait_ready starts the next spare once this one is up
+                sp.spawn()
+            return
+        if sp is not None:
+            sp.kill()  # one that died on its own still holds its socket and scratch folder
         self.spawn()
 
     def kill(self) -> None:
@@ -121,9 +141,11 @@ class WorkerProc:
         self.proc, self.conn, self.bulk, self.ready = None, None, None, False
 
     def close(self) -> None:
-        """Kill it and remove its log: the Evaluator is done with this worker."""
+        """Kill it (and its spare) and remove its log: the Evaluator is done with this worker."""
         self.kill()
         self.log_path.unlink(missing_ok=True)
+        if self.spare is not None:
+            self.spare.close()
 
     def log_tail(self, n: int = 1500) -> str:
         try:
@@ -147,8 +169,7 @@ def ensure_workers(*procs: WorkerProc) -> None:
     for those not yet ready (one restarted earlier may be ready already)."""
     for p in procs:
         if p.proc is None or p.proc.poll() is not None:
-            p.kill()  # one that died on its own still holds its socket and scratch folder
-            p.spawn()
+            p.restart()  # kills one that died on its own (it still holds its socket and scratch folder)
     for p in procs:
         if not p.ready:
             p.wait_ready()
