@@ -4,6 +4,7 @@ step the evolve loop runs (evaluation, commit gate, attempt record, commit)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,9 @@ def test_open_work_submit_commits_through_the_gate(run):
     assert meta["label"] == "grammar_bitmask/island-1" and meta["agent"] == "by-hand" and meta["submitted"] is None
     import git
     assert "parent " + meta["parent"][:10] in git.Repo(folder).head.commit.message
+    # The index matches the files as git itself sees them (no refresh first): `git apply --3way` of
+    # an agent's patch refused "kernel.py: does not match index" on the H100 before.
+    assert subprocess.run(["git", "diff-index", "--quiet", "HEAD", "--"], cwd=folder).returncode == 0
 
     k = folder / "kernel.py"
     k.write_text(k.read_text().replace("BLOCK_SIZE=256,", "BLOCK_SIZE=2048,", 1))

@@ -170,6 +170,9 @@ class ExternalOperator:
             cw.set_value("user", "email", "avo@localhost")
         repo.index.add([view.kernel_name, "AGENTS.md", "CONTEXT.md", ".gitignore"])
         repo.index.commit(f"parent {view.best.commit[:10]}: {view.best.note or 'seed'}")
+        # GitPython writes the index without the files' stat data, so until git refreshes it,
+        # `git apply --index/--3way` in the folder says "kernel.py: does not match index".
+        repo.git.update_index("--refresh")
         repo.close()
         return wd
 
