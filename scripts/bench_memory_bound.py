@@ -3,12 +3,22 @@
     .venv/bin/python scripts/bench_memory_bound.py                       # every task, seeds as "evolved"
     .venv/bin/python scripts/bench_memory_bound.py --kernel layout_transpose2d=lineages/x/best.py
     .venv/bin/python scripts/bench_memory_bound.py --dry-run             # CPU: print the plan only
+    .venv/bin/python scripts/bench_memory_bound.py --tasks megakernel_decode_layer \
+        --kernel megakernel_decode_layer=kernels/megakernel/decode_layer_persistent.py \
+        --compare megakernel_decode_layer=kernels/megakernel/evolved/decode_layer_h100/sources/kernel.py \
+        --batches 1,2,4,8,16,32,64 --kv 4000                           # issue 26: a batch sweep
 
 Per task and GPU workload: the evolved kernel (--kernel TASK=PATH; default the seed, then shown
 once), the seed, and the peers: grammar_bitmask -> xgrammar's Triton and CUDA kernels (the CUDA one JIT-built on first use) and eager torch;
 layout_* -> the eager torch reference (`.permute().contiguous()`, index_put into the paged cache) and
 torch.compile of it; megakernel_decode_layer ->
-eager torch, a CUDA graph of eager, torch.compile. Every candidate's output is checked against
+eager torch, a CUDA graph of eager, torch.compile. --compare TASK=PATH (repeatable) adds a peer kernel file as a row named after it (an
+exported artifact: its folder name), and for the decode layer the same under a CUDA graph. A kernel
+whose module says CUDA_GRAPH = False (the persistent megakernel: its per-call task table copy cannot
+be captured) gets no CUDA-graph row: it is one launch, timed as is. --batches B1,B2,.. (with --kv N)
+replaces the decode layer's workloads by its gpu_b1_kv4000 workload at those batches and that KV
+length; after the run the persistent kernel's compiled variants (its JITFunction's cache) and its
+host cost per call (build_tasks + launch) are printed. Every candidate's output is checked against
 the eager peer (task tolerance) before it is timed. Times: triton.testing.do_bench medians, and
 "µs device" from avo.harness.timing.device_ms (the evaluator's method, which hides the host's launch
 gaps: at batch-1 decode do_bench measures the Python launcher); GB/s from the task's SOL byte model; % SOL against the detected GPU's datasheet bandwidth. The table
@@ -47,29 +57,90 @@ class BenchError(Exception):
 
 
 def parse_kernels(items: list[str]) -> dict[str, Path]:
-    out = {}
+    return dict(_pairs(items, "--kernel"))
+
+
+def parse_compare(items: list[str]) -> dict[str, dict[str, Path]]:
+    """--compare TASK=PATH items -> {task: {label: path}}; the label is an exported artifact's folder
+    name (.../<name>/sources/kernel.py) or the file's stem."""
+    out: dict[str, dict[str, Path]] = {}
+    for task, p in _pairs(items, "--compare"):
+        label = p.parent.parent.name if p.parent.name == "sources" else p.stem
+        while label in out.setdefault(task, {}) or label in ("evolved", "seed"):
+            label += "'"
+        out[task][label] = p
+    return out
+
+
+def _pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
+    pairs = []
     for item in items:
         task, sep, path = item.partition("=")
         if not sep or task not in BENCH_TASKS:
-            raise BenchError(f"--kernel wants TASK=PATH with TASK one of {', '.join(BENCH_TASKS)}; got {item!r}")
+            raise BenchError(f"{flag} wants TASK=PATH with TASK one of {', '.join(BENCH_TASKS)}; got {item!r}")
         if not Path(path).is_file():
-            raise BenchError(f"--kernel {task}: no such file {path}")
-        out[task] = Path(path)
+            raise BenchError(f"{flag} {task}: no such file {path}")
+        pairs.append((task, Path(path)))
+    return pairs
+
+
+def parse_batches(text: Optional[str]) -> list[int]:
+    if not text:
+        return []
+    try:
+        out = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise BenchError(f"--batches wants comma-separated integers, got {text!r}") from None
+    if not out or any(b < 1 for b in out):
+        raise BenchError(f"--batches wants positive integers, got {text!r}")
     return out
+
+
+SWEEP_BASE = "gpu_b1_kv4000_bfloat16"  # the decode layer's workload a --batches sweep is made from
+
+
+def batch_sweep(task: Task, batches: list[int], kv: int) -> list:
+    """The task's SWEEP_BASE workload at each batch and KV length (pydantic model_copy: every other
+    axis, dtype and the cache capacity as in the task)."""
+    base = next((w for w in task.workloads if w.uuid == SWEEP_BASE), None)
+    if base is None:
+        raise BenchError(f"--batches: {task.name} has no workload {SWEEP_BASE}")
+    if not 0 <= kv < base.axes["max_kv"]:
+        raise BenchError(f"--kv {kv}: the cache holds {base.axes['max_kv']} rows (and the new token)")
+    kv_in = base.inputs["kv_len"].model_copy(update={"value": kv})
+    return [base.model_copy(update={"uuid": f"gpu_b{b}_kv{kv}_bfloat16", "axes": {**base.axes, "batch": b},
+                                    "inputs": {**base.inputs, "kv_len": kv_in}}) for b in batches]
+
+
+def graph_safe(path: Path) -> bool:
+    """False when the kernel file says CUDA_GRAPH = False (read from its text: no import needed)."""
+    return not re.search(r"^CUDA_GRAPH\s*=\s*False", path.read_text(), re.M)
 
 
 def family(task: str) -> str:
     return task.split("_", 1)[0]
 
 
-def plan(tasks: list[str], kernels: dict[str, Path], workload_filter: Optional[str]) -> list[tuple[Task, list, list[str]]]:
+def plan(tasks: list[str], kernels: dict[str, Path], workload_filter: Optional[str],
+         compare: Optional[dict[str, dict[str, Path]]] = None, batches: Optional[list[int]] = None,
+         kv: int = 4000) -> list[tuple[Task, list, list[str]]]:
     rows = []
+    compare = compare or {}
     for name in tasks:
         task = load_task(name)
-        wls = [w for w in task.select("gpu") if not workload_filter or re.search(workload_filter, w.uuid)]
-        # The decode layer as an engine runs it: its decode step captured in a CUDA graph.
-        graphed = ["evolved (CUDA graph)"] if name in kernels and family(name) == "megakernel" else []
-        impls = (["evolved"] if name in kernels else []) + graphed + ["seed"] + PEERS[family(name)]
+        if batches and family(name) == "megakernel":
+            wls = batch_sweep(task, batches, kv)
+        else:
+            wls = [w for w in task.select("gpu") if not workload_filter or re.search(workload_filter, w.uuid)]
+        # The decode layer as an engine runs it: its decode step captured in a CUDA graph (a kernel
+        # that cannot be captured is timed as one launch instead).
+        mega = family(name) == "megakernel"
+        impls = []
+        if name in kernels:
+            impls += ["evolved"] + (["evolved (CUDA graph)"] if mega and graph_safe(kernels[name]) else [])
+        for label, path in compare.get(name, {}).items():
+            impls += [label] + ([f"{label} (CUDA graph)"] if mega and graph_safe(path) else [])
+        impls += ["seed"] + PEERS[family(name)]
         rows.append((task, wls, impls))
     return rows
 
@@ -275,10 +346,74 @@ def write_doc(text: str, doc: Path = DOC, tasks: Optional[list[str]] = None) -> 
     doc.write_text(replace_marked_section(old, begin, end, text))
 
 
+def compiled_variants(fn) -> Optional[int]:
+    """How many compiled kernels a Triton JITFunction holds for the current device (None: not a
+    JITFunction, or a triton whose cache layout is unknown). triton 3.6-3.9: device_caches[device] =
+    (kernel_cache, ...); older: cache[device]."""
+    try:
+        import torch
+        dev = torch.cuda.current_device()
+        caches = getattr(fn, "device_caches", None)
+        if caches is not None:
+            entry = caches.get(dev) if hasattr(caches, "get") else None
+            if entry is None:
+                return 0
+            return len(entry[0] if isinstance(entry, tuple) else entry)
+        cache = getattr(fn, "cache", None)
+        if isinstance(cache, dict):
+            return len(cache.get(dev, {}))
+    except Exception:
+        return None
+    return None
+
+
+def persistent_report(task: Task, wls: list, run: Callable, repeat: int = 50) -> Optional[str]:
+    """For a kernel whose module has a task table (build_tasks) and a JIT kernel _persistent_kernel:
+    its compiled variants after the run's workloads, and its host cost per call on each workload
+    (median µs of run(): build_tasks + the table's copy + the launch; the GPU synchronised between
+    calls, outside the timing) with build_tasks alone. None for any other kernel."""
+    import statistics
+    import time
+    import torch
+    from avo.harness.inputs import alloc_outputs, make_inputs
+    g = getattr(run, "__globals__", {})
+    fn, build = g.get("_persistent_kernel"), g.get("build_tasks")
+    if fn is None or build is None:
+        return None
+    ns = reference_ns(task)
+    parts = [f"{compiled_variants(fn)} compiled variant(s) of _persistent_kernel after {len(wls)} workload(s)"]
+    for w in wls:
+        args = list(make_inputs(task.definition, w, 0, "cuda", ns.get("make_inputs")).values())
+        outs = list(alloc_outputs(task.definition, w, "cuda").values())
+        ax, kv = w.axes, int(w.inputs["kv_len"].value)
+        calls, builds = [], []
+        for i in range(repeat + 3):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            run(*args, *outs)
+            t1 = time.perf_counter()
+            build(ax["batch"], kv, ax["hidden"], ax["q_dim"], ax["kv_heads"], ax["head_dim"], ax["mlp"])
+            t2 = time.perf_counter()
+            if i >= 3:
+                calls.append(t1 - t0)
+                builds.append(t2 - t1)
+        torch.cuda.synchronize()
+        parts.append(f"{w.uuid}: host {statistics.median(calls) * 1e6:.0f} µs a call "
+                     f"(build_tasks {statistics.median(builds) * 1e6:.0f} µs)")
+        del args, outs
+    parts[0] += f", {compiled_variants(fn)} after the host timing"
+    return "; ".join(parts)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=BENCH_TASKS, help="tasks to run (default: all)")
     ap.add_argument("--kernel", action="append", default=[], metavar="TASK=PATH", help="evolved kernel for a task")
+    ap.add_argument("--compare", action="append", default=[], metavar="TASK=PATH",
+                    help="another kernel file as a peer row (decode layer: also under a CUDA graph); repeatable")
+    ap.add_argument("--batches", default=None, metavar="B1,B2,..",
+                    help=f"decode layer: its {SWEEP_BASE} workload at these batches (instead of its workloads)")
+    ap.add_argument("--kv", type=int, default=4000, help="KV length of the --batches workloads (default 4000)")
     ap.add_argument("--workloads", default=None, help="regex on workload uuids")
     ap.add_argument("--dry-run", action="store_true", help="print the plan; needs no GPU")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
@@ -288,7 +423,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             raise BenchError(f"unknown task {unknown[0]!r} (known: {', '.join(BENCH_TASKS)})")
         kernels = parse_kernels(a.kernel)
-        the_plan = plan(a.tasks, kernels, a.workloads)
+        compare = parse_compare(a.compare)
+        the_plan = plan(a.tasks, kernels, a.workloads, compare, parse_batches(a.batches), a.kv)
     except (BenchError, TaskError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -296,6 +432,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for task, wls, impls in the_plan:
             src = kernels.get(task.name, default_seed_path(task.name))
             print(f"{task.name}: kernel {src.relative_to(REPO_ROOT) if src.is_relative_to(REPO_ROOT) else src}")
+            for label, path in compare.get(task.name, {}).items():
+                print(f"  compare {label}: {path}")
             for w in wls:
                 print(f"  {w.uuid}: {' | '.join(impls)}")
         return 0
@@ -304,10 +442,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: no CUDA device (use --dry-run to see the plan)", file=sys.stderr)
         return 2
     rows: list[dict] = []
+    notes: list[str] = []
     for task, wls, impls in the_plan:
         runs = {"seed": load_kernel(default_seed_path(task.name), f"{task.name}_seed")}
         if task.name in kernels:
             runs["evolved"] = load_kernel(kernels[task.name], f"{task.name}_evolved")
+        for i, (label, path) in enumerate(compare.get(task.name, {}).items()):
+            runs[label] = load_kernel(path, f"{task.name}_compare{i}")
         # The eager peer first: it is the output every other candidate is checked against.
         order = ["torch eager"] + [i for i in impls if i != "torch eager"]
         for w in wls:
@@ -315,12 +456,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(table(part), flush=True)
             rows += part
             torch.cuda.empty_cache()
+        for label, run in runs.items():
+            report = persistent_report(task, wls, run)
+            if report:
+                print(f"{task.name} {label}: {report}", flush=True)
+                notes.append(f"{label} ({task.name}): {report}")
     text = (f"## bench_memory_bound on {torch.cuda.get_device_name()} ({date.today()})\n\n"
             f"`python scripts/bench_memory_bound.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
             f"torch {torch.__version__}, triton medians (do_bench), GB/s from the SOL byte model, "
             f"µs device: avo.harness.timing.device_ms (the evaluator's method: kernel time with the host's "
             f"launch gaps hidden, as under a CUDA graph), "
-            f"% SOL against {rows[0]['hw'] if rows else '?'}.\n\n" + table(rows))
+            f"% SOL against {rows[0]['hw'] if rows else '?'}.\n\n" + table(rows)
+            + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else ""))
     print(text)
     if not a.no_doc:
         write_doc(text, tasks=a.tasks)

@@ -76,6 +76,10 @@ POINTS = [
     dict(ORDER="interleave", QUEUE=True, ATTN_SPLIT_MIN=8, ATTN_SPLITS=8, BLOCK_N=8, MLP_BLOCK_N=32, BLOCK_B=2),
     dict(ORDER="reverse", QUEUE=False, ATTN_SPLIT_MIN=16, BLOCK_N=32, BLOCK_K=32, BLOCK_B=1, NORM_ROWS=2),
     dict(ORDER="stage", QUEUE=False, ATTN_SPLITS=1, BLOCK_N=4, MLP_BLOCK_N=4, NORM_BLOCK=256, ATTN_BLOCK_KV=8),
+    # batch 3 > BLOCK_B: the tensor-core (tl.dot) path of every GEMV, the MLP's gate and up tiles included
+    dict(BLOCK_B=2, DOT_B=16, DOT_K=32, BLOCK_N=16, MLP_BLOCK_N=16, BLOCK_K=64),
+    # FMA chunks of one sequence: each weight tile re-read per chunk (DOT_B 0), a K tail (48 = 32 + 16)
+    dict(BLOCK_B=1, DOT_B=0, BLOCK_N=8, MLP_BLOCK_N=4, BLOCK_K=32),
 ]
 
 
@@ -110,7 +114,7 @@ def test_task_graph_runs_in_the_interpreter():
                         str(Path(__file__).with_name("interpreter_megakernel_persistent.py"))],
                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "11 passed" in r.stdout, r.stdout[-2000:]
+    assert "13 passed" in r.stdout, r.stdout[-2000:]
 
 
 def test_wrong_order_policy_through_the_evaluator_is_a_runtime_error(task, quick_evaluator, tmp_path):
@@ -172,12 +176,61 @@ def test_one_compiled_kernel_serves_every_batch_and_kv_length(task, monkeypatch)
     assert _cache_keys(ns, SHAPES[:2], task, max_kv=40) == keys[:2]  # another engine's capacity: same kernel
 
 
+COMPILE_SM90 = r"""
+import importlib.util, json, os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+spec = importlib.util.spec_from_file_location("pk", sys.argv[1]); pk = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(pk)
+fn = pk._persistent_kernel
+fp32 = {"cos_ptr", "sin_ptr", "xn_ptr", "qkv_ptr", "part_ptr", "m_ptr", "l_ptr", "attn_ptr", "h_ptr", "hn_ptr", "act_ptr"}
+sig = {}
+for n in fn.arg_names:
+    if n.endswith("_ptr"):
+        sig[n] = "*i32" if n in ("tasks_ptr", "ctrl_ptr") else "*fp32" if n in fp32 else "*bf16"
+    else:
+        sig[n] = "fp32" if n in ("scale", "eps") else "i32"
+cfg = dict(pk.CONFIG)
+consts = dict(F=pk.F, BLOCK_N=cfg["BLOCK_N"], MLP_BLOCK_N=cfg["MLP_BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_B=cfg["BLOCK_B"],
+              BLOCK_G=4, BLOCK_D=128, BLOCK_KV=cfg["ATTN_BLOCK_KV"], NORM_BLOCK=cfg["NORM_BLOCK"], DOT_B=cfg["DOT_B"],
+              DOT_K=cfg["DOT_K"], PREFETCH_K=cfg["PREFETCH_K"])
+sig.update({n: "constexpr" for n in list(consts) + ["QUEUE"]})
+# the JIT's divisibility-16 hints at the Llama-3-8B layer: pointers, hidden, q dim, head dim, MLP dim
+attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig if n.endswith("_ptr") or n in ("H", "QD", "D", "MLPD")}
+tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+for queue in (True, False):
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=dict(consts, QUEUE=queue), attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"]); f.flush()
+        use = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    ptx = k.asm["ptx"]
+    print(json.dumps(dict(queue=queue, regs=int(re.search(r"REG:(\d+)", use).group(1)),
+                          stack=int(re.search(r"STACK:(\d+)", use).group(1)), shared=k.metadata.shared,
+                          v4=len(re.findall(r"ld\.global(?:\.[a-z0-9:_]+)*\.v4\.b32", ptx)),
+                          sync=all(p in ptx for p in ("ld.global.gpu.acquire", "red.global.gpu.release.add", "bar.sync")),
+                          prefetch="prefetch.global.L2" in ptx)))
+"""
+
+
 def test_persistent_kernel_compiles_for_sm90():
+    """The default CONFIG compiles for sm_90 (both schedules) with the wait and signal in the PTX, the
+    L2 hints, 16-byte weight loads, no spills, and CTAS_PER_SM programs resident per SM (registers x
+    threads within an SM's 64K registers, shared memory within 228 KB)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, str(Path(__file__).with_name("compile_sm90.py")), "persistent"], cwd=REPO_ROOT,
-                       env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", COMPILE_SM90, str(PATH)], cwd=REPO_ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("OK   persistent decode layer") == 2 and "FAIL" not in r.stdout
+    import json
+    ns = namespace(PATH.read_text(), str(PATH))
+    cfg = ns["CONFIG"]
+    got = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(got) == 2, r.stdout
+    for g in got:
+        assert g["sync"] and g["prefetch"] and g["v4"] > 0 and g["stack"] == 0, g
+        assert g["regs"] * cfg["num_warps"] * 32 * cfg["CTAS_PER_SM"] <= 65536, g
+        assert g["shared"] * cfg["CTAS_PER_SM"] <= 228 * 1024, g
 
 
 def test_host_task_table_cost_is_measured(capsys):
@@ -198,3 +251,28 @@ def test_gpu_config_evolves_the_persistent_kernel(task):
     cfg = load_config(REPO_ROOT / "configs" / "gpu_megakernel_persistent.yaml")
     assert cfg.tasks == ["megakernel_decode_layer"] and cfg.seed_path(task.name, task.name) == PATH.relative_to(REPO_ROOT)
     assert set(cfg.workloads[task.name]) <= {w.uuid for w in task.select("gpu")}
+
+
+def test_bench_plan_compares_the_winner_over_a_batch_sweep():
+    """scripts/bench_memory_bound.py's issue-26 table, planned on the CPU: the persistent kernel as the
+    evolved row without a CUDA-graph row (its per-call table copy cannot be captured), the exported
+    six-kernel winner as a peer with its CUDA-graph row, workloads made from gpu_b1_kv4000 per batch."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_mb_plan", REPO_ROOT / "scripts" / "bench_memory_bound.py")
+    bmb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bmb)
+    winner = "kernels/megakernel/evolved/decode_layer_h100/sources/kernel.py"
+    compare = bmb.parse_compare([f"megakernel_decode_layer={REPO_ROOT / winner}"])
+    (task, wls, impls), = bmb.plan(["megakernel_decode_layer"], {"megakernel_decode_layer": PATH}, None, compare,
+                                   bmb.parse_batches("1,2,64"), 1000)
+    assert impls[:3] == ["evolved", "decode_layer_h100", "decode_layer_h100 (CUDA graph)"] and "seed" in impls
+    assert [(w.uuid, w.axes["batch"], w.inputs["kv_len"].value) for w in wls] == [
+        ("gpu_b1_kv1000_bfloat16", 1, 1000), ("gpu_b2_kv1000_bfloat16", 2, 1000), ("gpu_b64_kv1000_bfloat16", 64, 1000)]
+    base = next(w for w in task.workloads if w.uuid == bmb.SWEEP_BASE)
+    assert all(w.axes == {**base.axes, "batch": w.axes["batch"]} and w.dtypes == base.dtypes for w in wls)
+    assert base.axes["batch"] == 1 and base.inputs["kv_len"].value == 4000  # the task's own workload untouched
+    for bad in (dict(batches="0"), dict(batches="1,x"), dict(batches="1", kv=10**6)):
+        with pytest.raises(bmb.BenchError):
+            bmb.plan(["megakernel_decode_layer"], {}, None, None, bmb.parse_batches(bad["batches"]), bad.get("kv", 4000))
+    assert bmb.main(["--tasks", "megakernel_decode_layer", "--dry-run", "--kernel", f"megakernel_decode_layer={PATH}",
+                     "--compare", f"megakernel_decode_layer={REPO_ROOT / winner}", "--batches", "1,8"]) == 0

@@ -41,23 +41,34 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_N=16, MLP_BLOCK_N=16, BLOCK_K=64, BLOCK_B=4, ATTN_BLOCK_KV=16, NORM_BLOCK=1024, NORM_ROWS=1, ATTN_SPLITS=4, ATTN_SPLIT_MIN=256, ORDER="stage", QUEUE=True, CTAS_PER_SM=1, num_warps=4)
-# Allowed values per knob: the search space the heuristic operator explores.
+CONFIG = dict(BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=256, BLOCK_B=8, DOT_B=64, DOT_K=64, PREFETCH_K=512, ATTN_BLOCK_KV=16, NORM_BLOCK=1024, NORM_ROWS=1, ATTN_SPLITS=32, ATTN_SPLIT_MIN=128, ORDER="stage", QUEUE=True, CTAS_PER_SM=2, num_warps=4, num_stages=1)
+# Allowed values per knob: the search space the heuristic operator explores. The GEMV tasks are
+# latency-bound on bytes in flight (an H100 needs ~30-60 KB per SM in flight to stream HBM): each
+# program keeps two weight tiles of BLOCK_N x BLOCK_K (MLP: 2 x MLP_BLOCK_N rows, gate and up) in
+# flight, CTAS_PER_SM programs per SM; knowledge_base/megakernel-persistent-bytes-in-flight.md.
 TUNABLES = dict(
-    BLOCK_N=[16, 4, 8, 32, 64],  # weight rows per task of the q|k|v, O and down projections
-    MLP_BLOCK_N=[16, 4, 8, 32, 64],  # rows per task of the gate/up projection
-    BLOCK_K=[64, 32, 128, 256],
-    BLOCK_B=[4, 1, 2, 8, 16],  # sequences per step of a GEMV task (more sequences: loops over chunks)
-    ATTN_BLOCK_KV=[16, 8, 32, 64],
+    BLOCK_N=[16, 8, 32, 64],  # weight rows per task of the q|k|v, O and down projections
+    MLP_BLOCK_N=[8, 4, 16, 32],  # rows per task of the gate/up projection (two tiles: gate and up)
+    BLOCK_K=[256, 128, 512, 64],  # columns per weight tile; past 32 lanes x 8 = 256 warps split K (row sums via smem)
+    BLOCK_B=[8, 1, 2, 4, 16],  # sequences per FMA step: each weight tile is read once for all of them
+    DOT_B=[64, 0, 16, 32],  # batch > BLOCK_B: tensor-core (tl.dot) chunks of this many sequences; 0: FMA only
+    DOT_K=[64, 32, 128],  # K step of the tl.dot path (num_stages pipelines it)
+    PREFETCH_K=[512, 0, 256, 1024, 2048],  # first columns of a task's weight rows hinted into L2 before its wait
+    ATTN_BLOCK_KV=[16, 8, 32, 64],  # 32: ~243 registers at 4 warps (the [G, KV, D] products)
     NORM_BLOCK=[1024, 256, 512, 2048, 4096],
     NORM_ROWS=[1, 2, 4, 8],  # sequences per RMSNorm task
-    ATTN_SPLITS=[4, 1, 2, 8, 16, 32],  # most KV splits per (sequence, kv head)
-    ATTN_SPLIT_MIN=[256, 16, 64, 128, 512, 1024],  # fewest KV rows per split: splits = clamp(kv_len / this)
+    ATTN_SPLITS=[32, 4, 8, 16, 64],  # most KV splits per (sequence, kv head)
+    ATTN_SPLIT_MIN=[128, 16, 64, 256, 512],  # fewest KV rows per split: splits = clamp(kv_len / this)
     ORDER=["stage", "interleave", "reverse"],  # the topological order of the task table (see build_tasks)
     QUEUE=[True, False],  # dynamic task queue (atomic ticket) or a static stride over the table
-    CTAS_PER_SM=[1, 2, 3, 4],  # QUEUE: programs per SM, the grid is min(this * SMs, tasks); static: 1 per SM
-    num_warps=[4, 1, 2, 8],
+    CTAS_PER_SM=[2, 1, 3, 4],  # QUEUE: programs per SM (grid min(this * SMs, tasks)); static: 1 per SM. 2 x 4 warps x 218 regs fit 64K
+    num_warps=[4, 8],  # 8 warps x 2 CTAs/SM caps registers at 128: the default tiles spill there
+    num_stages=[1, 2, 3],  # software pipelining of the tl.dot path's loads (the FMA path double-buffers itself)
 )
+
+# run() copies its host-built task table to the GPU on every call: not capturable in a CUDA graph
+# (scripts/bench_memory_bound.py times it as the one launch it is).
+CUDA_GRAPH = False
 
 F = 10  # ints per task row
 OPS = ("NORM1", "QKV", "ATTN", "COMBINE", "O", "NORM2", "MLP", "DOWN")
@@ -94,21 +105,127 @@ def _rms_rows(src, w_ptr, dst, r0, r1, K, eps, NORM_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _gemv_acc(x_ptr, w_rows, n_ok, b0, batch, K, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-    """acc[n, b] = sum_k x[b0 + b, k] * w_rows[n][k]: x fp32 scratch [batch, K] written in this launch
-    (read at L2: .cg), w_rows a pointer per weight row."""
-    offs_b = b0 + tl.arange(0, BLOCK_B)
-    b_ok = offs_b < batch
+def _prefetch_l2(ptrs):
+    """One L2 prefetch hint per pointer (a 128-byte line each); nothing waits on it (GPU only: the
+    host passes PREFETCH_K=0 to the interpreter)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_rows(w_rows, n_ok, K, PREFETCH_K: tl.constexpr):
+    """Hint the first PREFETCH_K columns of each weight row (bf16/fp16: 64 a line) into L2: issued
+    before a task's wait, so the stage barrier's latency overlaps the first weight bytes."""
+    offs = tl.arange(0, PREFETCH_K // 64) * 64
+    _prefetch_l2(w_rows[:, None] + tl.where(n_ok[:, None] & (offs < K)[None, :], offs[None, :], 0))
+
+
+@triton.jit
+def _qkv_rows(wq_ptr, wk_ptr, wv_ptr, offs_n, H, QD, KVD):
+    """A pointer per row of the stacked [wq; wk; wv] (rows past the end: wv's, masked by the caller)."""
+    return tl.where(offs_n < QD, wq_ptr + offs_n * H,
+                    tl.where(offs_n < QD + KVD, wk_ptr + (offs_n - QD) * H, wv_ptr + (offs_n - QD - KVD) * H))
+
+
+@triton.jit
+def _gemv_fma(x_ptr, w_rows, u_rows, n_ok, b0, batch, K, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+              BLOCK_K: tl.constexpr, TWO: tl.constexpr):
+    """acc[n, b] = sum_k x[b0 + b, k] * w_rows[n][k] on the CUDA cores (fp32 FMA) for sequences
+    b0 .. b0 + BLOCK_B - 1 (TWO: also acc2 from u_rows, the MLP's up rows next to its gate rows):
+    x fp32 scratch [batch, K] written in this launch (read at L2: .cg), w_rows a pointer per weight
+    row. Each weight tile [BLOCK_N, BLOCK_K] is read ONCE for all the chunk's sequences (the batch
+    loop is inside the K loop; rows past the batch are skipped at run time), and the next tile is
+    loaded before this one is used (a register double buffer: two tiles in flight per program).
+    Keep BLOCK_K <= 256 at 8 warps (32 lanes x 8 bf16): a wider tile puts warps along K and every
+    row sum goes through shared memory and a CTA barrier."""
+    offs_kk = tl.arange(0, BLOCK_K)
+    offs_bb = tl.arange(0, BLOCK_B)
+    nb = batch - b0
     acc = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_B], tl.float32)
+    m0 = n_ok[:, None] & (offs_kk < K)[None, :]
+    w_next = tl.load(w_rows[:, None] + offs_kk[None, :], mask=m0, other=0.0)
+    u_next = w_next
+    if TWO:
+        u_next = tl.load(u_rows[:, None] + offs_kk[None, :], mask=m0, other=0.0)
     for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
+        offs_k = k0 + offs_kk
         k_ok = offs_k < K
-        xt = tl.load(x_ptr + offs_b[:, None] * K + offs_k[None, :], mask=b_ok[:, None] & k_ok[None, :], other=0.0,
-                     cache_modifier=".cg")
-        wt = tl.load(w_rows[:, None] + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.sum(wt.to(tl.float32)[:, None, :] * xt[None, :, :], axis=2)
-    return acc
+        wt = w_next.to(tl.float32)
+        ut = u_next.to(tl.float32)
+        offs_n = offs_k + BLOCK_K  # the next tile, in flight while this one is reduced
+        m1 = n_ok[:, None] & (offs_n < K)[None, :]
+        w_next = tl.load(w_rows[:, None] + offs_n[None, :], mask=m1, other=0.0)
+        if TWO:
+            u_next = tl.load(u_rows[:, None] + offs_n[None, :], mask=m1, other=0.0)
+        for bb in tl.static_range(BLOCK_B):
+            if bb < nb:
+                xb = tl.load(x_ptr + (b0 + bb) * K + offs_k, mask=k_ok, other=0.0, cache_modifier=".cg")
+                acc += tl.where(offs_bb[None, :] == bb, tl.sum(wt * xb[None, :], axis=1)[:, None], 0.0)
+                if TWO:
+                    acc2 += tl.where(offs_bb[None, :] == bb, tl.sum(ut * xb[None, :], axis=1)[:, None], 0.0)
+    return acc, acc2
+
+
+@triton.jit
+def _gemv_dot(x_ptr, w_rows, u_rows, n_ok, b0, batch, K, BLOCK_N: tl.constexpr, DOT_B: tl.constexpr,
+              DOT_K: tl.constexpr, TWO: tl.constexpr):
+    """The same product on the tensor cores (tl.dot, x rounded to the weights' dtype) for sequences
+    b0 .. b0 + DOT_B - 1: for batches past BLOCK_B, where fp32 FMA stops being memory-bound."""
+    offs_b = b0 + tl.arange(0, DOT_B)
+    b_ok = offs_b < batch
+    acc = tl.zeros([BLOCK_N, DOT_B], tl.float32)
+    acc2 = tl.zeros([BLOCK_N, DOT_B], tl.float32)
+    for k0 in range(0, K, DOT_K):
+        offs_k = k0 + tl.arange(0, DOT_K)
+        k_ok = offs_k < K
+        wmask = n_ok[:, None] & k_ok[None, :]
+        wt = tl.load(w_rows[:, None] + offs_k[None, :], mask=wmask, other=0.0)
+        xt = tl.load(x_ptr + offs_b[None, :] * K + offs_k[:, None], mask=b_ok[None, :] & k_ok[:, None], other=0.0,
+                     cache_modifier=".cg").to(wt.dtype)
+        acc = tl.dot(wt, xt, acc)
+        if TWO:
+            acc2 = tl.dot(tl.load(u_rows[:, None] + offs_k[None, :], mask=wmask, other=0.0), xt, acc2)
+    return acc, acc2
+
+
+@triton.jit
+def _gemv(x_ptr, w_rows, u_rows, n_ok, batch, K, out_ptr, out_stride, offs_n, res_ptr,
+          ROWS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, DOT_B: tl.constexpr,
+          DOT_K: tl.constexpr, EPI: tl.constexpr):
+    """One GEMV task for every sequence: FMA chunks of BLOCK_B sequences while the batch is at most
+    BLOCK_B, tensor-core chunks of DOT_B past that (DOT_B 0, or fewer than 16 rows: FMA throughout).
+    ROWS weight rows (w_rows; EPI 3 also u_rows); the epilogue EPI writes out[b, offs_n]."""
+    use_dot = False
+    if (DOT_B >= 16) and (ROWS >= 16):  # compile time: tl.dot wants 16 rows and 16 columns
+        use_dot = batch > BLOCK_B
+    if use_dot:
+        for b0 in range(0, batch, DOT_B if DOT_B >= 16 else 16):
+            acc, acc2 = _gemv_dot(x_ptr, w_rows, u_rows, n_ok, b0, batch, K, ROWS, DOT_B if DOT_B >= 16 else 16,
+                                  DOT_K, EPI == 3)
+            _gemv_store(acc, acc2, b0, batch, out_ptr, out_stride, offs_n, n_ok, res_ptr,
+                        DOT_B if DOT_B >= 16 else 16, EPI)
+    else:
+        for b0 in range(0, batch, BLOCK_B):
+            acc, acc2 = _gemv_fma(x_ptr, w_rows, u_rows, n_ok, b0, batch, K, ROWS, BLOCK_B, BLOCK_K, EPI == 3)
+            _gemv_store(acc, acc2, b0, batch, out_ptr, out_stride, offs_n, n_ok, res_ptr, BLOCK_B, EPI)
+
+
+@triton.jit
+def _gemv_store(acc, acc2, b0, batch, out_ptr, out_stride, offs_n, n_ok, res_ptr, BB: tl.constexpr,
+                EPI: tl.constexpr):
+    """EPI 0: out = acc; 1: out = res + acc (res: the layer input x); 2: the same with res fp32
+    scratch written in this launch (.cg); 3: out = silu(acc) * acc2 (gate, up)."""
+    offs_b = b0 + tl.arange(0, BB)
+    omask = n_ok[:, None] & (offs_b < batch)[None, :]
+    optrs = offs_b[None, :] * out_stride + offs_n[:, None]
+    if EPI == 3:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc2
+    elif EPI == 1:
+        acc += tl.load(res_ptr + optrs, mask=omask, other=0.0).to(tl.float32)
+    elif EPI == 2:
+        acc += tl.load(res_ptr + optrs, mask=omask, other=0.0, cache_modifier=".cg")
+    tl.store(out_ptr + optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
@@ -208,7 +325,8 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
                        batch, H, QD, KVH, D, G, MLPD, max_kv, scale, eps,
                        F: tl.constexpr, BLOCK_N: tl.constexpr, MLP_BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_KV: tl.constexpr, NORM_BLOCK: tl.constexpr, QUEUE: tl.constexpr):
+                       BLOCK_KV: tl.constexpr, NORM_BLOCK: tl.constexpr, QUEUE: tl.constexpr, DOT_B: tl.constexpr,
+                       DOT_K: tl.constexpr, PREFETCH_K: tl.constexpr):
     KVD = KVH * D
     NQKV = QD + 2 * KVD
     if QUEUE:
@@ -226,6 +344,22 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
         wait_ptr = ctrl_ptr + tl.load(row + 6)
         need = tl.load(row + 7)
         signal = tl.load(row + 8)
+        # ---- the task's first weight columns (they do not depend on its producers): hinted into L2
+        # before the wait, so a stage barrier's latency overlaps the next stage's first bytes ----
+        if PREFETCH_K > 0:
+            if op == 1:
+                offs_n = a0 + tl.arange(0, BLOCK_N)
+                _prefetch_rows(_qkv_rows(wq_ptr, wk_ptr, wv_ptr, offs_n, H, QD, KVD), offs_n < NQKV, H, PREFETCH_K)
+            elif op == 4:
+                offs_n = a0 + tl.arange(0, BLOCK_N)
+                _prefetch_rows(wo_ptr + offs_n * QD, offs_n < H, QD, PREFETCH_K)
+            elif op == 6:
+                offs_m = a0 + tl.arange(0, MLP_BLOCK_N)
+                _prefetch_rows(wg_ptr + offs_m * H, offs_m < MLPD, H, PREFETCH_K)
+                _prefetch_rows(wu_ptr + offs_m * H, offs_m < MLPD, H, PREFETCH_K)
+            elif op == 7:
+                offs_n = a0 + tl.arange(0, BLOCK_N)
+                _prefetch_rows(wd_ptr + offs_n * MLPD, offs_n < H, MLPD, PREFETCH_K)
         # ---- wait: acquire reads of the producer counter, bounded ----
         seen = tl.atomic_add(wait_ptr, 0, sem="acquire")
         spins = 0
@@ -238,16 +372,12 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
         else:
             if op == 0:  # NORM1
                 _rms_rows(x_ptr, anw_ptr, xn_ptr, a0, a1, H, eps, NORM_BLOCK)
-            elif op == 1:  # QKV
+            elif op == 1:  # QKV: rows [a0, a0 + BLOCK_N) of [wq; wk; wv]
                 offs_n = a0 + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < NQKV
-                w_rows = tl.where(offs_n < QD, wq_ptr + offs_n * H,
-                                  tl.where(offs_n < QD + KVD, wk_ptr + (offs_n - QD) * H, wv_ptr + (offs_n - QD - KVD) * H))
-                for b0 in range(0, batch, BLOCK_B):
-                    acc = _gemv_acc(xn_ptr, w_rows, n_ok, b0, batch, H, BLOCK_N, BLOCK_B, BLOCK_K)
-                    offs_b = b0 + tl.arange(0, BLOCK_B)
-                    tl.store(qkv_ptr + offs_b[None, :] * NQKV + offs_n[:, None], acc,
-                             mask=n_ok[:, None] & (offs_b < batch)[None, :])
+                w_rows = _qkv_rows(wq_ptr, wk_ptr, wv_ptr, offs_n, H, QD, KVD)
+                _gemv(xn_ptr, w_rows, w_rows, n_ok, batch, H, qkv_ptr, NQKV, offs_n, x_ptr,
+                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 0)
             elif op == 2:  # ATTN
                 _attn_split(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, knew_ptr, vnew_ptr, part_ptr, m_ptr, l_ptr,
                             a0, a1, a2, a3, a4, batch, QD, KVH, D, G, max_kv, scale, BLOCK_G, BLOCK_D, BLOCK_KV)
@@ -256,34 +386,19 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
             elif op == 4:  # O: h = x + attn @ wo^T
                 offs_n = a0 + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < H
-                for b0 in range(0, batch, BLOCK_B):
-                    acc = _gemv_acc(attn_ptr, wo_ptr + offs_n * QD, n_ok, b0, batch, QD, BLOCK_N, BLOCK_B, BLOCK_K)
-                    offs_b = b0 + tl.arange(0, BLOCK_B)
-                    omask = n_ok[:, None] & (offs_b < batch)[None, :]
-                    optrs = offs_b[None, :] * H + offs_n[:, None]
-                    acc += tl.load(x_ptr + optrs, mask=omask, other=0.0).to(tl.float32)
-                    tl.store(h_ptr + optrs, acc, mask=omask)
+                _gemv(attn_ptr, wo_ptr + offs_n * QD, wo_ptr, n_ok, batch, QD, h_ptr, H, offs_n, x_ptr,
+                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 1)
             elif op == 5:  # NORM2
                 _rms_rows(h_ptr, mnw_ptr, hn_ptr, a0, a1, H, eps, NORM_BLOCK)
-            elif op == 6:  # MLP: act = silu(hn wg^T) * (hn wu^T)
-                offs_n = a0 + tl.arange(0, MLP_BLOCK_N)
-                n_ok = offs_n < MLPD
-                for b0 in range(0, batch, BLOCK_B):
-                    g = _gemv_acc(hn_ptr, wg_ptr + offs_n * H, n_ok, b0, batch, H, MLP_BLOCK_N, BLOCK_B, BLOCK_K)
-                    u = _gemv_acc(hn_ptr, wu_ptr + offs_n * H, n_ok, b0, batch, H, MLP_BLOCK_N, BLOCK_B, BLOCK_K)
-                    offs_b = b0 + tl.arange(0, BLOCK_B)
-                    tl.store(act_ptr + offs_b[None, :] * MLPD + offs_n[:, None], g / (1.0 + tl.exp(-g)) * u,
-                             mask=n_ok[:, None] & (offs_b < batch)[None, :])
+            elif op == 6:  # MLP: act = silu(hn wg^T) * (hn wu^T), gate and up rows in one tile
+                offs_m = a0 + tl.arange(0, MLP_BLOCK_N)
+                _gemv(hn_ptr, wg_ptr + offs_m * H, wu_ptr + offs_m * H, offs_m < MLPD, batch, H, act_ptr, MLPD, offs_m,
+                      x_ptr, MLP_BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 3)
             elif op == 7:  # DOWN: out = h + act @ w_down^T
                 offs_n = a0 + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < H
-                for b0 in range(0, batch, BLOCK_B):
-                    acc = _gemv_acc(act_ptr, wd_ptr + offs_n * MLPD, n_ok, b0, batch, MLPD, BLOCK_N, BLOCK_B, BLOCK_K)
-                    offs_b = b0 + tl.arange(0, BLOCK_B)
-                    omask = n_ok[:, None] & (offs_b < batch)[None, :]
-                    optrs = offs_b[None, :] * H + offs_n[:, None]
-                    acc += tl.load(h_ptr + optrs, mask=omask, other=0.0, cache_modifier=".cg")
-                    tl.store(out_ptr + optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+                _gemv(act_ptr, wd_ptr + offs_n * MLPD, wd_ptr, n_ok, batch, MLPD, out_ptr, H, offs_n, h_ptr,
+                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 2)
             # ---- signal: every thread's stores issued, then one release add ----
             tl.debug_barrier()
             tl.atomic_add(ctrl_ptr + signal, 1, sem="release")
@@ -431,7 +546,9 @@ def launch(table, n_ctrl, n_splits, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, 
         batch, hidden, q_dim, kv_heads, head_dim, group, mlp, max_kv, 1.0 / math.sqrt(head_dim), RMS_EPS,
         F=F, BLOCK_N=k("BLOCK_N"), MLP_BLOCK_N=k("MLP_BLOCK_N"), BLOCK_K=k("BLOCK_K"), BLOCK_B=k("BLOCK_B"),
         BLOCK_G=triton.next_power_of_2(group), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_KV=k("ATTN_BLOCK_KV"), NORM_BLOCK=k("NORM_BLOCK"), QUEUE=queue, num_warps=k("num_warps"))
+        BLOCK_KV=k("ATTN_BLOCK_KV"), NORM_BLOCK=k("NORM_BLOCK"), QUEUE=queue, DOT_B=k("DOT_B"), DOT_K=k("DOT_K"),
+        PREFETCH_K=k("PREFETCH_K") if dev.type == "cuda" else 0,  # an L2 hint (inline PTX): not in the interpreter
+        num_warps=k("num_warps"), num_stages=k("num_stages"))
     if check if check is not None else dev.type != "cuda":
         _check(ctrl, table)
     return ctrl
