@@ -142,24 +142,6 @@ if want & {"attention", "all"}:
             warps, stages = consts.pop("num_warps"), consts.pop("num_stages")
             jobs.append(("%s %s TMA=%d" % (kname.strip("_").split("_")[0], label, tma), fn, sig, consts,
                          dict(warps=warps, stages=stages, attrs=attrs)))
-# The persistent decode megakernel (kernels/megakernel/decode_layer_persistent.py) on request:
-# `compile_sm90.py persistent` (tests/test_megakernel_persistent.py), or `all`; both schedules.
-if want & {"persistent", "all"}:
-    pk = load("kernels/megakernel/decode_layer_persistent.py")
-    ptrs = ["tasks_ptr", "ctrl_ptr", "x_ptr", "anw_ptr", "wq_ptr", "wk_ptr", "wv_ptr", "wo_ptr", "mnw_ptr", "wg_ptr",
-            "wu_ptr", "wd_ptr", "kc_ptr", "vc_ptr", "cos_ptr", "sin_ptr", "out_ptr", "knew_ptr", "vnew_ptr", "xn_ptr",
-            "qkv_ptr", "part_ptr", "m_ptr", "l_ptr", "attn_ptr", "h_ptr", "hn_ptr", "act_ptr"]
-    fp32 = {"cos_ptr", "sin_ptr", "xn_ptr", "qkv_ptr", "part_ptr", "m_ptr", "l_ptr", "attn_ptr", "h_ptr", "hn_ptr", "act_ptr"}
-    sig = {n: "*i32" if n in ("tasks_ptr", "ctrl_ptr") else "*fp32" if n in fp32 else "*bf16" for n in ptrs}
-    sig.update({n: "i32" for n in ("n_tasks", "spin_limit", "batch", "H", "QD", "KVH", "D", "G", "MLPD", "max_kv")})
-    sig.update(scale="fp32", eps="fp32")
-    consts = dict(F=pk.F, BLOCK_N=16, MLP_BLOCK_N=16, BLOCK_K=64, BLOCK_B=4, BLOCK_G=4, BLOCK_D=128, BLOCK_KV=16,
-                  NORM_BLOCK=1024, QUEUE=True)
-    sig.update({n: "constexpr" for n in consts})
-    sig = {n: sig[n] for n in pk._persistent_kernel.arg_names}  # the kernel's own argument order
-    for queue in (True, False):
-        jobs.append(("persistent decode layer QUEUE=%d" % queue, pk._persistent_kernel, sig, dict(consts, QUEUE=queue),
-                     dict(ptx=("ld.global.gpu.acquire", "red.global.gpu.release.add", "bar.sync"))))  # the wait and the signal
 bad = 0
 for name, fn, sig, consts, *opts in jobs:
     try:
