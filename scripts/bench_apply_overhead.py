@@ -9,6 +9,12 @@ function returns its input, so on CPU the numbers are the dispatch itself: key f
 dtypes, route lookup, guards, output allocation, counters. On CUDA the script also times the
 grammar_bitmask seed kernel (xgrammar's workload shape) directly and through apply(). The
 artifacts' traces are synthetic (this measures dispatch, not kernels).
+
+`--transformers` adds the transformers integration's decode call (avo_attention_forward, the shipped
+attention artifacts, the default policy) next to transformers' own sdpa_attention_forward: a key
+no artifact serves (the miss path), avo not enabled, and on cuda the Llama-3-8B decode shape at
+kv 8193 (a miss) and kv 8192 (a key the shipped H100 winner serves there). On CPU the shapes are
+tiny so the numbers are the Python around SDPA.
 """
 from __future__ import annotations
 
@@ -75,11 +81,61 @@ def per_call_us(fn, iters: int, repeats: int, sync) -> float:
     return statistics.median(samples)
 
 
+def transformers_rows(dev: str, it: int, rep: int, sync) -> list:
+    """Rows for the transformers decode call: avo_attention_forward vs sdpa_attention_forward."""
+    import avo.apply.transformers_attn as avo_attn
+    from avo.tasks import REPO_ROOT
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Attn(torch.nn.Module):  # what sdpa_attention_forward reads off LlamaAttention
+        is_causal = True
+
+        def __init__(self, groups: int, dim: int):
+            super().__init__()
+            self.num_key_value_groups, self.scaling = groups, dim ** -0.5
+
+    if dev == "cuda":
+        hq, hkv, d, lens, dt = 32, 8, 128, (8193, 8192), torch.bfloat16
+    else:
+        hq, hkv, d, lens, dt = 4, 1, 16, (5,), torch.bfloat16  # the shipped keys' dtype: routed, not a dtype guard
+        torch.set_num_threads(1)  # SDPA on 5 keys: threads only add noise
+    m = Attn(hq // hkv, d).eval()
+    q = torch.randn(1, 1, hq, d, dtype=dt, device=dev).transpose(1, 2)  # as LlamaAttention makes it
+    rows = []
+    avo.apply.enable(REPO_ROOT / "kernels" / "attention" / "evolved")  # the default policy
+    with torch.no_grad():
+        for kv in lens:
+            k, v = (torch.randn(1, hkv, kv, d, dtype=dt, device=dev) for _ in range(2))
+
+            def sd():
+                return sdpa_attention_forward(m, q, k, v, None, dropout=0.0, scaling=m.scaling, position_ids=None)
+
+            def av():
+                return avo_attn.avo_attention_forward(m, q, k, v, None, dropout=0.0, scaling=m.scaling,
+                                                      position_ids=None)
+            avo.apply.stats(reset=True)
+            av()
+            s = avo.apply.stats().get("attention_gqa_decode", {})
+            what = "served" if s.get("hits") else "miss -> SDPA" if s.get("misses") else "fallback -> SDPA"
+            base = per_call_us(sd, it, rep, sync)
+            rows.append((f"transformers sdpa_attention_forward, decode kv {kv}", base, None))
+            rows.append((f"avo_attention_forward, decode kv {kv} ({what})", per_call_us(av, it, rep, sync), base))
+            if kv == lens[0]:
+                avo.apply.disable()
+                rows.append((f"avo_attention_forward, decode kv {kv}, avo not enabled", per_call_us(av, it, rep, sync),
+                             base))
+                avo.apply.enable(REPO_ROOT / "kernels" / "attention" / "evolved")
+    avo.apply.disable()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--iters", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--transformers", action="store_true",
+                    help="also the transformers integration's decode call vs transformers' SDPA (the miss path)")
     args = ap.parse_args()
     dev = args.device
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -132,10 +188,13 @@ def main() -> None:
             assert torch.equal(x, want), "grammar_bitmask through apply differs from the reference"
         stats = avo.apply.stats()
         avo.apply.disable()
+        if args.transformers:
+            rows += transformers_rows(dev, it, rep, sync)
     name_w = max(len(r[0]) for r in rows)
     print(f"device: {dev} ({torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'}), torch {torch.__version__}, "
           f"{args.iters} calls x {args.repeats} repeats, median")
-    print(f"{'path'.ljust(name_w)}  {'us/call':>9}  {'overhead us':>11}   (hits vs kernel + torch.empty, misses vs original)")
+    print(f"{'path'.ljust(name_w)}  {'us/call':>9}  {'overhead us':>11}   (hits vs kernel + torch.empty, misses vs original; "
+          "transformers rows vs sdpa_attention_forward)")
     for name, us, ref in rows:
         over = "" if ref is None else f"{us - ref:+.2f}"
         print(f"{name.ljust(name_w)}  {us:9.2f}  {over:>11}")

@@ -144,10 +144,12 @@ def test_two_functions_of_one_task_get_their_own_ops(tmp_path):
     write_probe(tmp_path / "a", 1, [8], 1, 64)
     avo.apply.enable(tmp_path, require_faster=False)
     twin = avo.apply("apply_probe")(probe.original)  # same task, same function name: another op
-    assert str(twin._op) == "avo.apply_probe__probe_2" and str(probe._op) == "avo.apply_probe__probe"
+    # a suffix _2, _3...: an Applied of an earlier test over the same function may still hold _2
+    name = str(twin._op)
+    assert name.startswith("avo.apply_probe__probe_") and str(probe._op) == "avo.apply_probe__probe"
     avo.apply.reload()
-    assert str(twin._op) == "avo.apply_probe__probe_2" and str(probe._op) == "avo.apply_probe__probe"
-    assert int(torch.ops.avo.apply_probe__probe_2(torch.ones(8), 2.0)[1]) == 1
+    assert str(twin._op) == name and str(probe._op) == "avo.apply_probe__probe"
+    assert int(getattr(torch.ops.avo, name.split(".", 1)[1])(torch.ones(8), 2.0)[1]) == 1
 
 
 def test_every_shipped_task_has_an_op_whose_fake_outputs_match_its_workloads():

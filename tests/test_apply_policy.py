@@ -304,3 +304,48 @@ def test_remeasuring_a_shipped_winner_times_it_against_sdpa():
     t, replaced = _task_of(read_artifact(REPO_ROOT / "kernels" / "attention" / "evolved" / "gqa_decode_h100"))
     assert replaced == "baseline.py" and "scaled_dot_product_attention" in t.baseline
     assert [w.uuid for w in t.workloads][:1] == ["gpu_b1_hq32_hkv8_kv8192_d128"]
+
+
+def test_transformers_call_avo_does_not_serve_goes_straight_to_sdpa(monkeypatch):
+    """The miss path of the transformers integration: decided once per shape and dispatch table
+    (Applied.decide), then transformers' own sdpa_attention_forward with the miss counted; a table
+    swap (reload) decides again; a key an artifact serves still goes through avo's dispatch."""
+    import avo.apply.transformers_attn as avo_attn
+    from avo.apply.runtime import Applied
+    from avo.tasks import REPO_ROOT
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Attn(torch.nn.Module):
+        is_causal, num_key_value_groups, scaling = True, 4, 128 ** -0.5
+
+    on_gpu(monkeypatch, H100)  # the shipped winners' GPU: kv 8192 is served there, 8193 no artifact covers
+    decided, dispatched = [], []
+    real_decide, real_dispatch = Applied.decide, Applied._dispatch
+    monkeypatch.setattr(Applied, "decide", lambda self, args: decided.append(self.task) or real_decide(self, args))
+    monkeypatch.setattr(Applied, "_dispatch", lambda self, a, k: dispatched.append(self.task) or real_dispatch(self, a, k))
+    avo.apply.enable(REPO_ROOT / "kernels" / "attention" / "evolved")
+    m = Attn().eval()
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 32, 128, generator=g).to(torch.bfloat16).transpose(1, 2)  # as LlamaAttention makes it
+    k8193, v8193 = (torch.randn(1, 8, 8193, 128, generator=g).to(torch.bfloat16) for _ in range(2))
+    with torch.no_grad():
+        want = sdpa_attention_forward(m, q, k8193, v8193, None, scaling=m.scaling)[0]
+        for _ in range(3):
+            out = avo_attn.avo_attention_forward(m, q, k8193, v8193, None, scaling=m.scaling, position_ids=None)[0]
+            assert torch.equal(out, want)
+        assert decided == ["attention_gqa_decode"] and dispatched == []  # decided once, never dispatched
+        s = avo.apply.stats()["attention_gqa_decode"]
+        assert (s["calls"], s["misses"], s["reasons"]) == (3, 3, {"miss": 3})
+        avo.apply.reload()  # a new table: decided again
+        avo_attn.avo_attention_forward(m, q, k8193, v8193, None, scaling=m.scaling)
+        assert decided == ["attention_gqa_decode"] * 2 and dispatched == []
+        # kv 8192: the H100 winner's key: avo's dispatch runs (here its guard: a Triton kernel, CPU tensors)
+        k8192, v8192 = k8193[:, :, :8192].contiguous(), v8193[:, :, :8192].contiguous()
+        for _ in range(2):
+            out = avo_attn.avo_attention_forward(m, q, k8192, v8192, None, scaling=m.scaling)[0]
+        assert dispatched == ["attention_gqa_decode"] * 2
+        torch.testing.assert_close(out, sdpa_attention_forward(m, q, k8192, v8192, None, scaling=m.scaling)[0])
+        assert avo.apply.stats()["attention_gqa_decode"]["reasons"] == {"miss": 4, "guard:device": 2}
+        avo.apply.disable()  # not enabled: transformers' SDPA, nothing counted
+        avo_attn.avo_attention_forward(m, q, k8193, v8193, None, scaling=m.scaling)
+        assert avo.apply.stats()["attention_gqa_decode"]["calls"] == 4 + 2

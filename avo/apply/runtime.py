@@ -38,8 +38,8 @@ from avo.schema import Definition
 
 log = logging.getLogger("avo.apply")
 
-__all__ = ["Applied", "DeviceFault", "apply", "disable", "enable", "enabled", "loaded", "note_fallback", "op",
-           "record", "reload", "stats", "synchronize"]
+__all__ = ["Applied", "DeviceFault", "apply", "count", "disable", "enable", "enabled", "loaded", "note_fallback", "op",
+           "record", "recording", "reload", "stats", "synchronize", "table_token"]
 
 
 class _State:
@@ -170,6 +170,24 @@ def note_fallback(task: str, reason: str) -> None:
     rec = _STATE.recorder
     if rec is not None:
         rec.skip(task, reason)
+
+
+def table_token() -> Optional[object]:
+    """The dispatch table in force (None: disabled). enable()/reload()/disable() replace it, so a
+    decision cached under one token (Applied.decide) is stale once the token changes; a key a
+    device fault disables afterwards only moves from served to fallback, which the full dispatch
+    handles."""
+    return _STATE.table
+
+
+def count(task: str, outcome: str, reason: str) -> None:
+    """Count a call an integration answered itself from a cached Applied.decide() (not while
+    torch.compile traces)."""
+    _STATE.counters.bump(task, outcome, reason)
+
+
+def recording() -> bool:
+    return _STATE.recorder is not None
 
 
 def loaded() -> dict[str, list[str]]:
@@ -357,13 +375,28 @@ class Applied:
                 key = tt.layout.call_key(inputs)
             except KeyGuardError as e:
                 return self._fallback(task, None, "guard:shape", lambda: str(e), args, kwargs, tt)
-        device = None
+        # The route first (a cached dict lookup per key and GPU model), the guards only for a call an
+        # artifact serves: a key no artifact serves costs the key, one lookup and a counter.
+        device = inputs[tt.tensor_positions[0]].device if tt.tensor_positions else None
+        route = tt.route(key, hardware_name(device) if device is not None else "none")
+        if route.__class__ is str:
+            tag = (key, route)
+            if route == "miss":
+                _STATE.counters.bump(task, "miss", "miss")
+                if tag not in tt.logged:
+                    tt.logged.add(tag)
+                    _STATE.once(logging.DEBUG, task, key, "miss", lambda: "no artifact covers this key",
+                                lambda: tt.layout.text(key))
+                return self.original(*args, **kwargs)
+            if tag in tt.logged:
+                _STATE.counters.bump(task, "fallback", route)
+                return self.original(*args, **kwargs)
+            tt.logged.add(tag)
+            return self._fallback(task, key, route, lambda: route, args, kwargs, tt)
         strided = None
         for i in tt.tensor_positions:
             t = inputs[i]
-            if device is None:
-                device = t.device
-            elif t.device != device:
+            if t.device != device:
                 return self._fallback(task, key, "guard:device", lambda: "inputs on different devices", args, kwargs, tt)
             if not t.is_contiguous():
                 if not self.copy_inputs or i in tt.inplace_positions:
@@ -371,14 +404,6 @@ class Applied:
                                           lambda: f"input {tt.layout.input_names[i]!r} is not contiguous",
                                           args, kwargs, tt)
                 strided = (strided or ()) + (i,)
-        route = tt.route(key, hardware_name(device) if device is not None else "none")
-        if route.__class__ is str:
-            if route == "miss":
-                _STATE.counters.bump(task, "miss", "miss")
-                _STATE.once(logging.DEBUG, task, key, "miss", lambda: "no artifact covers this key",
-                            lambda: tt.layout.text(key))
-                return self.original(*args, **kwargs)
-            return self._fallback(task, key, route, lambda: route, args, kwargs, tt)
         if route.device_type is not None and device is not None and device.type != route.device_type:
             return self._fallback(task, key, "guard:device",
                                   lambda: f"inputs on {device.type}, the artifact runs on {route.device_type}",
@@ -404,6 +429,30 @@ class Applied:
         if not outs:
             return None
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def decide(self, args: tuple) -> Optional[tuple[str, str]]:
+        """Without calling anything: (outcome, reason) this positional call would be counted with
+        when no artifact serves it ("miss"/"fallback"), None when one may serve it (or when only
+        the full dispatch can tell: a guard). For integrations that keep the answer per shape
+        (transformers_attn) and then call the engine's own function directly; valid while
+        `table_token()` is the same object."""
+        table = _STATE.table
+        if table is None:
+            return ("off", "")
+        tt = table.tasks.get(self.task)
+        if tt is None:
+            return ("miss", "no artifact for task")
+        inputs = self._inputs(tt.layout.input_names, args, {})
+        if inputs is None:
+            return None
+        key = tt.fast_key(inputs)
+        if key is None:
+            return None
+        device = inputs[tt.tensor_positions[0]].device if tt.tensor_positions else None
+        route = tt.route(key, hardware_name(device) if device is not None else "none")
+        if route.__class__ is not str:
+            return None
+        return ("miss", "miss") if route == "miss" else ("fallback", route)
 
     def _fallback(self, task: str, key: Any, reason: str, msg: Callable[[], str], args: tuple, kwargs: dict,
                   tt: TaskTable):

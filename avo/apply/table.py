@@ -82,6 +82,7 @@ class TaskTable:
     id: int = field(default_factory=lambda: next(_TABLE_IDS))
     cache: dict = field(default_factory=dict)  # hardware -> {CallKey: Route | reason str}
     disabled: dict = field(default_factory=dict)  # CallKey -> reason, until the next reload
+    logged: set = field(default_factory=set)  # keys whose miss/fallback was logged (the log-once check, cheap)
 
     def __post_init__(self) -> None:
         self.fast_key = self.layout.compile_fast()
@@ -104,8 +105,9 @@ class TaskTable:
         r = cache.get(key)
         if r is None:
             r = self._resolve(key, hardware)
-            if len(cache) < ROUTE_CACHE_MAX:
-                cache[key] = r
+            if len(cache) >= ROUTE_CACHE_MAX:  # e.g. a KV length that grows for ever: start over
+                cache.clear()               # rather than resolve every new key on every call
+            cache[key] = r
         return r
 
     def disable(self, key: CallKey, reason: str) -> None:

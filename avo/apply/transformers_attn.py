@@ -34,6 +34,7 @@ from typing import Optional
 
 import torch
 
+from avo.apply import runtime
 from avo.apply.runtime import Applied, apply, note_fallback
 
 TASK = "attention_mha_fwd"  # kept for callers of the first version
@@ -41,6 +42,13 @@ MHA, GQA, DECODE = "attention_mha_fwd", "attention_gqa_fwd", "attention_gqa_deco
 NAME = "avo"
 _FEATURE_KWARGS = ("softcap", "sliding_window", "position_bias", "s_aux", "sinks")
 _VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "cu_seqlens_q", "cu_seqlens_k")
+_SPECIAL_KWARGS = frozenset(_FEATURE_KWARGS + _VARLEN_KWARGS + ("cache", "output_attentions"))
+DECISIONS_MAX = 4096  # shapes remembered per dispatch table (then it starts over)
+# maskless call (shapes, dtypes, device, causal, scale) -> the counts of a call avo does not serve,
+# or None when avo may serve it; valid for one dispatch table (_DECIDED[0]), dropped on any other
+_DECIDED: list = [None, {}]
+_UNKNOWN = object()
+_RT = runtime._STATE  # read directly on the per-call path (table_token(), recording(), count())
 
 
 def _sdpa(q, k, v, causal):
@@ -83,6 +91,17 @@ def _functions() -> tuple[Applied, Applied, Applied]:
     return _STRICT
 
 
+_SDPA_FORWARD: list = []
+
+
+def _transformers_sdpa():
+    """transformers' sdpa_attention_forward (imported once)."""
+    if not _SDPA_FORWARD:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        _SDPA_FORWARD.append(sdpa_attention_forward)
+    return _SDPA_FORWARD[0]
+
+
 def _default_scale(scaling: Optional[float], dim: int) -> bool:
     return scaling is None or math.isclose(scaling, dim ** -0.5, rel_tol=1e-12) or \
         math.isclose(scaling, 1.0 / math.sqrt(dim), rel_tol=1e-12)
@@ -94,12 +113,13 @@ def _unsupported(module, query, key, value, attention_mask, dropout, scaling, kw
         return "transformers: autograd"
     if dropout and module.training:
         return "transformers: dropout"
-    if kwargs.get("output_attentions"):
-        return "transformers: attention weights requested"
-    if any(kwargs.get(k) is not None for k in _FEATURE_KWARGS):
-        return "transformers: softcap/sliding window/sinks/position bias"
-    if any(kwargs.get(k) is not None for k in _VARLEN_KWARGS) or kwargs.get("cache") is not None:
-        return "transformers: varlen or paged (continuous batching)"
+    if kwargs and not _SPECIAL_KWARGS.isdisjoint(kwargs):  # the usual call passes none of them
+        if kwargs.get("output_attentions"):
+            return "transformers: attention weights requested"
+        if any(kwargs.get(k) is not None for k in _FEATURE_KWARGS):
+            return "transformers: softcap/sliding window/sinks/position bias"
+        if any(kwargs.get(k) is not None for k in _VARLEN_KWARGS) or kwargs.get("cache") is not None:
+            return "transformers: varlen or paged (continuous batching)"
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         return "transformers: not [batch, heads, seq, dim]"
     b, hq, _, d = query.shape
@@ -125,7 +145,38 @@ def avo_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
                           attention_mask: Optional[torch.Tensor], dropout: float = 0.0,
                           scaling: Optional[float] = None, is_causal: Optional[bool] = None, **kwargs):
     """AttentionInterface signature: q/k/v are [batch, heads, seq, dim]; returns
-    ([batch, seq, heads, dim], None) like transformers' sdpa_attention_forward."""
+    ([batch, seq, heads, dim], None) like transformers' sdpa_attention_forward.
+
+    A call avo does not serve costs close to nothing over transformers' SDPA: for a maskless call
+    the decision (shape checks, avo's route) is kept per shape for the dispatch table in force
+    (`_decision`), and such a call goes straight to `sdpa_attention_forward` with its counts."""
+    if attention_mask is None and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs)) \
+            and not (dropout and module.training) and _RT.recorder is None \
+            and not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)) \
+            and not torch.compiler.is_compiling():
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        token = _RT.table  # runtime.table_token()
+        if _DECIDED[0] is not token:
+            _DECIDED[0], _DECIDED[1] = token, {}
+        memo = _DECIDED[1]
+        k = (query.shape, key.shape, query.dtype, key.dtype, query.device, causal, scaling)  # v follows k
+        counts = memo.get(k, _UNKNOWN)
+        if counts is _UNKNOWN:
+            counts = _decision(module, query, key, value, dropout, scaling, causal, kwargs, token)
+            if len(memo) >= DECISIONS_MAX:
+                memo.clear()
+            memo[k] = counts
+        if counts is not None:  # avo serves nothing here: transformers' own SDPA call, as "sdpa" makes it
+            for c in counts:
+                _RT.counters.bump(*c)  # runtime.count()
+            return _transformers_sdpa()(module, query, key, value, attention_mask, dropout=dropout,
+                                        scaling=scaling, is_causal=is_causal, **kwargs)
+    return _through_avo(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
+
+
+def _plan(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs) -> tuple:
+    """(why not, task, key, value, causal, mha, q_len): why is None when a task can take the call
+    (key/value then sliced as SDPA slices an empty static cache's prefill)."""
     q_len = query.shape[2] if query.dim() == 4 else 0
     mha = query.dim() == 4 and key.dim() == 4 and key.shape[1] == query.shape[1]
     task = DECODE if q_len == 1 else MHA if mha else GQA
@@ -137,11 +188,41 @@ def avo_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
             key, value = key[:, :, :q_len], value[:, :, :q_len]
         else:
             why = "transformers: kv length != query length without a mask"
+    return why, task, key, value, causal, mha, q_len
+
+
+def _decision(module, query, key, value, dropout, scaling, causal, kwargs, token) -> Optional[tuple]:
+    """For a maskless call: the counts ((task, outcome, reason), ...) to make when no artifact
+    serves it (the caller then runs SDPA itself), None when avo's dispatch must run. A table swap
+    (enable/reload/disable) changes `token` and drops every decision; a key a device fault disables
+    later was a "serve" decision, which the dispatch itself turns into a fallback."""
+    why, task, key, value, causal, mha, q_len = _plan(module, query, key, value, None, dropout, scaling, causal,
+                                                      kwargs)
+    if token is None:  # avo disabled: SDPA, nothing counted
+        return ()
     if why is not None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return ((task, "fallback", why),)
+    mha_fn, gqa_fn, decode_fn = _functions()
+    if q_len == 1:
+        d = decode_fn.decide((query.squeeze(2), key, value))
+        return None if d is None else ((DECODE,) + d,)
+    dm = mha_fn.decide((query, key, value, bool(causal))) if mha else ()
+    if dm is None:
+        return None
+    dg = gqa_fn.decide((query, key, value, bool(causal)))
+    if dg is None:
+        return None
+    got = (((MHA,) + dm,) if mha else ()) + ((GQA,) + dg,)
+    return tuple(c for c in got if c[1] != "off")
+
+
+def _through_avo(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
+    why, task, key, value, causal, mha, q_len = _plan(module, query, key, value, attention_mask, dropout, scaling,
+                                                      is_causal, kwargs)
+    if why is not None:
         note_fallback(task, why)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+        return _transformers_sdpa()(module, query, key, value, attention_mask, dropout=dropout,
+                                    scaling=scaling, is_causal=is_causal, **kwargs)
     mha_fn, gqa_fn, decode_fn = _functions()
     b, hq, _, d = query.shape
     if q_len == 1:
