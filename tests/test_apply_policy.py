@@ -301,8 +301,8 @@ def test_remeasuring_a_shipped_winner_times_it_against_sdpa():
     from avo.apply import read_artifact
     from avo.apply.measure import _task_of
     from avo.tasks import REPO_ROOT
-    t, replaced = _task_of(read_artifact(REPO_ROOT / "kernels" / "attention" / "evolved" / "gqa_decode_h100"))
-    assert replaced == "baseline.py" and "scaled_dot_product_attention" in t.baseline
+    t, replaced, against = _task_of(read_artifact(REPO_ROOT / "kernels" / "attention" / "evolved" / "gqa_decode_h100"))
+    assert replaced == "baseline.py" and "scaled_dot_product_attention" in t.baseline and against == "task"
     assert [w.uuid for w in t.workloads][:1] == ["gpu_b1_hq32_hkv8_kv8192_d128"]
 
 
@@ -349,3 +349,78 @@ def test_transformers_call_avo_does_not_serve_goes_straight_to_sdpa(monkeypatch)
         avo.apply.disable()  # not enabled: transformers' SDPA, nothing counted
         avo_attn.avo_attention_forward(m, q, k8193, v8193, None, scaling=m.scaling)
         assert avo.apply.stats()["attention_gqa_decode"]["calls"] == 4 + 2
+
+
+def test_require_faster_counts_only_records_against_the_call_the_integration_replaces(tmp_path, monkeypatch):
+    """A speed record says what it was measured against; the xgrammar integration replaces
+    xgrammar's own kernel, so a record against the task's T_b (its torch reference) does not let it
+    serve, one against xgrammar does; the fallback reason says which record is missing. Rows
+    written before the field count as against the task's T_b."""
+    from avo.apply.measure import XGRAMMAR_BASELINE, resolve_baseline
+    from avo.apply.speed import SpeedBook, TASK_BASELINE
+    from avo.apply.table import Entry, Policy, TaskTable
+    from avo.apply.keys import KeyLayout
+    from avo.tasks import load_task
+
+    old_row = ('{"task":"grammar_bitmask","artifact":"a","digest":"d1","key":"k","hardware":"%s","device_mode":"cuda",'
+               '"latency_ms":1.0,"replaced_latency_ms":1.3,"ratio":1.3,"replaced":"T_b","source":"export"}' % H100)
+    assert SpeedRecord.model_validate_json(old_row).against == TASK_BASELINE  # backwards compatible
+    d = load_task("grammar_bitmask").definition
+    e = Entry(lambda *a: None, "a", "d1", "k", {}, (), None, True, 1.0)
+
+    def table(*records):
+        return TaskTable("grammar_bitmask", d, KeyLayout.of(d), {}, [], [], (), [], Policy(), SpeedBook(records))
+
+    vs_task = SpeedRecord.model_validate_json(old_row)
+    vs_ref = vs_task.model_copy(update={"against": "reference"})
+    vs_xgr = vs_task.model_copy(update={"against": "xgrammar", "ratio": 1.1, "source": "measure"})
+    slower_xgr = vs_xgr.model_copy(update={"ratio": 0.84})
+    assert table(vs_task).fastest([e], H100) is e  # a caller replacing the task's own T_b
+    assert table(vs_task).fastest([e], H100, "xgrammar") == f"no speed record against xgrammar on {H100}"
+    assert table(vs_ref).fastest([e], H100, "xgrammar") == f"no speed record against xgrammar on {H100}"
+    assert table(vs_task, vs_xgr).fastest([e], H100, "xgrammar") is e
+    assert table(vs_task, slower_xgr).fastest([e], H100, "xgrammar") == f"slower than xgrammar on {H100}"
+    assert table(vs_xgr).fastest([e], H100) == f"no speed record against task on {H100}"
+    assert table().fastest([e], H100, "xgrammar") == f"not measured on {H100}"
+
+    # end to end through the integration's function (no xgrammar needed: the key guard runs first)
+    import avo.apply.xgrammar_bitmask as avo_xgr
+    from avo.apply.measure import _task_of
+    from avo.apply import read_artifact
+    from avo.tasks import REPO_ROOT
+    assert avo_xgr.grammar_bitmask.replaces == "xgrammar"
+    src = REPO_ROOT / "kernels" / "grammar" / "evolved" / "bitmask_h100"
+    art = read_artifact(src)
+    on_gpu(monkeypatch, H100)
+    avo.apply.enable(src)  # the shipped winner: export records against the task's T_b (the torch reference)
+    tt = rt._STATE.table.tasks["grammar_bitmask"]
+    key = next(iter(tt.exact))
+    r_task, r_xgr = tt.route(key, H100), tt.route(key, H100, "xgrammar")
+    assert not isinstance(r_task, str) and r_xgr == f"no speed record against xgrammar on {H100}"
+    rows = [SpeedRecord(task="grammar_bitmask", artifact=art.manifest.name, digest=art.digest, key=tt.exact[key][0].key_text,
+                        hardware=H100, device_mode="cuda", latency_ms=1.0, replaced_latency_ms=1.2, ratio=1.2,
+                        replaced="builtin xgrammar", against="xgrammar", source="measure")]
+    folder = tmp_path / "arts"
+    import shutil
+    shutil.copytree(src, folder / "bitmask_h100")
+    write_speed_file(folder / f"speed-{H100}.jsonl", rows)
+    avo.apply.enable(folder)
+    tt = rt._STATE.table.tasks["grammar_bitmask"]
+    assert not isinstance(tt.route(key, H100, "xgrammar"), str)  # measured faster than xgrammar: served
+    # the counted reason, through the integration's @avo.apply function
+    avo.apply.enable(src)
+    b, v = tt.layout.axes_of(key)["batch"], tt.layout.axes_of(key)["vocab"]
+    n = tt.layout.axes_of(key).get("num_rows", b)
+    logits = torch.zeros(b, v)
+    bits = torch.zeros(b, (v + 31) // 32, dtype=torch.int32)
+    monkeypatch.setattr(avo_xgr, "_xgrammar_apply", lambda: (lambda lg, bm, indices=None, **kw: None))
+    avo_xgr.grammar_bitmask(logits, bits, torch.arange(n, dtype=torch.int32))
+    assert avo.apply.stats()["grammar_bitmask"]["reasons"] == {f"no speed record against xgrammar on {H100}": 1}
+
+    # `avo apply measure --task grammar_bitmask --baseline xgrammar` times xgrammar's function
+    code, replaced, against = resolve_baseline("xgrammar", "grammar_bitmask")
+    assert code == XGRAMMAR_BASELINE and against == "xgrammar" and "apply_token_bitmask_inplace" in code
+    t, replaced, against = _task_of(art, "xgrammar")
+    assert t.baseline == XGRAMMAR_BASELINE and against == "xgrammar" and replaced == "builtin xgrammar"
+    with pytest.raises(ValueError):
+        resolve_baseline("xgrammar", "attention_gqa_decode")

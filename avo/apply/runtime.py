@@ -32,7 +32,7 @@ from avo.apply.faults import DEFAULT_CHECKS, DeviceFault, FaultWatch, Launch  # 
 from avo.apply.keys import KeyGuardError, call_semantics
 from avo.apply.ops import build_op
 from avo.apply.record import Recorder
-from avo.apply.speed import hardware_name
+from avo.apply.speed import TASK_BASELINE, hardware_name
 from avo.apply.table import DispatchTable, Policy, TaskTable, build_table
 from avo.schema import Definition
 
@@ -275,10 +275,16 @@ class Applied:
 
     copy_inputs: a non-contiguous input of a call an artifact serves is copied into a contiguous
     buffer (counted in stats()['copies']) instead of falling back (in-place inputs never are).
-    op_name: the name of its custom op (torch.ops.avo.<op_name>); default <task>__<function name>."""
+    op_name: the name of its custom op (torch.ops.avo.<op_name>); default <task>__<function name>.
+    replaces: the call this function stands for in the engine, as speed records name it
+    (SpeedRecord.against): "task" (default) = the task's own T_b; an integration that replaces
+    another call says so (xgrammar_bitmask: "xgrammar"), and require_faster then counts only
+    records measured against that call."""
 
-    def __init__(self, task: str, fn: Callable, copy_inputs: bool = False, op_name: Optional[str] = None):
+    def __init__(self, task: str, fn: Callable, copy_inputs: bool = False, op_name: Optional[str] = None,
+                 replaces: str = TASK_BASELINE):
         self.task, self.original = task, fn
+        self.replaces = replaces
         self.copy_inputs = copy_inputs
         self.op_name = op_name or f"{task}__{getattr(fn, '__name__', 'fn')}"
         self._sig = inspect.signature(fn)
@@ -378,7 +384,7 @@ class Applied:
         # The route first (a cached dict lookup per key and GPU model), the guards only for a call an
         # artifact serves: a key no artifact serves costs the key, one lookup and a counter.
         device = inputs[tt.tensor_positions[0]].device if tt.tensor_positions else None
-        route = tt.route(key, hardware_name(device) if device is not None else "none")
+        route = tt.route(key, hardware_name(device) if device is not None else "none", self.replaces)
         if route.__class__ is str:
             tag = (key, route)
             if route == "miss":
@@ -449,7 +455,7 @@ class Applied:
         if key is None:
             return None
         device = inputs[tt.tensor_positions[0]].device if tt.tensor_positions else None
-        route = tt.route(key, hardware_name(device) if device is not None else "none")
+        route = tt.route(key, hardware_name(device) if device is not None else "none", self.replaces)
         if route.__class__ is not str:
             return None
         return ("miss", "miss") if route == "miss" else ("fallback", route)
@@ -462,7 +468,8 @@ class Applied:
         return self.original(*args, **kwargs)
 
 
-def apply(task: str, copy_inputs: bool = False, op_name: Optional[str] = None) -> Callable[[Callable], Applied]:
+def apply(task: str, copy_inputs: bool = False, op_name: Optional[str] = None,
+          replaces: str = TASK_BASELINE) -> Callable[[Callable], Applied]:
     """Decorator factory: `@avo.apply("grammar_bitmask")` over a reference implementation."""
     if not isinstance(task, str) or not task:
         raise TypeError("avo.apply(task): task must be a non-empty task name, e.g. @avo.apply('grammar_bitmask')")
@@ -470,5 +477,5 @@ def apply(task: str, copy_inputs: bool = False, op_name: Optional[str] = None) -
     def deco(fn: Callable) -> Applied:
         if not callable(fn):
             raise TypeError(f"@avo.apply({task!r}) decorates a function, got {type(fn).__name__}")
-        return Applied(task, fn, copy_inputs=copy_inputs, op_name=op_name)
+        return Applied(task, fn, copy_inputs=copy_inputs, op_name=op_name, replaces=replaces)
     return deco

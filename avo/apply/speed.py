@@ -27,6 +27,7 @@ from avo.apply.artifact import Artifact, ArtifactError
 from avo.apply.keys import canonical_key
 
 SPEED_GLOB = "speed-*.jsonl"
+TASK_BASELINE = "task"  # SpeedRecord.against / Applied.replaces: the task's own T_b
 
 
 class SpeedRecord(BaseModel):
@@ -42,6 +43,11 @@ class SpeedRecord(BaseModel):
     replaced_latency_ms: float
     ratio: float  # replaced_latency_ms / latency_ms: > 1 is faster than the replaced call
     replaced: str  # what was timed as the replaced call ("T_b" = the task's baseline, else its reference)
+    # which call that was, as integrations name what they replace (Applied.replaces): "task" = the
+    # task's own T_b (evaluators/<task>/baseline.py, e.g. SDPA for attention, else its reference);
+    # "xgrammar" = xgrammar.apply_token_bitmask_inplace (`avo apply measure --baseline xgrammar`).
+    # Rows written before this field count as "task".
+    against: str = TASK_BASELINE
     source: Literal["export", "measure"]
     timing_method: Optional[str] = None
     throttled: bool = False
@@ -117,8 +123,8 @@ def write_speed_file(path: Path, records: list[SpeedRecord]) -> Path:
     old = []
     if path.exists():
         old = [SpeedRecord.model_validate_json(x) for x in path.read_text().splitlines() if x.strip()]
-    new = {(r.digest, r.key, r.hardware): r for r in records}
-    keep = [r for r in old if (r.digest, r.key, r.hardware) not in new]
+    new = {(r.digest, r.key, r.hardware, r.against): r for r in records}
+    keep = [r for r in old if (r.digest, r.key, r.hardware, r.against) not in new]
     rows = keep + list(new.values())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -128,23 +134,29 @@ def write_speed_file(path: Path, records: list[SpeedRecord]) -> Path:
 
 
 class SpeedBook:
-    """Speed records by (kernel digest, key, GPU); a re-measurement beats the export's record,
-    a newer measurement an older one."""
+    """Speed records by (kernel digest, key, GPU, what it was measured against); a re-measurement
+    beats the export's record, a newer measurement an older one."""
 
     def __init__(self, records: Iterable[SpeedRecord] = ()):
         self._by: dict = {}
+        self._against: dict = {}  # (digest, key, hardware) -> the calls it was measured against
         for r in records:
             self.add(r)
 
     def add(self, r: SpeedRecord) -> None:
-        k = (r.digest, r.key, r.hardware)
+        k = (r.digest, r.key, r.hardware, r.against)
+        self._against.setdefault((r.digest, r.key, r.hardware), set()).add(r.against)
         old = self._by.get(k)
         if old is None or (r.source == "measure", r.measured) >= (old.source == "measure", old.measured):
             self._by[k] = r
 
-    def get(self, digest: str, key: str, hardware: str) -> Optional[SpeedRecord]:
-        r = self._by.get((digest, key, hardware))
+    def get(self, digest: str, key: str, hardware: str, against: str = TASK_BASELINE) -> Optional[SpeedRecord]:
+        r = self._by.get((digest, key, hardware, against))
         return r if r is not None and r.claim else None
+
+    def measured_against(self, digest: str, key: str, hardware: str) -> set:
+        """What this kernel was measured against on this key and GPU (any record, claim or not)."""
+        return self._against.get((digest, key, hardware), set())
 
     def __len__(self) -> int:
         return len(self._by)

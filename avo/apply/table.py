@@ -25,7 +25,7 @@ from typing import Callable, Optional, Union
 from avo.apply.artifact import Artifact, ArtifactError, find_artifacts, load_entry, read_artifact
 from avo.apply.faults import DEFAULT_CHECKS
 from avo.apply.keys import ANY, CallKey, KeyLayout, call_semantics, ranked_candidates
-from avo.apply.speed import SpeedBook, export_records, read_speed_files
+from avo.apply.speed import TASK_BASELINE, SpeedBook, export_records, read_speed_files
 from avo.harness.inputs import TORCH_DTYPES
 from avo.schema import Definition
 
@@ -80,7 +80,7 @@ class TaskTable:
     policy: Policy = field(default_factory=Policy)
     speed: SpeedBook = field(default_factory=SpeedBook)
     id: int = field(default_factory=lambda: next(_TABLE_IDS))
-    cache: dict = field(default_factory=dict)  # hardware -> {CallKey: Route | reason str}
+    cache: dict = field(default_factory=dict)  # (hardware, replaced call) -> {CallKey: Route | reason str}
     disabled: dict = field(default_factory=dict)  # CallKey -> reason, until the next reload
     logged: set = field(default_factory=set)  # keys whose miss/fallback was logged (the log-once check, cheap)
 
@@ -94,17 +94,19 @@ class TaskTable:
     def n_inputs(self) -> int:
         return len(self.layout.input_names)
 
-    def route(self, key: CallKey, hardware: str) -> Union[Route, str]:
+    def route(self, key: CallKey, hardware: str, against: str = TASK_BASELINE) -> Union[Route, str]:
+        """Where `key` goes on this GPU model for a caller replacing `against` (Applied.replaces):
+        with require_faster, only speed records measured against that same call count."""
         if self.disabled:
             why = self.disabled.get(key)
             if why is not None:
                 return why
-        cache = self.cache.get(hardware)
+        cache = self.cache.get((hardware, against))
         if cache is None:
-            cache = self.cache.setdefault(hardware, {})
+            cache = self.cache.setdefault((hardware, against), {})
         r = cache.get(key)
         if r is None:
-            r = self._resolve(key, hardware)
+            r = self._resolve(key, hardware, against)
             if len(cache) >= ROUTE_CACHE_MAX:  # e.g. a KV length that grows for ever: start over
                 cache.clear()               # rather than resolve every new key on every call
             cache[key] = r
@@ -129,14 +131,14 @@ class TaskTable:
                 return "nearest", found
         return "miss", []
 
-    def _resolve(self, key: CallKey, hardware: str) -> Union[Route, str]:
+    def _resolve(self, key: CallKey, hardware: str, against: str = TASK_BASELINE) -> Union[Route, str]:
         kind, entries = self.tiers(key)
         if not entries:
             bad = [dt for dt, ok in zip(key[1], self.known_dtypes) if dt not in ok]
             return f"guard:dtype {bad[0]}" if bad else "miss"
         entry = entries[0]
         if self.policy.require_faster:
-            picked = self.fastest(entries, hardware)
+            picked = self.fastest(entries, hardware, against)
             if isinstance(picked, str):
                 return picked
             entry = picked
@@ -147,20 +149,27 @@ class TaskTable:
         return Route(entry.fn, outs, entry.artifact, kind, entry.device_type, self.layout.text(key), entry.digest,
                      -1 if checks is None else max(0, int(checks)))
 
-    def fastest(self, entries: list, hardware: str) -> Union[Entry, str]:
-        """The entry measured fastest (vs the replaced call) on this GPU model, if faster than
-        policy.min_speedup; else the reason it is not served."""
-        best, measured = None, False
+    def fastest(self, entries: list, hardware: str, against: str = TASK_BASELINE) -> Union[Entry, str]:
+        """The entry measured fastest against the replaced call `against` on this GPU model, if
+        faster than policy.min_speedup; else the reason it is not served (a record against another
+        call, e.g. the task's torch reference where xgrammar's kernel is replaced, does not count)."""
+        best, measured, other = None, False, False
         for e in entries:
-            rec = self.speed.get(e.digest, e.key_text, hardware)
+            rec = self.speed.get(e.digest, e.key_text, hardware, against)
             if rec is None:
+                other = other or bool(self.speed.measured_against(e.digest, e.key_text, hardware) - {against})
                 continue
             measured = True
             if rec.ratio > self.policy.min_speedup and (best is None or rec.ratio > best[0]):
                 best = (rec.ratio, e)
         if best is not None:
             return best[1]
-        return f"slower than the replaced call on {hardware}" if measured else f"not measured on {hardware}"
+        if measured:
+            return f"slower than the replaced call on {hardware}" if against == TASK_BASELINE else \
+                f"slower than {against} on {hardware}"
+        if other:
+            return f"no speed record against {against} on {hardware}"
+        return f"not measured on {hardware}"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import torch
 from avo.apply.runtime import apply, note_fallback
 
 TASK = "grammar_bitmask"
+REPLACES = "xgrammar"  # the call this integration replaces: speed records must be measured against it
 _ORIGINAL: Optional[Callable] = None  # xgrammar's function while install() is in effect
 
 
@@ -30,7 +31,7 @@ def _xgrammar_apply() -> Callable:
     return xgrammar.matcher.apply_token_bitmask_inplace
 
 
-@apply(TASK)
+@apply(TASK, replaces=REPLACES)
 def grammar_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor) -> None:
     """The task's semantics, with xgrammar's own kernel as the fallback: mask rows `indices` of
     logits in place where the bitmask bit is 0."""
