@@ -77,6 +77,7 @@ def test_open_work_submit_commits_through_the_gate(run):
     log = Path(rec.transcript).read_text()
     assert rec.transcript == str(folder.parent / "workspace.log") == head.meta.transcript
     assert "workspace opened for by-hand" in log and "[avo] NOTES.md:\nchecked with avo eval: PASSED" in log
+    assert f"{rec.id}: {rec.status}, commit {rec.commit[:10]}" in log  # the verdict, in the step's own transcript
 
     r = cli("workspace", "submit", str(run), str(folder.parent))  # the step folder names it too
     assert r.exit_code == 2 and f"already submitted (attempt {rec.id})" in r.output

@@ -177,6 +177,11 @@ def submit_workspace(run: str, folder: Path) -> tuple[AttemptRecord, list[tuple[
         state.close()
     meta["submitted"] = rec.id
     (wd / WORKSPACE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return rec, state.display.take()
+    events = state.display.take()
+    # The verdict joins the transcript, so the step folder alone says how its submission went.
+    with open(wd / LOG_FILE, "a") as log:
+        log.write(f"[avo] {now_iso()} {rec.id}: {rec.status}" + (f", commit {rec.commit[:10]}" if rec.accepted else "")
+                  + "".join(f"\n[avo] {text}" for text, _ in events) + "\n")
+    return rec, events
 
 
