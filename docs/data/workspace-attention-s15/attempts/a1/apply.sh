@@ -1,0 +1,1 @@
+git apply --3way "$D/patch.diff"

@@ -1,0 +1,1 @@
+sed -i 's/HEAD_GROUP_WAVES=[0-9]/HEAD_GROUP_WAVES=1/' kernel.py && grep -q 'HEAD_GROUP_WAVES=1' kernel.py
