@@ -45,7 +45,7 @@ CONFIG = dict(BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=256, BLOCK_B=8, DOT_B=64, DOT_K
 # Allowed values per knob: the search space the heuristic operator explores. The GEMV tasks are
 # latency-bound on bytes in flight (an H100 needs ~30-60 KB per SM in flight to stream HBM): each
 # program keeps two weight tiles of BLOCK_N x BLOCK_K (MLP: 2 x MLP_BLOCK_N rows, gate and up) in
-# flight, CTAS_PER_SM programs per SM; knowledge_base/megakernel-persistent-bytes-in-flight.md.
+# flight, CTAS_PER_SM programs per SM; knowledge_base/memory-bound/megakernel-persistent-bytes-in-flight.md.
 TUNABLES = dict(
     BLOCK_N=[16, 8, 32, 64],  # weight rows per task of the q|k|v, O and down projections
     MLP_BLOCK_N=[8, 4, 16, 32],  # rows per task of the gate/up projection (two tiles: gate and up)
