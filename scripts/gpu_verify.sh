@@ -10,8 +10,11 @@
 #   bash scripts/gpu_verify.sh ray1             # avo evolve --backend ray on this one GPU (RAY=1 prepare_device_wheels.sh; carry .whl-ray)
 #   bash scripts/gpu_verify.sh agentic          # agentic islands driven by the scripted LLM server, real GPU evals
 #   bash scripts/gpu_verify.sh e2e              # avo.apply in transformers + xgrammar: tokens and tokens/s
-#   bash scripts/gpu_verify.sh throughput [TASKS]  # scripts/bench_throughput.py: evals/GPU-hour, GPU busy, phase seconds,
-#        outputs through host memory (before) and shared on the GPU (after); MINUTES per run (default 2)
+#   bash scripts/gpu_verify.sh apply            # issue 25 on a GPU: the apply GPU tests, the cost of a call avo does not
+#        serve (bench_apply_overhead), e2e with the shipped artifacts, then the bitmask winner measured against
+#        xgrammar's own kernel (a copy of the artifacts, so the repo's records stay) and e2e xgrammar with that record
+#   bash scripts/gpu_verify.sh throughput [TASKS]  # scripts/bench_throughput.py: evals/GPU-hour, GPU busy, seconds per phase
+#        (spawn, import, compile, check, time, gate); MINUTES per run (default 2), TRANSFER="host device" adds the host path
 #   bash scripts/gpu_verify.sh timing [TASKS]   # the channel/timing GPU tests, then events vs CUPTI per workload (bench_timing_methods.py)
 #   bash scripts/gpu_verify.sh bench [WHICH]    # peer benchmarks (rewrite docs/benchmarks.md sections); WHICH:
 #        (none) both scripts on the seeds; attention | memory | grammar | megakernel: the evolved kernels vs seeds and peers;
@@ -29,7 +32,7 @@ fi
 export COLUMNS=160 PYTHONUNBUFFERED=1
 avo() { python3 -m avo.cli "$@"; }
 usage() {
-  echo "usage: $0 evals | evolve CONFIG | ray1 | agentic | e2e | throughput [TASKS] | timing [TASKS] | bench [attention|memory|grammar|megakernel] | sweep GRID | ncu" >&2
+  echo "usage: $0 evals | evolve CONFIG | ray1 | agentic | e2e | apply | throughput [TASKS] | timing [TASKS] | bench [attention|memory|grammar|megakernel] | sweep GRID | ncu" >&2
   exit 2
 }
 evolve_part() {  # run name, config, minutes, extra `avo evolve` arguments
@@ -64,13 +67,22 @@ case "${1:-evals}" in
   throughput)  # evaluations per GPU-hour, GPU busy fraction, seconds per phase (issue 22's before/after)
     for t in ${2:-grammar_bitmask attention_mha_fwd}; do
       timeout "${THROUGHPUT_S:-330}" python3 scripts/bench_throughput.py --task "$t" --attempts "${N:-200}" --minutes "${MINUTES:-2}" \
-        --transfer host device --device cuda 2>&1 | grep -A4 "evaluations/hour" | tee -a "$OUT/throughput.log"
+        --transfer ${TRANSFER:-device} --device cuda 2>&1 | grep -A12 "evaluations/hour" | tee -a "$OUT/throughput.log"
     done ;;
   timing)  # CUDA IPC outputs and CUPTI on this GPU, then the events-vs-CUPTI table (docs/benchmarks.md)
     timeout 120 python3 -m pytest -q -m gpu -o addopts="" -p no:cacheprovider tests/test_channel.py tests/test_timing_method.py 2>&1 | tail -5
     timeout "${TIMING_S:-240}" python3 scripts/bench_timing_methods.py ${2:+--tasks $2} --json "$OUT/timing_methods.json" 2>&1 \
       | tee "$OUT/timing_methods.log" | grep -v "^| ---" | tail -60 ;;
   e2e) python3 scripts/bench_apply_e2e.py --device cuda --json "$OUT/e2e.json" 2>&1 | tail -c 4000 ;;
+  apply)
+    timeout 150 python3 -m pytest -q -m gpu -o addopts="" -p no:cacheprovider tests/test_apply*.py tests/test_integrations.py 2>&1 | tail -5
+    timeout 90 python3 scripts/bench_apply_overhead.py --device cuda --transformers --iters 2000 --repeats 3 2>&1 | tail -14
+    timeout 150 python3 scripts/bench_apply_e2e.py --device cuda --json "$OUT/e2e.json" > "$OUT/e2e.log" 2>&1
+    grep -E "ms |tokens/s|identical|avo.apply|reasons|mask apply" "$OUT/e2e.log" | head -30
+    rm -rf /tmp/avo-bitmask && cp -r kernels/grammar/evolved /tmp/avo-bitmask
+    timeout 90 python3 -m avo.apply.measure /tmp/avo-bitmask --task grammar_bitmask --baseline xgrammar 2>&1 | tail -6
+    timeout 90 python3 scripts/bench_apply_e2e.py --device cuda --parts xgrammar --artifacts /tmp/avo-bitmask \
+      --json "$OUT/e2e_xgrammar.json" 2>&1 | grep -E "mask apply|tokens/s|identical|avo.apply|reasons" ;;
   bench)
     case "${2:-}" in
       problems)  # the user problems of configs/gpu_problems.yaml after `evolve gpu_problems`: seed, best, eager, torch.compile
