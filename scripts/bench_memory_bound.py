@@ -14,11 +14,11 @@ layout_* -> the eager torch reference (`.permute().contiguous()`, index_put into
 torch.compile of it; megakernel_decode_layer ->
 eager torch, a CUDA graph of eager, torch.compile. --compare TASK=PATH (repeatable) adds a peer kernel file as a row named after it (an
 exported artifact: its folder name), and for the decode layer the same under a CUDA graph. A kernel
-whose module says CUDA_GRAPH = False (the persistent megakernel: its per-call task table copy cannot
-be captured) gets no CUDA-graph row: it is one launch, timed as is. --batches B1,B2,.. (with --kv N)
+whose module says CUDA_GRAPH = False (a call that cannot be captured: a host sync or a per-call
+host->device copy) gets no CUDA-graph row: it is one launch, timed as is. --batches B1,B2,.. (with --kv N)
 replaces the decode layer's workloads by its gpu_b1_kv4000 workload at those batches and that KV
 length; after the run the persistent kernel's compiled variants (its JITFunction's cache) and its
-host cost per call (build_tasks + launch) are printed. Every candidate's output is checked against
+host cost per call (cached plan + counter memset + launch; build_tasks, once per batch, alone) are printed. Every candidate's output is checked against
 the eager peer (task tolerance) before it is timed. Times: triton.testing.do_bench medians, and
 "µs device" from avo.harness.timing.device_ms (the evaluator's method, which hides the host's launch
 gaps: at batch-1 decode do_bench measures the Python launcher); GB/s from the task's SOL byte model; % SOL against the detected GPU's datasheet bandwidth. The table
@@ -370,8 +370,9 @@ def compiled_variants(fn) -> Optional[int]:
 def persistent_report(task: Task, wls: list, run: Callable, repeat: int = 50) -> Optional[str]:
     """For a kernel whose module has a task table (build_tasks) and a JIT kernel _persistent_kernel:
     its compiled variants after the run's workloads, and its host cost per call on each workload
-    (median µs of run(): build_tasks + the table's copy + the launch; the GPU synchronised between
-    calls, outside the timing) with build_tasks alone. None for any other kernel."""
+    (median µs of run(): the cached plan's lookup, the counters' memset and the launch; the GPU
+    synchronised between calls, outside the timing) with build_tasks alone (run() builds a table once
+    per batch). None for any other kernel."""
     import statistics
     import time
     import torch
@@ -385,21 +386,21 @@ def persistent_report(task: Task, wls: list, run: Callable, repeat: int = 50) ->
     for w in wls:
         args = list(make_inputs(task.definition, w, 0, "cuda", ns.get("make_inputs")).values())
         outs = list(alloc_outputs(task.definition, w, "cuda").values())
-        ax, kv = w.axes, int(w.inputs["kv_len"].value)
+        ax = w.axes
         calls, builds = [], []
         for i in range(repeat + 3):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             run(*args, *outs)
             t1 = time.perf_counter()
-            build(ax["batch"], kv, ax["hidden"], ax["q_dim"], ax["kv_heads"], ax["head_dim"], ax["mlp"])
+            build(ax["batch"], ax["hidden"], ax["q_dim"], ax["kv_heads"], ax["head_dim"], ax["mlp"])
             t2 = time.perf_counter()
             if i >= 3:
                 calls.append(t1 - t0)
                 builds.append(t2 - t1)
         torch.cuda.synchronize()
         parts.append(f"{w.uuid}: host {statistics.median(calls) * 1e6:.0f} µs a call "
-                     f"(build_tasks {statistics.median(builds) * 1e6:.0f} µs)")
+                     f"(build_tasks, once per batch: {statistics.median(builds) * 1e6:.0f} µs)")
         del args, outs
     parts[0] += f", {compiled_variants(fn)} after the host timing"
     return "; ".join(parts)

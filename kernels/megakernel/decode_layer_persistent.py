@@ -1,16 +1,18 @@
 """A persistent decode megakernel for megakernel_decode_layer (issue 26): one launch, a fixed grid of
 resident programs (CTAs), a task table in global memory and per-task dependency counters.
 
-The host builds the task table per call (build_tasks: plain numpy, no compilation) from the batch,
-the KV length, the tile sizes, the attention split policy and the order policy. One row per task:
+The host builds the task table (build_tasks: plain numpy, no compilation) from the batch, the layer,
+the tile sizes, the attention split policy and the order policy, never from the KV length; run()
+builds it once per (device, batch, layer, CONFIG) and keeps it on the device with the counters and
+the scratch (a Plan), so a decode step is a dict lookup, a memset and one launch. One row per task:
 
-  [op, a0, a1, a2, a3, a4, wait_counter, wait_count, signal_counter, 0]
+  [op, a0, a1, a2, a3, 0, wait_counter, wait_count, signal_counter, 0]
 
   op NORM1   rows [a0, a1) of x      -> xn = RMSNorm(x) * attn_norm_w      (fp32 scratch)
   op QKV     rows [a0, a0+BLOCK_N) of [wq; wk; wv], every sequence -> qkv (fp32 scratch)
-  op ATTN    sequence a0, kv head a1, KV rows [a3, a4), split slot a2: RoPE(q, k) + online-softmax
-             partial (acc, m, l) of the group's q heads; slot 0 also takes the new token and writes
-             k_new / v_new
+  op ATTN    sequence a0, kv head a1, split slot a2 of a3: RoPE(q, k) + online-softmax partial
+             (acc, m, l) of the group's q heads over KV rows the kernel cuts from the runtime kv_len
+             (attn_bounds); slot 0 also takes the new token and writes k_new / v_new
   op COMBINE sequence a0, kv head a1, a2 splits -> attn (fp32 scratch), the split reduction
   op O       rows [a0, a0+BLOCK_N) of wo:  h = x + attn @ wo^T              (fp32 scratch)
   op NORM2   rows [a0, a1) of h      -> hn = RMSNorm(h) * mlp_norm_w
@@ -29,7 +31,8 @@ find the queue empty) and a consumer placed before its producer always runs out 
 
 Batch, KV length and the task count are runtime arguments that Triton does not specialise on (the
 scratch segments keep a 256-byte alignment), so one compiled kernel serves batch 1-64 and any KV length;
-only the tile sizes are constexpr. The counters and the queue are zeroed per launch by the host.
+only the tile sizes are constexpr. The counters and the queue are zeroed per launch by the host (one
+memset of the cached ctrl tensor).
 """
 import math
 
@@ -41,7 +44,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=256, BLOCK_B=8, DOT_B=64, DOT_K=64, PREFETCH_K=512, ATTN_BLOCK_KV=16, NORM_BLOCK=1024, NORM_ROWS=1, ATTN_SPLITS=32, ATTN_SPLIT_MIN=128, ORDER="stage", QUEUE=True, CTAS_PER_SM=2, num_warps=4, num_stages=1)
+CONFIG = dict(BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=256, BLOCK_B=8, DOT_B=64, DOT_K=64, PREFETCH_K=512, ATTN_BLOCK_KV=16, NORM_BLOCK=1024, NORM_ROWS=1, ATTN_SPLITS=32, ATTN_SPLIT_MIN=128, ATTN_TASKS_PER_SM=2, ORDER="stage", QUEUE=True, CTAS_PER_SM=2, num_warps=4, num_stages=1)
 # Allowed values per knob: the search space the heuristic operator explores. The GEMV tasks are
 # latency-bound on bytes in flight (an H100 needs ~30-60 KB per SM in flight to stream HBM): each
 # program keeps two weight tiles of BLOCK_N x BLOCK_K (MLP: 2 x MLP_BLOCK_N rows, gate and up) in
@@ -58,7 +61,8 @@ TUNABLES = dict(
     NORM_BLOCK=[1024, 256, 512, 2048, 4096],
     NORM_ROWS=[1, 2, 4, 8],  # sequences per RMSNorm task
     ATTN_SPLITS=[32, 4, 8, 16, 64],  # most KV splits per (sequence, kv head)
-    ATTN_SPLIT_MIN=[128, 16, 64, 256, 512],  # fewest KV rows per split: splits = clamp(kv_len / this)
+    ATTN_SPLIT_MIN=[128, 16, 64, 256, 512],  # fewest KV rows per split (in-kernel: clamp(kv_len / this))
+    ATTN_TASKS_PER_SM=[2, 1, 4, 8],  # ATTN tasks per SM the split count aims at: splits = cdiv(this x SMs, pairs)
     ORDER=["stage", "interleave", "reverse"],  # the topological order of the task table (see build_tasks)
     QUEUE=[True, False],  # dynamic task queue (atomic ticket) or a static stride over the table
     CTAS_PER_SM=[2, 1, 3, 4],  # QUEUE: programs per SM (grid min(this * SMs, tasks)); static: 1 per SM. 2 x 4 warps x 218 regs fit 64K
@@ -66,9 +70,13 @@ TUNABLES = dict(
     num_stages=[1, 2, 3],  # software pipelining of the tl.dot path's loads (the FMA path double-buffers itself)
 )
 
-# run() copies its host-built task table to the GPU on every call: not capturable in a CUDA graph
-# (scripts/bench_memory_bound.py times it as the one launch it is).
-CUDA_GRAPH = False
+# A call is capturable in a CUDA graph: after the first call at a batch (which builds and copies the
+# task table; run() refuses to do that inside a capture) run() only looks up its cached plan and issues
+# a memset of the counters and the kernel launch: no host sync, no host->device copy, no allocation.
+# A graph bakes an int kv_len into the launch; pass kv_len as a one-element int32 device tensor and
+# one graph per batch serves every KV length (the kernel reads it). scripts/bench_memory_bound.py
+# reads this flag to time a CUDA-graph row.
+CUDA_GRAPH = True
 
 F = 10  # ints per task row
 OPS = ("NORM1", "QKV", "ATTN", "COMBINE", "O", "NORM2", "MLP", "DOWN")
@@ -294,7 +302,7 @@ def _attn_split(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, knew_ptr, vnew_ptr, p
 def _attn_combine(part_ptr, m_ptr, l_ptr, attn_ptr, b, kvh, n_splits, batch, KVH, D, G,
                   BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
     """The split reduction: rescale the n_splits partials of (b, kvh) to their common max (slot 0 holds
-    the new token, so it is finite; empty splits have m = -inf) and normalise into attn [batch, QH * D]."""
+    the new token, so it is finite) and normalise into attn [batch, QH * D]."""
     QH = KVH * G
     offs_d = tl.arange(0, BLOCK_D)
     offs_g = tl.arange(0, BLOCK_G)
@@ -317,18 +325,34 @@ def _attn_combine(part_ptr, m_ptr, l_ptr, attn_ptr, b, kvh, n_splits, batch, KVH
     tl.store(attn_ptr + (b * QH + heads)[:, None] * D + offs_d[None, :], o, mask=qmask)
 
 
-@triton.jit(do_not_specialize=["n_tasks", "spin_limit", "batch", "max_kv"])
-def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
+@triton.jit
+def _split_geometry(L, n_splits, split_min, BLOCK_KV: tl.constexpr):
+    """The KV split of a (sequence, kv head) at run time: n_eff = clamp(L // split_min, 1, n_splits) splits
+    of split_len rows (a multiple of BLOCK_KV), of which the first n_used start before L (slot 0 always:
+    it holds the new token). attn_bounds is the host's copy."""
+    n_eff = tl.maximum(tl.minimum(n_splits, L // split_min), 1)
+    split_len = (((L + n_eff - 1) // n_eff + BLOCK_KV - 1) // BLOCK_KV) * BLOCK_KV
+    n_used = tl.maximum((L + split_len - 1) // tl.maximum(split_len, 1), 1)
+    return split_len, n_used
+
+
+@triton.jit(do_not_specialize=["n_tasks", "spin_limit", "batch", "max_kv", "kv_len", "split_min", "kvlen_ptr"])
+def _persistent_kernel(tasks_ptr, ctrl_ptr, kvlen_ptr, n_tasks, spin_limit,
                        x_ptr, anw_ptr, wq_ptr, wk_ptr, wv_ptr, wo_ptr, mnw_ptr, wg_ptr, wu_ptr, wd_ptr,
                        kc_ptr, vc_ptr, cos_ptr, sin_ptr, out_ptr, knew_ptr, vnew_ptr,
                        xn_ptr, qkv_ptr, part_ptr, m_ptr, l_ptr, attn_ptr, h_ptr, hn_ptr, act_ptr,
-                       batch, H, QD, KVH, D, G, MLPD, max_kv, scale, eps,
+                       batch, H, QD, KVH, D, G, MLPD, max_kv, kv_len, split_min, scale, eps,
                        F: tl.constexpr, BLOCK_N: tl.constexpr, MLP_BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK_KV: tl.constexpr, NORM_BLOCK: tl.constexpr, QUEUE: tl.constexpr, DOT_B: tl.constexpr,
                        DOT_K: tl.constexpr, PREFETCH_K: tl.constexpr):
     KVD = KVH * D
     NQKV = QD + 2 * KVD
+    # The KV length: a runtime scalar, or (kv_len < 0) read from device memory, so an engine can
+    # replay one CUDA graph per batch while its step counter advances the length in place.
+    L = kv_len
+    if kv_len < 0:
+        L = tl.load(kvlen_ptr)
     if QUEUE:
         t = tl.atomic_add(ctrl_ptr + 0, 1)  # C_QUEUE
     else:
@@ -340,7 +364,6 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
         a1 = tl.load(row + 2)
         a2 = tl.load(row + 3)
         a3 = tl.load(row + 4)
-        a4 = tl.load(row + 5)
         wait_ptr = ctrl_ptr + tl.load(row + 6)
         need = tl.load(row + 7)
         signal = tl.load(row + 8)
@@ -378,11 +401,16 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
                 w_rows = _qkv_rows(wq_ptr, wk_ptr, wv_ptr, offs_n, H, QD, KVD)
                 _gemv(xn_ptr, w_rows, w_rows, n_ok, batch, H, qkv_ptr, NQKV, offs_n, x_ptr,
                       BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 0)
-            elif op == 2:  # ATTN
-                _attn_split(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, knew_ptr, vnew_ptr, part_ptr, m_ptr, l_ptr,
-                            a0, a1, a2, a3, a4, batch, QD, KVH, D, G, max_kv, scale, BLOCK_G, BLOCK_D, BLOCK_KV)
-            elif op == 3:  # COMBINE
-                _attn_combine(part_ptr, m_ptr, l_ptr, attn_ptr, a0, a1, a2, batch, KVH, D, G, BLOCK_G, BLOCK_D)
+            elif op == 2:  # ATTN: split a2 of a3 over [0, L), bounds from the runtime length (attn_bounds)
+                split_len, n_used = _split_geometry(L, a3, split_min, BLOCK_KV)
+                if a2 < n_used:  # a split past the end does nothing (its COMBINE reads n_used slots)
+                    start = a2 * split_len
+                    _attn_split(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, knew_ptr, vnew_ptr, part_ptr, m_ptr,
+                                l_ptr, a0, a1, a2, start, tl.minimum(start + split_len, L), batch, QD, KVH, D, G,
+                                max_kv, scale, BLOCK_G, BLOCK_D, BLOCK_KV)
+            elif op == 3:  # COMBINE: the a2 splits signalled, the first n_used of them hold rows (or the new token)
+                split_len, n_used = _split_geometry(L, a2, split_min, BLOCK_KV)
+                _attn_combine(part_ptr, m_ptr, l_ptr, attn_ptr, a0, a1, n_used, batch, KVH, D, G, BLOCK_G, BLOCK_D)
             elif op == 4:  # O: h = x + attn @ wo^T
                 offs_n = a0 + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < H
@@ -410,16 +438,33 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, n_tasks, spin_limit,
 
 # ---------------------------------------------------------------- host: the task table
 
-def attn_splits(kv_len, cfg=None):
-    """KV splits per (sequence, kv head) at this KV length and the rows of each (a multiple of the
-    attention tile): at least ATTN_SPLIT_MIN rows a split, at most ATTN_SPLITS splits."""
+H100_SMS = 132  # the SM count a table is built for when no GPU says otherwise (build_tasks' default)
+
+
+def attn_split_count(batch, kv_heads, cfg=None, n_sms=H100_SMS):
+    """KV splits per (sequence, kv head): a function of the batch only (not of the KV length), so the
+    table is built once per batch. Enough ATTN tasks for ATTN_TASKS_PER_SM per SM, at most ATTN_SPLITS a
+    pair: B1 (8 pairs) 32 splits, B16 3, B64 (512 pairs) 1 on an H100."""
     cfg = cfg or {}
     k = lambda n: cfg.get(n, _knob(n))
-    block_kv = k("ATTN_BLOCK_KV")
-    n = max(1, min(k("ATTN_SPLITS"), kv_len // max(k("ATTN_SPLIT_MIN"), 1)))
-    split_len = triton.cdiv(triton.cdiv(kv_len, n), block_kv) * block_kv if kv_len else 0
-    n = max(1, triton.cdiv(kv_len, split_len)) if split_len else 1  # no empty split past the end
-    return n, split_len
+    pairs = max(batch * kv_heads, 1)
+    return max(1, min(k("ATTN_SPLITS"), triton.cdiv(k("ATTN_TASKS_PER_SM") * n_sms, pairs)))
+
+
+def attn_bounds(kv_len, n_splits, cfg=None):
+    """[(start, end)] of the n_splits splits at this KV length, as the kernel computes them on the device
+    (_split_geometry; a host mirror for tests): n_eff = clamp(kv_len // ATTN_SPLIT_MIN, 1, n_splits) splits
+    of a multiple of ATTN_BLOCK_KV rows, the ones past the end empty (their tasks only signal)."""
+    cfg = cfg or {}
+    k = lambda n: cfg.get(n, _knob(n))
+    block_kv, split_min = k("ATTN_BLOCK_KV"), max(k("ATTN_SPLIT_MIN"), 1)
+    n_eff = max(min(n_splits, kv_len // split_min), 1)
+    split_len = triton.cdiv(triton.cdiv(kv_len, n_eff), block_kv) * block_kv
+    out = []
+    for s in range(n_splits):
+        start = min(s * split_len, kv_len)
+        out.append((start, min(start + split_len, kv_len)))
+    return out
 
 
 def _rows(op, n, a=(), wait=(C_ZERO, 0), signal=C_STAGE):
@@ -432,9 +477,12 @@ def _rows(op, n, a=(), wait=(C_ZERO, 0), signal=C_STAGE):
     return t
 
 
-def build_tasks(batch, kv_len, hidden, q_dim, kv_heads, head_dim, mlp, cfg=None):
-    """The task table [T, F] int32 (numpy) for one layer step, the number of ctrl counters and the
-    KV split count. ORDER picks one of the topological orders:
+def build_tasks(batch, hidden, q_dim, kv_heads, head_dim, mlp, cfg=None, n_sms=H100_SMS):
+    """The task table [T, F] int32 (numpy) for one layer step at this batch, the number of ctrl counters
+    and the KV split count. The KV length is not an input: an ATTN row holds its split slot and the
+    split count, and the kernel cuts [0, kv_len) at run time (attn_bounds), so run() builds a table
+    once per (device, batch, layer, CONFIG) and keeps it on the device. ORDER picks one of the
+    topological orders:
       stage       every op's tasks before the next op's (NORM1, QKV, ATTN, COMBINE, O, NORM2, MLP, DOWN)
       interleave  each (sequence, kv head)'s COMBINE right after its own splits
       reverse     stage order with the tiles of every op in reverse
@@ -444,7 +492,7 @@ def build_tasks(batch, kv_len, hidden, q_dim, kv_heads, head_dim, mlp, cfg=None)
     k = lambda n: cfg.get(n, _knob(n))
     bn, mbn, nrows = k("BLOCK_N"), k("MLP_BLOCK_N"), k("NORM_ROWS")
     kv_dim = kv_heads * head_dim
-    n_splits, split_len = attn_splits(kv_len, cfg)
+    n_splits = attn_split_count(batch, kv_heads, cfg, n_sms)
     stage = lambda op: C_STAGE + op
 
     def norm(op, wait):
@@ -459,9 +507,8 @@ def build_tasks(batch, kv_len, hidden, q_dim, kv_heads, head_dim, mlp, cfg=None)
     pairs = np.arange(batch * kv_heads)
     b, h = np.repeat(pairs // kv_heads, n_splits), np.repeat(pairs % kv_heads, n_splits)
     s = np.tile(np.arange(n_splits), batch * kv_heads)
-    start = s * split_len
-    t_attn = _rows(ATTN, len(s), (b, h, s, np.minimum(start, kv_len), np.minimum(start + split_len, kv_len)),
-                   (stage(QKV), len(t_qkv)), C_ATTN + b * kv_heads + h)
+    t_attn = _rows(ATTN, len(s), (b, h, s, np.full(len(s), n_splits)), (stage(QKV), len(t_qkv)),
+                   C_ATTN + b * kv_heads + h)
     t_comb = _rows(COMBINE, len(pairs), (pairs // kv_heads, pairs % kv_heads, np.full(len(pairs), n_splits)),
                    signal=stage(COMBINE))
     t_comb[:, 6], t_comb[:, 7] = C_ATTN + pairs, n_splits
@@ -509,49 +556,97 @@ def _segments(device, **sizes):
     return out
 
 
-def launch(table, n_ctrl, n_splits, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache,
-           v_cache, rope_cos, rope_sin, out, k_new, v_new, cfg=None, check=None, spin_limit=None):
-    """Run one task table (numpy [T, F] int32) through the persistent kernel; returns ctrl (the
-    counters after the launch). check (default: on CPU) raises on a deadlocked or unfinished table."""
-    cfg = cfg or {}
-    k = lambda n: cfg.get(n, _knob(n))
-    batch, hidden = x.shape
-    _, kv_heads, max_kv, head_dim = k_cache.shape
-    q_dim, mlp = wq.shape[0], w_gate.shape[0]
-    q_heads = q_dim // head_dim
-    group = q_heads // kv_heads
-    dev = x.device
-    tasks = torch.from_numpy(table).to(dev, non_blocking=True)
-    ctrl = torch.zeros(n_ctrl, device=dev, dtype=torch.int32)
-    buf = _segments(dev, xn=batch * hidden, qkv=batch * (q_dim + 2 * kv_heads * head_dim),
-                    part=n_splits * batch * q_dim, m=n_splits * batch * q_heads, l=n_splits * batch * q_heads,
-                    attn=batch * q_dim, h=batch * hidden, hn=batch * hidden, act=batch * mlp)
-    n_tasks = table.shape[0]
-    queue = bool(k("QUEUE"))
-    # The static stride needs every program resident at once (a program waits on tasks of the others):
-    # on the GPU one per SM always fits, more might not (registers); the interpreter runs programs one
-    # after another, so there it runs on one program. The queue makes progress at any grid size.
-    if queue:
-        ctas = k("CTAS_PER_SM") * _num_sms(dev)
+class Plan:
+    """Everything of a launch that depends on the device, the batch, the layer and CONFIG but not on the
+    call's tensors or KV length: the task table on the device, the ctrl counters, the fp32 scratch, the
+    grid and the kernel's scalar and constexpr arguments."""
+    __slots__ = ("table", "tasks", "ctrl", "n_tasks", "grid", "scratch", "dims", "split_min", "consts")
+
+    def __init__(self, dev, table, n_ctrl, n_splits, batch, hidden, q_dim, kv_heads, head_dim, mlp, cfg=None):
+        if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("decode_layer_persistent: a new (device, batch, layer, CONFIG) inside CUDA graph "
+                               "capture (its task table would be copied from pageable host memory): call run() "
+                               "once at this batch before capturing it")
+        cfg = cfg or {}
+        k = lambda n: cfg.get(n, _knob(n))
+        q_heads = q_dim // head_dim
+        group = q_heads // kv_heads
+        self.table = table
+        self.tasks = torch.from_numpy(np.ascontiguousarray(table)).to(dev)  # once per plan, not per call
+        self.ctrl = torch.zeros(n_ctrl, device=dev, dtype=torch.int32)
+        buf = _segments(dev, xn=batch * hidden, qkv=batch * (q_dim + 2 * kv_heads * head_dim),
+                        part=n_splits * batch * q_dim, m=n_splits * batch * q_heads, l=n_splits * batch * q_heads,
+                        attn=batch * q_dim, h=batch * hidden, hn=batch * hidden, act=batch * mlp)
+        self.scratch = tuple(buf[n] for n in ("xn", "qkv", "part", "m", "l", "attn", "h", "hn", "act"))
+        self.n_tasks = table.shape[0]
+        queue = bool(k("QUEUE"))
+        # The static stride needs every program resident at once (a program waits on tasks of the others):
+        # on the GPU one per SM always fits, more might not (registers); the interpreter runs programs one
+        # after another, so there it runs on one program. The queue makes progress at any grid size.
+        if queue:
+            ctas = k("CTAS_PER_SM") * _num_sms(dev)
+        else:
+            ctas = _num_sms(dev) if dev.type == "cuda" else 1
+        self.grid = (max(1, min(ctas, self.n_tasks)),)
+        self.dims = (batch, hidden, q_dim, kv_heads, head_dim, group, mlp)
+        self.split_min = max(int(k("ATTN_SPLIT_MIN")), 1)
+        self.consts = dict(
+            F=F, BLOCK_N=k("BLOCK_N"), MLP_BLOCK_N=k("MLP_BLOCK_N"), BLOCK_K=k("BLOCK_K"), BLOCK_B=k("BLOCK_B"),
+            BLOCK_G=triton.next_power_of_2(group), BLOCK_D=triton.next_power_of_2(head_dim),
+            BLOCK_KV=k("ATTN_BLOCK_KV"), NORM_BLOCK=k("NORM_BLOCK"), QUEUE=queue, DOT_B=k("DOT_B"), DOT_K=k("DOT_K"),
+            PREFETCH_K=k("PREFETCH_K") if dev.type == "cuda" else 0,  # an L2 hint (inline PTX): not in the interpreter
+            num_warps=k("num_warps"), num_stages=k("num_stages"))
+
+
+# (device, batch, hidden, q_dim, kv_heads, head_dim, mlp, CONFIG items) -> Plan. Never evicted: a CUDA graph
+# captured over run() holds the addresses of a plan's table, counters and scratch (a few MB per batch).
+# One plan serves one stream at a time (its counters and scratch are shared by the calls of its key).
+_PLANS = {}
+
+
+def get_plan(dev, batch, hidden, q_dim, kv_heads, head_dim, mlp):
+    key = (dev, batch, hidden, q_dim, kv_heads, head_dim, mlp, tuple(CONFIG.items()))
+    p = _PLANS.get(key)
+    if p is None:
+        table, n_ctrl, n_splits = build_tasks(batch, hidden, q_dim, kv_heads, head_dim, mlp, n_sms=_num_sms(dev))
+        p = _PLANS[key] = Plan(dev, table, n_ctrl, n_splits, batch, hidden, q_dim, kv_heads, head_dim, mlp)
+    return p
+
+
+def _launch(p, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache, rope_cos,
+            rope_sin, kv_len, out, k_new, v_new, spin_limit=None):
+    """One launch of plan p: zero its counters (one memset) and run the kernel. kv_len: an int, or an int32
+    tensor of one element on the device (read by the kernel: nothing about the length is baked into the
+    launch). No host sync, no host->device copy."""
+    p.ctrl.zero_()
+    if isinstance(kv_len, torch.Tensor):
+        kv_ptr, kv = kv_len, -1
     else:
-        ctas = _num_sms(dev) if dev.type == "cuda" else 1
-    grid = (max(1, min(ctas, n_tasks)),)
+        kv_ptr, kv = p.ctrl, int(kv_len)
     if spin_limit is None:
-        spin_limit = SPIN_LIMIT_GPU if dev.type == "cuda" else SPIN_LIMIT_CPU
-    _persistent_kernel[grid](
-        tasks, ctrl, n_tasks, spin_limit,
+        spin_limit = SPIN_LIMIT_GPU if x.is_cuda else SPIN_LIMIT_CPU
+    batch, hidden, q_dim, kv_heads, head_dim, group, mlp = p.dims
+    _persistent_kernel[p.grid](
+        p.tasks, p.ctrl, kv_ptr, p.n_tasks, spin_limit,
         x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache, rope_cos, rope_sin,
-        out, k_new, v_new,
-        buf["xn"], buf["qkv"], buf["part"], buf["m"], buf["l"], buf["attn"], buf["h"], buf["hn"], buf["act"],
-        batch, hidden, q_dim, kv_heads, head_dim, group, mlp, max_kv, 1.0 / math.sqrt(head_dim), RMS_EPS,
-        F=F, BLOCK_N=k("BLOCK_N"), MLP_BLOCK_N=k("MLP_BLOCK_N"), BLOCK_K=k("BLOCK_K"), BLOCK_B=k("BLOCK_B"),
-        BLOCK_G=triton.next_power_of_2(group), BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_KV=k("ATTN_BLOCK_KV"), NORM_BLOCK=k("NORM_BLOCK"), QUEUE=queue, DOT_B=k("DOT_B"), DOT_K=k("DOT_K"),
-        PREFETCH_K=k("PREFETCH_K") if dev.type == "cuda" else 0,  # an L2 hint (inline PTX): not in the interpreter
-        num_warps=k("num_warps"), num_stages=k("num_stages"))
-    if check if check is not None else dev.type != "cuda":
-        _check(ctrl, table)
-    return ctrl
+        out, k_new, v_new, *p.scratch,
+        batch, hidden, q_dim, kv_heads, head_dim, group, mlp, k_cache.shape[2], kv, p.split_min,
+        1.0 / math.sqrt(head_dim), RMS_EPS, **p.consts)
+
+
+def launch(table, n_ctrl, n_splits, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache,
+           v_cache, rope_cos, rope_sin, kv_len, out, k_new, v_new, cfg=None, check=None, spin_limit=None):
+    """Run one given task table (numpy [T, F] int32: a test's reordered or broken table) through the
+    persistent kernel, with a plan of its own (nothing cached); returns ctrl (the counters after the
+    launch). check (default: on CPU) raises on a deadlocked or unfinished table."""
+    batch, hidden = x.shape
+    _, kv_heads, _, head_dim = k_cache.shape
+    p = Plan(x.device, table, n_ctrl, n_splits, batch, hidden, wq.shape[0], kv_heads, head_dim, w_gate.shape[0], cfg)
+    _launch(p, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache, rope_cos, rope_sin,
+            kv_len, out, k_new, v_new, spin_limit)
+    if check if check is not None else not x.is_cuda:
+        _check(p.ctrl, table)
+    return p.ctrl
 
 
 def _check(ctrl, table):
@@ -569,9 +664,11 @@ def _check(ctrl, table):
 
 def run(x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache,
         rope_cos, rope_sin, kv_len, out, k_new, v_new):
-    batch, hidden = x.shape
-    _, kv_heads, _, head_dim = k_cache.shape
-    table, n_ctrl, n_splits = build_tasks(batch, int(kv_len), hidden, wq.shape[0], kv_heads, head_dim,
-                                          w_gate.shape[0])
-    launch(table, n_ctrl, n_splits, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache,
-           v_cache, rope_cos, rope_sin, out, k_new, v_new)
+    """One decode step: the cached plan of this (device, batch, layer, CONFIG) (built on the first call
+    only), a memset of its counters and one launch. On the GPU nothing waits for the device; on the
+    CPU (interpreter) the counters are checked after the launch."""
+    p = get_plan(x.device, x.shape[0], x.shape[1], wq.shape[0], k_cache.shape[1], k_cache.shape[3], w_gate.shape[0])
+    _launch(p, x, attn_norm_w, wq, wk, wv, wo, mlp_norm_w, w_gate, w_up, w_down, k_cache, v_cache, rope_cos, rope_sin,
+            kv_len, out, k_new, v_new)
+    if not x.is_cuda:
+        _check(p.ctrl, p.table)
