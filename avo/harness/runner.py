@@ -313,13 +313,7 @@ class Evaluator:
         iters = self.timing["iters"]
         return int(min(iters, max(2, min(self.cfg.max_sets, self.cfg.set_bytes_budget // max(nbytes, 1)))))
 
-    # ---- reference outputs ----
-    def _reference(self, task: Task, w: Workload, seeds: list) -> dict:
-        """Reference outputs of `seeds` on workload `w`, computed now (nothing else pending)."""
-        pipe = RefPipe(self, task, {w.uuid: w})
-        pipe.ask(w.uuid, seeds)
-        return {s: pipe.get(w.uuid, s)[0] for s in seeds}
-
+    # ---- reference outputs (RefPipe) ----
     def _compare(self, task: Task, w: Workload, got: dict, ref: dict) -> checks.CheckResult:
         d = task.definition
         results = []
