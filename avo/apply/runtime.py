@@ -386,18 +386,11 @@ class Applied:
         device = inputs[tt.tensor_positions[0]].device if tt.tensor_positions else None
         route = tt.route(key, hardware_name(device) if device is not None else "none", self.replaces)
         if route.__class__ is str:
-            tag = (key, route)
             if route == "miss":
                 _STATE.counters.bump(task, "miss", "miss")
-                if tag not in tt.logged:
-                    tt.logged.add(tag)
-                    _STATE.once(logging.DEBUG, task, key, "miss", lambda: "no artifact covers this key",
-                                lambda: tt.layout.text(key))
+                _STATE.once(logging.DEBUG, task, key, "miss", lambda: "no artifact covers this key",
+                            lambda: tt.layout.text(key))
                 return self.original(*args, **kwargs)
-            if tag in tt.logged:
-                _STATE.counters.bump(task, "fallback", route)
-                return self.original(*args, **kwargs)
-            tt.logged.add(tag)
             return self._fallback(task, key, route, lambda: route, args, kwargs, tt)
         strided = None
         for i in tt.tensor_positions:

@@ -82,7 +82,6 @@ class TaskTable:
     id: int = field(default_factory=lambda: next(_TABLE_IDS))
     cache: dict = field(default_factory=dict)  # (hardware, replaced call) -> {CallKey: Route | reason str}
     disabled: dict = field(default_factory=dict)  # CallKey -> reason, until the next reload
-    logged: set = field(default_factory=set)  # keys whose miss/fallback was logged (the log-once check, cheap)
 
     def __post_init__(self) -> None:
         self.fast_key = self.layout.compile_fast()

@@ -48,7 +48,6 @@ DECISIONS_MAX = 4096  # shapes remembered per dispatch table (then it starts ove
 # or None when avo may serve it; valid for one dispatch table (_DECIDED[0]), dropped on any other
 _DECIDED: list = [None, {}]
 _UNKNOWN = object()
-_RT = runtime._STATE  # read directly on the per-call path (table_token(), recording(), count())
 
 
 def _sdpa(q, k, v, causal):
@@ -151,11 +150,11 @@ def avo_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
     the decision (shape checks, avo's route) is kept per shape for the dispatch table in force
     (`_decision`), and such a call goes straight to `sdpa_attention_forward` with its counts."""
     if attention_mask is None and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs)) \
-            and not (dropout and module.training) and _RT.recorder is None \
+            and not (dropout and module.training) and not runtime.recording() \
             and not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)) \
             and not torch.compiler.is_compiling():
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        token = _RT.table  # runtime.table_token()
+        token = runtime.table_token()
         if _DECIDED[0] is not token:
             _DECIDED[0], _DECIDED[1] = token, {}
         memo = _DECIDED[1]
@@ -168,7 +167,7 @@ def avo_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
             memo[k] = counts
         if counts is not None:  # avo serves nothing here: transformers' own SDPA call, as "sdpa" makes it
             for c in counts:
-                _RT.counters.bump(*c)  # runtime.count()
+                runtime.count(*c)
             return _transformers_sdpa()(module, query, key, value, attention_mask, dropout=dropout,
                                         scaling=scaling, is_causal=is_causal, **kwargs)
     return _through_avo(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
