@@ -4,6 +4,7 @@ memory-efficient backends), every candidate in this one process on the same inpu
     .venv/bin/python scripts/bench_attention.py --dry-run                    # CPU: what would be timed
     .venv/bin/python scripts/bench_attention.py                              # GPU: seeds vs SDPA
     .venv/bin/python scripts/bench_attention.py --kernel attention_gqa_fwd=lineages/x/best.py
+    .venv/bin/python scripts/bench_attention.py --tasks attention_mha_fwd --peer attention_mha_fwd=kernels/peers/attention_fa4.py
 
 Per task and GPU workload: each candidate's output is first checked against SDPA's (twice the
 task tolerance, as the A/B gate compares two correct kernels); a failing candidate is reported and
@@ -15,6 +16,8 @@ avo.harness.sol for the detected GPU. Kernels run destination-passing (output pr
 SDPA returns a fresh tensor (no copy, so its time includes no extra write of o). Grouped KV heads
 go to SDPA with enable_gqa=True; a backend that refuses it gets K and V repeated to the query heads
 once, before timing (column `gqa`: native / repeat-kv), so its time excludes the repeat.
+--peer adds a peer file (a library's kernel behind the task's run(), e.g. FlashAttention-4) as
+candidate `peer-<file stem>`, checked and timed like the kernels.
 The table goes to stdout and to the `<!-- bench_attention -->` section of docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -66,21 +69,26 @@ def load_kernel_module(path: Path, tag: str) -> ModuleType:
     return mod
 
 
-def parse_kernel_args(items: list[str], tasks: list[str]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+def parse_kernel_args(items: list[str], tasks: list[str], flag: str = "--kernel") -> list[tuple[str, Path]]:
+    out: list[tuple[str, Path]] = []
     for item in items:
         task, sep, path = item.partition("=")
         if not sep or not path:
-            raise BenchError(f"--kernel {item!r}: expected TASK=PATH")
+            raise BenchError(f"{flag} {item!r}: expected TASK=PATH")
         if task not in tasks:
-            raise BenchError(f"--kernel {item!r}: task {task!r} is not benchmarked (tasks: {', '.join(tasks)})")
-        out[task] = Path(path)
+            raise BenchError(f"{flag} {item!r}: task {task!r} is not benchmarked (tasks: {', '.join(tasks)})")
+        out.append((task, Path(path)))
     return out
 
 
-def candidate_names(task: str, evolved: dict[str, Path]) -> list[str]:
+def peer_name(path: Path) -> str:
+    return "peer-" + path.stem.removeprefix("attention_")
+
+
+def candidate_names(task: str, evolved: dict[str, Path], peers: dict[str, list[Path]] | None = None) -> list[str]:
     names = ["evolved"] if task in evolved else []
-    return names + ["seed"] + [f"sdpa-{b.split('_')[0].lower()}" for b in SDPA_BACKENDS]
+    return (names + ["seed"] + [f"sdpa-{b.split('_')[0].lower()}" for b in SDPA_BACKENDS]
+            + [peer_name(p) for p in (peers or {}).get(task, [])])
 
 
 # ---- doc section ----
@@ -175,7 +183,7 @@ def bench_workload(task: Task, kind: str, w: Workload, mods: dict[str, ModuleTyp
     for name, mod in mods.items():
         outs[name] = alloc_outputs(d, w, "cuda")[next(iter(d.outputs))]
         calls[name] = _kernel_call(mod, task, args, outs[name])
-        rows[name] = dict(candidate=name, gqa="kernel")
+        rows[name] = dict(candidate=name, gqa="peer" if name.startswith("peer-") else "kernel")
     for name in list(calls):
         if name in outs:  # poisoned: a kernel that leaves o unwritten fails the check
             outs[name].fill_(float("nan"))
@@ -197,7 +205,8 @@ def bench_workload(task: Task, kind: str, w: Workload, mods: dict[str, ModuleTyp
     t_sol = sol.sol_time_s(d, w, hw) if hw else None
     seed_ms = statistics.median(times["seed"]) if times.get("seed") else None
     out = []
-    order = [n for n in ("evolved", "seed") if n in rows] + [n for n in rows if n.startswith("sdpa-")]
+    order = ([n for n in ("evolved", "seed") if n in rows] + [n for n in rows if n.startswith("sdpa-")]
+             + [n for n in rows if n.startswith("peer-")])
     for name in order:
         r = dict(task=task.name, workload=w.uuid, **rows[name])
         if name in times:
@@ -230,6 +239,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--workloads", default="", help="comma-separated workload uuids (default: every GPU workload)")
     p.add_argument("--kernel", action="append", default=[], metavar="TASK=PATH",
                    help="evolved kernel for a task (repeatable); without it the seed is timed alone")
+    p.add_argument("--peer", action="append", default=[], metavar="TASK=PATH",
+                   help="a peer file timed beside SDPA (repeatable), e.g. kernels/peers/attention_fa4.py")
     p.add_argument("--repeats", type=int, default=5, help="do_bench runs per candidate (median of medians)")
     p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update")
     p.add_argument("--no-doc", action="store_true", help="print only")
@@ -242,7 +253,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise BenchError(f"unknown task(s) {unknown} (known: {', '.join(BENCH_TASKS)})")
         if a.repeats < 1:
             raise BenchError("--repeats must be >= 1")
-        evolved = parse_kernel_args(a.kernel, tasks)
+        evolved = dict(parse_kernel_args(a.kernel, tasks))
+        peers: dict[str, list[Path]] = {}
+        for t, path in parse_kernel_args(a.peer, tasks, "--peer"):
+            peers.setdefault(t, []).append(path)
         loaded = {t: load_task(t) for t in tasks}
         wanted = [u for u in a.workloads.split(",") if u]
         plan: dict[str, list[Workload]] = {}
@@ -253,12 +267,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         if missing:
             raise BenchError(f"unknown GPU workload(s) {sorted(missing)}")
         mods = {t: {**({"evolved": load_kernel_module(evolved[t], f"{t}_evolved")} if t in evolved else {}),
-                    "seed": load_kernel_module(REPO / BENCH_TASKS[t][0], f"{t}_seed")} for t in tasks}
+                    "seed": load_kernel_module(REPO / BENCH_TASKS[t][0], f"{t}_seed"),
+                    **{peer_name(pp): load_kernel_module(pp, f"{t}_{peer_name(pp)}") for pp in peers.get(t, [])}}
+                for t in tasks}
         if a.dry_run:
             for t in tasks:
                 print(f"{t} ({BENCH_TASKS[t][1]}): evolved = {evolved.get(t, '(none: seed only)')}")
                 for w in plan[t]:
-                    print(f"  {w.uuid}: " + ", ".join(candidate_names(t, evolved)))
+                    print(f"  {w.uuid}: " + ", ".join(candidate_names(t, evolved, peers)))
             print(f"would update {a.doc} section for {','.join(tasks)}" if not a.no_doc else "would not write a doc")
             return 0
         import torch
@@ -270,7 +286,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for t in tasks:
             for w in plan[t]:
                 rows += bench_workload(loaded[t], BENCH_TASKS[t][1], w, mods[t], hw, a.repeats)
-                print(format_table(rows[-len(candidate_names(t, evolved)):]).split("\n", 2)[2], flush=True)
+                print(format_table(rows[-len(candidate_names(t, evolved, peers)):]).split("\n", 2)[2], flush=True)
                 torch.cuda.empty_cache()
     except (BenchError, TaskError) as e:
         print(f"bench_attention: {e}", file=sys.stderr)
@@ -279,6 +295,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     table = format_table(rows)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     kernels = ", ".join(f"{t}={p}" for t, p in evolved.items()) or "none (seeds only)"
+    kernels += "".join(f"; peer {t}={p}" for t, ps in peers.items() for p in ps)
     body = (f"## Attention family ({gpu_name})\n\n"
             f"{stamp}; torch {torch.__version__}, triton {triton.__version__}; SOL table entry: "
             f"{hw.name if hw else 'none (no % SOL)'}; evolved kernels: {kernels}.\n"

@@ -273,6 +273,18 @@ def test_bench_attention_dry_run_lists_every_gpu_workload_and_candidate(tmp_path
     r = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--kernel", f"attention_gqa_fwd={broken}"],
                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert r.returncode == 2 and "failed to import" in r.stderr and "Traceback" not in r.stderr
+    # a peer file (here the cuDNN one) is one more candidate, named after its file, on its task only
+    peer = REPO_ROOT / "kernels" / "peers" / "attention_sdpa_cudnn.py"
+    r = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--tasks", "attention_mha_fwd,attention_gqa_fwd",
+                        "--peer", f"attention_mha_fwd={peer}"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    plan = [ln.strip() for ln in r.stdout.splitlines() if ln.startswith("  ")]
+    n_mha = len(load_task("attention_mha_fwd").select("gpu"))
+    assert sum(ln.endswith("sdpa-efficient, peer-sdpa_cudnn") for ln in plan) == n_mha
+    assert sum(ln.endswith("sdpa-efficient") for ln in plan) == len(plan) - n_mha
+    r = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--peer", f"attention_mha_fwd={tmp_path / 'nope.py'}"],
+                       capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert r.returncode == 2 and "no such kernel file" in r.stderr
 
 
 def test_bench_attention_doc_section_is_created_then_replaced_in_place(tmp_path):
