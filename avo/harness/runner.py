@@ -411,7 +411,7 @@ class Evaluator:
         pipe.ask(wls[0].uuid, trial_seeds[wls[0].uuid])
         order = [w.uuid for w in wls]
         pending: list = []  # (uuid, seed, outputs, where the result goes) awaiting their reference
-        recent: dict = {}  # a reference asked for twice in this evaluation (a probed call that was also a set's last)
+        recent: dict = {}  # a reference asked for twice in this evaluation (one inputs key sent twice)
 
         def fetch(uuid, s):
             k = (uuid, _key(s))
@@ -514,6 +514,15 @@ class Evaluator:
                     pipe.ask(uuid, [s])
                 pending.append((uuid, s, got, post if timed else corr))
                 settle()
+            elif kind == "rerun":  # a probed timed call and the same inputs' call outside timing
+                uuid, key, timed_res, again = msg[1], msg[2], msg[3], msg[4]
+                t0 = time.monotonic()
+                r = self._compare(task, by_uuid[uuid], timed_res, again)
+                if r.status != S.PASSED:
+                    r = r.model_copy(update={"detail": f"a timed call disagrees with the same inputs called again "
+                                                       f"outside timing ({r.detail})"})
+                post[uuid].append(r)
+                account("compare", t0)
             elif kind == "checked":
                 quiet()
                 bad = [(u, r) for u, rs in corr.items() for r in rs if r.status != S.PASSED]

@@ -96,6 +96,15 @@ def test_runtime_layer_alone(runtime_only, grammar_task, grammar_smallest, name,
     assert fragment in rep.message
 
 
+def test_a_probed_timed_call_is_checked_against_the_kernel_itself(evaluator, grammar_task, grammar_smallest):
+    """skip_early_timed does the work on the trials, the last timed calls and the refreshed ones, and
+    skips the first timed calls: only the probes see it, and a probe is compared with the same
+    inputs called again outside timing (the reference is not asked for it)."""
+    rep = evaluator.evaluate(grammar_task, grammar_solution("skip_early_timed"), grammar_smallest)
+    assert_verdict(rep, RH, "timed-output")
+    assert "a timed call disagrees with the same inputs called again outside timing" in rep.message, rep.message
+
+
 def test_wrong_above_size_fails_on_the_larger_workload(evaluator, grammar_task):
     """Correctness runs on every workload that is timed: a kernel right on vocab 1000 and wrong on
     vocab 4133 fails there, and its small workload is not reported as PASSED."""
