@@ -39,6 +39,9 @@ FIXED_RUN_S = 300.0  # where nothing of the candidate is measured: reference rou
 MAX_PENDING = 4
 
 
+REFRESHED_SETS = 2  # sets whose buffers get new values after timing, each checked against the reference
+
+
 def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float], timing: dict,
                       n_sets: int, cuda: bool) -> float:
     """The limit of a `check:<wl>` or `time:<wl>` phase when eval.run_timeout_s is not set, from
@@ -46,8 +49,9 @@ def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float
     runner's clock, so a phase includes the reference round trip and comparison of its outputs),
     `ref_s` the longest reference round trip per workload. A correctness call is bounded by the
     workload's first call (which also compiled); the timing phase makes up to warmup + iters +
-    n_sets calls of the candidate and as many of the baseline, n_sets refresh calls and (CUDA) the
-    wall calls, each costing at most a checked call or a reference round trip. RUN_FACTOR times
+    n_sets calls of the candidate and as many of the baseline, up to max(n_sets, 8) probed calls
+    made again, up to n_sets refresh calls and (CUDA) the wall calls, each costing at most a checked
+    call or a reference round trip. RUN_FACTOR times
     that, at least RUN_FLOOR_S; FIXED_RUN_S where nothing was measured."""
     kind, _, wl = phase.partition(":")
     call = seen.get(f"check:{wl}") or seen.get(f"compile:{wl}")  # a checked call: the later ones, else the first
@@ -55,7 +59,8 @@ def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float
         est = seen.get(f"compile:{wl}")
     elif kind == "time" and call is not None:
         calls = timing["warmup"] + timing["iters"] + n_sets
-        est = (calls + n_sets + (timing.get("wall_reps", 20) if cuda else 0)) * call + calls * ref_s.get(wl, 0.0)
+        again = max(n_sets, 8) + n_sets  # probes called again + refreshed sets
+        est = (calls + again + (timing.get("wall_reps", 20) if cuda else 0)) * call + calls * ref_s.get(wl, 0.0)
     else:
         est = None
     return FIXED_RUN_S if est is None else max(RUN_FLOOR_S, RUN_FACTOR * est)
@@ -390,7 +395,9 @@ class Evaluator:
         seed = lambda: rng.randrange(1, 2**62)
         trial_seeds = {w.uuid: [seed() for _ in range(self.cfg.trials)] for w in wls}
         set_seeds = {w.uuid: [seed() for _ in range(self._n_sets(task, w))] for w in wls}
-        refresh_seeds = {w.uuid: [seed() for _ in set_seeds[w.uuid]] for w in wls}
+        # New values in the buffers of REFRESHED_SETS sets, picked by the worker at random: a cache
+        # keyed by pointer or shape hits on every set alike (and on the probes' calls made again).
+        refresh_seeds = {w.uuid: [seed() for _ in range(min(REFRESHED_SETS, len(set_seeds[w.uuid])))] for w in wls}
         job = {"op": "evaluate", "definition": d.model_dump(mode="json"), "solution": solution.model_dump(mode="json"),
                "workloads": [w.model_dump(mode="json") for w in wls], "trial_seeds": trial_seeds,
                "set_seeds": set_seeds, "refresh_seeds": refresh_seeds, "timing": self.timing,

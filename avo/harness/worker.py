@@ -393,7 +393,7 @@ class Worker:
             self.send("outputs", w.uuid, (set_seeds[i], pert[i]), last[i])
         # ...and after new values land in the same buffers (a cache keyed by pointer or shape
         # returns stale results here). These calls are checked like the correctness trials.
-        for i, s in enumerate(job["refresh_seeds"][w.uuid]):
+        for i, s in zip(rng.sample(range(n), len(job["refresh_seeds"][w.uuid])), job["refresh_seeds"][w.uuid]):
             inputs.unperturb_(undo[i])
             undo[i] = []
             fresh = self._inputs(d, w, s, root)
