@@ -270,3 +270,24 @@ def test_timing_waits_for_the_reference_worker(tmp_path):
     (p1, calls1), (p2, calls2) = by_pid.items()
     overlaps = [(x, y) for x in calls1 for y in calls2 if x[0] < y[1] and y[0] < x[1]]
     assert not overlaps, f"{len(overlaps)} overlapping calls of the two workers"
+
+
+def test_references_per_workload_are_trials_and_two_sets_each_way(tmp_path, write_tiny_double):
+    """The reference is asked for the trials, the last timed output of POST_SETS sets and POST_SETS
+    refreshed sets, and nothing else: the probed timed calls are checked against the kernel itself
+    (test_adversarial_grammar pins that they still catch a kernel that skips while timed). Counted
+    by the trusted reference itself (a line per call, the caller's pid), with 5 sets in the timed loop;
+    before, every set's last and refreshed outputs and the probes went to it (15 calls in one run)."""
+    import os
+    from avo.harness.runner import POST_SETS
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "task").mkdir()
+    task = load_task(str(write_tiny_double(tmp_path / "task", REFERENCE.replace(
+        "    return x * 2", "    try:  # the reference worker; the sandboxed candidate worker's baseline calls cannot write\n"
+        f"        open({str(calls)!r}, 'a').write(str(os.getpid()) + '\\n')\n    except OSError:\n        pass\n    return x * 2"))))
+    with Evaluator(EvalConfig(device="interpret", trials=3)) as e:
+        assert e._n_sets(task, task.workloads[0]) == 5
+        rep = e.evaluate(task, sol(HONEST))
+    assert rep.status == S.PASSED, rep.message
+    # (this process, the runner, also calls it once: sol.work counts the reference's FLOPs)
+    assert len([ln for ln in calls.read_text().splitlines() if ln != str(os.getpid())]) == 3 + POST_SETS + POST_SETS == 7

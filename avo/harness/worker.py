@@ -372,7 +372,9 @@ class Worker:
                 raise Fail(S.REWARD_HACK, f"input {bad[0]!r} was modified during timing", "input-mutation")
         # Probed calls and the last timed call on each set must have produced the right answer
         # (taken now: the wall calls below overwrite them)...
-        last = [self._results(d, sets[i], outs[i]) for i in range(n)]
+        # (the sets whose last output goes to the reference: as many as the runner asks, picked at random)
+        shown = sorted(rng.sample(range(n), min(n, job.get("post_sets", n))))
+        last = {i: self._results(d, sets[i], outs[i]) for i in shown}
         wall = issue = None
         if self.mode == "cuda":  # before any output goes out, so no reference work shares the GPU
             wall, issue = timing.wall_per_call_ms(cand, n, cfg.get("wall_reps", 20), self.mode)
@@ -389,11 +391,11 @@ class Worker:
             self._call_checked(fn, d, again, again_out, monitor=True, peer=job.get("peer", False))
             self.send("rerun", w.uuid, key, res, self._results(d, again, again_out))  # res: already copies
             del again, again_out
-        for i in range(n):
+        for i in shown:
             self.send("outputs", w.uuid, (set_seeds[i], pert[i]), last[i])
         # ...and after new values land in the same buffers (a cache keyed by pointer or shape
         # returns stale results here). These calls are checked like the correctness trials.
-        for i, s in zip(rng.sample(range(n), len(job["refresh_seeds"][w.uuid])), job["refresh_seeds"][w.uuid]):
+        for i, s in zip(rng.sample(range(n), min(n, len(job["refresh_seeds"][w.uuid]))), job["refresh_seeds"][w.uuid]):
             inputs.unperturb_(undo[i])
             undo[i] = []
             fresh = self._inputs(d, w, s, root)
