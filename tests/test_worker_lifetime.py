@@ -155,10 +155,12 @@ def test_derived_run_limit_scales_with_the_measured_calls():
     # a correctness call: bounded by the workload's first call
     assert derived_run_limit("check:w", {"compile:w": 0.2}, {}, timing, 4, False) == RUN_FLOOR_S
     assert derived_run_limit("check:w", {"compile:w": 12.0}, {}, timing, 4, False) == RUN_FACTOR * 12.0
-    # timing: (warmup + iters + sets) calls of candidate and baseline, refresh calls, wall calls on CUDA
+    # timing: (warmup + iters + sets) calls of candidate and baseline, the probes called again (at
+    # most max(sets, 8)), refresh calls (at most sets), wall calls on CUDA
     slow = {"compile:w": 9.0, "check:w": 2.0}
-    assert derived_run_limit("time:w", slow, {"w": 0.5}, timing, 4, False) == RUN_FACTOR * ((10 + 4) * 2.0 + 10 * 0.5)
-    assert derived_run_limit("time:w", slow, {"w": 0.5}, timing, 4, True) == RUN_FACTOR * ((10 + 4 + 20) * 2.0 + 10 * 0.5)
+    assert derived_run_limit("time:w", slow, {"w": 0.5}, timing, 4, False) == RUN_FACTOR * ((10 + 8 + 4) * 2.0 + 10 * 0.5)
+    assert derived_run_limit("time:w", slow, {"w": 0.5}, timing, 4, True) == \
+        RUN_FACTOR * ((10 + 8 + 4 + 20) * 2.0 + 10 * 0.5)
     assert derived_run_limit("time:w", {"check:w": 0.01}, {"w": 0.01}, timing, 4, True) == RUN_FLOOR_S
     assert derived_run_limit("time:v", slow, {}, timing, 4, False) == FIXED_RUN_S  # nothing measured on v
 
