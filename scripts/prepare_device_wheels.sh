@@ -4,6 +4,12 @@
 # `RAY=1` also fills .whl-ray/ with a slimmed ray wheel (~79 MB -> ~40 MiB: no java jars, dashboard web build,
 # rllib, llm) plus the ray deps the device image lacks, so .whl/ + .whl-ray/ fit one 64 MiB carry; on the device:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl-ray/*.whl
+# `FA4=1` fills .whl-fa4a/ and .whl-fa4b/ for the FlashAttention-4 peer (kernels/peers/attention_fa4.py):
+# its CuTe DSL compiler wheel (nvidia-cutlass-dsl-libs-cu13, 92 MB; 63 MiB as tar.xz) is more than one
+# carry beside the repo, so it goes as two halves in two calls on one warm machine (it idles out 30 s
+# after a call). Call 1 carries .whl-fa4a and copies its half to /tmp/fa4/; call 2 carries .whl-fa4b, then
+#   cat /tmp/fa4/cu13.part00 .whl-fa4b/cu13.part01 | tar xJ -C /tmp/fa4site
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/fa4site .whl-fa4b/*.whl   # export PYTHONPATH=...:/tmp/fa4site
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
@@ -38,5 +44,18 @@ for src in sys.argv[1:]:
     os.replace(src + ".tmp", src)
 EOF
   du -sh .whl-ray
+fi
+if [ "${FA4:-0}" = 1 ]; then
+  rm -rf .whl-fa4a .whl-fa4b && mkdir -p .whl-fa4a .whl-fa4b /tmp/avo-fa4
+  # flash-attn-4 (a pre-release) and what it imports that the device image lacks; cu13 matches its torch +cu130
+  dl .whl-fa4b --pre flash-attn-4  # --pre for it alone: its deps' release candidates are not wanted
+  dl .whl-fa4b nvidia-cutlass-dsl nvidia-cutlass-dsl-libs-base nvidia-cutlass-dsl-libs-core \
+     quack-kernels einops torch-c-dlpack-ext protobuf "cuda-bindings>=13,<14" cuda-pathfinder
+  dl /tmp/avo-fa4 "nvidia-cutlass-dsl-libs-cu13==$(ls .whl-fa4b | sed -n 's/^nvidia_cutlass_dsl_libs_base-\([^-]*\)-.*/\1/p')"
+  rm -rf /tmp/avo-fa4/x && mkdir /tmp/avo-fa4/x && (cd /tmp/avo-fa4/x && python3 -m zipfile -e ../nvidia_cutlass_dsl_libs_cu13-*.whl .)
+  tar cf - -C /tmp/avo-fa4/x . | xz -T0 -6 > /tmp/avo-fa4/cu13.tar.xz
+  split -n 2 -d /tmp/avo-fa4/cu13.tar.xz .whl-fa4a/cu13.part  # -> part00, part01
+  mv .whl-fa4a/cu13.part01 .whl-fa4b/ && rm -rf /tmp/avo-fa4
+  du -sh .whl-fa4a .whl-fa4b
 fi
 du -sh .whl
