@@ -151,12 +151,12 @@ def test_the_sweep_spares_what_a_live_pid_owns(tmp_path):
 
 
 def test_derived_run_limit_scales_with_the_measured_calls():
-    timing = {"warmup": 1, "iters": 5, "wall_reps": 20}
+    timing = {"warmup": 1, "iters": 5, "wall_reps": 20, "probes": 8}
     # a correctness call: bounded by the workload's first call
     assert derived_run_limit("check:w", {"compile:w": 0.2}, {}, timing, 4, False) == RUN_FLOOR_S
     assert derived_run_limit("check:w", {"compile:w": 12.0}, {}, timing, 4, False) == RUN_FACTOR * 12.0
     # timing: (warmup + iters + sets) calls of candidate and baseline, the probes called again (at
-    # most max(sets, 8)), refresh calls (at most sets), wall calls on CUDA
+    # most max(sets, probes)), refresh calls (at most sets), wall calls on CUDA
     slow = {"compile:w": 9.0, "check:w": 2.0}
     assert derived_run_limit("time:w", slow, {"w": 0.5}, timing, 4, False) == RUN_FACTOR * ((10 + 8 + 4) * 2.0 + 10 * 0.5)
     assert derived_run_limit("time:w", slow, {"w": 0.5}, timing, 4, True) == \

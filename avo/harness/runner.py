@@ -52,7 +52,7 @@ def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float
     runner's clock, so a phase includes the reference round trip and comparison of its outputs),
     `ref_s` the longest reference round trip per workload. A correctness call is bounded by the
     workload's first call (which also compiled); the timing phase makes up to warmup + iters +
-    n_sets calls of the candidate and as many of the baseline, up to max(n_sets, 8) probed calls
+    n_sets calls of the candidate and as many of the baseline, up to max(n_sets, probes) probed calls
     made again, up to n_sets refresh calls and (CUDA) the wall calls, each costing at most a checked
     call or a reference round trip. RUN_FACTOR times
     that, at least RUN_FLOOR_S; FIXED_RUN_S where nothing was measured."""
@@ -62,7 +62,7 @@ def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float
         est = seen.get(f"compile:{wl}")
     elif kind == "time" and call is not None:
         calls = timing["warmup"] + timing["iters"] + n_sets
-        again = max(n_sets, 8) + n_sets  # probes called again + refreshed sets
+        again = max(n_sets, timing["probes"]) + n_sets  # probes called again + refreshed sets
         est = (calls + again + (timing.get("wall_reps", 20) if cuda else 0)) * call + calls * ref_s.get(wl, 0.0)
     else:
         est = None
@@ -288,7 +288,7 @@ class Evaluator:
         if cuda:
             iters = max(iters, 50)
         return {"warmup": self.cfg.warmup if self.cfg.warmup is not None else (10 if cuda else 1),
-                "iters": iters, "wall_reps": 20, "method": self.cfg.timing_method}
+                "iters": iters, "wall_reps": 20, "probes": 8, "method": self.cfg.timing_method}
 
     def sandbox_line(self) -> str:
         """The candidate worker's sandbox as it reported it, with whether its peers are dumpable."""

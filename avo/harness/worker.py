@@ -267,6 +267,14 @@ class Worker:
         if self.ipc:
             torch.cuda.ipc_collect()
 
+    def _checked_results(self, fn, d: Definition, args: dict, outs: dict, job: dict) -> dict:
+        """A checked call into NaN-poisoned outputs (a correctness trial, a probe made again, a refreshed
+        set), and its results for the runner."""
+        for o in outs.values():
+            inputs.poison_(o)
+        self._call_checked(fn, d, args, outs, monitor=True, peer=job.get("peer", False))
+        return self._results(d, args, outs)
+
     def _results(self, d: Definition, args: dict, outs: dict) -> dict:
         res = {n: self._own(t) for n, t in outs.items()}
         res.update({n: self._own(args[n]) for n in d.inplace})
@@ -288,10 +296,7 @@ class Worker:
                 self.send("phase", f"compile:{w.uuid}" if t == 0 else f"check:{w.uuid}")
                 args = self._inputs(d, w, seed, job.get("root"))
                 outs = inputs.alloc_outputs(d, w, self.dev)
-                for o in outs.values():
-                    inputs.poison_(o)
-                self._call_checked(fn, d, args, outs, monitor=True, peer=job.get("peer", False))
-                self.send("outputs", w.uuid, seed, self._results(d, args, outs))
+                self.send("outputs", w.uuid, seed, self._checked_results(fn, d, args, outs, job))
         self.send("checked")
         if channel.recv(self.conn) != "time":
             return
@@ -322,7 +327,7 @@ class Worker:
         rng = random.SystemRandom()
         schedule = [i for _ in range(cfg["iters"] // n + 2) for i in rng.sample(range(n), n)]
         schedule = schedule[:cfg["iters"] + rng.randrange(n)]
-        probed = set(rng.sample(range(len(schedule)), min(max(n, 8), len(schedule))))  # timed calls checked
+        probed = set(rng.sample(range(len(schedule)), min(max(n, cfg["probes"]), len(schedule))))  # timed calls checked
         pert = [0] * n  # perturbation seed now applied to each set
         undo: list[list] = [[] for _ in range(n)]
         step = [-cfg["warmup"]]  # index of the call that prep is preparing (negative: warm-up)
@@ -370,10 +375,9 @@ class Worker:
                    and not torch.equal(inputs.bits(v), inputs.bits(sets[i][k]))]
             if bad:
                 raise Fail(S.REWARD_HACK, f"input {bad[0]!r} was modified during timing", "input-mutation")
-        # Probed calls and the last timed call on each set must have produced the right answer
-        # (taken now: the wall calls below overwrite them)...
-        # (the sets whose last output goes to the reference: as many as the runner asks, picked at random)
-        shown = sorted(rng.sample(range(n), min(n, job.get("post_sets", n))))
+        # The last timed call on post_sets sets (picked at random) must have produced the right
+        # answer (taken now: the wall calls below overwrite them)...
+        shown = sorted(rng.sample(range(n), min(n, job["post_sets"])))
         last = {i: self._results(d, sets[i], outs[i]) for i in shown}
         wall = issue = None
         if self.mode == "cuda":  # before any output goes out, so no reference work shares the GPU
@@ -383,29 +387,22 @@ class Worker:
         # skips or cheapens work only while timed disagrees with itself, and the last/refreshed calls
         # below still go to the reference. This spares ~8 fp32 references per workload (~67 ms each
         # for S4096 attention on an H100), most of the post-timing cost.
-        for key, res in probes:
-            again = self._inputs(d, w, key, root)
-            again_out = inputs.alloc_outputs(d, w, self.dev)
-            for o in again_out.values():
-                inputs.poison_(o)
-            self._call_checked(fn, d, again, again_out, monitor=True, peer=job.get("peer", False))
-            self.send("rerun", w.uuid, key, res, self._results(d, again, again_out))  # res: already copies
-            del again, again_out
+        for key, res in probes:  # res: already copies
+            again = self._checked_results(fn, d, self._inputs(d, w, key, root), inputs.alloc_outputs(d, w, self.dev), job)
+            self.send("rerun", w.uuid, key, res, again)
+            del again
         for i in shown:
             self.send("outputs", w.uuid, (set_seeds[i], pert[i]), last[i])
         # ...and after new values land in the same buffers (a cache keyed by pointer or shape
         # returns stale results here). These calls are checked like the correctness trials.
-        for i, s in zip(rng.sample(range(n), min(n, len(job["refresh_seeds"][w.uuid]))), job["refresh_seeds"][w.uuid]):
+        for i, s in zip(rng.sample(range(n), len(job["refresh_seeds"][w.uuid])), job["refresh_seeds"][w.uuid]):
             inputs.unperturb_(undo[i])
             undo[i] = []
             fresh = self._inputs(d, w, s, root)
             for k, v in fresh.items():
                 if isinstance(v, torch.Tensor):
                     sets[i][k].copy_(v)
-            for o in outs[i].values():
-                inputs.poison_(o)
-            self._call_checked(fn, d, sets[i], outs[i], monitor=True, peer=job.get("peer", False))
-            self.send("outputs", w.uuid, s, self._results(d, sets[i], outs[i]))
+            self.send("outputs", w.uuid, s, self._checked_results(fn, d, sets[i], outs[i], job))
         med, iqr = timing.median_iqr(samples[0])
         bmed, biqr = timing.median_iqr(samples[1])
         return dict(median_ms=med, iqr_ms=iqr, base_median_ms=bmed, base_iqr_ms=biqr, iters=len(samples[0]),
