@@ -110,6 +110,31 @@ def test_export_best_and_per_key_winners(lineage, tmp_path):
                    for line in (p / "traces.jsonl").read_text().splitlines())
 
 
+def test_keys_follow_the_final_measurement_over_recorded_traces(seed_traces, tmp_path):
+    """The run's final measurement timed seed and v1 in one session and found v1 faster on every
+    key; v1's own recorded traces (another evaluation, other noise) say it is slower on b3. The
+    export follows the session that chose the best: v1 keeps b3 and the seed gets nothing."""
+    from avo.lineage import MeasuredVersion, Measurement
+    path = tmp_path / "lineages" / "m"
+    lin, _ = Lineage.open_or_create(path, "m", "run: m\ntasks: [grammar_bitmask]\n", {"tasks": [TASK]})
+    seed = commit(lin, 0, "seed", SEED.read_text(), rescaled(seed_traces, {}), 1.0, None)
+    v1 = commit(lin, 0, "version", variant(512), rescaled(seed_traces, {B3: 1.2, B5: .5, B8: .5}), 1.3, "a1")
+    wl = [B3, B5, B8]
+    lin.append_measurement(Measurement(
+        task=TASK, at="2026-12-07T00:00:00Z", device_mode="interpret", rounds=2, workloads=wl, versions_count=2,
+        seed=seed, best=v1, contenders=[
+            MeasuredVersion(commit=seed, vs_seed=1.0, noise=0.0, median_ms={w: 1.0 for w in wl}),
+            MeasuredVersion(commit=v1, vs_seed=1.6, noise=0.02, median_ms={w: 0.6 for w in wl})]))
+    lin.close()
+    paths = export_run(str(path), tmp_path / "out")
+    assert [p.name for p in paths] == [f"best-{v1[:10]}"]
+    assert all(k.won for k in read_artifact(paths[0]).manifest.keys)
+    # without the measurement, v1's recorded b3 (20% slower than the seed's) hands b3 to the seed
+    (path / "measurements.jsonl").unlink()
+    names = sorted(p.name for p in export_run(str(path), tmp_path / "out2"))
+    assert names == sorted([f"best-{v1[:10]}", f"keys-{seed[:10]}"])
+
+
 def test_export_replaces_the_task_folder_and_filters_by_task(lineage, tmp_path):
     out = tmp_path / "out"
     first = export_run(str(lineage["path"]), out, task=TASK)
@@ -284,6 +309,7 @@ device: interpret
     assert paths[0].name == f"best-{best.sha[:10]}"
     a = read_artifact(paths[0])
     assert a.solution.sources[0].content == best.source and a.manifest.commit == best.sha
+    # the one key goes to the best: the final measurement that chose it also times the key
     assert [k.workload for k in a.manifest.keys] == [B3] and a.manifest.keys[0].won
     assert a.manifest.device_mode == "interpret" and a.manifest.run == "tiny"
 

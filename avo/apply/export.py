@@ -22,8 +22,9 @@ from avo.apply.artifact import ArtifactError, ArtifactMeta, safe_name, write_art
 from avo.apply.keys import KeyGuardError, KeyLayout, canonical_key
 from avo.schema import Definition, Solution
 
-# A non-best version takes a key only when it is this much faster there than the best: recorded
-# latencies of different versions come from different measurements, so small gaps are noise.
+# A non-best version takes a key only when it is this much faster there than the best: even one
+# session's medians carry noise, and recorded latencies of different versions come from different
+# evaluations.
 KEY_MARGIN = 0.03
 
 
@@ -89,9 +90,26 @@ def _latencies(d: Definition, version) -> Optional[dict[str, tuple[float, str]]]
     return out or None
 
 
-def winners(d: Definition, best, versions: list) -> dict[str, list[str]]:
+def _measured(d: Definition, versions: list, m) -> dict[str, dict[str, float]]:
+    """sha -> key -> the median latency the run's final measurement took (one session, so versions
+    compare without the noise between their separate evaluations); {} without a measurement."""
+    if m is None:
+        return {}
+    key_of = {t.workload.uuid: canonical_key(d, t.workload) for v in versions for t in v.traces}
+    out: dict[str, dict[str, float]] = {}
+    for c in m.contenders:
+        for uuid, ms in c.median_ms.items():
+            k = key_of.get(uuid)
+            if k is not None:
+                per = out.setdefault(c.commit, {})
+                per[k] = min(ms, per.get(k, ms))
+    return out
+
+
+def winners(d: Definition, best, versions: list, measurement=None) -> dict[str, list[str]]:
     """commit sha -> workload uuids it won. The best keeps a key unless another version is faster
-    by more than KEY_MARGIN; between two other versions the faster one wins."""
+    by more than KEY_MARGIN; between two other versions the faster one wins. Two versions the
+    final `measurement` timed together compare by its medians, others by their recorded traces."""
     lat = {}
     for v in versions:
         l_v = _latencies(d, v)
@@ -100,6 +118,14 @@ def winners(d: Definition, best, versions: list) -> dict[str, list[str]]:
     if best.sha not in lat:
         raise ExportError(f"the best version {best.sha[:10]} of {d.name!r} has a trace that is not PASSED "
                           "(or no traces): not exportable")
+    meas = _measured(d, versions, measurement)
+
+    def beats(sha: str, cur: str, k: str) -> bool:
+        a, b = meas.get(cur, {}).get(k), meas.get(sha, {}).get(k)
+        if a is None or b is None:
+            a, b = lat[cur][k][0], lat[sha][k][0]
+        return b < a * ((1 - KEY_MARGIN) if cur == best.sha else 1.0)
+
     keys = sorted({k for l_v in lat.values() for k in l_v})
     won: dict[str, list[str]] = {best.sha: []}
     for k in keys:
@@ -107,11 +133,7 @@ def winners(d: Definition, best, versions: list) -> dict[str, list[str]]:
         for sha, l_v in lat.items():
             if sha == best.sha or k not in l_v:
                 continue
-            if cur is None:
-                cur = sha
-                continue
-            bar = lat[cur][k][0] * ((1 - KEY_MARGIN) if cur == best.sha else 1.0)
-            if l_v[k][0] < bar:
+            if cur is None or beats(sha, cur, k):
                 cur = sha
         won.setdefault(cur, []).append(lat[cur][k][1])
     return won
@@ -126,7 +148,8 @@ def export_task(lin, task: str, out_dir: Path, run_name: str,
         versions = lin.versions(task)
     except LineageError as e:
         raise ExportError(str(e)) from None
-    won = winners(d, best, versions)
+    m = lin.measurement(task)
+    won = winners(d, best, versions, m if m is not None and m.versions_count == len(versions) else None)
     by_sha = {v.sha: v for v in versions}
     task_dir = out_dir / safe_name(task)
     if task_dir.exists() and any(not (p / "manifest.json").exists() for p in task_dir.iterdir() if not p.name.startswith(".")):
