@@ -26,6 +26,11 @@ class EvalConfig(Strict):
     """The evaluator's settings (avo/harness/runner.py); `eval:` in a run config, `device` at its top level."""
     device: Literal["auto", "cuda", "interpret"] = "auto"
     trials: int = Field(default=3, ge=3)
+    # Trials per workload whose inputs stay the same for the evaluator's life, so their reference
+    # outputs are computed once and kept (up to kept_reference_bytes); the other trials get fresh
+    # inputs each evaluation, and at least one must (docs/architecture.md, Cascade).
+    kept_trials: int = Field(default=2, ge=0)
+    kept_reference_bytes: int = Field(default=1 << 30, ge=0)
     # Seconds per phase before the worker is killed (TIMEOUT); None = the defaults in
     # avo/harness/runner.py (docs/architecture.md, Time limits). compile: import and each
     # workload's first call (300 on CUDA, 60 in the interpreter; CUDA C++ builds 300 on both).
@@ -50,6 +55,13 @@ class EvalConfig(Strict):
     # Peer mode evaluates a trusted reference implementation (torch SDPA, xgrammar's kernel) with
     # the same cascade, minus the checks that forbid calling a library that does the task.
     peer: bool = False
+
+    @model_validator(mode="after")
+    def _one_fresh_trial(self):
+        if self.kept_trials >= self.trials:
+            raise ValueError(f"kept_trials ({self.kept_trials}) must be below trials ({self.trials}): "
+                             "at least one trial needs fresh inputs")
+        return self
 
 
 class HeuristicSpec(Strict):

@@ -285,9 +285,21 @@ def test_references_per_workload_are_trials_and_two_sets_each_way(tmp_path, writ
     task = load_task(str(write_tiny_double(tmp_path / "task", REFERENCE.replace(
         "    return x * 2", "    try:  # the reference worker; the sandboxed candidate worker's baseline calls cannot write\n"
         f"        open({str(calls)!r}, 'a').write(str(os.getpid()) + '\\n')\n    except OSError:\n        pass\n    return x * 2"))))
-    with Evaluator(EvalConfig(device="interpret", trials=3)) as e:
+    worker_calls = lambda: len([ln for ln in calls.read_text().splitlines() if ln != str(os.getpid())])  # noqa: E731
+    with Evaluator(EvalConfig(device="interpret", trials=3, kept_trials=2)) as e:
         assert e._n_sets(task, task.workloads[0]) == 5
         rep = e.evaluate(task, sol(HONEST))
-    assert rep.status == S.PASSED, rep.message
-    # (this process, the runner, also calls it once: sol.work counts the reference's FLOPs)
-    assert len([ln for ln in calls.read_text().splitlines() if ln != str(os.getpid())]) == 3 + POST_SETS + POST_SETS == 7
+        assert rep.status == S.PASSED, rep.message
+        # (this process, the runner, also calls it once: sol.work counts the reference's FLOPs)
+        assert worker_calls() == 3 + POST_SETS + POST_SETS == 7
+        # The next evaluation reuses the two kept trials' references: one fresh trial and the sets.
+        rep = e.evaluate(task, sol(HONEST.replace("64", "32"), "cand2"))
+        assert rep.status == S.PASSED, rep.message
+        assert worker_calls() == 7 + 1 + POST_SETS + POST_SETS
+        # A kept reference judges like a fresh one: a kernel off by one everywhere still fails.
+        rep = e.evaluate(task, sol(HONEST.replace("* 2, mask", "* 2 + 1, mask"), "wrong"))
+        assert rep.status == S.INCORRECT_NUMERICAL, rep.message
+    with Evaluator(EvalConfig(device="interpret", trials=3, kept_trials=0)) as e:  # keeping off: every trial fresh
+        before = worker_calls()
+        assert e.evaluate(task, sol(HONEST)).status == S.PASSED and e.evaluate(task, sol(HONEST)).status == S.PASSED
+        assert worker_calls() - before == 2 * 7

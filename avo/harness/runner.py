@@ -9,12 +9,15 @@ check as COMPILED_NOT_RUN."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import math
 import secrets
 import time
 from multiprocessing.connection import wait as wait_any
 from typing import Optional
 
+import torch
 from pydantic import BaseModel
 
 from avo.config import EvalConfig
@@ -149,6 +152,43 @@ def _key(seed):
     return tuple(seed) if isinstance(seed, (list, tuple)) else seed
 
 
+class KeptReferences:
+    """Reference outputs kept across evaluations, for the trials whose inputs stay the same for the
+    evaluator's life (`eval.kept_trials` per workload, seeds drawn once, unpredictably, at first
+    use). Every evaluation still runs at least one trial on fresh inputs, and its timed sets are
+    fresh, so a kernel that only knows the kept inputs fails; what keeping saves is the reference
+    (attention's fp32 reference was most of an evaluation's GPU time, docs/benchmarks.md). Bounded
+    by `eval.kept_reference_bytes`: an output over the budget is computed each time instead."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget, self.used = budget_bytes, 0
+        self.seeds: dict[str, list[int]] = {}  # workload identity -> its kept seeds
+        self.outputs: dict[tuple[str, int], dict] = {}
+
+    @staticmethod
+    def identity(task: Task, w: Workload) -> str:
+        """What the reference's answer depends on: the definition (its reference code with it),
+        the workload and the task's files."""
+        blob = json.dumps([task.definition.model_dump(mode="json"), w.model_dump(mode="json"),
+                           str(task.root) if task.root else None], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def seeds_for(self, ident: str, n: int, draw) -> list[int]:
+        have = self.seeds.setdefault(ident, [])
+        while len(have) < n:
+            have.append(draw())
+        return have[:n]
+
+    def get(self, ident: str, seed) -> Optional[dict]:
+        return self.outputs.get((ident, seed)) if isinstance(seed, int) else None
+
+    def put(self, ident: str, seed: int, outputs: dict) -> None:
+        size = sum(t.numel() * t.element_size() for t in outputs.values() if isinstance(t, torch.Tensor))
+        if (ident, seed) not in self.outputs and self.used + size <= self.budget:
+            self.outputs[(ident, seed)] = outputs
+            self.used += size
+
+
 class RefPipe:
     """The reference worker's outputs, asked for ahead and read as they arrive (one evaluation).
     `ask` sends a job without waiting, so the reference worker computes while the candidate
@@ -158,12 +198,15 @@ class RefPipe:
 
     def __init__(self, ev: "Evaluator", task: Task, by_uuid: dict[str, Workload]):
         self.ev, self.task, self.by_uuid = ev, task, by_uuid
+        self.kept, self.ident = ev.kept, {u: KeptReferences.identity(task, w) for u, w in by_uuid.items()}
+        self.keep: set[tuple] = set()  # (uuid, seed) of kept trials: their answers are stored for later evaluations
         self.results: dict[tuple, tuple[dict, float]] = {}  # (uuid, key) -> (outputs, round-trip seconds)
         self.asked: dict[tuple, float] = {}  # (uuid, key) asked and not yet answered -> when asked
         self.jobs = 0  # jobs sent whose "done" has not come
 
     def ask(self, uuid: str, seeds) -> None:
-        new = [s for s in seeds if (uuid, _key(s)) not in self.asked and (uuid, _key(s)) not in self.results]
+        new = [s for s in seeds if (uuid, _key(s)) not in self.asked and (uuid, _key(s)) not in self.results
+               and self.kept.get(self.ident[uuid], s) is None]
         if not new:
             return
         ref, task, w = self.ev.ref, self.task, self.by_uuid[uuid]
@@ -177,7 +220,7 @@ class RefPipe:
         self.jobs += 1
 
     def ready(self, uuid: str, seed) -> bool:
-        return (uuid, _key(seed)) in self.results
+        return (uuid, _key(seed)) in self.results or self.kept.get(self.ident[uuid], seed) is not None
 
     def pump(self, timeout: float) -> bool:
         """Read one message of the reference worker if one comes within `timeout`; False if none did
@@ -210,13 +253,19 @@ class RefPipe:
 
     def get(self, uuid: str, seed) -> tuple[dict, float]:
         """(outputs, seconds from ask to answer) of one seed, asked for now if it was not."""
+        kept = self.kept.get(self.ident[uuid], seed)
+        if kept is not None:
+            return kept, 0.0
         k = (uuid, _key(seed))
         if k not in self.results and k not in self.asked:
             self.ask(uuid, [seed])
         limit = self.ev.cfg.run_timeout_s or FIXED_RUN_S
         while k not in self.results:
             self.pump(limit)
-        return self.results.pop(k)
+        out = self.results.pop(k)
+        if k in self.keep:
+            self.kept.put(self.ident[uuid], seed, out[0])
+        return out
 
     def drain(self) -> None:
         """Every job answered: nothing of the reference runs on the GPU after this."""
@@ -249,6 +298,7 @@ class Evaluator:
         self.hw = sol.match_gpu_name(self.gpu_name) if self.gpu_name else None
         self.hardware = self.gpu_name or "CPU (Triton interpreter)"
         self.busy_s = 0.0  # wall time spent inside evaluate/ab: the evaluator's duty cycle
+        self.kept = KeptReferences(self.cfg.kept_reference_bytes)
         # This process holds what a candidate must not read (API keys in its environment, the
         # comparison in its memory): not dumpable, so the candidate worker, which holds no
         # capabilities, can neither read its /proc files nor ptrace it (avo/harness/sandbox.py).
@@ -396,7 +446,12 @@ class Evaluator:
 
         rng = secrets.SystemRandom()  # unpredictable seeds: nothing can be precomputed
         seed = lambda: rng.randrange(1, 2**62)
-        trial_seeds = {w.uuid: [seed() for _ in range(self.cfg.trials)] for w in wls}
+        trial_seeds = {}
+        for w in wls:  # kept trials (same inputs every evaluation, reference kept) and fresh ones, shuffled
+            kept = self.kept.seeds_for(pipe.ident[w.uuid], self.cfg.kept_trials, seed)
+            pipe.keep.update((w.uuid, s) for s in kept)
+            trial_seeds[w.uuid] = kept + [seed() for _ in range(self.cfg.trials - len(kept))]
+            rng.shuffle(trial_seeds[w.uuid])
         set_seeds = {w.uuid: [seed() for _ in range(self._n_sets(task, w))] for w in wls}
         # A cache keyed by pointer or shape hits on every set alike (and on the probes' calls made
         # again in new buffers), so POST_SETS refreshed sets see it as surely as all of them.
