@@ -12,7 +12,8 @@ seconds go (operator, the candidate evaluation's phases: import, compile, check,
 reference and compare within them; the gate and the rest of `eval_s`). In the interpreter the
 "GPU busy" column is the evaluator's busy share instead (no GPU), and says so. `--transfer host
 device` runs it once per `eval.output_transfer` (outputs through host memory, the old path, or
-shared on the GPU), one after the other in this process, for a before/after on one machine.
+shared on the GPU), one after the other in this process, for a before/after on one machine;
+`--kept-trials 0 2` likewise for the trials whose reference outputs the evaluator keeps.
 """
 from __future__ import annotations
 
@@ -104,6 +105,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=60.0, help="wall budget of each run (whichever ends first)")
     ap.add_argument("--transfer", nargs="+", choices=["device", "host"], default=["device"],
                     help="eval.output_transfer of each run (CUDA only; one run per value)")
+    ap.add_argument("--kept-trials", type=int, nargs="+", default=[2],
+                    help="eval.kept_trials of each run (one run per value: 0 = every trial fresh, the old path)")
     ap.add_argument("--device", choices=["auto", "cuda", "interpret"], default="auto")
     ap.add_argument("--lineage", type=Path, help="report an existing run's attempts instead of running one")
     a = ap.parse_args()
@@ -116,20 +119,21 @@ def main() -> int:
     from avo.evolve.loop import resolve_run_device
     device = resolve_run_device(a.device)
     for transfer in a.transfer:
-        code = one_run(a, device, transfer)
-        if code:
-            return code
+        for kept in a.kept_trials:
+            code = one_run(a, device, transfer, kept)
+            if code:
+                return code
     return 0
 
 
-def one_run(a, device: str, transfer: str) -> int:
+def one_run(a, device: str, transfer: str, kept: int) -> int:
     from avo.config import RunConfig
     from avo.ui.run import evolve_local
     with tempfile.TemporaryDirectory(prefix="avo-throughput-") as tmp:
         cfg = RunConfig.model_validate({
             "run": "throughput", "lineage_dir": str(Path(tmp) / "lin"), "tasks": [a.task], "islands_per_task": 2,
             "budget": {"attempts": a.attempts, "wall_minutes": a.minutes}, "gate": {"min_gain": 0.01, "rounds": 2},
-            "device": device, "eval": {"output_transfer": transfer}})
+            "device": device, "eval": {"output_transfer": transfer, "kept_trials": kept}})
         t0 = time.monotonic()
         with Utilisation() as util:
             code = evolve_local(cfg, live=False)
@@ -143,6 +147,7 @@ def one_run(a, device: str, transfer: str) -> int:
     busy = f"{100 * util.busy:.0f}% GPU busy (NVML, {len(util.samples)} samples)" if util.busy is not None else \
         "GPU busy: n/a (no NVML here; interpreter run)"
     how = f", outputs {'shared on the GPU' if transfer == 'device' else 'through host memory'}" if device == "cuda" else ""
+    how += f", {kept} kept trial(s) per workload"
     print(f"\n{a.task} on {device}{how}: {n} evaluations in {wall:.0f} s of wall time = {3600 * n / wall:.0f} "
           f"evaluations/hour; {busy}")
     print("\n".join(rows))

@@ -14,7 +14,8 @@
 #        serve (bench_apply_overhead), e2e with the shipped artifacts, then the bitmask winner measured against
 #        xgrammar's own kernel (a copy of the artifacts, so the repo's records stay) and e2e xgrammar with that record
 #   bash scripts/gpu_verify.sh throughput [TASKS]  # scripts/bench_throughput.py: evals/GPU-hour, GPU busy, seconds per phase
-#        (spawn, import, compile, check, time, gate); MINUTES per run (default 2), TRANSFER="host device" adds the host path
+#        (spawn, import, compile, check, time, gate); MINUTES per run (default 2), TRANSFER="host device" adds the host path,
+#        KEPT="0 2" the run without kept trials (every trial's reference computed each evaluation)
 #   bash scripts/gpu_verify.sh timing [TASKS]   # the channel/timing GPU tests, then events vs CUPTI per workload (bench_timing_methods.py)
 #   bash scripts/gpu_verify.sh bench [WHICH]    # peer benchmarks (rewrite docs/benchmarks.md sections); WHICH:
 #        (none) both scripts on the seeds; attention | memory | grammar | megakernel: the evolved kernels vs seeds and peers;
@@ -67,7 +68,7 @@ case "${1:-evals}" in
   throughput)  # evaluations per GPU-hour, GPU busy fraction, seconds per phase (issue 22's before/after)
     for t in ${2:-grammar_bitmask attention_mha_fwd}; do
       timeout "${THROUGHPUT_S:-330}" python3 scripts/bench_throughput.py --task "$t" --attempts "${N:-200}" --minutes "${MINUTES:-2}" \
-        --transfer ${TRANSFER:-device} --device cuda 2>&1 | grep -A12 "evaluations/hour" | tee -a "$OUT/throughput.log"
+        --transfer ${TRANSFER:-device} --kept-trials ${KEPT:-2} --device cuda 2>&1 | grep -A12 "evaluations/hour" | tee -a "$OUT/throughput.log"
     done ;;
   timing)  # CUDA IPC outputs and CUPTI on this GPU, then the events-vs-CUPTI table (docs/benchmarks.md)
     timeout 120 python3 -m pytest -q -m gpu -o addopts="" -p no:cacheprovider tests/test_channel.py tests/test_timing_method.py 2>&1 | tail -5
