@@ -3,6 +3,7 @@
 (evaluation failed). Imports happen inside the commands so `avo --help` loads no torch."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -83,23 +84,36 @@ def eval_cmd(target: str = typer.Argument(..., help="task name, problem director
         sol = load_solution(task, candidate)
     except TaskError as e:
         die(str(e))
-    from avo.harness.runner import EvalConfig, Evaluator  # torch: after the cheap checks
+    from avo.harness.runner import EvalConfig  # torch: after the cheap checks
+    from avo.harness.served import ADDRESS_ENV, NotServed, served_or_local
     from avo.harness.workerproc import HarnessError
+    served = os.environ.get(ADDRESS_ENV) or None  # `avo workspace serve`'s evaluator: no worker start-up
+    if served and not Path(served).exists():
+        die(f"{ADDRESS_ENV}={served}: no such socket (is `avo workspace serve` running?)")
+    cfg = EvalConfig(device=device, peer=peer, compile_timeout_s=compile_timeout, run_timeout_s=run_timeout)
+    note = lambda text: console.print(f"[yellow]{text}[/yellow]", highlight=False)  # noqa: E731
+
+    def evaluate_on(ev):
+        if ev.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                die("--device cuda but no CUDA device is visible")
+        wls = ev.default_workloads(task)
+        if workloads:
+            want = workloads.split(",")
+            wls = [w for w in task.workloads if w.uuid in want]
+            missing = set(want) - {w.uuid for w in wls}
+            if missing:
+                die(f"unknown workloads: {', '.join(sorted(missing))}")
+        return ev.evaluate(task, sol, wls)
     try:
-        with Evaluator(EvalConfig(device=device, peer=peer, compile_timeout_s=compile_timeout,
-                                  run_timeout_s=run_timeout)) as ev:
-            if ev.device == "cuda":
-                import torch
-                if not torch.cuda.is_available():
-                    die("--device cuda but no CUDA device is visible")
-            wls = ev.default_workloads(task)
-            if workloads:
-                want = workloads.split(",")
-                wls = [w for w in task.workloads if w.uuid in want]
-                missing = set(want) - {w.uuid for w in wls}
-                if missing:
-                    die(f"unknown workloads: {', '.join(sorted(missing))}")
-            rep = ev.evaluate(task, sol, wls)
+        try:
+            with served_or_local(Path(served) if served else None, cfg, note) as ev:
+                rep = evaluate_on(ev)
+        except NotServed as e:  # another task than the served run's: this process evaluates it
+            note(f"{e}: evaluating here instead")
+            with served_or_local(None, cfg, note) as ev:
+                rep = evaluate_on(ev)
     except HarnessError as e:
         die(str(e), 1)
     from avo.schema import EvaluationStatus
@@ -219,6 +233,23 @@ def workspace_open(run: str = typer.Argument(..., help="run name under lineages/
     except (LineageError, ConfigError, EvolveError) as e:
         die(str(e), getattr(e, "code", 2))
     print(folder)
+
+
+@workspace_app.command("serve")
+def workspace_serve(run: str = typer.Argument(..., help="run name under lineages/ or a lineage path")) -> None:
+    """Keep the run's evaluator up for its submits (and `avo eval` with AVO_EVALUATOR set): no worker
+    start-up per call. Runs until Ctrl-C."""
+    from avo.config import ConfigError
+    from avo.evolve.state import EvolveError
+    from avo.evolve.workspace import serve_run
+    from avo.harness.workerproc import HarnessError
+    from avo.lineage import LineageError
+    try:
+        serve_run(run, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+    except (LineageError, ConfigError, EvolveError) as e:
+        die(str(e), getattr(e, "code", 2))
+    except HarnessError as e:
+        die(f"evaluator: {e}", 1)
 
 
 @workspace_app.command("submit")

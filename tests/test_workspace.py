@@ -96,3 +96,95 @@ def test_a_give_up_is_recorded_and_a_wrong_island_refused(run):
     assert rec.operator == "workspace" and rec.status == "GAVE_UP" and rec.note == "workspace gave up: nothing beats the seed here"
     r = cli("workspace", "submit", str(run), str(run))
     assert r.exit_code == 2 and "not a workspace" in r.output
+
+
+def _submit_one(run: Path, block: int):
+    r = cli("workspace", "open", str(run), "--island", "0", "--agent", "served")
+    assert r.exit_code == 0, r.output
+    folder = Path(r.output.strip())
+    k = folder / "kernel.py"
+    import re
+    k.write_text(re.sub(r"BLOCK_SIZE=\d+,", f"BLOCK_SIZE={block},", k.read_text(), count=1))
+    (folder / "SUBMIT.md").write_text(f"BLOCK_SIZE {block}\n")
+    r = cli("workspace", "submit", str(run), str(folder))
+    with Lineage.open(run) as lin:
+        rec = lin.attempts()[-1]
+    assert rec.note.startswith(f"BLOCK_SIZE {block}") and rec.status in ("PASSED", "REJECTED"), r.output
+    return r, rec
+
+
+def test_a_served_evaluator_judges_submits_and_evals_without_starting_workers(run, tmp_path):
+    """`avo workspace serve RUN` (a real server process on its Unix socket): submits and `avo eval`
+    with AVO_EVALUATOR go to its evaluator, whose workers are up already (no `spawn` in the
+    attempt's phases); a request for another device gets a one-line refusal; a socket left by a
+    server that is gone makes a submit evaluate by itself, with a note."""
+    import os
+    import socket
+    import sys
+    import time
+    from avo.harness.served import ADDRESS_ENV, KEY_FILE, address_for
+    from avo.tasks import REPO_ROOT
+    log = tmp_path / "serve.log"
+    server = subprocess.Popen([sys.executable, "-m", "avo.cli", "workspace", "serve", str(run)], cwd=REPO_ROOT,
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "300"})
+    address = address_for(run)
+    try:
+        for _ in range(600):
+            if "evaluator served at" in log.read_text() or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert f"evaluator served at {address}" in log.read_text(), log.read_text()
+        assert oct(address.parent.stat().st_mode & 0o777) == "0o700"
+        assert oct((address.parent / KEY_FILE).stat().st_mode & 0o777) == "0o600"
+        for block in (512, 1024):
+            r, rec = _submit_one(run, block)
+            assert "evaluating here instead" not in r.output
+        assert "spawn" not in rec.eval_phases, rec.eval_phases  # the second: the served workers were up
+        served = log.read_text()
+        assert served.count("evaluate grammar_bitmask: ok") == 2 and "ab grammar_bitmask: ok" in served  # the gate's A/B went there too
+        env = {**os.environ, ADDRESS_ENV: str(address)}
+        e = subprocess.run([sys.executable, "-m", "avo.cli", "eval", "grammar_bitmask", "kernels/grammar/bitmask_seed.py",
+                            "--device", "interpret", "--workloads", SMALL_WL], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert e.returncode == 0 and "PASSED" in e.stdout, e.stdout + e.stderr
+        assert log.read_text().count("evaluate grammar_bitmask: ok") == 3
+        e = subprocess.run([sys.executable, "-m", "avo.cli", "eval", "grammar_bitmask", "kernels/grammar/bitmask_seed.py",
+                            "--device", "cuda"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert e.returncode == 1 and "served for device interpret" in e.stderr, e.stdout + e.stderr
+        # Anyone holding the key (the candidate worker can read it) gets JSON answers only: a pickle
+        # is not read, and a task is only ever the server's own (a client's reference would run
+        # unsandboxed in the reference worker), so a changed copy is refused.
+        from multiprocessing.connection import Client
+        key = (address.parent / KEY_FILE).read_bytes()
+        with Client(str(address), family="AF_UNIX", authkey=key) as c:
+            c.send(("evaluate", ("os.system",)))  # a pickle: the session ends, nothing unpickled
+            with pytest.raises((EOFError, OSError)):
+                c.recv_bytes()
+        from avo.harness.served import task_digest
+        from avo.tasks import load_task
+        mine = load_task("grammar_bitmask")
+        mine.definition.reference = "import os\nos.system('touch /tmp/pwned')\n" + mine.definition.reference
+        with Client(str(address), family="AF_UNIX", authkey=key) as c:
+            c.send_bytes(json.dumps({"method": "evaluate", "task": "grammar_bitmask", "digest": task_digest(mine),
+                                     "solutions": [], "config": {"device": "interpret"}}).encode())
+            assert "is not served here as the client loaded it" in json.loads(c.recv_bytes())["not_served"]
+        e = subprocess.run([sys.executable, "-m", "avo.cli", "eval", "layout_transpose2d", "kernels/layout/transpose2d_seed.py",
+                            "--device", "interpret"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert e.returncode == 0 and "evaluating here instead" in e.stdout, e.stdout + e.stderr  # not the run's task
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+    assert not address.exists() and not (address.parent / KEY_FILE).exists()  # cleaned up on SIGTERM
+    # A socket file nobody listens on (a killed server's): the submit evaluates by itself and says so.
+    address.parent.mkdir(mode=0o700, exist_ok=True)
+    (address.parent / KEY_FILE).write_bytes(b"k" * 32)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(address))
+    s.close()
+    try:
+        r, rec = _submit_one(run, 4096)
+        assert "no evaluator answers at" in r.output and "evaluating here instead" in r.output
+        assert "spawn" in rec.eval_phases  # its own workers started: what the served ones save
+    finally:
+        address.unlink(missing_ok=True)
+        (address.parent / KEY_FILE).unlink(missing_ok=True)

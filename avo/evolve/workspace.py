@@ -10,7 +10,8 @@ the evolve loop (avo/evolve/loop.py `step`: admitted, evaluated, gated against t
 as it is now, settled, recorded in attempts.jsonl, committed when accepted), with
 `workspace.log` (opening, submission, NOTES.md) as the transcript.
 
-Both take the run's lock: not while `avo evolve` runs the same run."""
+Both take the run's lock: not while `avo evolve` runs the same run. `serve_run` keeps one evaluator
+up for a run's submits (avo/harness/served.py): without it each submit starts its own workers."""
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from avo.config import ConfigError, ExternalSpec, RunConfig
 from avo.evolve.setup import IslandRef
 from avo.evolve.state import EXIT_USAGE, EvolveError, RunState, version_view
+from avo.harness.served import ADDRESS_ENV, address_for, serve, served_or_local
 from avo.lineage import AttemptRecord, Lineage, resolve_run
 from avo.lineage.records import now_iso
 from avo.lineage.repo import CONFIG_FILE
@@ -103,7 +105,9 @@ def open_workspace(run: str, island: int = 0, task: Optional[str] = None, agent:
         folder = wd / "agent"
         finish = (f"Then run `avo workspace submit {run} {folder}`: it evaluates the kernel, passes it through "
                   f"the commit gate against the island best as it is then, and records the attempt (a commit "
-                  f"when accepted). Not while `avo evolve` runs this run: both need it to themselves.")
+                  f"when accepted). Not while `avo evolve` runs this run: both need it to themselves. "
+                  f"Where `avo workspace serve {run}` runs, submits use its evaluator (no worker start-up "
+                  f"each time), and so does `avo eval` with {ADDRESS_ENV}={address_for(state.lineage.path)} set.")
         try:
             _operator(state, agent).prepare(view, ctx, finish_note=finish)
         except BaseException:
@@ -155,7 +159,6 @@ def submit_workspace(run: str, folder: Path) -> tuple[AttemptRecord, list[tuple[
     """Judge, gate and record what the agent left in a workspace, as an external step's outcome;
     (the attempt's record, the run's event lines)."""
     from avo.evolve.loop import step
-    from avo.harness.runner import Evaluator
     wd, folder, meta = workspace_of(folder)
     if meta.get("submitted"):
         raise EvolveError(f"{wd.name} was already submitted (attempt {meta['submitted']}); open a new workspace",
@@ -168,7 +171,8 @@ def submit_workspace(run: str, folder: Path) -> tuple[AttemptRecord, list[tuple[
         state.close()
         raise EvolveError(f"{wd.name} belongs to run {meta['run']} ({meta['lineage']}), not {run}", EXIT_USAGE)
     try:
-        with Evaluator(state.cfg.eval_config()) as ev:
+        with served_or_local(address_for(state.cfg.lineage_path), state.cfg.eval_config(),
+                             lambda text: state.display.event(text, "yellow")) as ev:
             state.open_lineage()
             if state.lineage.rev_parse(meta["parent"]) is None:
                 raise EvolveError(f"the workspace's parent {meta['parent'][:10]} is not in this lineage", EXIT_USAGE)
@@ -185,3 +189,12 @@ def submit_workspace(run: str, folder: Path) -> tuple[AttemptRecord, list[tuple[
     return rec, events
 
 
+def serve_run(run: str, say=print) -> None:
+    """`avo workspace serve RUN`: the run's evaluator kept up for its submits (and `avo eval`s)
+    until Ctrl-C or SIGTERM (avo/harness/served.py). It holds no lineage lock: submits do."""
+    state = run_state(run)
+    address, cfg = address_for(state.cfg.lineage_path), state.cfg.eval_config()
+    tasks = [setup.task for setup in state.tasks.values()]
+    state.close()
+    say(f"submits of run {state.cfg.run} use it; for `avo eval`: export {ADDRESS_ENV}={address}")
+    serve(address, cfg, tasks, say)
