@@ -254,7 +254,9 @@ def workspace_serve(run: str = typer.Argument(..., help="run name under lineages
 
 @workspace_app.command("submit")
 def workspace_submit(run: str = typer.Argument(..., help="run name under lineages/ or a lineage path"),
-                     folder: Path = typer.Argument(..., help="the folder `avo workspace open` printed")) -> None:
+                     folder: Path = typer.Argument(..., help="the folder `avo workspace open` printed"),
+                     rebase: bool = typer.Option(False, help="merge the change onto the island best as it is now "
+                                                 "(when it moved since the workspace opened) before judging it")) -> None:
     """Judge, gate and record what the agent left in a workspace (SUBMIT.md + kernel, or
     GIVEUP.md), as an external-agent step; exit 0 when committed, 1 when not."""
     from avo.config import ConfigError
@@ -263,7 +265,7 @@ def workspace_submit(run: str = typer.Argument(..., help="run name under lineage
     from avo.harness.workerproc import HarnessError
     from avo.lineage import LineageError
     try:
-        rec, events = submit_workspace(run, folder)
+        rec, events = submit_workspace(run, folder, rebase=rebase)
     except (LineageError, ConfigError, EvolveError) as e:
         die(str(e), getattr(e, "code", 2))
     except HarnessError as e:

@@ -188,3 +188,42 @@ def test_a_served_evaluator_judges_submits_and_evals_without_starting_workers(ru
     finally:
         address.unlink(missing_ok=True)
         (address.parent / KEY_FILE).unlink(missing_ok=True)
+
+
+def test_submit_rebase_merges_the_change_onto_the_moved_best(run):
+    """A workspace opened before the island best moved: `--rebase` merges the agent's change onto
+    the best as it is now (the evaluated kernel has both), records the new best as its parent and
+    keeps the agent's file; a change that conflicts with the move is refused in one line."""
+    import re
+    from avo.tasks import source_hash
+    opened = []
+    for _ in range(2):
+        r = cli("workspace", "open", str(run), "--island", "1", "--agent", "rebased")
+        assert r.exit_code == 0, r.output
+        opened.append(Path(r.output.strip()))
+    with Lineage.open(run) as lin:  # the best moves on (as another workspace's accepted attempt would)
+        h = lin.head("grammar_bitmask", 1)
+        moved = h.source + "\n# the island best moved on\n"
+        meta = h.meta.model_copy(update={"source_hash": source_hash(moved), "attempt": None, "note": "moved"})
+        moved_sha = lin.commit_version(meta, moved, "".join(t.model_dump_json() + "\n" for t in h.traces), "moved")
+    ok, clash = opened
+    k = ok / "kernel.py"
+    block = int(re.search(r"BLOCK_SIZE=(\d+),", k.read_text()).group(1))
+    k.write_text(k.read_text().replace(f"BLOCK_SIZE={block},", f"BLOCK_SIZE={block * 2},", 1))
+    (ok / "SUBMIT.md").write_text("BLOCK_SIZE x2 on top of the moved best\n")
+    r = cli("workspace", "submit", str(run), str(ok), "--rebase")
+    assert r.exit_code in (0, 1), r.output
+    with Lineage.open(run) as lin:
+        rec = lin.attempts()[-1]
+    assert rec.note.startswith("BLOCK_SIZE x2") and rec.status in ("PASSED", "REJECTED"), r.output
+    assert rec.parent == moved_sha
+    merged = k.read_text()
+    assert f"BLOCK_SIZE={block * 2}," in merged and merged.endswith("# the island best moved on\n")
+    assert "moved on" not in (ok / "kernel.py.agent").read_text()
+    assert f"merged onto the island best {moved_sha[:10]}" in (ok.parent / "workspace.log").read_text()
+    # the other workspace edits the very line the move touched: no silent merge
+    c = clash / "kernel.py"
+    c.write_text(c.read_text() + "\n# my own last line\n")
+    (clash / "SUBMIT.md").write_text("a last line\n")
+    r = cli("workspace", "submit", str(run), str(clash), "--rebase")
+    assert r.exit_code == 2 and "does not merge onto the island best" in r.output and "1 conflicting hunk(s)" in r.output

@@ -155,9 +155,43 @@ class _Submitted:
         return out
 
 
-def submit_workspace(run: str, folder: Path) -> tuple[AttemptRecord, list[tuple[str, str]]]:
+def _rebase(state: RunState, wd: Path, folder: Path, meta: dict) -> None:
+    """The agent's change (workspace parent -> its kernel) merged onto the island best as it is now
+    (`git merge-file`), so an edit written for an older best lands on the current one; the
+    agent's own file stays beside it as <kernel>.agent. A conflict is an error naming the hunks."""
+    import subprocess
+    import tempfile
+    head = state.lineage.head(meta["task"], meta["island"])
+    if head is None or head.sha == meta["parent"]:
+        return
+    name = state.view_for(state.island(meta["label"]), head, head).kernel_name
+    mine = folder / name
+    if not mine.exists() or (folder / "GIVEUP.md").exists():
+        return
+    base = state.lineage.version(meta["parent"]).source
+    with tempfile.TemporaryDirectory() as tmp:
+        b, h = Path(tmp) / "base", Path(tmp) / "head"
+        b.write_text(base)
+        h.write_text(head.source)
+        r = subprocess.run(["git", "merge-file", "-p", "-L", "yours", "-L", f"parent {meta['parent'][:10]}",
+                            "-L", f"island best {head.sha[:10]}", str(mine), str(b), str(h)],
+                           capture_output=True, text=True)
+    if r.returncode != 0:
+        why = f"{r.returncode} conflicting hunk(s)" if r.returncode > 0 else r.stderr.strip()
+        raise EvolveError(f"{mine}: the change does not merge onto the island best {head.sha[:10]} ({why}); "
+                          f"submit without --rebase, or open a new workspace on the best", EXIT_USAGE)
+    (folder / f"{name}.agent").write_text(mine.read_text())
+    mine.write_text(r.stdout)
+    with open(wd / LOG_FILE, "a") as log:
+        log.write(f"[avo] {now_iso()} rebased: the change from parent {meta['parent'][:10]} merged onto the "
+                  f"island best {head.sha[:10]} (the agent's file: {name}.agent)\n")
+    meta["parent"] = head.sha
+
+
+def submit_workspace(run: str, folder: Path, rebase: bool = False) -> tuple[AttemptRecord, list[tuple[str, str]]]:
     """Judge, gate and record what the agent left in a workspace, as an external step's outcome;
-    (the attempt's record, the run's event lines)."""
+    (the attempt's record, the run's event lines). `rebase`: the agent's change is first merged
+    onto the island best as it is now (`_rebase`), when the best moved since the workspace opened."""
     from avo.evolve.loop import step
     wd, folder, meta = workspace_of(folder)
     if meta.get("submitted"):
@@ -176,6 +210,8 @@ def submit_workspace(run: str, folder: Path) -> tuple[AttemptRecord, list[tuple[
             state.open_lineage()
             if state.lineage.rev_parse(meta["parent"]) is None:
                 raise EvolveError(f"the workspace's parent {meta['parent'][:10]} is not in this lineage", EXIT_USAGE)
+            if rebase:
+                _rebase(state, wd, folder, meta)
             rec = step(state, ev, state.island(meta["label"]), op=_Submitted(state, wd, folder, meta))
     finally:
         state.close()
