@@ -86,6 +86,8 @@ POINTS = [
     dict(ORDER="stage", QUEUE=False, ATTN_SPLITS=1, BLOCK_N=4, MLP_BLOCK_N=4, NORM_BLOCK=256, ATTN_BLOCK_KV=8),
     # batch 3 > BLOCK_B: the tensor-core (tl.dot) path of every GEMV, the MLP's gate and up tiles included
     dict(BLOCK_B=2, DOT_B=16, DOT_K=32, BLOCK_N=16, MLP_BLOCK_N=16, BLOCK_K=64),
+    # MLP tiles of 8 rows past BLOCK_B: one padded 16-row tl.dot (rows 8-15 masked) instead of FMA chunks
+    dict(BLOCK_B=2, DOT_B=16, DOT_K=32, BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=64),
     # FMA chunks of one sequence: each weight tile re-read per chunk (DOT_B 0), a K tail (48 = 32 + 16)
     dict(BLOCK_B=1, DOT_B=0, BLOCK_N=8, MLP_BLOCK_N=4, BLOCK_K=32),
 ]

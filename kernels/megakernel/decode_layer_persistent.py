@@ -419,9 +419,21 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, kvlen_ptr, n_tasks, spin_limit,
             elif op == 5:  # NORM2
                 _rms_rows(h_ptr, mnw_ptr, hn_ptr, a0, a1, H, eps, NORM_BLOCK)
             elif op == 6:  # MLP: act = silu(hn wg^T) * (hn wu^T), gate and up rows in one tile
-                offs_m = a0 + tl.arange(0, MLP_BLOCK_N)
-                _gemv(hn_ptr, wg_ptr + offs_m * H, wu_ptr + offs_m * H, offs_m < MLPD, batch, H, act_ptr, MLPD, offs_m,
-                      x_ptr, MLP_BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 3)
+                if (MLP_BLOCK_N < 16) and (DOT_B >= 16) and (batch > BLOCK_B):
+                    # Past BLOCK_B an MLP tile narrower than tl.dot's 16 rows would take FMA chunks,
+                    # each re-reading the tile (the MLP is 2/3 of the layer's bytes: 8 reads at B64).
+                    # Instead one padded 16-row dot per DOT_B sequences; the padding rows are masked
+                    # (never loaded), their MMA work is free in a memory-bound GEMV.
+                    rows16 = a0 + tl.arange(0, 16)  # (names of their own: Triton types a name once per if)
+                    ok16 = (rows16 < a0 + MLP_BLOCK_N) & (rows16 < MLPD)
+                    for b16 in range(0, batch, DOT_B):
+                        g16, u16 = _gemv_dot(hn_ptr, wg_ptr + rows16 * H, wu_ptr + rows16 * H, ok16, b16, batch, H,
+                                             16, DOT_B, DOT_K, True)
+                        _gemv_store(g16, u16, b16, batch, act_ptr, MLPD, rows16, ok16, x_ptr, DOT_B, 3)
+                else:
+                    offs_m = a0 + tl.arange(0, MLP_BLOCK_N)
+                    _gemv(hn_ptr, wg_ptr + offs_m * H, wu_ptr + offs_m * H, offs_m < MLPD, batch, H, act_ptr, MLPD,
+                          offs_m, x_ptr, MLP_BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 3)
             elif op == 7:  # DOWN: out = h + act @ w_down^T
                 offs_n = a0 + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < H
