@@ -20,6 +20,9 @@
 #   bash scripts/gpu_verify.sh bench [WHICH]    # peer benchmarks (rewrite docs/benchmarks.md sections); WHICH:
 #        (none) both scripts on the seeds; attention | memory | grammar | megakernel: the evolved kernels vs seeds and peers;
 #        problems: scripts/bench_problem.py on the run of configs/gpu_problems.yaml (reference-only user problems)
+#   bash scripts/gpu_verify.sh fa4-stage; ... fa4   # FlashAttention-4 as a peer, two calls on one warm machine
+#        (FA4=1 prepare_device_wheels.sh; call 1 carries .whl-fa4a, call 2 .whl-fa4b): bench_attention with the FA4 peer
+#        next to KERNEL (default the shipped MHA winner) on WL, then `avo eval` of the peer
 #   bash scripts/gpu_verify.sh sweep GRID       # scripts/sweep_knobs.py --grid GRID (scripts/sweeps/GRID.json); WL overrides its workloads
 #   bash scripts/gpu_verify.sh ncu              # Nsight Compute per launch of the exported decode layer (target: scripts/call_kernel.py)
 set -uo pipefail
@@ -33,7 +36,7 @@ fi
 export COLUMNS=160 PYTHONUNBUFFERED=1
 avo() { python3 -m avo.cli "$@"; }
 usage() {
-  echo "usage: $0 evals | evolve CONFIG | ray1 | agentic | e2e | apply | throughput [TASKS] | timing [TASKS] | bench [attention|memory|grammar|megakernel] | sweep GRID | ncu" >&2
+  echo "usage: $0 evals | evolve CONFIG | ray1 | agentic | e2e | apply | throughput [TASKS] | timing [TASKS] | bench [attention|memory|grammar|megakernel] | fa4-stage | fa4 | sweep GRID | ncu" >&2
   exit 2
 }
 evolve_part() {  # run name, config, minutes, extra `avo evolve` arguments
@@ -113,6 +116,19 @@ case "${1:-evals}" in
       *) usage ;;
     esac
     cp docs/benchmarks.md "$OUT/" ;;
+  fa4-stage)  # call 1 of the FlashAttention-4 peer (FA4=1 prepare_device_wheels.sh; carry .whl-fa4a): half its compiler to /tmp
+    mkdir -p /tmp/fa4 && cp .whl-fa4a/cu13.part00 /tmp/fa4/ && ls -la /tmp/fa4 ;;
+  fa4)  # call 2, on the same warm machine (carry .whl-fa4b): install FA4, then it next to the island's kernel and SDPA
+    [ -f /tmp/fa4/cu13.part00 ] || { echo "no /tmp/fa4/cu13.part00: run fa4-stage on this machine first" >&2; exit 2; }
+    mkdir -p /tmp/fa4site && cat /tmp/fa4/cu13.part00 .whl-fa4b/cu13.part01 | tar xJ -C /tmp/fa4site
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fa4site .whl-fa4b/*.whl >/dev/null 2>&1
+    export PYTHONPATH=$PYTHONPATH:/tmp/fa4site
+    K=${KERNEL:-kernels/attention/evolved/mha_fwd_h100/sources/kernel.py}  # or an island's best kernel.py
+    timeout "${BENCH_S:-420}" python3 scripts/bench_attention.py --tasks attention_mha_fwd --repeats 3 --no-doc \
+      --workloads "${WL:-gpu_b4_h32_s4096_d128_full,gpu_b4_h32_s4096_d128_causal,gpu_b16_h16_s1024_d128_causal,gpu_b2_h32_s8192_d128_causal}" \
+      --kernel "attention_mha_fwd=$K" --peer attention_mha_fwd=kernels/peers/attention_fa4.py 2>&1 | tee "$OUT/bench_fa4.log" | tail -30
+    avo eval attention_mha_fwd kernels/peers/attention_fa4.py --peer --device cuda \
+      --workloads gpu_b4_h32_s4096_d128_full,gpu_b4_h32_s4096_d128_causal --json "$OUT/attention_fa4.jsonl" 2>&1 | tail -12 ;;
   sweep)  # a knob grid of scripts/sweeps/ (design-space map); the table rows go to $OUT/sweep_<grid>.log
     [ -n "${2:-}" ] || { echo "grids: $(ls scripts/sweeps | sed 's/\.json$//' | tr '\n' ' ')" >&2; usage; }
     g=$(basename "${2%.json}")
