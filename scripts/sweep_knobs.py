@@ -7,8 +7,8 @@
 Each JSON object is merged into the file's CONFIG (the file is not changed; `{}` = as written).
 A grid file (scripts/sweeps/<name>.json, or any path) holds one or more such sweeps as data: each
 entry of its "runs" gives task, kernel, settings and optionally base (merged under every setting),
-workloads, peers, fp32_reference and profile; `--workloads` on the command line overrides every
-run's. The runs go one after another in this process; the exit code is the worst of them.
+workloads (or batches and kv: the decode layer at those batches), peers, fp32_reference and
+profile; `--workloads` on the command line overrides every run's. The runs go one after another in this process; the exit code is the worst of them.
 Every setting is checked against the eager reference (task tolerance) before do_bench times it;
 rows come from scripts/bench_memory_bound.py's bench_workload (same timing, GB/s, % SOL). A quick
 map of the design space before a run, or of where a lineage's winner sits in it; the evaluator
@@ -89,7 +89,7 @@ def kernel_profile(task, w, run, calls: int = 20) -> str:
 
 
 SWEEPS = HERE / "sweeps"
-RUN_KEYS = {"task", "kernel", "settings", "base", "workloads", "peers", "fp32_reference", "profile", "about"}
+RUN_KEYS = {"task", "kernel", "settings", "base", "workloads", "batches", "kv", "peers", "fp32_reference", "profile", "about"}
 
 
 def grid_path(name: str) -> Path:
@@ -121,6 +121,8 @@ def grid_argvs(path: Path, workloads: Optional[str]) -> list[list[str]]:
         argv += [json.dumps({**base, **s}) for s in run["settings"]]
         wl = workloads or run.get("workloads")
         argv += ["--workloads", wl] if wl else []
+        argv += ["--batches", ",".join(map(str, run["batches"]))] if run.get("batches") else []
+        argv += ["--kv", str(run["kv"])] if run.get("kv") is not None else []
         for p in run.get("peers", []):
             argv += ["--peer", p]
         argv += ["--fp32-reference"] if run.get("fp32_reference") else []
@@ -156,6 +158,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("kernel", type=Path)
     ap.add_argument("settings", nargs="+", help="JSON objects merged into CONFIG")
     ap.add_argument("--workloads", default=None, help="regex on GPU workload uuids")
+    ap.add_argument("--batches", default=None, metavar="B1,B2,..",
+                    help="decode layer: its gpu_b1_kv4000 workload at these batches instead of its workloads "
+                         "(the tl.dot path past BLOCK_B runs only there)")
+    ap.add_argument("--kv", type=int, default=4000, help="KV length of the --batches workloads")
     ap.add_argument("--peer", "--peers", dest="peers", action="append", default=[],
                     help="a peer row from bench_memory_bound (e.g. 'xgrammar triton'); repeat for more")
     ap.add_argument("--fp32-reference", action="store_true",
@@ -178,7 +184,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         bad = [p for p in a.peers if p not in known or p == "torch eager"]
         if bad:
             raise bmb.BenchError(f"peer {bad[0]!r} is not one of {a.task}'s: {', '.join(known[1:]) or 'none'}")
-        wls = [w for w in task.select("gpu") if not a.workloads or bmb.re.search(a.workloads, w.uuid)]
+        if a.batches:
+            if bmb.family(a.task) != "megakernel":
+                raise bmb.BenchError(f"--batches is for the decode layer, not {a.task}")
+            wls = bmb.batch_sweep(task, bmb.parse_batches(a.batches), a.kv)
+        else:
+            wls = [w for w in task.select("gpu") if not a.workloads or bmb.re.search(a.workloads, w.uuid)]
         if not wls:
             raise bmb.BenchError(f"no GPU workload of {a.task} matches {a.workloads!r}")
     except (bmb.BenchError, bmb.TaskError) as e:

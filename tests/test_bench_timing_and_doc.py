@@ -134,6 +134,24 @@ def test_sweep_knobs_peer_flag_takes_one_name_and_bad_input_is_one_line():
     assert rc == 2 and len(err) == 1 and "WORD_TILE=3 not in the kernel's TUNABLES" in err[0]
     rc, err = sweep("{nope")
     assert rc == 2 and len(err) == 1 and "is not JSON" in err[0]
+    rc, err = sweep("{}", "--batches", "16,64")
+    assert rc == 2 and err == ["error: --batches is for the decode layer, not grammar_bitmask"]
+
+
+def test_sweep_grid_batches_reach_the_decode_layer_sweep():
+    """A grid run's "batches"/"kv" (the persistent megakernel's tl.dot path, only past batch 8)
+    become --batches/--kv, which build the decode layer's workloads at those batches."""
+    import importlib.util
+    from avo.tasks import REPO_ROOT, load_task
+    spec = importlib.util.spec_from_file_location("sweep_knobs", REPO_ROOT / "scripts" / "sweep_knobs.py")
+    sk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sk)
+    argvs = sk.grid_argvs(sk.grid_path("megakernel-persistent"), None)
+    dot = next(a for a in argvs if "--batches" in a)
+    assert dot[dot.index("--batches") + 1] == "16,64" and dot[dot.index("--kv") + 1] == "4000"
+    assert '{"DOT_STAGES": 3}' in dot
+    wls = sk.bmb.batch_sweep(load_task("megakernel_decode_layer"), sk.bmb.parse_batches("16,64"), 4000)
+    assert [(w.uuid, w.axes["batch"]) for w in wls] == [("gpu_b16_kv4000_bfloat16", 16), ("gpu_b64_kv4000_bfloat16", 64)]
 
 
 def test_bitmask_floor_counts_sectors_and_reads_the_recorded_peer(tmp_path):

@@ -87,7 +87,7 @@ POINTS = [
     # batch 3 > BLOCK_B: the tensor-core (tl.dot) path of every GEMV, the MLP's gate and up tiles included
     dict(BLOCK_B=2, DOT_B=16, DOT_K=32, BLOCK_N=16, MLP_BLOCK_N=16, BLOCK_K=64),
     # MLP tiles of 8 rows past BLOCK_B: one padded 16-row tl.dot (rows 8-15 masked) instead of FMA chunks
-    dict(BLOCK_B=2, DOT_B=16, DOT_K=32, BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=64),
+    dict(BLOCK_B=2, DOT_B=16, DOT_K=32, BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=64, DOT_STAGES=3),
     # FMA chunks of one sequence: each weight tile re-read per chunk (DOT_B 0), a K tail (48 = 32 + 16)
     dict(BLOCK_B=1, DOT_B=0, BLOCK_N=8, MLP_BLOCK_N=4, BLOCK_K=32),
 ]
@@ -153,7 +153,7 @@ def test_task_graph_runs_in_the_interpreter():
                         str(Path(__file__).with_name("interpreter_megakernel_persistent.py"))],
                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "14 passed" in r.stdout, r.stdout[-2000:]
+    assert "15 passed" in r.stdout, r.stdout[-2000:]
 
 
 def test_wrong_order_policy_through_the_evaluator_is_a_runtime_error(task, quick_evaluator, tmp_path):
@@ -230,16 +230,16 @@ for n in fn.arg_names:
         sig[n] = "*i32" if n in ("tasks_ptr", "ctrl_ptr", "kvlen_ptr") else "*fp32" if n in fp32 else "*bf16"
     else:
         sig[n] = "fp32" if n in ("scale", "eps") else "i32"
-cfg = dict(pk.CONFIG)
+cfg = dict(pk.CONFIG, **(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}))  # a CONFIG override
 consts = dict(F=pk.F, BLOCK_N=cfg["BLOCK_N"], MLP_BLOCK_N=cfg["MLP_BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_B=cfg["BLOCK_B"],
               BLOCK_G=4, BLOCK_D=128, BLOCK_KV=cfg["ATTN_BLOCK_KV"], NORM_BLOCK=cfg["NORM_BLOCK"], DOT_B=cfg["DOT_B"],
-              DOT_K=cfg["DOT_K"], PREFETCH_K=cfg["PREFETCH_K"])
+              DOT_K=cfg["DOT_K"], DOT_STAGES=cfg["DOT_STAGES"], PREFETCH_K=cfg["PREFETCH_K"])
 sig.update({n: "constexpr" for n in list(consts) + ["QUEUE"]})
 # the JIT's divisibility-16 hints at the Llama-3-8B layer: pointers, hidden, q dim, head dim, MLP dim
 attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig
          if (n.endswith("_ptr") and n != "kvlen_ptr") or n in ("H", "QD", "D", "MLPD")}
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-for queue in (True, False):
+for queue in ((True, False) if len(sys.argv) < 4 else (sys.argv[3] == "queue",)):
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=dict(consts, QUEUE=queue), attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -250,27 +250,31 @@ for queue in (True, False):
                           stack=int(re.search(r"STACK:(\d+)", use).group(1)), shared=k.metadata.shared,
                           v4=len(re.findall(r"ld\.global(?:\.[a-z0-9:_]+)*\.v4\.b32", ptx)),
                           sync=all(p in ptx for p in ("ld.global.gpu.acquire", "red.global.gpu.release.add", "bar.sync")),
-                          prefetch="prefetch.global.L2" in ptx)))
+                          prefetch="prefetch.global.L2" in ptx, cp_async=len(re.findall(r"cp\.async\.", ptx)))))
 """
 
 
-def test_persistent_kernel_compiles_for_sm90():
+@pytest.mark.parametrize("override", [{}, {"DOT_STAGES": 3}], ids=["default", "dot-stages-3"])
+def test_persistent_kernel_compiles_for_sm90(override):
     """The default CONFIG compiles for sm_90 (both schedules) with the wait and signal in the PTX, the
     L2 hints, 16-byte weight loads, no spills, and CTAS_PER_SM programs resident per SM (registers x
-    threads within an SM's 64K registers, shared memory within 228 KB)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", COMPILE_SM90, str(PATH)], cwd=REPO_ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    threads within an SM's 64K registers, shared memory within 228 KB). DOT_STAGES 3 (one schedule)
+    pipelines the tl.dot path's K loop through shared memory (cp.async) and still fits."""
     import json
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    extra = [json.dumps(override), "queue"] if override else []
+    r = subprocess.run([sys.executable, "-c", COMPILE_SM90, str(PATH), *extra], cwd=REPO_ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ns = namespace(PATH.read_text(), str(PATH))
-    cfg = ns["CONFIG"]
+    cfg = dict(ns["CONFIG"], **override)
     got = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    assert len(got) == 2, r.stdout
+    assert len(got) == (1 if override else 2), r.stdout
     for g in got:
         assert g["sync"] and g["prefetch"] and g["v4"] > 0 and g["stack"] == 0, g
         assert g["regs"] * cfg["num_warps"] * 32 * cfg["CTAS_PER_SM"] <= 65536, g
         assert g["shared"] * cfg["CTAS_PER_SM"] <= 228 * 1024, g
+        assert (g["cp_async"] > 0) == (cfg["DOT_STAGES"] > 1), g
 
 
 def test_host_task_table_cost_is_measured(capsys):

@@ -44,7 +44,7 @@ import triton.language as tl
 RMS_EPS = 1e-5
 
 # Current choice of every knob; the heuristic operator rewrites this line.
-CONFIG = dict(BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=256, BLOCK_B=8, DOT_B=64, DOT_K=64, PREFETCH_K=512, ATTN_BLOCK_KV=16, NORM_BLOCK=1024, NORM_ROWS=1, ATTN_SPLITS=32, ATTN_SPLIT_MIN=128, ATTN_TASKS_PER_SM=2, ORDER="stage", QUEUE=True, CTAS_PER_SM=2, num_warps=4, num_stages=1)
+CONFIG = dict(BLOCK_N=16, MLP_BLOCK_N=8, BLOCK_K=256, BLOCK_B=8, DOT_B=64, DOT_K=64, DOT_STAGES=1, PREFETCH_K=512, ATTN_BLOCK_KV=16, NORM_BLOCK=1024, NORM_ROWS=1, ATTN_SPLITS=32, ATTN_SPLIT_MIN=128, ATTN_TASKS_PER_SM=2, ORDER="stage", QUEUE=True, CTAS_PER_SM=2, num_warps=4, num_stages=1)
 # Allowed values per knob: the search space the heuristic operator explores. The GEMV tasks are
 # latency-bound on bytes in flight (an H100 needs ~30-60 KB per SM in flight to stream HBM): each
 # program keeps two weight tiles of BLOCK_N x BLOCK_K (MLP: 2 x MLP_BLOCK_N rows, gate and up) in
@@ -55,7 +55,11 @@ TUNABLES = dict(
     BLOCK_K=[256, 128, 512, 64],  # columns per weight tile; past 32 lanes x 8 = 256 warps split K (row sums via smem)
     BLOCK_B=[8, 1, 2, 4, 16],  # sequences per FMA step: each weight tile is read once for all of them
     DOT_B=[64, 0, 16, 32],  # batch > BLOCK_B: tensor-core (tl.dot) chunks of this many sequences; 0: FMA only
-    DOT_K=[64, 32, 128],  # K step of the tl.dot path (num_stages pipelines it)
+    DOT_K=[64, 32, 128],  # K step of the tl.dot path
+    # the tl.dot path's K loop software-pipelined this deep (cp.async into shared memory; 1: not
+    # pipelined, the launch's num_stages stays 1 for the rest). sm_90, DOT_STAGES 3: 242 registers,
+    # 40 KB shared, no spills: still 2 CTAs per SM. Not yet timed on a GPU.
+    DOT_STAGES=[1, 2, 3],
     PREFETCH_K=[512, 0, 256, 1024, 2048],  # first columns of a task's weight rows hinted into L2 before its wait
     ATTN_BLOCK_KV=[16, 8, 32, 64],  # 32: ~243 registers at 4 warps (the [G, KV, D] products)
     NORM_BLOCK=[1024, 256, 512, 2048, 4096],
@@ -177,14 +181,14 @@ def _gemv_fma(x_ptr, w_rows, u_rows, n_ok, b0, batch, K, BLOCK_N: tl.constexpr, 
 
 @triton.jit
 def _gemv_dot(x_ptr, w_rows, u_rows, n_ok, b0, batch, K, BLOCK_N: tl.constexpr, DOT_B: tl.constexpr,
-              DOT_K: tl.constexpr, TWO: tl.constexpr):
+              DOT_K: tl.constexpr, DOT_STAGES: tl.constexpr, TWO: tl.constexpr):
     """The same product on the tensor cores (tl.dot, x rounded to the weights' dtype) for sequences
     b0 .. b0 + DOT_B - 1: for batches past BLOCK_B, where fp32 FMA stops being memory-bound."""
     offs_b = b0 + tl.arange(0, DOT_B)
     b_ok = offs_b < batch
     acc = tl.zeros([BLOCK_N, DOT_B], tl.float32)
     acc2 = tl.zeros([BLOCK_N, DOT_B], tl.float32)
-    for k0 in range(0, K, DOT_K):
+    for k0 in tl.range(0, K, DOT_K, num_stages=DOT_STAGES):
         offs_k = k0 + tl.arange(0, DOT_K)
         k_ok = offs_k < K
         wmask = n_ok[:, None] & k_ok[None, :]
@@ -200,7 +204,7 @@ def _gemv_dot(x_ptr, w_rows, u_rows, n_ok, b0, batch, K, BLOCK_N: tl.constexpr, 
 @triton.jit
 def _gemv(x_ptr, w_rows, u_rows, n_ok, batch, K, out_ptr, out_stride, offs_n, res_ptr,
           ROWS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, DOT_B: tl.constexpr,
-          DOT_K: tl.constexpr, EPI: tl.constexpr):
+          DOT_K: tl.constexpr, DOT_STAGES: tl.constexpr, EPI: tl.constexpr):
     """One GEMV task for every sequence: FMA chunks of BLOCK_B sequences while the batch is at most
     BLOCK_B, tensor-core chunks of DOT_B past that (DOT_B 0, or fewer than 16 rows: FMA throughout).
     ROWS weight rows (w_rows; EPI 3 also u_rows); the epilogue EPI writes out[b, offs_n]."""
@@ -210,7 +214,7 @@ def _gemv(x_ptr, w_rows, u_rows, n_ok, batch, K, out_ptr, out_stride, offs_n, re
     if use_dot:
         for b0 in range(0, batch, DOT_B if DOT_B >= 16 else 16):
             acc, acc2 = _gemv_dot(x_ptr, w_rows, u_rows, n_ok, b0, batch, K, ROWS, DOT_B if DOT_B >= 16 else 16,
-                                  DOT_K, EPI == 3)
+                                  DOT_K, DOT_STAGES, EPI == 3)
             _gemv_store(acc, acc2, b0, batch, out_ptr, out_stride, offs_n, n_ok, res_ptr,
                         DOT_B if DOT_B >= 16 else 16, EPI)
     else:
@@ -345,7 +349,7 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, kvlen_ptr, n_tasks, spin_limit,
                        F: tl.constexpr, BLOCK_N: tl.constexpr, MLP_BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK_KV: tl.constexpr, NORM_BLOCK: tl.constexpr, QUEUE: tl.constexpr, DOT_B: tl.constexpr,
-                       DOT_K: tl.constexpr, PREFETCH_K: tl.constexpr):
+                       DOT_K: tl.constexpr, DOT_STAGES: tl.constexpr, PREFETCH_K: tl.constexpr):
     KVD = KVH * D
     NQKV = QD + 2 * KVD
     # The KV length: a runtime scalar, or (kv_len < 0) read from device memory, so an engine can
@@ -400,7 +404,7 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, kvlen_ptr, n_tasks, spin_limit,
                 n_ok = offs_n < NQKV
                 w_rows = _qkv_rows(wq_ptr, wk_ptr, wv_ptr, offs_n, H, QD, KVD)
                 _gemv(xn_ptr, w_rows, w_rows, n_ok, batch, H, qkv_ptr, NQKV, offs_n, x_ptr,
-                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 0)
+                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, DOT_STAGES, 0)
             elif op == 2:  # ATTN: split a2 of a3 over [0, L), bounds from the runtime length (attn_bounds)
                 split_len, n_used = _split_geometry(L, a3, split_min, BLOCK_KV)
                 if a2 < n_used:  # a split past the end does nothing (its COMBINE reads n_used slots)
@@ -415,7 +419,7 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, kvlen_ptr, n_tasks, spin_limit,
                 offs_n = a0 + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < H
                 _gemv(attn_ptr, wo_ptr + offs_n * QD, wo_ptr, n_ok, batch, QD, h_ptr, H, offs_n, x_ptr,
-                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 1)
+                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, DOT_STAGES, 1)
             elif op == 5:  # NORM2
                 _rms_rows(h_ptr, mnw_ptr, hn_ptr, a0, a1, H, eps, NORM_BLOCK)
             elif op == 6:  # MLP: act = silu(hn wg^T) * (hn wu^T), gate and up rows in one tile
@@ -428,17 +432,17 @@ def _persistent_kernel(tasks_ptr, ctrl_ptr, kvlen_ptr, n_tasks, spin_limit,
                     ok16 = (rows16 < a0 + MLP_BLOCK_N) & (rows16 < MLPD)
                     for b16 in range(0, batch, DOT_B):
                         g16, u16 = _gemv_dot(hn_ptr, wg_ptr + rows16 * H, wu_ptr + rows16 * H, ok16, b16, batch, H,
-                                             16, DOT_B, DOT_K, True)
+                                             16, DOT_B, DOT_K, DOT_STAGES, True)
                         _gemv_store(g16, u16, b16, batch, act_ptr, MLPD, rows16, ok16, x_ptr, DOT_B, 3)
                 else:
                     offs_m = a0 + tl.arange(0, MLP_BLOCK_N)
                     _gemv(hn_ptr, wg_ptr + offs_m * H, wu_ptr + offs_m * H, offs_m < MLPD, batch, H, act_ptr, MLPD,
-                          offs_m, x_ptr, MLP_BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 3)
+                          offs_m, x_ptr, MLP_BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, DOT_STAGES, 3)
             elif op == 7:  # DOWN: out = h + act @ w_down^T
                 offs_n = a0 + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < H
                 _gemv(act_ptr, wd_ptr + offs_n * MLPD, wd_ptr, n_ok, batch, MLPD, out_ptr, H, offs_n, h_ptr,
-                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, 2)
+                      BLOCK_N, BLOCK_B, BLOCK_K, DOT_B, DOT_K, DOT_STAGES, 2)
             # ---- signal: every thread's stores issued, then one release add ----
             tl.debug_barrier()
             tl.atomic_add(ctrl_ptr + signal, 1, sem="release")
@@ -605,7 +609,7 @@ class Plan:
         self.consts = dict(
             F=F, BLOCK_N=k("BLOCK_N"), MLP_BLOCK_N=k("MLP_BLOCK_N"), BLOCK_K=k("BLOCK_K"), BLOCK_B=k("BLOCK_B"),
             BLOCK_G=triton.next_power_of_2(group), BLOCK_D=triton.next_power_of_2(head_dim),
-            BLOCK_KV=k("ATTN_BLOCK_KV"), NORM_BLOCK=k("NORM_BLOCK"), QUEUE=queue, DOT_B=k("DOT_B"), DOT_K=k("DOT_K"),
+            BLOCK_KV=k("ATTN_BLOCK_KV"), NORM_BLOCK=k("NORM_BLOCK"), QUEUE=queue, DOT_B=k("DOT_B"), DOT_K=k("DOT_K"), DOT_STAGES=k("DOT_STAGES"),
             PREFETCH_K=k("PREFETCH_K") if dev.type == "cuda" else 0,  # an L2 hint (inline PTX): not in the interpreter
             num_warps=k("num_warps"), num_stages=k("num_stages"))
 
