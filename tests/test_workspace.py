@@ -143,11 +143,15 @@ def test_a_served_evaluator_judges_submits_and_evals_without_starting_workers(ru
         served = log.read_text()
         assert served.count("evaluate grammar_bitmask: ok") == 2 and "ab grammar_bitmask: ok" in served  # the gate's A/B went there too
         env = {**os.environ, ADDRESS_ENV: str(address)}
+        silent = socket.socket(socket.AF_UNIX)  # connects and never answers the handshake: dropped after
+        silent.connect(str(address))            # HANDSHAKE_S, so the `avo eval` behind it still gets its turn
         e = subprocess.run([sys.executable, "-m", "avo.cli", "eval", "grammar_bitmask", "kernels/grammar/bitmask_seed.py",
                             "--device", "interpret", "--workloads", SMALL_WL], cwd=REPO_ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
         assert e.returncode == 0 and "PASSED" in e.stdout, e.stdout + e.stderr
         assert log.read_text().count("evaluate grammar_bitmask: ok") == 3
+        assert "refused a connection: no handshake within" in log.read_text()
+        silent.close()
         e = subprocess.run([sys.executable, "-m", "avo.cli", "eval", "grammar_bitmask", "kernels/grammar/bitmask_seed.py",
                             "--device", "cuda"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert e.returncode == 1 and "served for device interpret" in e.stderr, e.stdout + e.stderr

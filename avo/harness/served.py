@@ -22,6 +22,7 @@ import os
 import secrets
 import signal
 import tempfile
+import threading
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,7 +35,8 @@ from avo.tasks import Task
 
 ADDRESS_ENV = "AVO_EVALUATOR"  # `avo eval` uses the evaluator served at this socket path
 KEY_FILE = "key"
-IDLE_S = 600.0  # a client silent this long is dropped: the next one gets the evaluator
+IDLE_S = 120.0  # a client silent this long between requests is dropped: the next one gets the evaluator
+HANDSHAKE_S = 10.0
 MAX_REQUEST = 64 << 20  # bytes of one JSON request (solutions are source text)
 
 
@@ -83,17 +85,21 @@ def serve(address: Path, cfg: EvalConfig, tasks: list[Task], say: Callable[[str]
         raise KeyboardInterrupt
     old = signal.signal(signal.SIGTERM, stop)
     try:
-        with Evaluator(cfg) as ev, Listener(str(address), family="AF_UNIX", authkey=key) as lis:
+        with Evaluator(cfg) as ev, Listener(str(address), family="AF_UNIX") as lis:
             ev.start()
             say(f"evaluator served at {address} ({ev.device}, {ev.hardware}) for {', '.join(by_name)}; "
                 "stop it with Ctrl-C")
             while True:
                 try:
                     conn = lis.accept()
-                except Exception as e:  # a wrong key (AuthenticationError) or a client that hung up
+                except OSError as e:
                     say(f"refused a connection: {type(e).__name__}")
                     continue
                 with conn:
+                    why = _authenticate(conn, key)
+                    if why:
+                        say(f"refused a connection: {why}")
+                        continue
                     _session(ev, by_name, conn, say)
     except KeyboardInterrupt:
         pass
@@ -101,6 +107,28 @@ def serve(address: Path, cfg: EvalConfig, tasks: list[Task], say: Callable[[str]
         signal.signal(signal.SIGTERM, old)
         for p in (address, folder / KEY_FILE):
             p.unlink(missing_ok=True)
+
+
+def _authenticate(conn, key: bytes) -> str:
+    """multiprocessing's mutual HMAC handshake (what Listener(authkey=...) does in accept), within
+    HANDSHAKE_S: a client that connects and says nothing must not hold the server. '' when it passed."""
+    from multiprocessing.connection import answer_challenge, deliver_challenge
+    out: list[str] = []
+
+    def shake():
+        try:
+            deliver_challenge(conn, key)
+            answer_challenge(conn, key)
+            out.append("")
+        except Exception as e:  # AuthenticationError: a wrong key; OSError/EOFError: gone
+            out.append(type(e).__name__)
+    t = threading.Thread(target=shake, daemon=True)
+    t.start()
+    t.join(HANDSHAKE_S)
+    if t.is_alive():
+        conn.close()  # the handshake's read fails and the thread ends
+        return f"no handshake within {HANDSHAKE_S:.0f} s"
+    return out[0] if out else "handshake failed"
 
 
 def _call(ev: Evaluator, by_name: dict, req: dict):
