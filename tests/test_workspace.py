@@ -189,6 +189,13 @@ def test_a_served_evaluator_judges_submits_and_evals_without_starting_workers(ru
         r, rec = _submit_one(run, 4096)
         assert "no evaluator answers at" in r.output and "evaluating here instead" in r.output
         assert "spawn" in rec.eval_phases  # its own workers started: what the served ones save
+        # a socket folder others can enter (another user's, in a shared /tmp) is never used
+        from avo.config import EvalConfig
+        from avo.harness.served import ServedEvaluator
+        from avo.harness.workerproc import HarnessError
+        address.parent.chmod(0o755)
+        with pytest.raises(HarnessError, match="is not private to this user"):
+            ServedEvaluator(address, EvalConfig(device="interpret"))
     finally:
         address.unlink(missing_ok=True)
         (address.parent / KEY_FILE).unlink(missing_ok=True)

@@ -47,6 +47,15 @@ def address_for(lineage: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"avo-eval-{os.getuid()}-{h}" / "sock"
 
 
+def _private(folder: Path) -> None:
+    """The socket's folder must be this user's and closed to others: in a shared /tmp another user
+    could otherwise have made it first and answer in the server's place."""
+    st = folder.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise HarnessError(f"{folder} is not private to this user (owner uid {st.st_uid}, mode "
+                           f"{oct(st.st_mode & 0o777)}): not serving or using an evaluator there")
+
+
 def _alive(address: Path) -> bool:
     try:
         Client(str(address), family="AF_UNIX", authkey=(address.parent / KEY_FILE).read_bytes()).close()
@@ -70,7 +79,7 @@ def serve(address: Path, cfg: EvalConfig, tasks: list[Task], say: Callable[[str]
     removed after."""
     folder = address.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    _private(folder)
     if address.exists():
         if _alive(address):
             raise HarnessError(f"an evaluator is already served at {address}")
@@ -194,6 +203,7 @@ class ServedEvaluator:
     def __init__(self, address: Path, cfg: EvalConfig):
         self.address, self.cfg, self.busy_s = Path(address), cfg, 0.0
         try:
+            _private(self.address.parent)
             key = (self.address.parent / KEY_FILE).read_bytes()
             self.conn = Client(str(self.address), family="AF_UNIX", authkey=key)
         except (OSError, EOFError) as e:
