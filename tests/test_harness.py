@@ -272,34 +272,48 @@ def test_timing_waits_for_the_reference_worker(tmp_path):
     assert not overlaps, f"{len(overlaps)} overlapping calls of the two workers"
 
 
-def test_references_per_workload_are_trials_and_two_sets_each_way(tmp_path, write_tiny_double):
+def test_references_per_workload_are_trials_and_last_and_refreshed_sets(tmp_path, write_tiny_double):
     """The reference is asked for the trials, the last timed output of POST_SETS sets and POST_SETS
-    refreshed sets, and nothing else: the probed timed calls are checked against the kernel itself
-    (test_adversarial_grammar pins that they still catch a kernel that skips while timed). Counted
-    by the trusted reference itself (a line per call, the caller's pid), with 5 sets in the timed loop;
-    before, every set's last and refreshed outputs and the probes went to it (15 calls in one run)."""
+    refreshed sets when it is costly (its seconds over the sets and probes beyond runner.ALL_SETS_S;
+    the probed timed calls are then checked against the kernel itself); when it is cheap, for every
+    set's last output and every probe as well. Kept trials are asked once per evaluator. Counted by
+    the trusted reference itself (a line per call, the caller's pid), with 5 sets and 8 probes
+    (before session 16 every set's last and refreshed outputs and the probes went to it always)."""
     import os
-    from avo.harness.runner import POST_SETS
+    from avo.harness.runner import ALL_SETS_S, POST_SETS
     calls = tmp_path / "calls.txt"
-    (tmp_path / "task").mkdir()
-    task = load_task(str(write_tiny_double(tmp_path / "task", REFERENCE.replace(
-        "    return x * 2", "    try:  # the reference worker; the sandboxed candidate worker's baseline calls cannot write\n"
-        f"        open({str(calls)!r}, 'a').write(str(os.getpid()) + '\\n')\n    except OSError:\n        pass\n    return x * 2"))))
+
+    def task_with(name: str, sleep_s: float):
+        (tmp_path / name).mkdir()
+        return load_task(str(write_tiny_double(tmp_path / name, REFERENCE.replace(
+            "    return x * 2", f"    import time\n    time.sleep({sleep_s})\n"
+            "    try:  # the reference worker; the sandboxed candidate worker's baseline calls cannot write\n"
+            f"        open({str(calls)!r}, 'a').write(str(os.getpid()) + '\\n')\n    except OSError:\n        pass\n"
+            "    return x * 2"))))
     worker_calls = lambda: len([ln for ln in calls.read_text().splitlines() if ln != str(os.getpid())])  # noqa: E731
-    with Evaluator(EvalConfig(device="interpret", trials=3, kept_trials=2)) as e:
-        assert e._n_sets(task, task.workloads[0]) == 5
-        rep = e.evaluate(task, sol(HONEST))
+    cheap, costly = task_with("cheap", 0.0), task_with("costly", 1.2 * ALL_SETS_S / (5 + 8))
+    cfg = dict(device="interpret", trials=3, iters=12, max_sets=5)  # 5 sets, 12+ timed calls: 8 probes
+    with Evaluator(EvalConfig(**cfg, kept_trials=2)) as e:
+        assert e._n_sets(cheap, cheap.workloads[0]) == 5 and e.timing["probes"] == 8
+        rep = e.evaluate(cheap, sol(HONEST))
         assert rep.status == S.PASSED, rep.message
         # (this process, the runner, also calls it once: sol.work counts the reference's FLOPs)
-        assert worker_calls() == 3 + POST_SETS + POST_SETS == 7
-        # The next evaluation reuses the two kept trials' references: one fresh trial and the sets.
-        rep = e.evaluate(task, sol(HONEST.replace("64", "32"), "cand2"))
+        # 3 trials, every set's last output, 2 refreshed sets, and the probes (up to 8: a probe that
+        # was a set's last call is its last output, and one on the final call of a set is not kept)
+        first = worker_calls()
+        assert 3 + 5 + POST_SETS < first <= 3 + 8 + 5 + POST_SETS
+        # The next evaluation reuses the two kept trials' references: one fresh trial and the rest.
+        rep = e.evaluate(cheap, sol(HONEST.replace("64", "32"), "cand2"))
         assert rep.status == S.PASSED, rep.message
-        assert worker_calls() == 7 + 1 + POST_SETS + POST_SETS
+        assert 1 + 5 + POST_SETS < worker_calls() - first <= 1 + 8 + 5 + POST_SETS
         # A kept reference judges like a fresh one: a kernel off by one everywhere still fails.
-        rep = e.evaluate(task, sol(HONEST.replace("* 2, mask", "* 2 + 1, mask"), "wrong"))
+        rep = e.evaluate(cheap, sol(HONEST.replace("* 2, mask", "* 2 + 1, mask"), "wrong"))
         assert rep.status == S.INCORRECT_NUMERICAL, rep.message
-    with Evaluator(EvalConfig(device="interpret", trials=3, kept_trials=0)) as e:  # keeping off: every trial fresh
         before = worker_calls()
-        assert e.evaluate(task, sol(HONEST)).status == S.PASSED and e.evaluate(task, sol(HONEST)).status == S.PASSED
-        assert worker_calls() - before == 2 * 7
+        rep = e.evaluate(costly, sol(HONEST))  # the sets and probes of this one cost more than ALL_SETS_S
+        assert rep.status == S.PASSED, rep.message
+        assert worker_calls() - before == 3 + POST_SETS + POST_SETS == 7
+    with Evaluator(EvalConfig(**cfg, kept_trials=0)) as e:  # keeping off: every trial fresh
+        before = worker_calls()
+        assert e.evaluate(cheap, sol(HONEST)).status == S.PASSED and e.evaluate(cheap, sol(HONEST)).status == S.PASSED
+        assert 2 * (3 + 5 + POST_SETS) < worker_calls() - before <= 2 * (3 + 8 + 5 + POST_SETS)

@@ -46,6 +46,20 @@ MAX_PENDING = 4
 # in their buffers and called again, go to the reference (sets picked at random by the worker). Every
 # set is still called and its timed calls probed; see docs/architecture.md (Cascade) for the coverage.
 POST_SETS = 2
+# ...but where the reference is cheap (its seconds in the reference worker, this evaluation's fresh
+# trials, times the sets and probes within ALL_SETS_S) every set's last output and every probed
+# call go to the reference too. A cache keyed on a sample of the input values replays a stale answer
+# on a timed call only when the call's perturbation missed the sample (~3/4 of calls), and a probe's
+# call made again replays it as well: two last outputs missed such a kernel 2 times in 30
+# (tests/adversarial/grammar/cache_by_fingerprint.py, 3 sets), every set and probe 0 in 30.
+ALL_SETS_S = 0.5
+
+
+def post_checks(ref_s: Optional[float], n_sets: int, probes: int) -> dict:
+    """What the worker sends to the reference after timing a workload (see ALL_SETS_S): the last
+    outputs of `last` sets, and the probed calls too when `probes_to_reference`."""
+    cheap = ref_s is not None and ref_s * (n_sets + probes) <= ALL_SETS_S
+    return {"last": n_sets if cheap else min(POST_SETS, n_sets), "probes_to_reference": cheap}
 
 
 def derived_run_limit(phase: str, seen: dict[str, float], ref_s: dict[str, float], timing: dict,
@@ -200,6 +214,7 @@ class RefPipe:
         self.ev, self.task, self.by_uuid = ev, task, by_uuid
         self.kept, self.ident = ev.kept, {u: KeptReferences.identity(task, w) for u, w in by_uuid.items()}
         self.keep: set[tuple] = set()  # (uuid, seed) of kept trials: their answers are stored for later evaluations
+        self.compute_s: dict[str, float] = {}  # uuid -> the longest a reference took in its worker
         self.results: dict[tuple, tuple[dict, float]] = {}  # (uuid, key) -> (outputs, round-trip seconds)
         self.asked: dict[tuple, float] = {}  # (uuid, key) asked and not yet answered -> when asked
         self.jobs = 0  # jobs sent whose "done" has not come
@@ -235,6 +250,7 @@ class RefPipe:
             how = "timed out" if msg is None else f"died ({exit_words(msg[1])})"
             raise HarnessError(f"reference worker {how} on {self.task.name}: {ref.log_tail()}")
         if msg[0] == "outputs":
+            self.compute_s[msg[1]] = max(self.compute_s.get(msg[1], 0.0), msg[4])
             k = (msg[1], _key(msg[2]))
             t = self.asked.pop(k, None)
             self.results[k] = (msg[3], time.monotonic() - t if t is not None else 0.0)
@@ -458,7 +474,7 @@ class Evaluator:
         refresh_seeds = {w.uuid: [seed() for _ in range(min(POST_SETS, len(set_seeds[w.uuid])))] for w in wls}
         job = {"op": "evaluate", "definition": d.model_dump(mode="json"), "solution": solution.model_dump(mode="json"),
                "workloads": [w.model_dump(mode="json") for w in wls], "trial_seeds": trial_seeds,
-               "set_seeds": set_seeds, "refresh_seeds": refresh_seeds, "post_sets": POST_SETS, "timing": self.timing,
+               "set_seeds": set_seeds, "refresh_seeds": refresh_seeds, "timing": self.timing,
                "baseline": task.baseline, "root": str(task.root) if task.root else None,
                "peer": self.cfg.peer, "compile_timeout_s": self.build_limit_s}
         by_uuid = {w.uuid: w for w in wls}
@@ -591,7 +607,9 @@ class Evaluator:
                             worst = worst.model_copy(update={"status": status, "detail": f"correct here, not timed: {u} failed"})
                         per_wl[w.uuid] = self._fail_entry(worst)
                     return report(status, f"{u}: {r.detail}", "output-type" if status == S.REWARD_HACK else None, per_wl)
-                self.cand.send("time")
+                # the trials' references are in: what each workload shows the reference after timing
+                self.cand.send(("time", {w.uuid: post_checks(pipe.compute_s.get(w.uuid), len(set_seeds[w.uuid]),
+                                                             self.timing["probes"]) for w in wls}))
                 timed = True
             elif kind == "quiet":  # every earlier output compared, the reference worker idle: time it
                 quiet()

@@ -195,6 +195,7 @@ class Worker:
         run = self._reference_ns(d)["run"]
         self._release_shared()
         for seed in job["seeds"]:
+            t0 = time.perf_counter()
             x = inputs.upcast(self._inputs(d, w, seed, job.get("root")))
             with torch.no_grad():
                 ret = run(*x.values())
@@ -202,7 +203,11 @@ class Worker:
                 ret if isinstance(ret, (tuple, list)) else (ret,)
             result = {n: self._own(t) for n, t in zip(d.outputs, rets)}
             result.update({n: self._own(x[n]) for n in d.inplace})
-            self.send("outputs", w.uuid, seed, result)
+            if self.mode == "cuda":
+                torch.cuda.synchronize()
+            # its own seconds (inputs + reference), not the round trip: the runner sizes the
+            # post-timing checks by what a reference costs (runner.ALL_SETS_S)
+            self.send("outputs", w.uuid, seed, result, time.perf_counter() - t0)
         self.send("done", {})
 
     # ---- candidate role ----
@@ -298,8 +303,10 @@ class Worker:
                 outs = inputs.alloc_outputs(d, w, self.dev)
                 self.send("outputs", w.uuid, seed, self._checked_results(fn, d, args, outs, job))
         self.send("checked")
-        if channel.recv(self.conn) != "time":
+        go = channel.recv(self.conn)  # ("time", {uuid: sets whose last timed output is shown}) or "stop"
+        if not (isinstance(go, tuple) and go[0] == "time"):
             return
+        job = {**job, "post_checks": go[1]}
         base_ns = self._reference_ns(d, job.get("baseline"))
         for i, w in enumerate(wls):
             self.send("phase", f"time:{w.uuid}")
@@ -375,19 +382,24 @@ class Worker:
                    and not torch.equal(inputs.bits(v), inputs.bits(sets[i][k]))]
             if bad:
                 raise Fail(S.REWARD_HACK, f"input {bad[0]!r} was modified during timing", "input-mutation")
-        # The last timed call on post_sets sets (picked at random) must have produced the right
+        # The last timed call on post["last"] sets (picked at random; every set where the reference
+        # is cheap, runner.ALL_SETS_S) must have produced the right
         # answer (taken now: the wall calls below overwrite them)...
-        shown = sorted(rng.sample(range(n), min(n, job["post_sets"])))
+        post = job["post_checks"][w.uuid]
+        shown = sorted(rng.sample(range(n), min(n, post["last"])))
         last = {i: self._results(d, sets[i], outs[i]) for i in shown}
         wall = issue = None
         if self.mode == "cuda":  # before any output goes out, so no reference work shares the GPU
             wall, issue = timing.wall_per_call_ms(cand, n, cfg.get("wall_reps", 20), self.mode)
-        # A probed call is checked against the same kernel on the same inputs outside the timed
-        # loop (rebuilt in new buffers, a checked call), not against the reference: a kernel that
-        # skips or cheapens work only while timed disagrees with itself, and the last/refreshed calls
-        # below still go to the reference. This spares ~8 fp32 references per workload (~67 ms each
-        # for S4096 attention on an H100), most of the post-timing cost.
+        # Where the reference is costly, a probed call is checked against the same kernel on the same
+        # inputs outside the timed loop (rebuilt in new buffers, a checked call), not against the
+        # reference: a kernel that skips or cheapens work only while timed disagrees with itself, and
+        # the last/refreshed calls below still go to the reference. This spares ~8 fp32 references
+        # per workload (~67 ms each for S4096 attention on an H100), most of the post-timing cost.
         for key, res in probes:  # res: already copies
+            if post["probes_to_reference"]:  # a cheap reference: it judges the probes too
+                self.send("outputs", w.uuid, key, res)
+                continue
             again = self._checked_results(fn, d, self._inputs(d, w, key, root), inputs.alloc_outputs(d, w, self.dev), job)
             self.send("rerun", w.uuid, key, res, again)
             del again

@@ -96,13 +96,19 @@ def test_runtime_layer_alone(runtime_only, grammar_task, grammar_smallest, name,
     assert fragment in rep.message
 
 
-def test_a_probed_timed_call_is_checked_against_the_kernel_itself(evaluator, grammar_task, grammar_smallest):
+@pytest.mark.parametrize("reference", ["costly", "cheap"])
+def test_a_probed_timed_call_is_checked(evaluator, grammar_task, grammar_smallest, monkeypatch, reference):
     """skip_early_timed does the work on the trials, the last timed calls and the refreshed ones, and
-    skips the first timed calls: only the probes see it, and a probe is compared with the same
-    inputs called again outside timing (the reference is not asked for it)."""
+    skips the first timed calls: only the probes see it. Where the reference is costly (every
+    reference here counted so: runner.ALL_SETS_S 0) a probe is compared with the same inputs called
+    again outside timing, the reference not asked; where it is cheap, with the reference."""
+    import avo.harness.runner as runner
+    if reference == "costly":
+        monkeypatch.setattr(runner, "ALL_SETS_S", 0.0)
     rep = evaluator.evaluate(grammar_task, grammar_solution("skip_early_timed"), grammar_smallest)
     assert_verdict(rep, RH, "timed-output")
-    assert "a timed call disagrees with the same inputs called again outside timing" in rep.message, rep.message
+    again = "a timed call disagrees with the same inputs called again outside timing" in rep.message
+    assert again == (reference == "costly"), rep.message
 
 
 def test_wrong_above_size_fails_on_the_larger_workload(evaluator, grammar_task):
