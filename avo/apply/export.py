@@ -68,8 +68,9 @@ def _solution(task: str, source: str, sha: str) -> Solution:
     return kernel_solution(task, source, name=f"{task}_{sha[:10]}")
 
 
-def _latencies(d: Definition, version) -> Optional[dict[str, tuple[float, str]]]:
-    """key -> (latency ms, workload uuid) of a version, or None if some trace is not PASSED."""
+def _latencies(d: Definition, version, key_of: Optional[dict[str, str]] = None) -> Optional[dict[str, tuple[float, str]]]:
+    """key -> (latency ms, workload uuid) of a version, or None if some trace is not PASSED;
+    `key_of` (workload uuid -> key) is filled on the way."""
     out: dict[str, tuple[float, str]] = {}
     layout = KeyLayout.of(d)
     try:
@@ -84,18 +85,19 @@ def _latencies(d: Definition, version) -> Optional[dict[str, tuple[float, str]]]
         except KeyGuardError as e:
             raise ExportError(f"commit {version.sha[:10]}: {e} (does the definition of {d.name!r} still match the run?)")
         k = canonical_key(d, t.workload)
+        if key_of is not None:
+            key_of[t.workload.uuid] = k
         lat = t.evaluation.performance.latency_ms
         if k not in out or lat < out[k][0]:
             out[k] = (lat, t.workload.uuid)
     return out or None
 
 
-def _measured(d: Definition, versions: list, m) -> dict[str, dict[str, float]]:
+def _measured(key_of: dict[str, str], m) -> dict[str, dict[str, float]]:
     """sha -> key -> the median latency the run's final measurement took (one session, so versions
     compare without the noise between their separate evaluations); {} without a measurement."""
     if m is None:
         return {}
-    key_of = {t.workload.uuid: canonical_key(d, t.workload) for v in versions for t in v.traces}
     out: dict[str, dict[str, float]] = {}
     for c in m.contenders:
         for uuid, ms in c.median_ms.items():
@@ -110,15 +112,15 @@ def winners(d: Definition, best, versions: list, measurement=None) -> dict[str, 
     """commit sha -> workload uuids it won. The best keeps a key unless another version is faster
     by more than KEY_MARGIN; between two other versions the faster one wins. Two versions the
     final `measurement` timed together compare by its medians, others by their recorded traces."""
-    lat = {}
+    lat, key_of = {}, {}
     for v in versions:
-        l_v = _latencies(d, v)
+        l_v = _latencies(d, v, key_of)
         if l_v is not None:
             lat[v.sha] = l_v
     if best.sha not in lat:
         raise ExportError(f"the best version {best.sha[:10]} of {d.name!r} has a trace that is not PASSED "
                           "(or no traces): not exportable")
-    meas = _measured(d, versions, measurement)
+    meas = _measured(key_of, measurement)
 
     def beats(sha: str, cur: str, k: str) -> bool:
         a, b = meas.get(cur, {}).get(k), meas.get(sha, {}).get(k)

@@ -213,7 +213,6 @@ class RefPipe:
     def __init__(self, ev: "Evaluator", task: Task, by_uuid: dict[str, Workload]):
         self.ev, self.task, self.by_uuid = ev, task, by_uuid
         self.kept, self.ident = ev.kept, {u: KeptReferences.identity(task, w) for u, w in by_uuid.items()}
-        self.keep: set[tuple] = set()  # (uuid, seed) of kept trials: their answers are stored for later evaluations
         self.compute_s: dict[str, float] = {}  # uuid -> the longest a reference took in its worker
         self.results: dict[tuple, tuple[dict, float]] = {}  # (uuid, key) -> (outputs, round-trip seconds)
         self.asked: dict[tuple, float] = {}  # (uuid, key) asked and not yet answered -> when asked
@@ -279,7 +278,7 @@ class RefPipe:
         while k not in self.results:
             self.pump(limit)
         out = self.results.pop(k)
-        if k in self.keep:
+        if seed in self.kept.seeds.get(self.ident[uuid], ()):  # a kept trial: stored for later evaluations
             self.kept.put(self.ident[uuid], seed, out[0])
         return out
 
@@ -465,7 +464,6 @@ class Evaluator:
         trial_seeds = {}
         for w in wls:  # kept trials (same inputs every evaluation, reference kept) and fresh ones, shuffled
             kept = self.kept.seeds_for(pipe.ident[w.uuid], self.cfg.kept_trials, seed)
-            pipe.keep.update((w.uuid, s) for s in kept)
             trial_seeds[w.uuid] = kept + [seed() for _ in range(self.cfg.trials - len(kept))]
             rng.shuffle(trial_seeds[w.uuid])
         set_seeds = {w.uuid: [seed() for _ in range(self._n_sets(task, w))] for w in wls}
